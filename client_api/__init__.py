@@ -1,0 +1,1 @@
+"""Client-Server API handlers (aiohttp): parse, call the domain, serialise."""

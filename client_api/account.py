@@ -1,0 +1,72 @@
+"""whoami, password change and reset, the account's email addresses."""
+
+from typing import Any
+
+from aiohttp import web
+
+from client_api.http import CLIENT_V3, access_token, client_ip, hs, json_body, ok, requester
+from homeserver.errors import bad_json, forbidden
+
+
+async def whoami(request: web.Request) -> web.Response:
+    who = await requester(request)
+    return ok({"user_id": who.user_id, "device_id": who.device_id, "is_guest": False})
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """With an access token: prove the old password (or a mailed token). Without: reset by mail."""
+    server = hs(request)
+    body = await json_body(request)
+    who = await requester(request) if access_token(request) else None
+    logout_devices = body.get("logout_devices", True)
+    if not isinstance(logout_devices, bool):
+        raise bad_json("logout_devices must be a boolean")
+    server.accounts.hasher.check_strength(body.get("new_password"))
+
+    async def password(auth: dict[str, Any]) -> dict[str, Any]:
+        await server.limiter.check("login", client_ip(request))
+        user = await server.accounts.check_password(auth)
+        if who is None or user.user_id != who.user_id:
+            raise forbidden("Invalid username or password")
+        return {"user_id": user.user_id}
+
+    async def email(auth: dict[str, Any]) -> dict[str, Any]:
+        address = await server.emails.consume(auth.get("threepid_creds"), "reset")
+        threepid = await server.store.threepids.get("email", address)
+        if threepid is None or (who is not None and threepid.user_id != who.user_id):
+            raise forbidden("This email address does not belong to the account")
+        return {"user_id": threepid.user_id}
+
+    flows = [["m.login.password"], ["m.login.email.identity"]] if who else [["m.login.email.identity"]]
+    results = await server.uia.run(body.get("auth"), flows, {"m.login.password": password,
+                                                             "m.login.email.identity": email},
+                                   bind=f"password:{who.user_id if who else ''}")
+    user_id = next(iter(results.values()))["user_id"]
+    await server.accounts.set_password(user_id, body["new_password"], logout_devices,
+                                       who.device_id if who else None)
+    return ok()
+
+
+async def password_email_request_token(request: web.Request) -> web.Response:
+    server = hs(request)
+    body = await json_body(request)
+    await server.limiter.check("email", client_ip(request))
+    sid = await server.emails.request_token(body.get("email"), body.get("client_secret"),
+                                            body.get("send_attempt"), "reset")
+    return ok({"sid": sid, "submit_url": server.emails.submit_url})
+
+
+async def threepids(request: web.Request) -> web.Response:
+    who = await requester(request)
+    emails = await hs(request).accounts.emails(who.user_id)
+    return ok({"threepids": [
+        {"medium": t.medium, "address": t.address, "added_at": t.added_ts,
+         "validated_at": t.validated_ts or 0, "org.whispr.validated": t.validated_ts is not None}
+        for t in emails]})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get(f"{CLIENT_V3}/account/whoami", whoami)
+    app.router.add_post(f"{CLIENT_V3}/account/password", change_password)
+    app.router.add_post(f"{CLIENT_V3}/account/password/email/requestToken", password_email_request_token)
+    app.router.add_get(f"{CLIENT_V3}/account/3pid", threepids)

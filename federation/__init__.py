@@ -1,0 +1,1 @@
+"""Federation (Server-Server API): signing keys, X-Matrix auth, inbound endpoints, outbound queue."""

@@ -1,0 +1,1 @@
+"""Whispr homeserver: config, app assembly, CLI, and the domain."""

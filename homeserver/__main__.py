@@ -1,0 +1,99 @@
+"""Command line: run the server, generate a config, register a user.
+
+    python -m homeserver --config FILE              run the homeserver
+    python -m homeserver generate-config [-o FILE]  write a fresh config with new secrets
+    python -m homeserver register-user --config FILE --user NAME [--password PW] [--email ADDR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from homeserver.config import ConfigError, generate_config_text, load_config
+from homeserver.errors import MatrixError
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from homeserver.app import make_app
+
+    app = make_app(config)
+    logging.getLogger("whispr").info("listening on http://%s:%d as %s", config.listen.host,
+                                     config.listen.port, config.server_name)
+    web.run_app(app, host=config.listen.host, port=config.listen.port, print=None, access_log=None)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    text = generate_config_text(args.server_name, args.data_dir)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        path = Path(args.output)
+        if path.exists() and not args.force:
+            print(f"{path} exists; use --force to overwrite", file=sys.stderr)
+            return 1
+        path.write_text(text)
+        path.chmod(0o600)
+        print(f"wrote {path}")
+    return 0
+
+
+async def _register(args: argparse.Namespace) -> int:
+    from homeserver.server import HomeServer
+
+    config = load_config(args.config)
+    password = args.password or getpass.getpass("Password: ")
+    hs = await HomeServer.start(config)
+    try:
+        user = await hs.accounts.create_user(args.user, password, email=args.email, email_validated=True)
+    except MatrixError as e:
+        print(f"error: {e.errcode}: {e.error}", file=sys.stderr)
+        return 1
+    finally:
+        await hs.close()
+    print(f"registered {user.user_id}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m homeserver", description="Whispr homeserver")
+    parser.add_argument("--config", help="YAML config file (see config.sample.yaml)")
+    sub = parser.add_subparsers(dest="command")
+    gen = sub.add_parser("generate-config", help="write a fresh config with new secrets")
+    gen.add_argument("-o", "--output", default="-", help="file to write, - for stdout (default)")
+    gen.add_argument("--server-name", default="localhost:8448")
+    gen.add_argument("--data-dir", default="./data")
+    gen.add_argument("--force", action="store_true")
+    reg = sub.add_parser("register-user", help="create an account from the shell")
+    reg.add_argument("--config", dest="sub_config")
+    reg.add_argument("--user", required=True, help="localpart of the new user")
+    reg.add_argument("--password", help="asked for if not given")
+    reg.add_argument("--email", help="a verified email address to attach")
+    args = parser.parse_args(argv)
+    if getattr(args, "sub_config", None):
+        args.config = args.sub_config
+    try:
+        if args.command == "generate-config":
+            return _generate(args)
+        if not args.config:
+            parser.error("--config is required")
+        if args.command == "register-user":
+            return asyncio.run(_register(args))
+        return _run(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Accounts: registration, password checks, sessions (devices + tokens), logout, refresh."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.clock import now_ms
+from homeserver.config import Config
+from homeserver.errors import MatrixError, bad_json, forbidden, unknown_token
+from homeserver.ids import normalise_email, user_id_for, validate_localpart
+from homeserver.models import Device, RefreshToken, Threepid, User
+from homeserver.passwords import PasswordHasher
+from homeserver.tokens import TokenCodec, digest, new_refresh_token, new_token_id
+from storage.store import Store
+
+log = logging.getLogger("whispr.accounts")
+
+MAX_DEVICE_ID_LENGTH = 128
+MAX_DEVICE_NAME_LENGTH = 256
+# How often a device's last-seen time is written: not on every request.
+LAST_SEEN_INTERVAL_MS = 60_000
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who made an authenticated request."""
+
+    user_id: str
+    device_id: str
+
+
+@dataclass(frozen=True)
+class Session:
+    user_id: str
+    device_id: str
+    access_token: str
+    refresh_token: str | None
+    expires_in_ms: int | None
+
+    def to_json(self, server_name: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"user_id": self.user_id, "device_id": self.device_id,
+                                "access_token": self.access_token, "home_server": server_name}
+        if self.refresh_token is not None:
+            body["refresh_token"] = self.refresh_token
+            body["expires_in_ms"] = self.expires_in_ms
+        return body
+
+
+def _new_device_id() -> str:
+    return "".join(secrets.choice(string.ascii_uppercase) for _ in range(10))
+
+
+def check_device_params(device_id: object, display_name: object) -> tuple[str | None, str | None]:
+    if device_id is not None and (not isinstance(device_id, str) or not device_id
+                                  or len(device_id) > MAX_DEVICE_ID_LENGTH):
+        raise bad_json(f"device_id must be a string of 1-{MAX_DEVICE_ID_LENGTH} characters")
+    if display_name is not None and (not isinstance(display_name, str)
+                                     or len(display_name) > MAX_DEVICE_NAME_LENGTH):
+        raise bad_json(f"initial_device_display_name must be a string of at most {MAX_DEVICE_NAME_LENGTH} characters")
+    return device_id, display_name
+
+
+class Accounts:
+    def __init__(self, config: Config, store: Store, hasher: PasswordHasher) -> None:
+        self._config = config
+        self._store = store
+        self._hasher = hasher
+        self._tokens = TokenCodec(config.secrets.jwt_secret, config.server_name)
+        self._last_seen: dict[tuple[str, str], int] = {}
+
+    @property
+    def server_name(self) -> str:
+        return self._config.server_name
+
+    @property
+    def hasher(self) -> PasswordHasher:
+        return self._hasher
+
+    # --- registration -------------------------------------------------
+
+    async def check_available(self, localpart: object) -> str:
+        name = validate_localpart(localpart, self.server_name)
+        if await self._store.users.exists(user_id_for(name, self.server_name)):
+            raise MatrixError(400, "M_USER_IN_USE", "This user ID is already taken")
+        return name
+
+    async def create_user(self, localpart: object, password: object, email: str | None = None,
+                          email_validated: bool = False) -> User:
+        """Create an account; an email, if given, is attached (validated or not)."""
+        if localpart is None:
+            localpart = await self._free_localpart()
+        name = await self.check_available(localpart)
+        pw = self._hasher.check_strength(password)
+        address = normalise_email(email) if email is not None else None
+        if address is not None and await self._store.threepids.get("email", address) is not None:
+            raise MatrixError(400, "M_THREEPID_IN_USE", "This email address is already registered")
+        user = User(user_id_for(name, self.server_name), name, await self._hasher.hash(pw), now_ms())
+        if not await self._store.users.create(user):
+            raise MatrixError(400, "M_USER_IN_USE", "This user ID is already taken")
+        if address is not None:
+            ts = now_ms()
+            if not await self._store.threepids.add(
+                    Threepid("email", address, user.user_id, ts if email_validated else None, ts)):
+                log.warning("email %s was taken during registration of %s", address, user.user_id)
+        log.info("registered %s", user.user_id)
+        return user
+
+    async def _free_localpart(self) -> str:
+        for _ in range(10):
+            candidate = "u" + secrets.token_hex(6)
+            if not await self._store.users.exists(user_id_for(candidate, self.server_name)):
+                return candidate
+        raise MatrixError(500, "M_UNKNOWN", "Could not pick a free user ID")
+
+    # --- password checks ---------------------------------------------
+
+    async def resolve_identifier(self, body: dict[str, Any]) -> str | None:
+        """The user ID a login identifier names (m.id.user or m.id.thirdparty email), if any."""
+        identifier = body.get("identifier")
+        if identifier is None and isinstance(body.get("user"), str):  # deprecated top-level form
+            identifier = {"type": "m.id.user", "user": body["user"]}
+        if not isinstance(identifier, dict):
+            raise bad_json("identifier is required")
+        kind = identifier.get("type")
+        if kind == "m.id.user":
+            user = identifier.get("user")
+            if not isinstance(user, str) or not user:
+                raise bad_json("identifier.user must be a string")
+            if user.startswith("@"):
+                return user if user.endswith(":" + self.server_name) else None
+            return user_id_for(user.lower(), self.server_name)
+        if kind == "m.id.thirdparty":
+            if identifier.get("medium") != "email":
+                raise MatrixError(400, "M_UNRECOGNIZED", "Only the email medium is supported")
+            threepid = await self._store.threepids.get("email", normalise_email(identifier.get("address")))
+            if threepid is None or threepid.validated_ts is None:
+                return None
+            return threepid.user_id
+        raise MatrixError(400, "M_UNRECOGNIZED", f"Unknown identifier type {kind!r}")
+
+    async def check_password(self, body: dict[str, Any]) -> User:
+        """Resolve the identifier and check the password, or raise 403 M_FORBIDDEN."""
+        password = body.get("password")
+        if not isinstance(password, str):
+            raise bad_json("password must be a string")
+        user_id = await self.resolve_identifier(body)
+        user = await self._store.users.get(user_id) if user_id else None
+        if user is None or user.deactivated or not await self._hasher.verify(user.password_hash, password):
+            raise forbidden("Invalid username or password")
+        return user
+
+    async def get_user(self, user_id: str) -> User | None:
+        return await self._store.users.get(user_id)
+
+    # --- sessions ----------------------------------------------------
+
+    async def create_session(self, user_id: str, device_id: str | None, display_name: str | None,
+                             want_refresh: bool) -> Session:
+        device_id = device_id or _new_device_id()
+        ts = now_ms()
+        token_id = new_token_id()
+        expires_ts = ts + self._config.tokens.access_token_lifetime_s * 1000 if want_refresh else None
+        await self._store.devices.upsert(Device(user_id, device_id, display_name, token_id, expires_ts, ts))
+        return await self._issue(user_id, device_id, token_id, ts, expires_ts, want_refresh)
+
+    async def _issue(self, user_id: str, device_id: str, token_id: str, ts: int, expires_ts: int | None,
+                     want_refresh: bool) -> Session:
+        access = self._tokens.issue(user_id, device_id, token_id, ts, expires_ts)
+        refresh = None
+        if want_refresh:
+            refresh = new_refresh_token()
+            await self._store.refresh_tokens.add(RefreshToken(
+                digest(refresh), user_id, device_id, ts, ts + self._config.tokens.refresh_token_lifetime_s * 1000,
+                False))
+        return Session(user_id, device_id, access, refresh, expires_ts - ts if expires_ts else None)
+
+    async def authenticate(self, token: str, ip: str | None = None) -> Requester:
+        claims = self._tokens.decode(token)
+        device = await self._store.devices.get(claims.user_id, claims.device_id)
+        if device is None or not secrets.compare_digest(device.token_id, claims.token_id):
+            raise unknown_token()
+        ts = now_ms()
+        key = (claims.user_id, claims.device_id)
+        if ts - self._last_seen.get(key, 0) > LAST_SEEN_INTERVAL_MS:
+            self._last_seen[key] = ts
+            await self._store.devices.touch(claims.user_id, claims.device_id, ts, ip)
+        return Requester(claims.user_id, claims.device_id)
+
+    async def refresh(self, refresh_token: object) -> Session:
+        if not isinstance(refresh_token, str):
+            raise bad_json("refresh_token must be a string")
+        stored = await self._store.refresh_tokens.get(digest(refresh_token))
+        if stored is None:
+            raise unknown_token("Unknown refresh token")
+        if stored.used or not await self._store.refresh_tokens.spend(stored.token_hash):
+            # A spent token used again means it leaked: end the whole session.
+            log.warning("reuse of a spent refresh token for %s/%s: revoking the session",
+                        stored.user_id, stored.device_id)
+            await self._store.devices.delete(stored.user_id, [stored.device_id])
+            raise unknown_token("This refresh token was already used; the session is revoked")
+        if stored.expires_ts <= now_ms():
+            raise unknown_token("This refresh token has expired")
+        if await self._store.devices.get(stored.user_id, stored.device_id) is None:
+            raise unknown_token("This session has been logged out")
+        ts = now_ms()
+        token_id = new_token_id()
+        expires_ts = ts + self._config.tokens.access_token_lifetime_s * 1000
+        await self._store.devices.set_token(stored.user_id, stored.device_id, token_id, expires_ts)
+        return await self._issue(stored.user_id, stored.device_id, token_id, ts, expires_ts, True)
+
+    async def logout(self, requester: Requester) -> None:
+        await self._store.devices.delete(requester.user_id, [requester.device_id])
+        self._last_seen.pop((requester.user_id, requester.device_id), None)
+
+    async def logout_all(self, user_id: str, except_device: str | None = None) -> list[str]:
+        gone = await self._store.devices.delete_all(user_id, except_device)
+        for device_id in gone:
+            self._last_seen.pop((user_id, device_id), None)
+        return gone
+
+    async def set_password(self, user_id: str, new_password: object, logout_devices: bool,
+                           except_device: str | None) -> None:
+        pw = self._hasher.check_strength(new_password)
+        await self._store.users.set_password_hash(user_id, await self._hasher.hash(pw))
+        if logout_devices:
+            await self.logout_all(user_id, except_device)
+
+    # --- devices -----------------------------------------------------
+
+    async def devices(self, user_id: str) -> list[Device]:
+        return await self._store.devices.list(user_id)
+
+    async def device(self, user_id: str, device_id: str) -> Device | None:
+        return await self._store.devices.get(user_id, device_id)
+
+    async def rename_device(self, user_id: str, device_id: str, name: object) -> None:
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_DEVICE_NAME_LENGTH):
+            raise bad_json(f"display_name must be a string of at most {MAX_DEVICE_NAME_LENGTH} characters")
+        if await self._store.devices.get(user_id, device_id) is None:
+            raise MatrixError(404, "M_NOT_FOUND", "Unknown device")
+        await self._store.devices.set_display_name(user_id, device_id, name)
+
+    async def delete_devices(self, user_id: str, device_ids: list[str]) -> None:
+        await self._store.devices.delete(user_id, device_ids)
+        for device_id in device_ids:
+            self._last_seen.pop((user_id, device_id), None)
+
+    async def emails(self, user_id: str) -> list[Threepid]:
+        return await self._store.threepids.for_user(user_id)

@@ -1,0 +1,27 @@
+"""Assembly of the aiohttp application: middlewares, routes, the HomeServer's lifetime."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from client_api import account, devices, login, profile, register, versions, wellknown, whispr
+from client_api.http import HS
+from client_api.middleware import matrix_errors
+from homeserver.config import Config
+from homeserver.server import HomeServer
+
+
+def make_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[matrix_errors], client_max_size=config.limits.max_request_body_bytes)
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        app[HS] = await HomeServer.start(config)
+        yield
+        await app[HS].close()
+
+    app.cleanup_ctx.append(lifetime)
+    for module in (versions, wellknown, login, register, account, devices, profile, whispr):
+        module.setup(app)
+    return app

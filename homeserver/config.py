@@ -1,0 +1,279 @@
+"""Configuration: typed dataclasses loaded from YAML, overridable by environment.
+
+Every key can be overridden by an environment variable named ``WHISPR_`` followed
+by the key path in upper case, sections joined by a double underscore:
+``WHISPR_SERVER_NAME``, ``WHISPR_LISTEN__PORT=8009``,
+``WHISPR_DATABASE__ENGINE=postgres``, ``WHISPR_RATE_LIMITS__LOGIN__BURST=20``.
+Values are parsed as YAML scalars, so ``true``, ``42`` and ``off`` mean what
+they mean in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+ENV_PREFIX = "WHISPR_"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says which key and why."""
+
+
+@dataclass
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 8008
+
+
+@dataclass
+class DatabaseConfig:
+    engine: Literal["sqlite", "postgres"] = "sqlite"
+    # SQLite file; relative paths are under data_dir.
+    path: str = "whispr.db"
+    # PostgreSQL DSN, e.g. postgresql://user@127.0.0.1:5432/whispr
+    url: str = ""
+    pool_min: int = 2
+    pool_max: int = 10
+
+
+@dataclass
+class RedisConfig:
+    # Empty: no Redis; ephemeral state (OTP codes, rate limits) stays in memory.
+    url: str = ""
+    # Prefix of every key; empty means "whispr:<server_name>:".
+    key_prefix: str = ""
+
+
+@dataclass
+class SecretsConfig:
+    # Empty: generated on first start and kept in data_dir/secrets.yaml.
+    jwt_secret: str = ""
+
+
+@dataclass
+class RegistrationConfig:
+    enabled: bool = True
+    # When true, /register requires a verified email (m.login.email.identity).
+    require_email_verification: bool = False
+
+
+@dataclass
+class LoginConfig:
+    # off: password only. optional: users who opted in must enter a mailed code.
+    # required: every password login needs a mailed code.
+    email_otp: Literal["off", "optional", "required"] = "off"
+    otp_ttl_s: int = 600
+    otp_max_attempts: int = 5
+    otp_resend_interval_s: int = 60
+
+
+@dataclass
+class TokensConfig:
+    # Lifetime of access tokens issued together with a refresh token.
+    access_token_lifetime_s: int = 300
+    # Lifetime of a refresh token (and so of an idle session using them).
+    refresh_token_lifetime_s: int = 30 * 24 * 3600
+
+
+@dataclass
+class PasswordsConfig:
+    min_length: int = 8
+    # argon2id cost; the defaults are libsodium's "interactive" level.
+    argon2_opslimit: int = 2
+    argon2_memlimit_kib: int = 65536
+
+
+@dataclass
+class MailConfig:
+    # Empty smtp_host: mails are written to the log instead of being sent.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    username: str = ""
+    password: str = ""
+    starttls: bool = False
+    use_tls: bool = False
+    from_address: str = "Whispr <noreply@localhost>"
+    timeout_s: float = 10.0
+
+
+@dataclass
+class BucketConfig:
+    per_second: float
+    burst: int
+
+
+@dataclass
+class RateLimitsConfig:
+    enabled: bool = True
+    register: BucketConfig = field(default_factory=lambda: BucketConfig(0.17, 5))
+    login: BucketConfig = field(default_factory=lambda: BucketConfig(0.5, 10))
+    login_failed: BucketConfig = field(default_factory=lambda: BucketConfig(0.17, 5))
+    otp: BucketConfig = field(default_factory=lambda: BucketConfig(0.2, 10))
+    email: BucketConfig = field(default_factory=lambda: BucketConfig(0.1, 5))
+    message: BucketConfig = field(default_factory=lambda: BucketConfig(10.0, 50))
+
+
+@dataclass
+class LimitsConfig:
+    max_request_body_bytes: int = 1024 * 1024
+
+
+@dataclass
+class Config:
+    server_name: str = "localhost:8448"
+    # Base URL clients reach us at; used for links in mails.
+    public_baseurl: str = "http://127.0.0.1:8008"
+    data_dir: str = "./data"
+    log_level: str = "INFO"
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    login: LoginConfig = field(default_factory=LoginConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+    passwords: PasswordsConfig = field(default_factory=PasswordsConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def sqlite_path(self) -> Path:
+        p = Path(self.database.path)
+        return p if p.is_absolute() else self.data_path / p
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping")
+        return _build(tp, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        # YAML reads a bare `off` as False; accept it for the "off" literal.
+        if value is False and "off" in allowed:
+            value = "off"
+        if value not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, allowed))}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number")
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key}: expected a string")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s): {', '.join(sorted(prefix + k for k in unknown))}")
+    kwargs = {name: _coerce(hints[name], data[name], prefix + name) for name in data}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_PREFIX + "TEST_"):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {part} is not a section")
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read YAML (if given), then environment overrides, then explicit overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read {path}: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        data = loaded
+    _apply_env(data, os.environ if environ is None else environ)
+    if overrides:
+        _deep_merge(data, overrides)
+    config = _build(Config, data)
+    _validate(config)
+    return config
+
+
+def _deep_merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(into.get(k), dict):
+            _deep_merge(into[k], v)
+        else:
+            into[k] = dict(v) if isinstance(v, Mapping) else v
+
+
+def _validate(config: Config) -> None:
+    if not config.server_name or "/" in config.server_name:
+        raise ConfigError("server_name: must be a host name with an optional port")
+    if config.database.engine == "postgres" and not config.database.url:
+        raise ConfigError("database.url: required when database.engine is postgres")
+    if config.limits.max_request_body_bytes < 1024:
+        raise ConfigError("limits.max_request_body_bytes: must be at least 1024")
+
+
+def ensure_secrets(config: Config) -> None:
+    """Fill in secrets not given in the config from data_dir/secrets.yaml, creating it."""
+    if config.secrets.jwt_secret:
+        return
+    path = config.data_path / "secrets.yaml"
+    stored: dict[str, Any] = {}
+    if path.exists():
+        stored = yaml.safe_load(path.read_text()) or {}
+    if not stored.get("jwt_secret"):
+        stored["jwt_secret"] = secrets.token_urlsafe(48)
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(stored))
+        path.chmod(0o600)
+    config.secrets.jwt_secret = stored["jwt_secret"]
+
+
+def generate_config_text(server_name: str = "localhost:8448", data_dir: str = "./data") -> str:
+    """A fresh YAML config with new secrets, every section at its defaults."""
+    config = Config(server_name=server_name, data_dir=data_dir)
+    config.secrets.jwt_secret = secrets.token_urlsafe(48)
+    return "# Whispr homeserver configuration (generated).\n" + yaml.safe_dump(
+        dataclasses.asdict(config), sort_keys=False)

@@ -1,0 +1,73 @@
+"""Domain objects shared by the domain services and the storage layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    localpart: str
+    password_hash: str | None
+    created_ts: int
+    deactivated: bool = False
+    email_otp_enabled: bool = False
+    totp_secret: str | None = None
+    totp_enabled: bool = False
+
+
+@dataclass(frozen=True)
+class Device:
+    user_id: str
+    device_id: str
+    display_name: str | None
+    token_id: str
+    token_expires_ts: int | None
+    created_ts: int
+    last_seen_ts: int | None = None
+    last_seen_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    token_hash: str
+    user_id: str
+    device_id: str
+    created_ts: int
+    expires_ts: int
+    used: bool
+
+
+@dataclass(frozen=True)
+class Threepid:
+    medium: str
+    address: str
+    user_id: str
+    validated_ts: int | None
+    added_ts: int
+
+
+@dataclass(frozen=True)
+class EmailValidation:
+    sid: str
+    client_secret: str
+    email: str
+    purpose: str
+    token_hash: str
+    code_hash: str
+    send_attempt: int
+    attempts: int
+    created_ts: int
+    expires_ts: int
+    validated_ts: int | None
+    consumed: bool
+
+
+@dataclass
+class Profile:
+    user_id: str
+    displayname: str | None = None
+    avatar_url: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,62 @@
+"""Access tokens (JWT, HS256) and opaque refresh tokens.
+
+A JWT alone cannot be revoked, so each carries the device's current token ID
+(`jti`); the device table holds the ID that is live, and logout or a password
+change replaces or deletes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+import jwt
+
+from homeserver.errors import unknown_token
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: str
+    device_id: str
+    token_id: str
+    expires_ts: int | None
+
+
+class TokenCodec:
+    def __init__(self, secret: str, issuer: str) -> None:
+        self._secret = secret
+        self._issuer = issuer
+
+    def issue(self, user_id: str, device_id: str, token_id: str, issued_ts: int, expires_ts: int | None) -> str:
+        claims: dict[str, object] = {"iss": self._issuer, "sub": user_id, "dev": device_id,
+                                     "jti": token_id, "iat": issued_ts // 1000}
+        if expires_ts is not None:
+            claims["exp"] = expires_ts // 1000
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def decode(self, token: str) -> TokenClaims:
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=["HS256"], issuer=self._issuer,
+                                options={"require": ["sub", "dev", "jti"]})
+        except jwt.ExpiredSignatureError:
+            raise unknown_token("Access token has expired", soft_logout=True) from None
+        except jwt.PyJWTError:
+            raise unknown_token() from None
+        exp = claims.get("exp")
+        return TokenClaims(str(claims["sub"]), str(claims["dev"]), str(claims["jti"]),
+                           int(exp) * 1000 if exp is not None else None)
+
+
+def new_token_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def new_refresh_token() -> str:
+    return "wrt_" + secrets.token_urlsafe(32)
+
+
+def digest(secret: str) -> str:
+    """What we store instead of a bearer secret."""
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -1,0 +1,1 @@
+"""Media repository: upload, download, thumbnails, remote media."""

@@ -1,0 +1,62 @@
+"""The engine-neutral database interface.
+
+SQL is written once with ``?`` placeholders and a portable subset (TEXT, BIGINT,
+INTEGER, ON CONFLICT, RETURNING); each engine adapts placeholders itself.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Mapping, Protocol, Sequence
+
+Row = Mapping[str, Any]
+
+
+class Connection(Protocol):
+    """What a transaction, or the database outside one, offers."""
+
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None: ...
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]: ...
+
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+
+
+class Database(Connection, Protocol):
+    """An open database: autocommitting statements plus explicit transactions."""
+
+    engine: str
+
+    def transaction(self) -> AbstractAsyncContextManager[Connection]: ...
+
+    async def close(self) -> None: ...
+
+
+class DatabaseError(Exception):
+    """The database cannot be used as it is (e.g. its schema is newer than this code)."""
+
+
+async def open_database(engine: str, *, path: str = "", url: str = "",
+                        pool_min: int = 2, pool_max: int = 10, migrate: bool = True) -> Database:
+    """Open an engine and bring its schema up to date."""
+    db: Database
+    if engine == "sqlite":
+        from storage.sqlite import SqliteDatabase
+        db = await SqliteDatabase.open(path)
+    elif engine == "postgres":
+        from storage.postgres import PostgresDatabase
+        db = await PostgresDatabase.open(url, pool_min=pool_min, pool_max=pool_max)
+    else:
+        raise DatabaseError(f"unknown database engine {engine!r}")
+    if migrate:
+        from storage.migrations import run_migrations
+        try:
+            await run_migrations(db)
+        except BaseException:
+            await db.close()
+            raise
+    return db

@@ -1,0 +1,63 @@
+"""PostgreSQL engine through an asyncpg pool."""
+
+from __future__ import annotations
+
+import re
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from typing import Any, AsyncIterator, Sequence
+
+import asyncpg
+
+from storage.database import Connection, Row
+
+
+@lru_cache(maxsize=1024)
+def _pg(sql: str) -> str:
+    """Turn ``?`` placeholders into ``$1, $2, ...``."""
+    counter = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _m: f"${next(counter)}", sql)
+
+
+class _PgConn:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(_pg(sql), *args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(_pg(sql), rows)
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        return await self._conn.fetchrow(_pg(sql), *args)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        return list(await self._conn.fetch(_pg(sql), *args))
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._conn.fetchval(_pg(sql), *args)
+
+
+class PostgresDatabase(_PgConn):
+    """Outside a transaction each statement takes a pooled connection and autocommits."""
+
+    engine = "postgres"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str, *, pool_min: int = 2, pool_max: int = 10) -> "PostgresDatabase":
+        pool = await asyncpg.create_pool(url, min_size=pool_min, max_size=pool_max)
+        return cls(pool)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                yield _PgConn(conn)
+
+    async def close(self) -> None:
+        await self._pool.close()
