@@ -1,0 +1,132 @@
+"""The storage layer on both engines: migrations, round trips, atomic updates."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+from homeserver.models import Device, RefreshToken, Threepid, User
+from storage import Store, open_database
+from storage.database import DatabaseError
+from storage.migrations import LATEST_VERSION, MIGRATIONS, Migration, current_version, run_migrations
+from tests.conftest import POSTGRES_URL, fresh_postgres_database, need
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_args(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    if request.param == "sqlite":
+        yield {"engine": "sqlite", "path": str(tmp_path / "store.db")}
+        return
+    need(POSTGRES_URL, "postgres")
+    url, drop = await fresh_postgres_database()
+    try:
+        yield {"engine": "postgres", "url": url}
+    finally:
+        await drop()
+
+
+@pytest.fixture
+async def store(db_args: dict[str, Any]) -> AsyncIterator[Store]:
+    s = Store(await open_database(**db_args))
+    yield s
+    await s.close()
+
+
+async def test_migrations_bring_schema_to_latest_and_are_idempotent(db_args: dict[str, Any]) -> None:
+    db = await open_database(**db_args)
+    try:
+        assert await current_version(db) == LATEST_VERSION
+        assert await run_migrations(db) == LATEST_VERSION
+    finally:
+        await db.close()
+    db = await open_database(**db_args)  # reopening migrates nothing and keeps working
+    await db.close()
+
+
+async def test_database_newer_than_code_is_refused(db_args: dict[str, Any]) -> None:
+    db = await open_database(**db_args)
+    await db.execute("INSERT INTO schema_version (version) VALUES (?)", LATEST_VERSION + 1)
+    await db.close()
+    with pytest.raises(DatabaseError, match="newer"):
+        await open_database(**db_args)
+
+
+async def test_failed_migration_rolls_back_whole(db_args: dict[str, Any]) -> None:
+    db = await open_database(**db_args)
+    try:
+        broken = MIGRATIONS + (Migration(LATEST_VERSION + 1, "broken", (
+            "CREATE TABLE half_done (x INTEGER)", "THIS IS NOT SQL")),)
+        with pytest.raises(Exception):
+            await run_migrations(db, broken)
+        assert await current_version(db) == LATEST_VERSION
+        # The first statement of the failed migration left nothing behind.
+        await db.execute("CREATE TABLE half_done (x INTEGER)")
+    finally:
+        await db.close()
+
+
+async def test_user_round_trip_and_duplicate(store: Store) -> None:
+    user = User("@a:hs", "a", "hash", 1000)
+    assert await store.users.create(user)
+    assert not await store.users.create(User("@a:hs", "a", "other", 2000))
+    got = await store.users.get("@a:hs")
+    assert got == user
+    profile = await store.profiles.get("@a:hs")
+    assert profile is not None and profile.displayname == "a"
+    await store.users.set_totp("@a:hs", "SECRET", True)
+    got = await store.users.get("@a:hs")
+    assert got is not None and got.totp_secret == "SECRET" and got.totp_enabled
+
+
+async def test_devices_and_refresh_tokens(store: Store) -> None:
+    await store.users.create(User("@a:hs", "a", None, 1))
+    await store.devices.upsert(Device("@a:hs", "D1", "phone", "t1", None, 10))
+    await store.devices.upsert(Device("@a:hs", "D2", None, "t2", 99, 11))
+    await store.devices.upsert(Device("@a:hs", "D1", None, "t3", None, 12))  # re-login keeps the name
+    d1 = await store.devices.get("@a:hs", "D1")
+    assert d1 is not None and d1.token_id == "t3" and d1.display_name == "phone"
+    await store.refresh_tokens.add(RefreshToken("h1", "@a:hs", "D1", 1, 2, False))
+    assert await store.refresh_tokens.spend("h1")
+    assert not await store.refresh_tokens.spend("h1")
+    assert await store.devices.delete_all("@a:hs", except_device="D2") == ["D1"]
+    assert [d.device_id for d in await store.devices.list("@a:hs")] == ["D2"]
+    assert await store.refresh_tokens.get("h1") is None
+
+
+async def test_concurrent_spend_of_one_refresh_token_succeeds_once(store: Store) -> None:
+    await store.users.create(User("@a:hs", "a", None, 1))
+    await store.refresh_tokens.add(RefreshToken("h", "@a:hs", "D", 1, 2, False))
+    results = await asyncio.gather(*(store.refresh_tokens.spend("h") for _ in range(10)))
+    assert results.count(True) == 1
+
+
+async def test_threepids_unique_across_users(store: Store) -> None:
+    await store.users.create(User("@a:hs", "a", None, 1))
+    await store.users.create(User("@b:hs", "b", None, 1))
+    assert await store.threepids.add(Threepid("email", "x@y.z", "@a:hs", None, 1))
+    assert not await store.threepids.add(Threepid("email", "x@y.z", "@b:hs", 5, 1))
+    await store.threepids.mark_validated("email", "x@y.z", 7)
+    t = await store.threepids.get("email", "x@y.z")
+    assert t is not None and t.user_id == "@a:hs" and t.validated_ts == 7
+
+
+async def test_profile_fields_and_transaction_rollback(store: Store) -> None:
+    await store.users.create(User("@a:hs", "a", None, 1))
+    await store.profiles.set_field("@a:hs", "org.whispr.bio", "hello")
+    with pytest.raises(RuntimeError):
+        async with store.db.transaction() as tx:
+            await tx.execute("UPDATE profiles SET displayname = ? WHERE user_id = ?", "lost", "@a:hs")
+            raise RuntimeError("abort")
+    profile = await store.profiles.get("@a:hs")
+    assert profile is not None and profile.fields == {"org.whispr.bio": "hello"} and profile.displayname == "a"
+
+
+async def test_sqlite_uses_wal(tmp_path: Path) -> None:
+    db = await open_database("sqlite", path=str(tmp_path / "w.db"))
+    try:
+        assert (await db.fetchval("PRAGMA journal_mode")).lower() == "wal"
+    finally:
+        await db.close()
