@@ -6,7 +6,8 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from client_api import account, devices, login, profile, register, versions, wellknown, whispr
+from client_api import (account, devices, directory, login, profile, register, rooms, sync, user_data, versions,
+                        wellknown, whispr)
 from client_api.http import HS
 from client_api.middleware import matrix_errors
 from homeserver.config import Config
@@ -22,6 +23,7 @@ def make_app(config: Config) -> web.Application:
         await app[HS].close()
 
     app.cleanup_ctx.append(lifetime)
-    for module in (versions, wellknown, login, register, account, devices, profile, whispr):
+    for module in (versions, wellknown, login, register, account, devices, profile, whispr, rooms, sync,
+                   user_data, directory):
         module.setup(app)
     return app

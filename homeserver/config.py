@@ -123,6 +123,12 @@ class RateLimitsConfig:
 
 
 @dataclass
+class RoomsConfig:
+    # Room version of new rooms unless the client asks for another.
+    default_version: str = "10"
+
+
+@dataclass
 class LimitsConfig:
     max_request_body_bytes: int = 1024 * 1024
 
@@ -145,6 +151,7 @@ class Config:
     mail: MailConfig = field(default_factory=MailConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rooms: RoomsConfig = field(default_factory=RoomsConfig)
 
     @property
     def data_path(self) -> Path:

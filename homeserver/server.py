@@ -7,15 +7,27 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from homeserver.accounts import Accounts
+from homeserver.chats import Chats
 from homeserver.config import Config, ensure_secrets
+from homeserver.directory import Directory
 from homeserver.email_verification import EmailVerifier
 from homeserver.ephemeral import Ephemeral, make_ephemeral
+from homeserver.event_crypto import load_or_create_signing_key
+from homeserver.filters import Filters
 from homeserver.login import LoginService
 from homeserver.mailer import Mailer
+from homeserver.membership import Membership
+from homeserver.notifier import Notifier, make_notifier
 from homeserver.passwords import PasswordHasher
 from homeserver.profiles import Profiles
 from homeserver.ratelimit import RateLimiter
+from homeserver.room_creation import RoomCreator
+from homeserver.room_data import RoomData
+from homeserver.rooms import Rooms
+from homeserver.sync import SyncService
+from homeserver.timeline import Timeline
 from homeserver.totp import Totp
+from homeserver.typing_state import Typing
 from homeserver.uia import InteractiveAuth
 from storage import Store, open_database
 
@@ -35,6 +47,16 @@ class HomeServer:
     login: LoginService
     totp: Totp
     profiles: Profiles
+    notifier: Notifier
+    typing: Typing
+    rooms: Rooms
+    membership: Membership
+    chats: Chats
+    sync: SyncService
+    timeline: Timeline
+    room_data: RoomData
+    directory: Directory
+    filters: Filters
     executor: ThreadPoolExecutor
 
     @classmethod
@@ -44,24 +66,41 @@ class HomeServer:
             config.database.engine, path=str(config.sqlite_path()), url=config.database.url,
             pool_min=config.database.pool_min, pool_max=config.database.pool_max)
         store = Store(db)
-        ephemeral = make_ephemeral(config.redis.url, prefix=config.redis.key_prefix or f"whispr:{config.server_name}:")
+        prefix = config.redis.key_prefix or f"whispr:{config.server_name}:"
+        ephemeral = make_ephemeral(config.redis.url, prefix=prefix)
+        notifier = make_notifier(config.redis.url, channel=prefix + "notify")
+        notifier.seed(await store.rooms.current_stream(), await store.rooms.last_streams())
+        await notifier.start()
         # Password hashing is CPU-bound: a small pool keeps it off the event loop.
         executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="whispr-cpu")
         limiter = RateLimiter(config.rate_limits, ephemeral)
         mailer = Mailer(config.mail)
         accounts = Accounts(config, store, PasswordHasher(config.passwords, executor))
         totp = Totp(store, ephemeral)
+        signing_key = load_or_create_signing_key(config.data_path / "signing.key")
+        rooms = Rooms(config.server_name, store, signing_key, notifier)
+        membership = Membership(rooms, store)
+        room_data = RoomData(rooms, store, notifier)
+        typing = Typing(notifier)
+        sync = SyncService(rooms, store, notifier, typing)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),
             emails=EmailVerifier(store, mailer, config.public_baseurl),
             login=LoginService(config.login, accounts, store, ephemeral, mailer, totp, limiter),
-            totp=totp, profiles=Profiles(store, config.server_name), executor=executor)
+            totp=totp, profiles=Profiles(store, config.server_name), notifier=notifier, typing=typing,
+            rooms=rooms, membership=membership,
+            chats=Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),
+                        room_data),
+            sync=sync, timeline=Timeline(rooms, store, sync.current_token), room_data=room_data,
+            directory=Directory(rooms, store, config.server_name), filters=Filters(store), executor=executor)
         log.info("homeserver %s started (database: %s, redis: %s)", config.server_name,
                  config.database.engine, "yes" if config.redis.url else "no")
         return hs
 
     async def close(self) -> None:
+        self.typing.close()
+        await self.notifier.close()
         await self.ephemeral.close()
         await self.store.close()
         self.executor.shutdown(wait=False, cancel_futures=True)

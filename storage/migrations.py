@@ -94,6 +94,108 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (user_id, code_hash)
         )""",
     )),
+    Migration(2, "rooms, events, state groups, receipts, account data, filters", (
+        # One stream position for everything sync reports (events, receipts, account data).
+        # The UPDATE of this row also serialises writers, so positions commit in order.
+        "CREATE TABLE stream_counter (name TEXT PRIMARY KEY, pos BIGINT NOT NULL)",
+        "INSERT INTO stream_counter (name, pos) VALUES ('stream', 0)",
+        """CREATE TABLE rooms (
+            room_id TEXT PRIMARY KEY,
+            room_version TEXT NOT NULL,
+            creator TEXT NOT NULL,
+            is_public INTEGER NOT NULL DEFAULT 0,
+            created_ts BIGINT NOT NULL,
+            current_group BIGINT,
+            last_stream BIGINT NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE events (
+            stream BIGINT PRIMARY KEY,
+            event_id TEXT NOT NULL UNIQUE,
+            room_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            state_key TEXT,
+            sender TEXT NOT NULL,
+            depth BIGINT NOT NULL,
+            origin_server_ts BIGINT NOT NULL,
+            json TEXT NOT NULL,
+            state_before BIGINT,
+            state_after BIGINT,
+            rejected TEXT,
+            redacted_by TEXT,
+            unsigned TEXT,
+            txn_device TEXT,
+            txn_id TEXT
+        )""",
+        "CREATE UNIQUE INDEX events_txn ON events (sender, txn_device, txn_id) WHERE txn_id IS NOT NULL",
+        "CREATE INDEX events_room_stream ON events (room_id, stream)",
+        "CREATE INDEX events_member_stream ON events (state_key, stream) WHERE type = 'm.room.member'",
+        # State as delta chains: a group is its parent plus a few changed slots,
+        # with a full snapshot every so often to bound the walk.
+        """CREATE TABLE state_groups (
+            id {serial_pk},
+            room_id TEXT NOT NULL,
+            prev_id BIGINT,
+            chain_length INTEGER NOT NULL
+        )""",
+        """CREATE TABLE state_group_entries (
+            group_id BIGINT NOT NULL,
+            type TEXT NOT NULL,
+            state_key TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            PRIMARY KEY (group_id, type, state_key)
+        )""",
+        """CREATE TABLE current_state (
+            room_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            state_key TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            membership TEXT,
+            PRIMARY KEY (room_id, type, state_key)
+        )""",
+        "CREATE INDEX current_state_member ON current_state (state_key, membership) WHERE type = 'm.room.member'",
+        """CREATE TABLE forward_extremities (
+            room_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            PRIMARY KEY (room_id, event_id)
+        )""",
+        """CREATE TABLE room_aliases (
+            alias TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            creator TEXT NOT NULL
+        )""",
+        "CREATE INDEX room_aliases_room ON room_aliases (room_id)",
+        """CREATE TABLE receipts (
+            room_id TEXT NOT NULL,
+            receipt_type TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            ts BIGINT NOT NULL,
+            stream BIGINT NOT NULL,
+            PRIMARY KEY (room_id, receipt_type, user_id, thread_id)
+        )""",
+        "CREATE INDEX receipts_stream ON receipts (stream)",
+        """CREATE TABLE account_data (
+            user_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            content TEXT NOT NULL,
+            stream BIGINT NOT NULL,
+            PRIMARY KEY (user_id, room_id, type)
+        )""",
+        "CREATE INDEX account_data_stream ON account_data (user_id, stream)",
+        """CREATE TABLE filters (
+            user_id TEXT NOT NULL,
+            filter_id INTEGER NOT NULL,
+            json TEXT NOT NULL,
+            PRIMARY KEY (user_id, filter_id)
+        )""",
+        """CREATE TABLE forgotten_rooms (
+            user_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            PRIMARY KEY (user_id, room_id)
+        )""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

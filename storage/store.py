@@ -7,6 +7,8 @@ from typing import Any
 
 from homeserver.models import Device, EmailValidation, Profile, RefreshToken, Threepid, User
 from storage.database import Database, Row
+from storage.rooms import RoomStore
+from storage.user_data import UserDataStore
 
 
 def _user(row: Row) -> User:
@@ -262,6 +264,8 @@ class Store:
         self.email_validations = EmailValidationStore(db)
         self.profiles = ProfileStore(db)
         self.recovery_codes = RecoveryCodeStore(db)
+        self.rooms = RoomStore(db)
+        self.user_data = UserDataStore(db)
 
     async def close(self) -> None:
         await self.db.close()

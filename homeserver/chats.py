@@ -1,0 +1,35 @@
+"""Whispr chats on top of rooms: direct chats are tracked in m.direct for both people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.membership import Membership
+from homeserver.room_creation import RoomCreator
+from homeserver.room_data import RoomData
+from homeserver.rooms import Rooms
+
+
+class Chats:
+    def __init__(self, rooms: Rooms, membership: Membership, creator: RoomCreator, room_data: RoomData) -> None:
+        self._rooms = rooms
+        self._membership = membership
+        self._creator = creator
+        self._room_data = room_data
+
+    async def create(self, user_id: str, body: dict[str, Any]) -> str:
+        room_id, req = await self._creator.create(user_id, body)
+        if req.is_direct:
+            for other in req.invite:
+                await self._room_data.add_direct_room(user_id, other, room_id)
+        return room_id
+
+    async def join(self, room_id_or_alias: str, user_id: str, reason: object = None) -> str:
+        room_id = await self._membership.resolve_room(room_id_or_alias)
+        invite = None
+        if await self._rooms.room(room_id) is not None:
+            invite = await self._rooms.state_event(room_id, "m.room.member", user_id)
+        joined = await self._membership.join(room_id, user_id, reason)
+        if invite is not None and invite.membership == "invite" and invite.content.get("is_direct") is True:
+            await self._room_data.add_direct_room(user_id, invite.sender, room_id)
+        return joined

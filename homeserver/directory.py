@@ -1,0 +1,122 @@
+"""Room aliases, the public room directory, and the user directory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.errors import MatrixError, bad_json, forbidden, not_found
+from homeserver.rooms import Rooms
+from storage.store import Store
+
+MAX_ALIAS_LENGTH = 255
+
+
+class Directory:
+    def __init__(self, rooms: Rooms, store: Store, server_name: str) -> None:
+        self._rooms = rooms
+        self._store = store
+        self._server_name = server_name
+
+    def _check_alias(self, alias: str) -> None:
+        if not alias.startswith("#") or ":" not in alias or len(alias) > MAX_ALIAS_LENGTH \
+                or any(c.isspace() for c in alias):
+            raise MatrixError(400, "M_INVALID_PARAM", "not a room alias")
+
+    async def create_alias(self, user_id: str, alias: str, room_id: object) -> None:
+        self._check_alias(alias)
+        if not isinstance(room_id, str):
+            raise bad_json("room_id must be a string")
+        if not alias.endswith(":" + self._server_name):
+            raise MatrixError(400, "M_INVALID_PARAM", "Aliases must be on this server")
+        await self._rooms.require_joined(room_id, user_id)
+        if not await self._store.rooms.create_alias(alias, room_id, user_id):
+            raise MatrixError(409, "M_UNKNOWN", "Room alias already exists")
+
+    async def resolve(self, alias: str) -> dict[str, Any]:
+        self._check_alias(alias)
+        found = await self._store.rooms.get_alias(alias)
+        if found is None:
+            raise not_found("Room alias not found")
+        return {"room_id": found[0], "servers": [self._server_name]}
+
+    async def delete_alias(self, user_id: str, alias: str) -> None:
+        self._check_alias(alias)
+        found = await self._store.rooms.get_alias(alias)
+        if found is None:
+            raise not_found("Room alias not found")
+        room_id, creator = found
+        if creator != user_id and not await self._may_manage(room_id, user_id):
+            raise forbidden("You may not remove this alias")
+        await self._store.rooms.delete_alias(alias)
+
+    async def _may_manage(self, room_id: str, user_id: str) -> bool:
+        levels = await self._rooms.state_event(room_id, "m.room.power_levels")
+        if levels is None or await self._rooms.membership(room_id, user_id) != "join":
+            return False
+        content = levels.content
+        mine = content.get("users", {}).get(user_id, content.get("users_default", 0))
+        needed = content.get("events", {}).get("m.room.canonical_alias", content.get("state_default", 50))
+        return mine >= needed
+
+    async def aliases(self, user_id: str, room_id: str) -> list[str]:
+        await self._rooms.require_joined(room_id, user_id)
+        return await self._store.rooms.aliases_for_room(room_id)
+
+    async def set_visibility(self, user_id: str, room_id: str, visibility: object) -> None:
+        if visibility not in ("public", "private"):
+            raise bad_json("visibility must be public or private")
+        if not await self._may_manage(room_id, user_id):
+            raise forbidden("You may not change this room's visibility")
+        await self._store.rooms.set_public(room_id, visibility == "public")
+
+    async def visibility(self, room_id: str) -> str:
+        room = await self._rooms.room(room_id)
+        if room is None:
+            raise not_found("Unknown room")
+        return "public" if room.is_public else "private"
+
+    async def public_rooms(self, limit: int | None, since: str | None, term: str | None) -> dict[str, Any]:
+        chunk = []
+        for room in await self._store.rooms.public_rooms():
+            state = await self._rooms.current_state(room.room_id)
+            joined = await self._store.rooms.members(room.room_id, "join")
+
+            def get(t: str, key: str) -> Any:
+                ev = state.get((t, ""))
+                return ev.content.get(key) if ev is not None else None
+
+            entry = {"room_id": room.room_id, "num_joined_members": len(joined),
+                     "world_readable": get("m.room.history_visibility", "history_visibility") == "world_readable",
+                     "guest_can_join": get("m.room.guest_access", "guest_access") == "can_join",
+                     "join_rule": get("m.room.join_rules", "join_rule") or "invite"}
+            for key, (t, field) in {"name": ("m.room.name", "name"), "topic": ("m.room.topic", "topic"),
+                                    "avatar_url": ("m.room.avatar", "url"),
+                                    "canonical_alias": ("m.room.canonical_alias", "alias")}.items():
+                value = get(t, field)
+                if isinstance(value, str):
+                    entry[key] = value
+            if term and not any(term.lower() in str(entry.get(k, "")).lower()
+                                for k in ("name", "topic", "canonical_alias")):
+                continue
+            chunk.append(entry)
+        chunk.sort(key=lambda e: -e["num_joined_members"])
+        offset = int(since) if since and since.isdigit() else 0
+        page = chunk[offset:offset + limit] if limit else chunk[offset:]
+        body: dict[str, Any] = {"chunk": page, "total_room_count_estimate": len(chunk)}
+        if limit and offset + limit < len(chunk):
+            body["next_batch"] = str(offset + limit)
+        if offset:
+            body["prev_batch"] = str(max(0, offset - (limit or 0)))
+        return body
+
+    async def search_users(self, user_id: str, term: object, limit: object) -> dict[str, Any]:
+        if not isinstance(term, str):
+            raise bad_json("search_term must be a string")
+        if limit is None:
+            limit = 10
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise bad_json("limit must be a non-negative integer")
+        rows = await self._store.rooms.search_users(term, min(limit, 50) + 1)
+        results = [{"user_id": r["user_id"], "display_name": r["displayname"], "avatar_url": r["avatar_url"]}
+                   for r in rows]
+        return {"results": results[:limit], "limited": len(results) > limit}

@@ -1,0 +1,80 @@
+"""Events: a thin, typed view over a PDU's JSON (the JSON stays the source of truth)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+StateKey = tuple[str, str]  # (event type, state_key)
+
+
+@dataclass(frozen=True, eq=False)
+class Event:
+    """A PDU as it was signed, with its event ID (not part of the JSON for room versions >= 3)."""
+
+    event_id: str
+    pdu: dict[str, Any]
+    # Local bookkeeping, never part of the signed PDU: stream position, rejection.
+    stream: int = 0
+    rejected: str | None = None
+    unsigned: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def room_id(self) -> str:
+        return self.pdu["room_id"]
+
+    @property
+    def type(self) -> str:
+        return self.pdu["type"]
+
+    @property
+    def sender(self) -> str:
+        return self.pdu["sender"]
+
+    @property
+    def content(self) -> dict[str, Any]:
+        return self.pdu.get("content", {})
+
+    @property
+    def state_key(self) -> str | None:
+        return self.pdu.get("state_key")
+
+    @property
+    def is_state(self) -> bool:
+        return "state_key" in self.pdu
+
+    @property
+    def key(self) -> StateKey:
+        """The (type, state_key) slot a state event fills."""
+        return (self.pdu["type"], self.pdu["state_key"])
+
+    @property
+    def depth(self) -> int:
+        return int(self.pdu.get("depth", 0))
+
+    @property
+    def origin_server_ts(self) -> int:
+        return int(self.pdu.get("origin_server_ts", 0))
+
+    @property
+    def auth_event_ids(self) -> list[str]:
+        return list(self.pdu.get("auth_events", []))
+
+    @property
+    def prev_event_ids(self) -> list[str]:
+        return list(self.pdu.get("prev_events", []))
+
+    @property
+    def membership(self) -> str | None:
+        if self.type != "m.room.member":
+            return None
+        value = self.content.get("membership")
+        return value if isinstance(value, str) else None
+
+    @property
+    def redacts(self) -> str | None:
+        """The target of a redaction: in content from v11 on, top-level before."""
+        if self.type != "m.room.redaction":
+            return None
+        target = self.content.get("redacts", self.pdu.get("redacts"))
+        return target if isinstance(target, str) else None

@@ -1,0 +1,118 @@
+"""Membership changes: join, invite, leave, kick, ban, unban, forget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.errors import MatrixError, bad_json, forbidden, not_found
+from homeserver.events import Event
+from homeserver.ids import parse_user_id
+from homeserver.rooms import Rooms
+from storage.store import Store
+
+MAX_REASON = 1024
+
+
+def _reason(reason: object) -> dict[str, Any]:
+    if reason is None:
+        return {}
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise bad_json(f"reason must be a string of at most {MAX_REASON} characters")
+    return {"reason": reason}
+
+
+class Membership:
+    def __init__(self, rooms: Rooms, store: Store) -> None:
+        self._rooms = rooms
+        self._store = store
+
+    async def profile_content(self, user_id: str) -> dict[str, Any]:
+        profile = await self._store.profiles.get(user_id)
+        if profile is None:
+            return {}
+        out: dict[str, Any] = {}
+        if profile.displayname is not None:
+            out["displayname"] = profile.displayname
+        if profile.avatar_url is not None:
+            out["avatar_url"] = profile.avatar_url
+        return out
+
+    async def resolve_room(self, room_id_or_alias: str) -> str:
+        if room_id_or_alias.startswith("#"):
+            found = await self._store.rooms.get_alias(room_id_or_alias)
+            if found is None:
+                raise not_found("Room alias not found")
+            return found[0]
+        if not room_id_or_alias.startswith("!") or ":" not in room_id_or_alias:
+            raise MatrixError(400, "M_INVALID_PARAM", "not a room ID or alias")
+        return room_id_or_alias
+
+    async def join(self, room_id_or_alias: str, user_id: str, reason: object = None) -> str:
+        room_id = await self.resolve_room(room_id_or_alias)
+        if await self._rooms.room(room_id) is None:
+            # Remote joins (make_join/send_join) come with federation.
+            raise not_found("This server does not know that room")
+        current = await self._rooms.membership(room_id, user_id)
+        if current == "join":
+            return room_id
+        if current == "ban":
+            raise forbidden("You are banned from this room")
+        content = {"membership": "join", **await self.profile_content(user_id), **_reason(reason)}
+        await self._rooms.create_event(room_id, user_id, "m.room.member", content, state_key=user_id)
+        await self._store.rooms.unforget(user_id, room_id)
+        return room_id
+
+    async def invite(self, room_id: str, sender: str, target: object, reason: object = None,
+                     is_direct: bool = False) -> Event:
+        if not isinstance(target, str):
+            raise bad_json("user_id must be a string")
+        _, server = parse_user_id(target)
+        await self._rooms.require_joined(room_id, sender)
+        if server == self._rooms.server_name and await self._store.users.get(target) is None:
+            raise not_found("Unknown user")
+        if server != self._rooms.server_name:
+            raise MatrixError(400, "M_UNRECOGNIZED", "Inviting users of other servers needs federation")
+        current = await self._rooms.membership(room_id, target)
+        if current in ("join", "ban"):
+            raise forbidden(f"The user is already {'in' if current == 'join' else 'banned from'} the room")
+        content: dict[str, Any] = {"membership": "invite", **await self.profile_content(target), **_reason(reason)}
+        if is_direct:
+            content["is_direct"] = True
+        return await self._rooms.create_event(room_id, sender, "m.room.member", content, state_key=target)
+
+    async def leave(self, room_id: str, user_id: str, reason: object = None) -> None:
+        if await self._rooms.room(room_id) is None:
+            raise not_found("Unknown room")
+        current = await self._rooms.membership(room_id, user_id)
+        if current in (None, "leave"):
+            if current is None:
+                raise forbidden("You are not in this room")
+            return
+        if current == "ban":
+            raise forbidden("You are banned from this room")
+        await self._rooms.create_event(room_id, user_id, "m.room.member",
+                                       {"membership": "leave", **_reason(reason)}, state_key=user_id)
+
+    async def set_membership(self, room_id: str, sender: str, target: object, membership: str,
+                             reason: object = None) -> None:
+        """kick (leave), ban and unban (leave) of another user."""
+        if not isinstance(target, str):
+            raise bad_json("user_id must be a string")
+        parse_user_id(target)
+        await self._rooms.require_joined(room_id, sender)
+        current = await self._rooms.membership(room_id, target)
+        if membership == "unban" and current != "ban":
+            raise forbidden("The user is not banned")
+        if membership == "kick" and current not in ("join", "invite", "knock"):
+            raise forbidden("The user is not in the room")
+        new = "ban" if membership == "ban" else "leave"
+        await self._rooms.create_event(room_id, sender, "m.room.member", {"membership": new, **_reason(reason)},
+                                       state_key=target)
+
+    async def forget(self, room_id: str, user_id: str) -> None:
+        current = await self._rooms.membership(room_id, user_id)
+        if current in ("join", "invite", "knock"):
+            raise MatrixError(400, "M_UNKNOWN", "Leave the room before forgetting it")
+        if current is None:
+            raise not_found("You were never in this room")
+        await self._store.rooms.forget(user_id, room_id)

@@ -1,0 +1,87 @@
+"""Receipts, read markers and account data (global and per room, including m.direct)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.clock import now_ms
+from homeserver.errors import MatrixError, bad_json, forbidden, not_found
+from homeserver.notifier import Notifier
+from homeserver.rooms import Rooms
+from storage.store import Store
+
+RECEIPT_TYPES = ("m.read", "m.read.private")
+MAX_ACCOUNT_DATA_BYTES = 65_536
+# Types the server manages itself; clients use the dedicated endpoints.
+SERVER_MANAGED = ("m.fully_read", "m.push_rules")
+
+
+class RoomData:
+    def __init__(self, rooms: Rooms, store: Store, notifier: Notifier) -> None:
+        self._rooms = rooms
+        self._store = store
+        self._notifier = notifier
+
+    async def receipt(self, user_id: str, room_id: str, receipt_type: str, event_id: str,
+                      thread_id: object = None) -> None:
+        if receipt_type == "m.fully_read":
+            await self.read_markers(user_id, room_id, {"m.fully_read": event_id})
+            return
+        if receipt_type not in RECEIPT_TYPES:
+            raise MatrixError(400, "M_INVALID_PARAM", f"receipt type must be one of {', '.join(RECEIPT_TYPES)}")
+        if thread_id is not None and not isinstance(thread_id, str):
+            raise bad_json("thread_id must be a string")
+        await self._rooms.require_joined(room_id, user_id)
+        ev = await self._rooms.get_event(event_id)
+        if ev is None or ev.room_id != room_id:
+            raise not_found("Event not found in this room")
+        stream = await self._store.user_data.put_receipt(room_id, receipt_type, user_id, thread_id or "",
+                                                         event_id, now_ms())
+        await self._notifier.notify(stream, room_id)
+
+    async def read_markers(self, user_id: str, room_id: str, body: dict[str, Any]) -> None:
+        await self._rooms.require_joined(room_id, user_id)
+        for key in ("m.fully_read", "m.read", "m.read.private"):
+            if key in body and not isinstance(body[key], str):
+                raise bad_json(f"{key} must be an event ID")
+        fully_read = body.get("m.fully_read")
+        if fully_read is not None:
+            ev = await self._rooms.get_event(fully_read)
+            if ev is None or ev.room_id != room_id:
+                raise not_found("Event not found in this room")
+            await self._put(user_id, room_id, "m.fully_read", {"event_id": fully_read})
+        for key in ("m.read", "m.read.private"):
+            if body.get(key):
+                await self.receipt(user_id, room_id, key, body[key])
+
+    async def set_account_data(self, requester: str, user_id: str, room_id: str, data_type: str,
+                               content: dict[str, Any]) -> None:
+        if requester != user_id:
+            raise forbidden("You cannot set another user's account data")
+        if data_type in SERVER_MANAGED:
+            raise MatrixError(405, "M_BAD_JSON", f"{data_type} is managed by the server")
+        if len(str(content)) > MAX_ACCOUNT_DATA_BYTES:
+            raise MatrixError(413, "M_TOO_LARGE", "account data is too large")
+        if room_id and await self._rooms.room(room_id) is None:
+            raise MatrixError(400, "M_INVALID_PARAM", "Unknown room")
+        await self._put(user_id, room_id, data_type, content)
+
+    async def get_account_data(self, requester: str, user_id: str, room_id: str, data_type: str) -> dict[str, Any]:
+        if requester != user_id:
+            raise forbidden("You cannot read another user's account data")
+        content = await self._store.user_data.get_account_data(user_id, room_id, data_type)
+        if content is None:
+            raise not_found("No account data of that type")
+        return content
+
+    async def add_direct_room(self, user_id: str, other: str, room_id: str) -> None:
+        """Record a DM in m.direct (Whispr keeps it for its users; clients may too)."""
+        current = await self._store.user_data.get_account_data(user_id, "", "m.direct") or {}
+        rooms = list(current.get(other, []))
+        if room_id in rooms:
+            return
+        await self._put(user_id, "", "m.direct", {**current, other: rooms + [room_id]})
+
+    async def _put(self, user_id: str, room_id: str, data_type: str, content: dict[str, Any]) -> None:
+        stream = await self._store.user_data.put_account_data(user_id, room_id, data_type, content)
+        await self._notifier.notify(stream, None, [user_id])

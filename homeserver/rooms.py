@@ -1,0 +1,232 @@
+"""Rooms: building, authorising and persisting events, state and membership.
+
+Every event this server creates is a full PDU of its room's version: auth and
+prev events, depth, content hash, our signature and a reference-hash ID. The
+authorization rules are checked on local events exactly as on remote ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any, Iterable
+
+from canonicaljson import encode_canonical_json
+from signedjson.key import SigningKey
+
+from homeserver.auth_rules import AuthError, auth_types_for_event, check_auth
+from homeserver.clock import now_ms
+from homeserver.errors import MatrixError, bad_json, forbidden, not_found
+from homeserver.event_crypto import compute_event_id, sign_event
+from homeserver.events import Event, StateKey
+from homeserver.notifier import Notifier
+from homeserver.room_versions import RoomVersion, get_room_version
+from storage.rooms import RoomInfo, StateMap, TxnRef
+from storage.store import Store
+
+log = logging.getLogger("whispr.rooms")
+
+MAX_PDU_BYTES = 65_536
+MAX_PREV_EVENTS = 10
+EVENT_CACHE_SIZE = 20_000
+POWER_LEVEL_INT_KEYS = ("ban", "events_default", "invite", "kick", "redact", "state_default", "users_default")
+
+
+def validate_content(event_type: str, content: Any, state_key: Any) -> None:
+    """Shape checks that make bad input M_BAD_JSON rather than an auth failure."""
+    if not isinstance(content, dict):
+        raise bad_json("content must be a JSON object")
+    if not isinstance(event_type, str) or not event_type or len(event_type) > 255:
+        raise bad_json("event type must be a string of 1-255 characters")
+    if state_key is not None and (not isinstance(state_key, str) or len(state_key) > 255):
+        raise bad_json("state_key must be a string of at most 255 characters")
+    if event_type == "m.room.power_levels":
+        _check_power_levels(content)
+    if event_type == "m.room.member" and not isinstance(content.get("membership"), str):
+        raise bad_json("m.room.member content needs a membership string")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**53) + 1 <= value <= 2**53 - 1
+
+
+def _check_power_levels(content: dict[str, Any]) -> None:
+    for key in POWER_LEVEL_INT_KEYS:
+        if key in content and not _is_int(content[key]):
+            raise bad_json(f"power level {key} must be an integer")
+    for key in ("events", "users", "notifications"):
+        value = content.get(key, {})
+        if not isinstance(value, dict) or not all(_is_int(v) for v in value.values()):
+            raise bad_json(f"power levels {key} must map to integers")
+
+
+class Rooms:
+    def __init__(self, server_name: str, store: Store, signing_key: SigningKey, notifier: Notifier) -> None:
+        self.server_name = server_name
+        self._store = store
+        self._key = signing_key
+        self._notifier = notifier
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._events: OrderedDict[str, Event] = OrderedDict()
+
+    # --- reading ---------------------------------------------------------------
+
+    async def room(self, room_id: str) -> RoomInfo | None:
+        return await self._store.rooms.get_room(room_id)
+
+    async def require_room(self, room_id: str) -> tuple[RoomInfo, RoomVersion]:
+        room = await self._store.rooms.get_room(room_id)
+        if room is None:
+            raise not_found("Unknown room")
+        version = get_room_version(room.room_version)
+        if version is None:
+            raise MatrixError(500, "M_UNKNOWN", f"room version {room.room_version} is not supported")
+        return room, version
+
+    async def get_event(self, event_id: str) -> Event | None:
+        ev = self._events.get(event_id)
+        if ev is not None:
+            self._events.move_to_end(event_id)
+            return ev
+        ev = await self._store.rooms.get_event(event_id)
+        if ev is not None:
+            self._cache(ev)
+        return ev
+
+    async def get_events(self, event_ids: Iterable[str]) -> dict[str, Event]:
+        found: dict[str, Event] = {}
+        missing = []
+        for eid in event_ids:
+            ev = self._events.get(eid)
+            if ev is None:
+                missing.append(eid)
+            else:
+                found[eid] = ev
+        if missing:
+            loaded = await self._store.rooms.get_events(missing)
+            for ev in loaded.values():
+                self._cache(ev)
+            found.update(loaded)
+        return found
+
+    def _cache(self, ev: Event) -> None:
+        self._events[ev.event_id] = ev
+        self._events.move_to_end(ev.event_id)
+        while len(self._events) > EVENT_CACHE_SIZE:
+            self._events.popitem(last=False)
+
+    def forget_cached(self, event_id: str) -> None:
+        self._events.pop(event_id, None)
+
+    async def current_state_ids(self, room_id: str) -> StateMap:
+        room = await self._store.rooms.get_room(room_id)
+        return {} if room is None else await self._store.rooms.state_map(room.current_group)
+
+    async def current_state(self, room_id: str) -> dict[StateKey, Event]:
+        ids = await self.current_state_ids(room_id)
+        events = await self.get_events(ids.values())
+        return {k: events[eid] for k, eid in ids.items() if eid in events}
+
+    async def state_event(self, room_id: str, event_type: str, state_key: str = "") -> Event | None:
+        eid = (await self.current_state_ids(room_id)).get((event_type, state_key))
+        return None if eid is None else await self.get_event(eid)
+
+    async def state_at_event(self, event_id: str, after: bool = True) -> StateMap:
+        groups = await self._store.rooms.event_state_groups(event_id)
+        if groups is None:
+            return {}
+        return await self._store.rooms.state_map(groups[1] if after else groups[0])
+
+    async def membership(self, room_id: str, user_id: str) -> str | None:
+        ev = await self.state_event(room_id, "m.room.member", user_id)
+        return None if ev is None else ev.membership
+
+    async def require_joined(self, room_id: str, user_id: str) -> None:
+        if await self._store.rooms.get_room(room_id) is None:
+            raise forbidden("You are not in this room")  # do not reveal whether it exists
+        if await self.membership(room_id, user_id) != "join":
+            raise forbidden("You are not joined to this room")
+
+    # --- writing ----------------------------------------------------------------
+
+    def _lock(self, room_id: str) -> asyncio.Lock:
+        lock = self._locks.get(room_id)
+        if lock is None:
+            lock = self._locks[room_id] = asyncio.Lock()
+        return lock
+
+    async def create_event(self, room_id: str, sender: str, event_type: str, content: dict[str, Any],
+                           state_key: str | None = None, txn: TxnRef | None = None,
+                           extra: dict[str, Any] | None = None) -> Event:
+        """Build, sign, authorise and persist one event in a room we hold; wake syncs."""
+        validate_content(event_type, content, state_key)
+        async with self._lock(room_id):
+            if txn is not None:
+                existing = await self._store.rooms.event_for_txn(sender, txn.device_id, txn.txn_id)
+                if existing is not None:
+                    ev = await self.get_event(existing)
+                    assert ev is not None
+                    return ev
+            room, version = await self.require_room(room_id)
+            state = await self._store.rooms.state_map(room.current_group)
+            prev_ids = (await self._store.rooms.forward_extremities(room_id))[:MAX_PREV_EVENTS]
+            prevs = await self.get_events(prev_ids)
+            pdu: dict[str, Any] = {
+                "room_id": room_id, "sender": sender, "type": event_type, "content": content,
+                "origin_server_ts": now_ms(), "prev_events": prev_ids,
+                "depth": min(max((e.depth for e in prevs.values()), default=0) + 1, 2**63 - 1),
+                **(extra or {}),
+            }
+            if state_key is not None:
+                pdu["state_key"] = state_key
+            auth_ids = [state[k] for k in sorted(auth_types_for_event(pdu, version)) if k in state]
+            pdu["auth_events"] = auth_ids
+            event = await self._sign_and_check(pdu, version, state)
+            return await self._persist(event, room, state, prev_ids, txn)
+
+    async def create_room_event(self, room_id: str, version: RoomVersion, sender: str,
+                                content: dict[str, Any], is_public: bool) -> Event:
+        """The m.room.create event, which has no parents."""
+        pdu = {"room_id": room_id, "sender": sender, "type": "m.room.create", "state_key": "",
+               "content": content, "origin_server_ts": now_ms(), "prev_events": [], "auth_events": [],
+               "depth": 1}
+        event = await self._sign_and_check(pdu, version, {})
+        await self._store.rooms.create_room(room_id, version.identifier, sender, now_ms(), is_public)
+        room = await self._store.rooms.get_room(room_id)
+        assert room is not None
+        return await self._persist(event, room, {}, [], None)
+
+    async def _sign_and_check(self, pdu: dict[str, Any], version: RoomVersion, state: StateMap) -> Event:
+        signed = sign_event(pdu, self.server_name, self._key, version)
+        if len(encode_canonical_json(signed)) > MAX_PDU_BYTES:
+            raise MatrixError(413, "M_TOO_LARGE", f"event is larger than {MAX_PDU_BYTES} bytes")
+        event = Event(compute_event_id(signed, version), signed)
+        auth_events = await self.get_events(signed["auth_events"])
+        try:
+            check_auth(event, {e.key: e for e in auth_events.values()}, version)
+        except AuthError as e:
+            raise forbidden(str(e)) from None
+        return event
+
+    async def _persist(self, event: Event, room: RoomInfo, state: StateMap, prev_ids: list[str],
+                       txn: TxnRef | None) -> Event:
+        unsigned: dict[str, Any] = {}
+        if event.is_state and event.key in state:
+            replaced = await self.get_event(state[event.key])
+            if replaced is not None:
+                unsigned = {"replaces_state": replaced.event_id, "prev_content": replaced.content,
+                            "prev_sender": replaced.sender}
+        persisted = await self._store.rooms.persist_event(
+            event, state_before=room.current_group, before_map=state, prev_extremities=prev_ids, txn=txn,
+            unsigned=unsigned)
+        if txn is not None:
+            unsigned = {**unsigned, "_txn": [txn.device_id, txn.txn_id]}
+        stored = Event(event.event_id, event.pdu, stream=persisted.stream, unsigned=unsigned)
+        self._cache(stored)
+        if stored.redacts:
+            self.forget_cached(stored.redacts)
+        # Membership changes must also wake the target, who may not watch the room yet.
+        targets = [stored.state_key] if stored.type == "m.room.member" and stored.state_key else []
+        await self._notifier.notify(persisted.stream, room.room_id, targets)
+        return stored

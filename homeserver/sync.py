@@ -1,0 +1,269 @@
+"""/sync: what changed for a user since a token, waiting for news when there is none.
+
+Tokens are ``s<stream>_<typing>``: every event, receipt and account-data change
+takes one position on a single stream; typing has its own serial. A waiting
+sync sleeps on the notifier under its user ID and its rooms' IDs only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.accounts import Requester
+from homeserver.client_events import client_event, stripped_state
+from homeserver.clock import now_ms
+from homeserver.errors import MatrixError
+from homeserver.events import Event
+from homeserver.filters import SyncFilter
+from homeserver.notifier import Notifier
+from homeserver.room_versions import get_room_version
+from homeserver.rooms import Rooms
+from homeserver.typing_state import Typing
+from storage.store import Store
+
+MAX_TIMEOUT_MS = 300_000
+UNREAD_TYPES = ("m.room.message", "m.room.encrypted")
+INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
+                      "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
+_TOKEN = re.compile(r"^s(\d+)_(\d+)$")
+
+
+@dataclass(frozen=True)
+class SyncToken:
+    stream: int
+    typing: int
+
+    def __str__(self) -> str:
+        return f"s{self.stream}_{self.typing}"
+
+    @classmethod
+    def parse(cls, raw: str) -> "SyncToken":
+        m = _TOKEN.match(raw)
+        if m is None:
+            raise MatrixError(400, "M_INVALID_PARAM", "Unknown sync token")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    body: dict[str, Any]
+    next_batch: SyncToken
+    empty: bool
+
+
+class SyncService:
+    def __init__(self, rooms: Rooms, store: Store, notifier: Notifier, typing: Typing) -> None:
+        self._rooms = rooms
+        self._store = store
+        self._notifier = notifier
+        self._typing = typing
+
+    def current_token(self) -> SyncToken:
+        return SyncToken(self._notifier.position, self._typing.serial)
+
+    async def sync(self, who: Requester, since: SyncToken | None, timeout_ms: int, full_state: bool,
+                   filt: SyncFilter) -> SyncResult:
+        if since is not None and since.stream > self._notifier.position:
+            since = SyncToken(self._notifier.position, since.typing)  # a token from the future: clamp
+        deadline = asyncio.get_running_loop().time() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
+        while True:
+            # Read the position before the rooms: anything committed later is seen next round.
+            upto = self.current_token()
+            result = await self._compute(who, since, upto, full_state, filt)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if not result.empty or since is None or full_state or remaining <= 0:
+                return result
+            if self.current_token() != upto:
+                continue
+            joined = [r for r, (m, _) in (await self._store.rooms.rooms_for_user(who.user_id)).items()
+                      if m == "join"]
+            await self._notifier.wait([who.user_id, *joined], remaining)
+
+    async def _compute(self, who: Requester, since: SyncToken | None, upto: SyncToken, full_state: bool,
+                       filt: SyncFilter) -> SyncResult:
+        user_id = who.user_id
+        s = since.stream if since else 0
+        memberships = await self._store.rooms.rooms_for_user(user_id)
+        changes: dict[str, Event] = {}
+        if since is not None:
+            for ev in await self._store.rooms.membership_changes(user_id, s, upto.stream):
+                changes[ev.room_id] = ev  # the last change in the range wins
+        forgotten = await self._store.rooms.forgotten(user_id) if since is None or changes else set()
+        joined, invited, left = {}, {}, {}
+        now = now_ms()
+
+        for room_id, (membership, member_event_id) in memberships.items():
+            if not filt.room_allowed(room_id):
+                continue
+            if membership == "join":
+                newly = since is None or room_id in changes
+                if not newly and not full_state and not self._room_changed(room_id, since):
+                    continue
+                body = await self._joined_room(who, room_id, since, upto, newly or full_state, filt, now)
+                if body is not None:
+                    joined[room_id] = body
+            elif membership == "invite" and (since is None or room_id in changes):
+                invited[room_id] = await self._invite(room_id, member_event_id)
+            elif membership in ("leave", "ban") and room_id not in forgotten and (
+                    (since is not None and room_id in changes) or (since is None and filt.include_leave)):
+                leave_ev = changes.get(room_id) or await self._rooms.get_event(member_event_id)
+                left[room_id] = await self._left_room(who, room_id, since, leave_ev, filt, now)
+
+        account_data = [
+            {"type": d.type, "content": d.content}
+            for d in await self._store.user_data.account_data_since(user_id, s, upto.stream)
+            if d.room_id == "" and filt.account_data.allows(d.type, user_id)]
+        body: dict[str, Any] = {
+            "next_batch": str(upto),
+            "rooms": {"join": joined, "invite": invited, "leave": left, "knock": {}},
+            "account_data": {"events": account_data},
+            "presence": {"events": []},
+            "to_device": {"events": []},
+            "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": {},
+        }
+        empty = not (joined or invited or left or account_data)
+        return SyncResult(body, upto, empty)
+
+    def _room_changed(self, room_id: str, since: SyncToken | None) -> bool:
+        if since is None:
+            return True
+        return (self._notifier.room_positions.get(room_id, 0) > since.stream
+                or self._typing.changed_since(room_id, since.typing))
+
+    async def _joined_room(self, who: Requester, room_id: str, since: SyncToken | None, upto: SyncToken,
+                           with_full_state: bool, filt: SyncFilter, now: int) -> dict[str, Any] | None:
+        room = await self._rooms.room(room_id)
+        if room is None:
+            return None
+        version = get_room_version(room.room_version)
+        s = since.stream if since and not with_full_state else None
+        limit = filt.timeline_limit
+        timeline_events, limited = await self._timeline(room_id, s, upto.stream, limit, filt)
+        state = await self._state_section(room_id, since, timeline_events, limited, with_full_state, filt,
+                                          who.user_id, upto.stream)
+        ephemeral = self._typing_events(room_id, since) + await self._receipt_events(who, room_id, since, upto)
+        room_data = [
+            {"type": d.type, "content": d.content}
+            for d in await self._store.user_data.account_data_since(who.user_id, since.stream if since else 0,
+                                                                    upto.stream)
+            if d.room_id == room_id and filt.room_account_data.allows(d.type, who.user_id)]
+        if since is not None and not with_full_state and not (timeline_events or state or ephemeral or room_data):
+            return None
+        prev_batch = SyncToken(timeline_events[0].stream - 1, upto.typing) if timeline_events else upto
+        redactions = await self._redactions(timeline_events)
+        device = (who.user_id, who.device_id)
+        return {
+            "timeline": {"events": [client_event(e, version, now, device=device,
+                                                 redaction=redactions.get(e.event_id)) for e in timeline_events],
+                         "limited": limited, "prev_batch": str(prev_batch)},
+            "state": {"events": [client_event(e, version, now) for e in state]},
+            "ephemeral": {"events": ephemeral},
+            "account_data": {"events": room_data},
+            "unread_notifications": await self._unread(room_id, who.user_id),
+            "summary": await self._summary(room_id) if with_full_state or state else {},
+        }
+
+    async def _timeline(self, room_id: str, after: int | None, upto: int, limit: int,
+                        filt: SyncFilter) -> tuple[list[Event], bool]:
+        events = await self._store.rooms.room_events(room_id, after=after, before=upto, limit=limit + 1)
+        limited = len(events) > limit
+        events = [e for e in reversed(events[:limit]) if filt.timeline.allows(e.type, e.sender)]
+        return events, limited
+
+    async def _state_section(self, room_id: str, since: SyncToken | None, timeline: list[Event], limited: bool,
+                             full: bool, filt: SyncFilter, user_id: str, upto: int) -> list[Event]:
+        """State at the start of the timeline (full) or what changed in the gap before it (limited)."""
+        if timeline:
+            start_state = await self._rooms.state_at_event(timeline[0].event_id, after=False)
+        else:
+            start_state = await self._rooms.current_state_ids(room_id)
+        timeline_ids = {e.event_id for e in timeline}
+        if full:
+            wanted = dict(start_state)
+        elif limited and since is not None:
+            group = await self._store.rooms.group_at_stream(room_id, since.stream)
+            before = await self._store.rooms.state_map(group)
+            wanted = {k: v for k, v in start_state.items() if before.get(k) != v}
+        else:
+            return []
+        if filt.state.lazy_load_members:
+            senders = {e.sender for e in timeline} | {user_id}
+            wanted = {k: v for k, v in wanted.items() if k[0] != "m.room.member" or k[1] in senders}
+        wanted = {k: v for k, v in wanted.items()
+                  if v not in timeline_ids and filt.state.allows(k[0], "")}
+        events = await self._rooms.get_events(wanted.values())
+        return sorted((events[v] for v in wanted.values() if v in events), key=lambda e: e.stream)
+
+    def _typing_events(self, room_id: str, since: SyncToken | None) -> list[dict[str, Any]]:
+        if since is not None and not self._typing.changed_since(room_id, since.typing):
+            return []
+        users = self._typing.users(room_id)
+        if since is None and not users:
+            return []
+        return [{"type": "m.typing", "content": {"user_ids": users}}]
+
+    async def _receipt_events(self, who: Requester, room_id: str, since: SyncToken | None,
+                              upto: SyncToken) -> list[dict[str, Any]]:
+        receipts = await self._store.user_data.receipts([room_id], since.stream if since else 0, upto.stream)
+        content: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
+        for r in receipts:
+            if r.receipt_type == "m.read.private" and r.user_id != who.user_id:
+                continue
+            data: dict[str, Any] = {"ts": r.ts}
+            if r.thread_id:
+                data["thread_id"] = r.thread_id
+            content[r.event_id][r.receipt_type][r.user_id] = data
+        if not content:
+            return []
+        return [{"type": "m.receipt", "content": {k: dict(v) for k, v in content.items()}}]
+
+    async def _redactions(self, events: list[Event]) -> dict[str, Event]:
+        ids = {e.event_id: e.unsigned["redacted_by"] for e in events if e.unsigned.get("redacted_by")}
+        if not ids:
+            return {}
+        found = await self._rooms.get_events(ids.values())
+        return {target: found[r] for target, r in ids.items() if r in found}
+
+    async def _unread(self, room_id: str, user_id: str) -> dict[str, int]:
+        read_at = await self._store.user_data.read_position(room_id, user_id)
+        if read_at is None:
+            member = await self._rooms.state_event(room_id, "m.room.member", user_id)
+            read_at = member.stream if member is not None else 0
+        count = await self._store.user_data.count_unread(room_id, user_id, read_at, UNREAD_TYPES)
+        return {"notification_count": count, "highlight_count": 0}
+
+    async def _summary(self, room_id: str) -> dict[str, Any]:
+        joined = await self._store.rooms.members(room_id, "join")
+        invited = await self._store.rooms.members(room_id, "invite")
+        heroes = sorted(set(joined) | set(invited))[:5]
+        return {"m.joined_member_count": len(joined), "m.invited_member_count": len(invited), "m.heroes": heroes}
+
+    async def _invite(self, room_id: str, member_event_id: str) -> dict[str, Any]:
+        state = await self._rooms.current_state(room_id)
+        events = [stripped_state(e) for k, e in state.items() if k[0] in INVITE_STATE_TYPES]
+        invite = await self._rooms.get_event(member_event_id)
+        if invite is not None:
+            events.append(stripped_state(invite))
+        return {"invite_state": {"events": events}}
+
+    async def _left_room(self, who: Requester, room_id: str, since: SyncToken | None, leave_ev: Event | None,
+                         filt: SyncFilter, now: int) -> dict[str, Any]:
+        room = await self._rooms.room(room_id)
+        version = get_room_version(room.room_version) if room else None
+        upto = leave_ev.stream if leave_ev else 0
+        events, limited = await self._timeline(room_id, since.stream if since else None, upto,
+                                               filt.timeline_limit, filt)
+        state: list[Event] = []
+        if since is None or limited:
+            state = await self._state_section(room_id, since, events, limited, since is None, filt, who.user_id,
+                                              upto)
+        prev_batch = SyncToken(events[0].stream - 1, 0) if events else SyncToken(upto, 0)
+        return {"timeline": {"events": [client_event(e, version, now, device=(who.user_id, who.device_id))
+                                        for e in events], "limited": limited, "prev_batch": str(prev_batch)},
+                "state": {"events": [client_event(e, version, now) for e in state]},
+                "account_data": {"events": []}}

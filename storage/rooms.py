@@ -1,0 +1,314 @@
+"""Rooms, events, state groups, current state, memberships and aliases."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from homeserver.events import Event, StateKey
+from storage.database import Connection, Database, Row
+
+# A group stores only what changed since its parent; after this many links a
+# full snapshot is written so that reading any group walks a bounded chain.
+MAX_CHAIN_LENGTH = 64
+STATE_CACHE_SIZE = 2048
+
+StateMap = dict[StateKey, str]
+
+
+@dataclass(frozen=True)
+class RoomInfo:
+    room_id: str
+    room_version: str
+    creator: str
+    is_public: bool
+    created_ts: int
+    current_group: int | None
+    last_stream: int
+
+
+@dataclass(frozen=True)
+class Persisted:
+    stream: int
+    state_after: int | None
+
+
+@dataclass(frozen=True)
+class TxnRef:
+    device_id: str
+    txn_id: str
+
+
+def _room(row: Row) -> RoomInfo:
+    return RoomInfo(row["room_id"], row["room_version"], row["creator"], bool(row["is_public"]),
+                    row["created_ts"], row["current_group"], row["last_stream"])
+
+
+def event_from_row(row: Row) -> Event:
+    unsigned = json.loads(row["unsigned"]) if row["unsigned"] else {}
+    if row["redacted_by"]:
+        unsigned["redacted_by"] = row["redacted_by"]
+    if row["txn_id"]:
+        unsigned["_txn"] = [row["txn_device"], row["txn_id"]]
+    return Event(row["event_id"], json.loads(row["json"]), stream=row["stream"], rejected=row["rejected"],
+                 unsigned=unsigned)
+
+
+_EVENT_COLUMNS = "stream, event_id, json, rejected, redacted_by, unsigned, txn_device, txn_id"
+
+
+class RoomStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._groups: OrderedDict[int, StateMap] = OrderedDict()
+
+    # --- rooms -----------------------------------------------------------
+
+    async def create_room(self, room_id: str, room_version: str, creator: str, ts: int, is_public: bool) -> None:
+        await self.db.execute(
+            "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES (?, ?, ?, ?, ?)",
+            room_id, room_version, creator, int(is_public), ts)
+
+    async def get_room(self, room_id: str) -> RoomInfo | None:
+        row = await self.db.fetchone("SELECT * FROM rooms WHERE room_id = ?", room_id)
+        return None if row is None else _room(row)
+
+    async def set_public(self, room_id: str, is_public: bool) -> None:
+        await self.db.execute("UPDATE rooms SET is_public = ? WHERE room_id = ?", int(is_public), room_id)
+
+    async def public_rooms(self) -> list[RoomInfo]:
+        rows = await self.db.fetchall("SELECT * FROM rooms WHERE is_public = 1 ORDER BY created_ts")
+        return [_room(r) for r in rows]
+
+    async def last_streams(self) -> dict[str, int]:
+        rows = await self.db.fetchall("SELECT room_id, last_stream FROM rooms")
+        return {r["room_id"]: r["last_stream"] for r in rows}
+
+    async def current_stream(self) -> int:
+        return int(await self.db.fetchval("SELECT pos FROM stream_counter WHERE name = 'stream'"))
+
+    # --- events ------------------------------------------------------------
+
+    async def persist_event(self, event: Event, *, state_before: int | None, before_map: StateMap | None,
+                            prev_extremities: Sequence[str], txn: TxnRef | None = None,
+                            unsigned: dict[str, Any] | None = None) -> Persisted:
+        """Store one accepted event and everything that follows from it, in one transaction.
+
+        `before_map` is the full state before the event (from the state cache), so
+        a state event can start a fresh snapshot without reading it back.
+        """
+        async with self.db.transaction() as tx:
+            stream = await next_stream(tx)
+            state_after = state_before
+            if event.is_state:
+                state_after = await self._new_group(tx, event.room_id, state_before, before_map or {},
+                                                    {event.key: event.event_id})
+            await tx.execute(
+                f"INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
+                f" json, state_before, state_after, unsigned, txn_device, txn_id)"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
+                event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")), state_before, state_after,
+                json.dumps(unsigned) if unsigned else None,
+                txn.device_id if txn else None, txn.txn_id if txn else None)
+            if event.is_state:
+                await tx.execute(
+                    "INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id,"
+                    " membership = excluded.membership",
+                    event.room_id, event.type, event.state_key, event.event_id, event.membership)
+            await tx.execute("UPDATE rooms SET last_stream = ?, current_group = ? WHERE room_id = ?",
+                             stream, state_after, event.room_id)
+            for prev in prev_extremities:
+                await tx.execute("DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?",
+                                 event.room_id, prev)
+            await tx.execute("INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
+                             event.room_id, event.event_id)
+            if event.redacts:
+                await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
+                                 " AND redacted_by IS NULL", event.event_id, event.redacts, event.room_id)
+        return Persisted(stream, state_after)
+
+    async def _new_group(self, tx: Connection, room_id: str, parent: int | None, parent_map: StateMap,
+                         delta: StateMap) -> int:
+        chain = 0
+        if parent is not None:
+            chain = int(await tx.fetchval("SELECT chain_length FROM state_groups WHERE id = ?", parent) or 0) + 1
+        snapshot = parent is None or chain >= MAX_CHAIN_LENGTH
+        group_id = int(await tx.fetchval(
+            "INSERT INTO state_groups (room_id, prev_id, chain_length) VALUES (?, ?, ?) RETURNING id",
+            room_id, None if snapshot else parent, 0 if snapshot else chain))
+        full = {**parent_map, **delta}
+        rows = full if snapshot else delta
+        await tx.executemany(
+            "INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?, ?, ?, ?)",
+            [(group_id, t, sk, eid) for (t, sk), eid in rows.items()])
+        self._remember(group_id, full)
+        return group_id
+
+    async def new_state_group(self, room_id: str, parent: int | None, parent_map: StateMap, delta: StateMap) -> int:
+        async with self.db.transaction() as tx:
+            return await self._new_group(tx, room_id, parent, parent_map, delta)
+
+    def _remember(self, group_id: int, state: StateMap) -> None:
+        self._groups[group_id] = state
+        self._groups.move_to_end(group_id)
+        while len(self._groups) > STATE_CACHE_SIZE:
+            self._groups.popitem(last=False)
+
+    async def state_map(self, group_id: int | None) -> StateMap:
+        """The full state of a group. Groups never change, so caching them is always safe.
+
+        Callers must not mutate the returned map."""
+        if group_id is None:
+            return {}
+        cached = self._groups.get(group_id)
+        if cached is not None:
+            self._groups.move_to_end(group_id)
+            return cached
+        chain: list[int] = []
+        gid: int | None = group_id
+        while gid is not None and gid not in self._groups:
+            chain.append(gid)
+            gid = await self.db.fetchval("SELECT prev_id FROM state_groups WHERE id = ?", gid)
+        state: StateMap = dict(self._groups[gid]) if gid is not None else {}
+        for link in reversed(chain):
+            rows = await self.db.fetchall(
+                "SELECT type, state_key, event_id FROM state_group_entries WHERE group_id = ?", link)
+            state.update({(r["type"], r["state_key"]): r["event_id"] for r in rows})
+        self._remember(group_id, state)
+        return state
+
+    async def get_event(self, event_id: str) -> Event | None:
+        row = await self.db.fetchone(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", event_id)
+        return None if row is None else event_from_row(row)
+
+    async def get_events(self, event_ids: Iterable[str]) -> dict[str, Event]:
+        ids = list(dict.fromkeys(event_ids))
+        found: dict[str, Event] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self.db.fetchall(f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN ({marks})", *chunk)
+            for r in rows:
+                found[r["event_id"]] = event_from_row(r)
+        return found
+
+    async def event_state_groups(self, event_id: str) -> tuple[int | None, int | None] | None:
+        row = await self.db.fetchone("SELECT state_before, state_after FROM events WHERE event_id = ?", event_id)
+        return None if row is None else (row["state_before"], row["state_after"])
+
+    async def group_at_stream(self, room_id: str, stream: int) -> int | None:
+        """The room's state after the last event at or before a stream position."""
+        return await self.db.fetchval(
+            "SELECT state_after FROM events WHERE room_id = ? AND stream <= ? ORDER BY stream DESC LIMIT 1",
+            room_id, stream)
+
+    async def room_events(self, room_id: str, *, after: int | None = None, before: int | None = None,
+                          limit: int = 10, backwards: bool = True) -> list[Event]:
+        """Events of a room in stream order with after < stream <= before; newest first if `backwards`."""
+        clauses, args = ["room_id = ?", "rejected IS NULL"], [room_id]
+        if after is not None:
+            clauses.append("stream > ?")
+            args.append(after)
+        if before is not None:
+            clauses.append("stream <= ?")
+            args.append(before)
+        order = "DESC" if backwards else "ASC"
+        rows = await self.db.fetchall(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY stream {order} LIMIT ?",
+            *args, limit)
+        return [event_from_row(r) for r in rows]
+
+    async def forward_extremities(self, room_id: str) -> list[str]:
+        rows = await self.db.fetchall("SELECT event_id FROM forward_extremities WHERE room_id = ?", room_id)
+        return [r["event_id"] for r in rows]
+
+    async def event_for_txn(self, user_id: str, device_id: str, txn_id: str) -> str | None:
+        return await self.db.fetchval(
+            "SELECT event_id FROM events WHERE sender = ? AND txn_device = ? AND txn_id = ?",
+            user_id, device_id, txn_id)
+
+    # --- membership and current state ---------------------------------------
+
+    async def current_state_ids(self, room_id: str) -> StateMap:
+        rows = await self.db.fetchall(
+            "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?", room_id)
+        return {(r["type"], r["state_key"]): r["event_id"] for r in rows}
+
+    async def rooms_for_user(self, user_id: str) -> dict[str, tuple[str, str]]:
+        """room_id -> (membership, member event ID) for every room the user has a membership in."""
+        rows = await self.db.fetchall(
+            "SELECT room_id, membership, event_id FROM current_state WHERE type = 'm.room.member'"
+            " AND state_key = ?", user_id)
+        return {r["room_id"]: (r["membership"], r["event_id"]) for r in rows}
+
+    async def members(self, room_id: str, membership: str | None = None) -> dict[str, str]:
+        """user_id -> member event ID."""
+        sql = "SELECT state_key, event_id FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
+        args: list[Any] = [room_id]
+        if membership is not None:
+            sql += " AND membership = ?"
+            args.append(membership)
+        rows = await self.db.fetchall(sql, *args)
+        return {r["state_key"]: r["event_id"] for r in rows}
+
+    async def membership_changes(self, user_id: str, after: int, upto: int) -> list[Event]:
+        rows = await self.db.fetchall(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE type = 'm.room.member' AND state_key = ?"
+            " AND stream > ? AND stream <= ? AND rejected IS NULL ORDER BY stream", user_id, after, upto)
+        return [event_from_row(r) for r in rows]
+
+    async def shares_room(self, user_a: str, user_b: str) -> bool:
+        row = await self.db.fetchone(
+            "SELECT 1 FROM current_state a JOIN current_state b ON a.room_id = b.room_id"
+            " WHERE a.type = 'm.room.member' AND a.state_key = ? AND a.membership = 'join'"
+            " AND b.type = 'm.room.member' AND b.state_key = ? AND b.membership = 'join' LIMIT 1",
+            user_a, user_b)
+        return row is not None
+
+    async def forget(self, user_id: str, room_id: str) -> None:
+        await self.db.execute("INSERT INTO forgotten_rooms (user_id, room_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                              user_id, room_id)
+
+    async def unforget(self, user_id: str, room_id: str) -> None:
+        await self.db.execute("DELETE FROM forgotten_rooms WHERE user_id = ? AND room_id = ?", user_id, room_id)
+
+    async def forgotten(self, user_id: str) -> set[str]:
+        rows = await self.db.fetchall("SELECT room_id FROM forgotten_rooms WHERE user_id = ?", user_id)
+        return {r["room_id"] for r in rows}
+
+    # --- aliases -------------------------------------------------------------
+
+    async def create_alias(self, alias: str, room_id: str, creator: str) -> bool:
+        row = await self.db.fetchone(
+            "INSERT INTO room_aliases (alias, room_id, creator) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+            " RETURNING alias", alias, room_id, creator)
+        return row is not None
+
+    async def get_alias(self, alias: str) -> tuple[str, str] | None:
+        row = await self.db.fetchone("SELECT room_id, creator FROM room_aliases WHERE alias = ?", alias)
+        return None if row is None else (row["room_id"], row["creator"])
+
+    async def delete_alias(self, alias: str) -> None:
+        await self.db.execute("DELETE FROM room_aliases WHERE alias = ?", alias)
+
+    async def aliases_for_room(self, room_id: str) -> list[str]:
+        rows = await self.db.fetchall("SELECT alias FROM room_aliases WHERE room_id = ? ORDER BY alias", room_id)
+        return [r["alias"] for r in rows]
+
+    # --- user directory ------------------------------------------------------
+
+    async def search_users(self, term: str, limit: int) -> list[Row]:
+        like = f"%{term.lower()}%"
+        return await self.db.fetchall(
+            "SELECT u.user_id, p.displayname, p.avatar_url FROM users u JOIN profiles p ON p.user_id = u.user_id"
+            " WHERE u.deactivated = 0 AND (LOWER(u.user_id) LIKE ? OR LOWER(COALESCE(p.displayname, '')) LIKE ?)"
+            " ORDER BY u.user_id LIMIT ?", like, like, limit)
+
+
+async def next_stream(tx: Connection) -> int:
+    """Allocate the next stream position; holding the row lock orders concurrent writers."""
+    return int(await tx.fetchval("UPDATE stream_counter SET pos = pos + 1 WHERE name = 'stream' RETURNING pos"))
