@@ -199,6 +199,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
+_TOP_LEVEL_KEYS = frozenset(f.name for f in dataclasses.fields(Config))
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
@@ -217,6 +220,8 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         if not name.startswith(ENV_PREFIX) or name.startswith(ENV_PREFIX + "TEST_"):
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
+        if path[0] not in _TOP_LEVEL_KEYS:
+            continue  # e.g. WHISPR_SYNAPSE_PYTHON belongs to the tools, not to the server
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})

@@ -1,0 +1,1 @@
+"""Benchmarks comparing Whispr with Synapse; see bench/README.md."""
