@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+import uvloop
 from aiohttp import web
 
 from homeserver.config import ConfigError, generate_config_text, load_config
@@ -26,6 +27,8 @@ def _run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from homeserver.app import make_app
 
+    # uvloop: about 1.4x the messages/s of the default loop on the send path (bench/).
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = make_app(config)
     logging.getLogger("whispr").info("listening on http://%s:%d as %s", config.listen.host,
                                      config.listen.port, config.server_name)
