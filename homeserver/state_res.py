@@ -1,4 +1,4 @@
-"""State resolution v2 (room versions 2-11) and v2.1 (room version 12).
+"""State resolution v2 (room versions 10, 11) and v2.1 (room version 12).
 
 Given several state maps (one per forward extremity), pick one event per (type, state_key):
   1. split into unconflicted state and conflicted events; add the auth difference
@@ -37,7 +37,7 @@ def is_power_event(event: Event) -> bool:
     if not event.is_state:
         return False
     if event.type in ("m.room.power_levels", "m.room.join_rules"):
-        return event.state_key == ""
+        return True
     return (event.type == "m.room.member" and event.membership in ("leave", "ban")
             and event.sender != event.state_key)
 
@@ -115,8 +115,8 @@ class _Resolver:
         return set().union(*chains) - set.intersection(*chains)
 
     async def _state_set_chain(self, state_set: Mapping[StateKey, str]) -> set[str]:
-        # The set's own events count as part of its chain: an event that is current state in one
-        # set and in the auth chain of another is then not "different" (as in other servers).
+        # A set's own events count as reachable from it. This only changes the full conflicted set
+        # by keeping out unconflicted events (state in every set), which step 5 restores anyway.
         ids = set(state_set.values())
         if self._get_auth_chain is not None:
             return set(await self._get_auth_chain(ids)) | ids
@@ -126,11 +126,18 @@ class _Resolver:
         return chain
 
     async def _conflicted_subgraph(self, conflicted: set[str]) -> set[str]:
-        """v2.1: events on some auth_events path from one conflicted event to another."""
+        """v2.1: events on some auth_events path from one conflicted event to another, endpoints
+        included: reachable from a conflicted event (or one itself) and reaching one (or one itself)."""
         reachable: set[str] = set()
         for event_id in conflicted:
             reachable |= await self.auth_chain(event_id)
-        return {e for e in reachable if not self._chains.get(e, frozenset()).isdisjoint(conflicted)}
+
+        def reaches_conflicted(event_id: str) -> bool:
+            return not self._chains.get(event_id, frozenset()).isdisjoint(conflicted)
+
+        middle = {e for e in reachable if reaches_conflicted(e)}
+        tops = {c for c in conflicted if reaches_conflicted(c)}
+        return middle | tops | (conflicted & reachable)
 
     async def _reverse_topological_power_order(self, event_ids: set[str]) -> list[str]:
         """Kahn's algorithm over auth ancestry, always taking the most powerful/oldest/smallest ID."""
