@@ -29,7 +29,7 @@ def client_event(ev: Event, version: RoomVersion | None, now: int, *, device: tu
             unsigned["redacted_because"] = client_event(redaction, version, now)
     out: dict[str, Any] = {"type": pdu["type"], "content": content, "sender": pdu["sender"],
                            "origin_server_ts": pdu.get("origin_server_ts", 0), "event_id": ev.event_id,
-                           "room_id": pdu["room_id"], "unsigned": unsigned}
+                           "room_id": ev.room_id, "unsigned": unsigned}
     if "state_key" in pdu:
         out["state_key"] = pdu["state_key"]
     if ev.type == "m.room.redaction" and ev.redacts:

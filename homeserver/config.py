@@ -167,7 +167,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping")
-        return _build(tp, value, key)
+        return _build(tp, value, key + ".")
     if origin is Literal:
         allowed = typing.get_args(tp)
         # YAML reads a bare `off` as False; accept it for the "off" literal.
@@ -227,7 +227,18 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{name}: {part} is not a section")
-        node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[path[-1]] = _env_scalar(raw)
+
+
+def _env_scalar(raw: str) -> Any:
+    """An environment value read as a YAML scalar; anything else (e.g. "whispr:prod:") stays a string."""
+    if raw == "":
+        return ""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return raw if isinstance(value, (dict, list)) else value
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,

@@ -95,11 +95,13 @@ class EmailVerifier:
             return v
         if v.expires_ts <= now_ms():
             raise MatrixError(400, "M_NO_VALID_SESSION", "This validation session has expired")
-        if v.attempts >= MAX_CODE_ATTEMPTS:
+        # Take a try before comparing, atomically in the database, so that concurrent
+        # guesses cannot get past MAX_CODE_ATTEMPTS.
+        attempts = await self._store.email_validations.count_attempt(sid)
+        if attempts > MAX_CODE_ATTEMPTS:
             raise MatrixError(400, "M_NO_VALID_SESSION", "Too many wrong codes; request a new mail")
         if not (hmac.compare_digest(digest(token), v.token_hash)
                 or hmac.compare_digest(digest(sid + ":" + token), v.code_hash)):
-            attempts = await self._store.email_validations.count_attempt(sid)
             left = MAX_CODE_ATTEMPTS - attempts
             raise MatrixError(400, "M_INVALID_PARAM" if left > 0 else "M_NO_VALID_SESSION",
                               f"Wrong code ({max(left, 0)} tries left)")

@@ -19,6 +19,10 @@ class Ephemeral(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
+    async def incr(self, key: str, ttl_s: float) -> int:
+        """Atomically add 1 to a counter (new counters start at 0 and live ttl_s); return the new value."""
+        ...
+
     async def take(self, key: str, rate: float, burst: int, cost: float = 1.0) -> float:
         """Token bucket: take `cost` tokens; 0 if allowed, else seconds until it would be."""
         ...
@@ -61,6 +65,14 @@ class MemoryEphemeral:
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
 
+    async def incr(self, key: str, ttl_s: float) -> int:
+        self._sweep()
+        now = self._clock()
+        expires, raw = self._values.get(key, (now, "0"))
+        count = 1 if expires <= now else int(json.loads(raw)) + 1
+        self._values[key] = (expires if count > 1 else now + ttl_s, json.dumps(count))
+        return count
+
     async def take(self, key: str, rate: float, burst: int, cost: float = 1.0) -> float:
         self._sweep()
         now = self._clock()
@@ -92,6 +104,14 @@ return tostring(wait)
 """
 
 
+# Atomic counter with a TTL set when it is created: KEYS[1]; ARGV ttl in ms.
+_INCR_LUA = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
 class RedisEphemeral:
     def __init__(self, url: str, prefix: str = "whispr:") -> None:
         import redis.asyncio as aioredis
@@ -99,6 +119,7 @@ class RedisEphemeral:
         self._redis = aioredis.from_url(url, decode_responses=True)
         self._prefix = prefix
         self._take = self._redis.register_script(_TAKE_LUA)
+        self._incr = self._redis.register_script(_INCR_LUA)
 
     async def get(self, key: str) -> dict[str, Any] | None:
         raw = await self._redis.get(self._prefix + key)
@@ -109,6 +130,9 @@ class RedisEphemeral:
 
     async def delete(self, key: str) -> None:
         await self._redis.delete(self._prefix + key)
+
+    async def incr(self, key: str, ttl_s: float) -> int:
+        return int(await self._incr(keys=[self._prefix + key], args=[max(1, int(ttl_s * 1000))]))
 
     async def take(self, key: str, rate: float, burst: int, cost: float = 1.0) -> float:
         if rate <= 0:

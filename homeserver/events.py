@@ -21,7 +21,10 @@ class Event:
 
     @property
     def room_id(self) -> str:
-        return self.pdu["room_id"]
+        room_id = self.pdu.get("room_id")
+        if room_id is None and self.pdu.get("type") == "m.room.create":
+            return "!" + self.event_id[1:]  # v12: the room ID is the create event's reference hash
+        return room_id  # type: ignore[no-any-return]
 
     @property
     def type(self) -> str:

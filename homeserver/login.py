@@ -77,7 +77,7 @@ class LoginService:
         if not steps:
             return await self._accounts.create_session(user.user_id, device_id, display_name, want_refresh)
         state: dict[str, Any] = {"user_id": user.user_id, "device_id": device_id, "display_name": display_name,
-                                 "refresh": want_refresh, "steps": steps, "completed": [], "attempts": 0}
+                                 "refresh": want_refresh, "steps": steps, "completed": []}
         session_id = secrets.token_urlsafe(18)
         if steps[0] == "email_otp":
             await self._mail_code(user, state)
@@ -119,19 +119,26 @@ class LoginService:
         code = body.get("code")
         if not isinstance(code, str):
             raise bad_json("code must be a string")
+        # Each answer takes a try before the code is checked, atomically: concurrent answers
+        # must not share one try (a brute-force bypass of otp_max_attempts).
+        step_key = f"{session_id}:{len(state['completed'])}"
+        tries = await self._ephemeral.incr(f"login_tries:{step_key}", self._config.otp_ttl_s)
+        if tries > self._config.otp_max_attempts:
+            await self._ephemeral.delete(f"login:{session_id}")
+            raise forbidden("Too many wrong codes: log in again to get a new one")
         ok = self._check_mailed_code(state, code) if step == "email_otp" else \
             await self._totp.verify(state["user_id"], code)
         if not ok:
-            state["attempts"] += 1
-            left = self._config.otp_max_attempts - state["attempts"]
+            left = self._config.otp_max_attempts - tries
             if left <= 0:
                 await self._ephemeral.delete(f"login:{session_id}")
                 log.warning("login of %s: too many wrong codes", state["user_id"])
                 raise forbidden("Too many wrong codes: log in again to get a new one")
-            await self._save(str(session_id), state)
             raise MatrixError(403, "M_FORBIDDEN", f"Wrong code ({left} tries left)", tries_left=left)
+        # A right code completes its step once, even when sent twice at the same time.
+        if await self._ephemeral.incr(f"login_done:{step_key}", self._config.otp_ttl_s) > 1:
+            raise forbidden("Unknown or expired login session")
         state["completed"].append(STEP_TYPES[state["steps"].pop(0)])
-        state["attempts"] = 0
         if state["steps"]:
             await self._save(str(session_id), state)
             raise self._challenge(str(session_id), state)

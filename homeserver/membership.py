@@ -43,7 +43,7 @@ class Membership:
             if found is None:
                 raise not_found("Room alias not found")
             return found[0]
-        if not room_id_or_alias.startswith("!") or ":" not in room_id_or_alias:
+        if not room_id_or_alias.startswith("!") or len(room_id_or_alias) < 2:  # v12 IDs have no server part
             raise MatrixError(400, "M_INVALID_PARAM", "not a room ID or alias")
         return room_id_or_alias
 

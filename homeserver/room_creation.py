@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +72,8 @@ def parse_request(body: dict[str, Any], default_version: str) -> RoomRequest:
 
 
 def default_power_levels(creator: str, req: RoomRequest) -> dict[str, Any]:
-    users = {creator: 100}
+    # v12: creators have infinite power and must not be listed in `users`.
+    users = {} if req.version.creators_have_infinite_power else {creator: 100}
     if req.preset == "trusted_private_chat":
         users.update({u: 100 for u in req.invite})
     levels: dict[str, Any] = {
@@ -106,13 +106,13 @@ class RoomCreator:
             if user_id.endswith(":" + server) and await self._store.users.get(user_id) is None:
                 raise MatrixError(404, "M_NOT_FOUND", f"Unknown user {user_id}")
 
-        room_id = f"!{secrets.token_urlsafe(18)}:{server}"
         create_content = {k: v for k, v in req.creation_content.items() if k not in ("room_version", "creator")}
         create_content["room_version"] = req.version.identifier
         if req.version.creator_in_create_content:
             create_content["creator"] = creator
-        await self._rooms.create_room_event(room_id, req.version, creator, create_content,
-                                            req.visibility == "public")
+        create = await self._rooms.create_room_event(req.version, creator, create_content,
+                                                     req.visibility == "public")
+        room_id = create.room_id
         send = self._rooms.create_event
         await send(room_id, creator, "m.room.member", {"membership": "join", **await self._membership.profile_content(creator)},
                    state_key=creator)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import OrderedDict
 from typing import Any, Iterable
 
@@ -30,6 +31,7 @@ log = logging.getLogger("whispr.rooms")
 MAX_PDU_BYTES = 65_536
 MAX_PREV_EVENTS = 10
 EVENT_CACHE_SIZE = 20_000
+CREATE: StateKey = ("m.room.create", "")
 POWER_LEVEL_INT_KEYS = ("ban", "events_default", "invite", "kick", "redact", "state_default", "users_default")
 
 
@@ -185,13 +187,15 @@ class Rooms:
             event = await self._sign_and_check(pdu, version, state)
             return await self._persist(event, room, state, prev_ids, txn)
 
-    async def create_room_event(self, room_id: str, version: RoomVersion, sender: str,
-                                content: dict[str, Any], is_public: bool) -> Event:
-        """The m.room.create event, which has no parents."""
-        pdu = {"room_id": room_id, "sender": sender, "type": "m.room.create", "state_key": "",
-               "content": content, "origin_server_ts": now_ms(), "prev_events": [], "auth_events": [],
-               "depth": 1}
+    async def create_room_event(self, version: RoomVersion, sender: str, content: dict[str, Any],
+                                is_public: bool) -> Event:
+        """The m.room.create event, which has no parents; its room ID is random, or (v12) its hash."""
+        pdu: dict[str, Any] = {"sender": sender, "type": "m.room.create", "state_key": "", "content": content,
+                               "origin_server_ts": now_ms(), "prev_events": [], "auth_events": [], "depth": 1}
+        if not version.room_id_from_create_event:
+            pdu["room_id"] = f"!{secrets.token_urlsafe(18)}:{self.server_name}"
         event = await self._sign_and_check(pdu, version, {})
+        room_id = event.room_id
         await self._store.rooms.create_room(room_id, version.identifier, sender, now_ms(), is_public)
         room = await self._store.rooms.get_room(room_id)
         assert room is not None
@@ -203,8 +207,13 @@ class Rooms:
             raise MatrixError(413, "M_TOO_LARGE", f"event is larger than {MAX_PDU_BYTES} bytes")
         event = Event(compute_event_id(signed, version), signed)
         auth_events = await self.get_events(signed["auth_events"])
+        auth_state = {e.key: e for e in auth_events.values()}
+        if not version.create_event_in_auth_events and event.type != "m.room.create" and CREATE in state:
+            create = await self.get_event(state[CREATE])  # v12: implied by the room ID, not listed
+            if create is not None:
+                auth_state[CREATE] = create
         try:
-            check_auth(event, {e.key: e for e in auth_events.values()}, version)
+            check_auth(event, auth_state, version)
         except AuthError as e:
             raise forbidden(str(e)) from None
         return event

@@ -69,9 +69,9 @@ class Totp:
         for offset in (-1, 0, 1):  # allow one step of clock drift
             at = totp.timecode(datetime.now()) + offset
             if hmac.compare_digest(totp.generate_otp(at), code):
-                key = f"totp_used:{user_id}:{at}"
-                if await self._ephemeral.get(key) is not None:
+                # Atomic, so a code sent twice at once is still used once. The code is part of the
+                # key so that a new secret (re-enrollment) is not blocked by the old one's use.
+                if await self._ephemeral.incr(f"totp_used:{user_id}:{at}:{code}", 120) > 1:
                     return False  # replay of a code already used
-                await self._ephemeral.put(key, {}, 120)
                 return True
         return False

@@ -175,3 +175,17 @@ async def test_group_chat_add_remove_rename(client: Any) -> None:
     assert (await bob.call("GET", f"/rooms/{room}/state/m.room.name"))["name"] == "Best friends"
     await alice.call("POST", f"/rooms/{room}/kick", json={"user_id": bob.user_id})
     await bob.send(room, "still here?", expect=403)
+
+
+async def test_room_version_12_room_id_from_create_event(client: Any) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(room_version="12", preset="public_chat", name="v12")
+    create = await alice.call("GET", f"/rooms/{room}/state/m.room.create", params={"format": "event"})
+    assert room == "!" + create["event_id"][1:] and ":" not in room
+    levels = await alice.call("GET", f"/rooms/{room}/state/m.room.power_levels")
+    assert alice.user_id not in levels.get("users", {})
+    await bob.call("POST", f"/join/{room}")
+    await bob.send(room, "hello v12")
+    # the creator keeps unlimited power: kicks work, bob (power 0) cannot rename
+    await bob.call("PUT", f"/rooms/{room}/state/m.room.name", expect=403, json={"name": "mine"})
+    await alice.call("POST", f"/rooms/{room}/kick", json={"user_id": bob.user_id})
