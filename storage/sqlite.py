@@ -1,13 +1,15 @@
-"""SQLite engine: WAL mode, one writer connection, one reader connection.
+"""SQLite engine: WAL mode, one writer connection, a few reader connections.
 
 aiosqlite runs each connection on its own thread, so no query blocks the event
 loop. Writes (and transactions) are serialised by a lock on the writer; reads
-outside a transaction go to the reader, which under WAL sees the last commit.
+outside a transaction go round-robin to the readers, which under WAL see the
+last commit and run in parallel (sqlite3 releases the GIL while it works).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -51,24 +53,28 @@ class _SqliteConn:
 class SqliteDatabase:
     engine = "sqlite"
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(self, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection]) -> None:
         self._writer = writer
-        self._reader = reader
+        self._readers = readers
         self._write_lock = asyncio.Lock()
         self._w = _SqliteConn(writer)
-        self._r = _SqliteConn(reader)
+        self._next_reader = itertools.cycle([_SqliteConn(r) for r in readers])
+
+    @property
+    def _r(self) -> _SqliteConn:
+        return next(self._next_reader)
 
     @classmethod
-    async def open(cls, path: str) -> "SqliteDatabase":
+    async def open(cls, path: str, readers: int = 3) -> "SqliteDatabase":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         writer = await aiosqlite.connect(path, isolation_level=None)
-        reader = await aiosqlite.connect(path, isolation_level=None)
-        for conn in (writer, reader):
+        reader_conns = [await aiosqlite.connect(path, isolation_level=None) for _ in range(readers)]
+        for conn in (writer, *reader_conns):
             conn.row_factory = sqlite3.Row
             for pragma in _PRAGMAS:
                 await conn.execute(pragma)
-        return cls(writer, reader)
+        return cls(writer, reader_conns)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -106,7 +112,8 @@ class SqliteDatabase:
         return None if row is None else row[0]
 
     async def close(self) -> None:
-        await self._reader.close()
+        for reader in self._readers:
+            await reader.close()
         await self._writer.close()
 
 
