@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 log = logging.getLogger("whispr.notifier")
 
 CHANNEL = "whispr:notify"
+GAP_TIMEOUT_S = 2.0
 
 
 class Notifier:
@@ -25,12 +26,19 @@ class Notifier:
 
     def __init__(self) -> None:
         self.position = 0
+        # Everything at or below the start position may have changed before we
+        # started watching; above it, these maps know each room's and user's last change.
+        self.start_position = 0
         self.room_positions: dict[str, int] = {}
+        self.user_positions: dict[str, int] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
+        self._pending: dict[int, list[str]] = {}
+        self._gap_timer: asyncio.TimerHandle | None = None
 
     def seed(self, position: int, room_positions: dict[str, int]) -> None:
         self.position = max(self.position, position)
+        self.start_position = self.position
         for room_id, pos in room_positions.items():
             self.room_positions[room_id] = max(pos, self.room_positions.get(room_id, 0))
 
@@ -50,17 +58,55 @@ class Notifier:
         kind = msg["kind"]
         if kind == "stream":
             stream = int(msg["stream"])
-            self.position = max(self.position, stream)
             keys = list(msg.get("user_ids") or [])
+            for user_id in keys:
+                self.user_positions[user_id] = max(stream, self.user_positions.get(user_id, 0))
             room_id = msg.get("room_id")
             if room_id:
                 self.room_positions[room_id] = max(stream, self.room_positions.get(room_id, 0))
                 keys.append(room_id)
-            self.wake(keys)
+            self._advance(stream, keys)
         else:
             handler = self._handlers.get(kind)
             if handler is not None:
                 handler(msg)
+
+    def _advance(self, stream: int, keys: list[str]) -> None:
+        """Move the position only over contiguous streams.
+
+        Positions are allocated without gaps (the counter rolls back with its
+        transaction), but notifications from several writers can arrive out of
+        order: a sync must never pass a position whose change it has not heard
+        of, or it would skip it for good. A gap left by a writer that died
+        between commit and notify is given up after GAP_TIMEOUT_S.
+        """
+        if stream <= self.position:
+            self.wake(keys)
+            return
+        self._pending[stream] = self._pending.get(stream, []) + keys
+        woken: list[str] = []
+        while self.position + 1 in self._pending:
+            self.position += 1
+            woken += self._pending.pop(self.position)
+        if woken:
+            self.wake(woken)
+        if self._pending and self._gap_timer is None:
+            self._gap_timer = asyncio.get_running_loop().call_later(GAP_TIMEOUT_S, self._skip_gap)
+
+    def _skip_gap(self) -> None:
+        self._gap_timer = None
+        if not self._pending:
+            return
+        log.warning("no notification for stream %d..%d; moving on", self.position + 1, min(self._pending) - 1)
+        self.position = min(self._pending) - 1
+        self._advance(self.position + 1, self._pending.pop(self.position + 1))
+
+    def user_changed_since(self, user_id: str, stream: int) -> bool:
+        """Whether the user's own data (memberships, account data) may have changed after `stream`."""
+        return self.user_positions.get(user_id, self.start_position) > stream
+
+    def room_changed_since(self, room_id: str, stream: int) -> bool:
+        return self.room_positions.get(room_id, self.start_position) > stream
 
     def wake(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -96,7 +142,8 @@ class Notifier:
         return None
 
     async def close(self) -> None:
-        return None
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
 
 
 class RedisNotifier(Notifier):
@@ -141,6 +188,7 @@ class RedisNotifier(Notifier):
         await self._redis.publish(self._channel, json.dumps({**msg, "origin": self._origin}))
 
     async def close(self) -> None:
+        await super().close()
         if self._task is not None:
             self._task.cancel()
             try:

@@ -71,6 +71,7 @@ class Rooms:
         self._notifier = notifier
         self._locks: dict[str, asyncio.Lock] = {}
         self._events: OrderedDict[str, Event] = OrderedDict()
+        self._versions: dict[str, RoomVersion] = {}
 
     # --- reading ---------------------------------------------------------------
 
@@ -85,6 +86,16 @@ class Rooms:
         if version is None:
             raise MatrixError(500, "M_UNKNOWN", f"room version {room.room_version} is not supported")
         return room, version
+
+    async def room_version(self, room_id: str) -> RoomVersion | None:
+        """A room's version never changes, so it is cached for good."""
+        version = self._versions.get(room_id)
+        if version is None:
+            room = await self._store.rooms.get_room(room_id)
+            version = get_room_version(room.room_version) if room is not None else None
+            if version is not None:
+                self._versions[room_id] = version
+        return version
 
     async def get_event(self, event_id: str) -> Event | None:
         ev = self._events.get(event_id)

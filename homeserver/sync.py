@@ -20,12 +20,13 @@ from homeserver.errors import MatrixError
 from homeserver.events import Event
 from homeserver.filters import SyncFilter
 from homeserver.notifier import Notifier
-from homeserver.room_versions import get_room_version
 from homeserver.rooms import Rooms
 from homeserver.typing_state import Typing
 from storage.store import Store
+from storage.user_data import AccountData
 
 MAX_TIMEOUT_MS = 300_000
+MEMBERSHIP_CACHE_SIZE = 10_000
 UNREAD_TYPES = ("m.room.message", "m.room.encrypted")
 INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                       "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
@@ -53,6 +54,7 @@ class SyncResult:
     body: dict[str, Any]
     next_batch: SyncToken
     empty: bool
+    joined_rooms: list[str]
 
 
 class SyncService:
@@ -61,6 +63,7 @@ class SyncService:
         self._store = store
         self._notifier = notifier
         self._typing = typing
+        self._membership_cache: dict[str, tuple[int, dict[str, tuple[str, str]]]] = {}
 
     def current_token(self) -> SyncToken:
         return SyncToken(self._notifier.position, self._typing.serial)
@@ -79,19 +82,20 @@ class SyncService:
                 return result
             if self.current_token() != upto:
                 continue
-            joined = [r for r, (m, _) in (await self._store.rooms.rooms_for_user(who.user_id)).items()
-                      if m == "join"]
-            await self._notifier.wait([who.user_id, *joined], remaining)
+            await self._notifier.wait([who.user_id, *result.joined_rooms], remaining)
 
     async def _compute(self, who: Requester, since: SyncToken | None, upto: SyncToken, full_state: bool,
                        filt: SyncFilter) -> SyncResult:
         user_id = who.user_id
         s = since.stream if since else 0
-        memberships = await self._store.rooms.rooms_for_user(user_id)
+        memberships = await self._memberships(user_id)
+        # The user's memberships and account data are read only when the notifier says they moved.
+        user_changed = since is None or self._notifier.user_changed_since(user_id, s)
         changes: dict[str, Event] = {}
-        if since is not None:
+        if since is not None and user_changed:
             for ev in await self._store.rooms.membership_changes(user_id, s, upto.stream):
                 changes[ev.room_id] = ev  # the last change in the range wins
+        data = await self._store.user_data.account_data_since(user_id, s, upto.stream) if user_changed else []
         forgotten = await self._store.rooms.forgotten(user_id) if since is None or changes else set()
         joined, invited, left = {}, {}, {}
         now = now_ms()
@@ -103,7 +107,8 @@ class SyncService:
                 newly = since is None or room_id in changes
                 if not newly and not full_state and not self._room_changed(room_id, since):
                     continue
-                body = await self._joined_room(who, room_id, since, upto, newly or full_state, filt, now)
+                room_data = [d for d in data if d.room_id == room_id]
+                body = await self._joined_room(who, room_id, since, upto, newly or full_state, filt, now, room_data)
                 if body is not None:
                     joined[room_id] = body
             elif membership == "invite" and (since is None or room_id in changes):
@@ -113,10 +118,8 @@ class SyncService:
                 leave_ev = changes.get(room_id) or await self._rooms.get_event(member_event_id)
                 left[room_id] = await self._left_room(who, room_id, since, leave_ev, filt, now)
 
-        account_data = [
-            {"type": d.type, "content": d.content}
-            for d in await self._store.user_data.account_data_since(user_id, s, upto.stream)
-            if d.room_id == "" and filt.account_data.allows(d.type, user_id)]
+        account_data = [{"type": d.type, "content": d.content} for d in data
+                        if d.room_id == "" and filt.account_data.allows(d.type, user_id)]
         body: dict[str, Any] = {
             "next_batch": str(upto),
             "rooms": {"join": joined, "invite": invited, "leave": left, "knock": {}},
@@ -127,31 +130,38 @@ class SyncService:
             "device_one_time_keys_count": {},
         }
         empty = not (joined or invited or left or account_data)
-        return SyncResult(body, upto, empty)
+        return SyncResult(body, upto, empty, [r for r, (m, _) in memberships.items() if m == "join"])
+
+    async def _memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
+        """The user's rooms, cached until the notifier reports a change for the user."""
+        cached = self._membership_cache.get(user_id)
+        if cached is not None and not self._notifier.user_changed_since(user_id, cached[0]):
+            return cached[1]
+        position = self._notifier.position  # read before the query: a later change invalidates it
+        rooms = await self._store.rooms.rooms_for_user(user_id)
+        if len(self._membership_cache) >= MEMBERSHIP_CACHE_SIZE:
+            self._membership_cache.pop(next(iter(self._membership_cache)))
+        self._membership_cache[user_id] = (position, rooms)
+        return rooms
 
     def _room_changed(self, room_id: str, since: SyncToken | None) -> bool:
         if since is None:
             return True
-        return (self._notifier.room_positions.get(room_id, 0) > since.stream
+        return (self._notifier.room_changed_since(room_id, since.stream)
                 or self._typing.changed_since(room_id, since.typing))
 
     async def _joined_room(self, who: Requester, room_id: str, since: SyncToken | None, upto: SyncToken,
-                           with_full_state: bool, filt: SyncFilter, now: int) -> dict[str, Any] | None:
-        room = await self._rooms.room(room_id)
-        if room is None:
-            return None
-        version = get_room_version(room.room_version)
+                           with_full_state: bool, filt: SyncFilter, now: int,
+                           data: list[AccountData]) -> dict[str, Any] | None:
+        version = await self._rooms.room_version(room_id)
         s = since.stream if since and not with_full_state else None
         limit = filt.timeline_limit
         timeline_events, limited = await self._timeline(room_id, s, upto.stream, limit, filt)
         state = await self._state_section(room_id, since, timeline_events, limited, with_full_state, filt,
                                           who.user_id, upto.stream)
         ephemeral = self._typing_events(room_id, since) + await self._receipt_events(who, room_id, since, upto)
-        room_data = [
-            {"type": d.type, "content": d.content}
-            for d in await self._store.user_data.account_data_since(who.user_id, since.stream if since else 0,
-                                                                    upto.stream)
-            if d.room_id == room_id and filt.room_account_data.allows(d.type, who.user_id)]
+        room_data = [{"type": d.type, "content": d.content} for d in data
+                     if filt.room_account_data.allows(d.type, who.user_id)]
         if since is not None and not with_full_state and not (timeline_events or state or ephemeral or room_data):
             return None
         prev_batch = SyncToken(timeline_events[0].stream - 1, upto.typing) if timeline_events else upto
@@ -178,6 +188,8 @@ class SyncService:
     async def _state_section(self, room_id: str, since: SyncToken | None, timeline: list[Event], limited: bool,
                              full: bool, filt: SyncFilter, user_id: str, upto: int) -> list[Event]:
         """State at the start of the timeline (full) or what changed in the gap before it (limited)."""
+        if not full and not (limited and since is not None):
+            return []
         if timeline:
             start_state = await self._rooms.state_at_event(timeline[0].event_id, after=False)
         else:
@@ -185,12 +197,11 @@ class SyncService:
         timeline_ids = {e.event_id for e in timeline}
         if full:
             wanted = dict(start_state)
-        elif limited and since is not None:
+        else:
+            assert since is not None
             group = await self._store.rooms.group_at_stream(room_id, since.stream)
             before = await self._store.rooms.state_map(group)
             wanted = {k: v for k, v in start_state.items() if before.get(k) != v}
-        else:
-            return []
         if filt.state.lazy_load_members:
             senders = {e.sender for e in timeline} | {user_id}
             wanted = {k: v for k, v in wanted.items() if k[0] != "m.room.member" or k[1] in senders}
@@ -230,11 +241,10 @@ class SyncService:
         return {target: found[r] for target, r in ids.items() if r in found}
 
     async def _unread(self, room_id: str, user_id: str) -> dict[str, int]:
-        read_at = await self._store.user_data.read_position(room_id, user_id)
-        if read_at is None:
-            member = await self._rooms.state_event(room_id, "m.room.member", user_id)
-            read_at = member.stream if member is not None else 0
-        count = await self._store.user_data.count_unread(room_id, user_id, read_at, UNREAD_TYPES)
+        """Messages from others after the user's read receipt (or their join, without one)."""
+        member = await self._rooms.state_event(room_id, "m.room.member", user_id)
+        count = await self._store.user_data.count_unread(room_id, user_id, member.stream if member else 0,
+                                                         UNREAD_TYPES)
         return {"notification_count": count, "highlight_count": 0}
 
     async def _summary(self, room_id: str) -> dict[str, Any]:
@@ -253,8 +263,7 @@ class SyncService:
 
     async def _left_room(self, who: Requester, room_id: str, since: SyncToken | None, leave_ev: Event | None,
                          filt: SyncFilter, now: int) -> dict[str, Any]:
-        room = await self._rooms.room(room_id)
-        version = get_room_version(room.room_version) if room else None
+        version = await self._rooms.room_version(room_id)
         upto = leave_ev.stream if leave_ev else 0
         events, limited = await self._timeline(room_id, since.stream if since else None, upto,
                                                filt.timeline_limit, filt)

@@ -60,19 +60,15 @@ class UserDataStore:
                               r["ts"], r["stream"]) for r in rows]
         return found
 
-    async def read_position(self, room_id: str, user_id: str) -> int | None:
-        """Stream position of the user's latest public or private read receipt in the room."""
-        return await self.db.fetchval(
-            "SELECT MAX(e.stream) FROM receipts r JOIN events e ON e.event_id = r.event_id"
-            " WHERE r.room_id = ? AND r.user_id = ? AND r.receipt_type IN ('m.read', 'm.read.private')",
-            room_id, user_id)
-
-    async def count_unread(self, room_id: str, user_id: str, after: int, types: Sequence[str]) -> int:
+    async def count_unread(self, room_id: str, user_id: str, fallback: int, types: Sequence[str]) -> int:
+        """Events of `types` by others after the user's latest read receipt (else after `fallback`)."""
         marks = ",".join("?" * len(types))
         return int(await self.db.fetchval(
-            f"SELECT COUNT(*) FROM events WHERE room_id = ? AND stream > ? AND sender != ?"
-            f" AND type IN ({marks}) AND rejected IS NULL AND redacted_by IS NULL",
-            room_id, after, user_id, *types) or 0)
+            f"SELECT COUNT(*) FROM events WHERE room_id = ? AND sender != ? AND type IN ({marks})"
+            f" AND rejected IS NULL AND redacted_by IS NULL AND stream > COALESCE(("
+            f"SELECT MAX(e.stream) FROM receipts r JOIN events e ON e.event_id = r.event_id"
+            f" WHERE r.room_id = ? AND r.user_id = ? AND r.receipt_type IN ('m.read', 'm.read.private')), ?)",
+            room_id, user_id, *types, room_id, user_id, fallback) or 0)
 
     async def put_account_data(self, user_id: str, room_id: str, data_type: str, content: dict[str, Any]) -> int:
         async with self.db.transaction() as tx:
