@@ -41,4 +41,5 @@ def normalise_email(address: object) -> str:
     local, domain = address.rsplit("@", 1)
     if not local or "." not in domain:
         raise MatrixError(400, "M_INVALID_PARAM", "not a valid email address")
-    return f"{local}@{domain.lower()}"
+    # Lower-cased whole, as mail providers treat addresses: one mailbox, one account.
+    return f"{local}@{domain}".lower()

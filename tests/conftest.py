@@ -89,12 +89,21 @@ class Mailbox:
         return match.group(1)
 
 
+class _EphemeralPortController(Controller):
+    """aiosmtpd checks it is up by connecting to `port`: use the port the kernel picked for 0."""
+
+    def _trigger_server(self) -> None:
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
 @pytest.fixture
 def smtp() -> Any:
+    """A real SMTP server (aiosmtpd) on a free loopback port, collecting what it receives."""
     mailbox = Mailbox()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=0)
+    controller = _EphemeralPortController(mailbox, hostname="127.0.0.1", port=0)
     controller.start()
-    mailbox.port = controller.server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    mailbox.port = controller.port  # type: ignore[attr-defined]
     yield mailbox
     controller.stop()
 
