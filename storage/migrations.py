@@ -208,28 +208,33 @@ async def current_version(db: Database) -> int:
 
 
 async def run_migrations(db: Database, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
-    """Apply every pending migration, each in its own transaction; return the new version."""
-    latest = migrations[-1].version if migrations else 0
+    """Apply every migration not applied yet, in order, each in its own transaction.
+
+    Applied versions are tracked one by one (not as a high-water mark) so that
+    migrations developed in parallel land whatever order they merge in.
+    Returns the highest applied version.
+    """
+    latest = max((m.version for m in migrations), default=0)
     version = await current_version(db)
     if version > latest:
         raise DatabaseError(
             f"database schema version {version} is newer than this Whispr supports ({latest}); "
             "upgrade Whispr or restore a matching backup")
     spellings = _DIALECT[db.engine]
-    for migration in migrations:
-        if migration.version <= version:
+    applied = {int(r["version"]) for r in await db.fetchall("SELECT version FROM schema_version")}
+    for migration in sorted(migrations, key=lambda m: m.version):
+        if migration.version in applied:
             continue
         async with db.transaction() as conn:
             if db.engine == "postgres":
                 # Several workers may start at once: one migrates, the others wait.
                 await conn.execute("SELECT pg_advisory_xact_lock(727374)")
-            done = await conn.fetchval("SELECT MAX(version) FROM schema_version")
-            if done is not None and int(done) >= migration.version:
+            done = await conn.fetchval("SELECT 1 FROM schema_version WHERE version = ?", migration.version)
+            if done is not None:
                 continue
             for statement in migration.statements:
                 for name, spelling in spellings.items():
                     statement = statement.replace("{" + name + "}", spelling)
                 await conn.execute(statement)
             await conn.execute("INSERT INTO schema_version (version) VALUES (?)", migration.version)
-        version = migration.version
-    return version
+    return await current_version(db)
