@@ -196,6 +196,33 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (user_id, room_id)
         )""",
     )),
+    Migration(5, "federation: outliers, soft-failed events, outbound queue, inbound transactions", (
+        "ALTER TABLE events ADD COLUMN outlier INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE events ADD COLUMN soft_failed INTEGER NOT NULL DEFAULT 0",
+        # Events outside the timeline (outliers, rejected, soft-failed) take negative positions.
+        "INSERT INTO stream_counter (name, pos) VALUES ('outlier', 0)",
+        """CREATE TABLE federation_outbox (
+            id {serial_pk},
+            destination TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_ts BIGINT NOT NULL
+        )""",
+        "CREATE INDEX federation_outbox_destination ON federation_outbox (destination, id)",
+        """CREATE TABLE federation_destinations (
+            destination TEXT PRIMARY KEY,
+            retry_interval_ms BIGINT NOT NULL DEFAULT 0,
+            retry_at_ts BIGINT NOT NULL DEFAULT 0,
+            last_success_ts BIGINT
+        )""",
+        """CREATE TABLE federation_inbound_txns (
+            origin TEXT NOT NULL,
+            txn_id TEXT NOT NULL,
+            response TEXT NOT NULL,
+            ts BIGINT NOT NULL,
+            PRIMARY KEY (origin, txn_id)
+        )""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

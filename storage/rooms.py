@@ -52,11 +52,15 @@ def event_from_row(row: Row) -> Event:
         unsigned["redacted_by"] = row["redacted_by"]
     if row["txn_id"]:
         unsigned["_txn"] = [row["txn_device"], row["txn_id"]]
+    if row["outlier"]:
+        unsigned["_outlier"] = True
+    if row["soft_failed"]:
+        unsigned["_soft_failed"] = True
     return Event(row["event_id"], json.loads(row["json"]), stream=row["stream"], rejected=row["rejected"],
                  unsigned=unsigned)
 
 
-_EVENT_COLUMNS = "stream, event_id, json, rejected, redacted_by, unsigned, txn_device, txn_id"
+_EVENT_COLUMNS = "stream, event_id, json, rejected, redacted_by, unsigned, txn_device, txn_id, outlier, soft_failed"
 
 
 class RoomStore:
@@ -130,6 +134,130 @@ class RoomStore:
                 await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
                                  " AND redacted_by IS NULL", event.event_id, event.redacts, event.room_id)
         return Persisted(stream, state_after)
+
+    async def persist_outlier(self, event: Event, *, rejected: str | None = None, soft_failed: bool = False,
+                              unsigned: dict[str, Any] | None = None) -> int | None:
+        """Store an event outside the timeline (auth chain, rejected or soft-failed); None if known.
+
+        It takes a negative position so that no sync ever reports it."""
+        async with self.db.transaction() as tx:
+            if await tx.fetchval("SELECT 1 FROM events WHERE event_id = ?", event.event_id) is not None:
+                return None
+            stream = int(await tx.fetchval(
+                "UPDATE stream_counter SET pos = pos - 1 WHERE name = 'outlier' RETURNING pos"))
+            await tx.execute(
+                "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
+                " json, rejected, outlier, soft_failed, unsigned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
+                event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")), rejected,
+                0 if (rejected or soft_failed) else 1, int(soft_failed), json.dumps(unsigned) if unsigned else None)
+        return stream
+
+    async def persist_remote_event(self, event: Event, *, state_before: int | None, before_map: StateMap,
+                                   current_before: StateMap, new_current: StateMap | None,
+                                   prev_extremities: Sequence[str],
+                                   unsigned: dict[str, Any] | None = None) -> Persisted:
+        """Store an accepted event from another server, whose parents may fork the room.
+
+        `new_current` is the room's resolved state after it (None: the state after the event)."""
+        async with self.db.transaction() as tx:
+            stream = await next_stream(tx)
+            state_after = state_before
+            after_map = before_map
+            if event.is_state:
+                state_after = await self._new_group(tx, event.room_id, state_before, before_map,
+                                                    {event.key: event.event_id})
+                after_map = {**before_map, event.key: event.event_id}
+            current_group = state_after
+            if new_current is not None and new_current != after_map:
+                delta = {k: v for k, v in new_current.items() if after_map.get(k) != v}
+                current_group = await self._new_group(tx, event.room_id, state_after, after_map, delta)
+            current = new_current if new_current is not None else after_map
+            await tx.execute(
+                "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
+                " json, state_before, state_after, unsigned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
+                event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")), state_before, state_after,
+                json.dumps(unsigned) if unsigned else None)
+            await self._write_current_state(tx, event.room_id, current_before, current)
+            await tx.execute("UPDATE rooms SET last_stream = ?, current_group = ? WHERE room_id = ?",
+                             stream, current_group, event.room_id)
+            for prev in prev_extremities:
+                await tx.execute("DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?",
+                                 event.room_id, prev)
+            await tx.execute("INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)"
+                             " ON CONFLICT DO NOTHING", event.room_id, event.event_id)
+            if event.redacts:
+                await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
+                                 " AND redacted_by IS NULL", event.event_id, event.redacts, event.room_id)
+        return Persisted(stream, state_after)
+
+    async def _write_current_state(self, tx: Connection, room_id: str, old: StateMap, new: StateMap) -> None:
+        changed = {k: v for k, v in new.items() if old.get(k) != v}
+        if not changed and len(new) >= len(old):
+            return
+        for (etype, skey), event_id in changed.items():
+            membership = None
+            if etype == "m.room.member":
+                raw = await tx.fetchval("SELECT json FROM events WHERE event_id = ?", event_id)
+                value = json.loads(raw).get("content", {}).get("membership") if raw else None
+                membership = value if isinstance(value, str) else None
+            await tx.execute(
+                "INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id,"
+                " membership = excluded.membership", room_id, etype, skey, event_id, membership)
+        for etype, skey in set(old) - set(new):
+            await tx.execute("DELETE FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
+                             room_id, etype, skey)
+
+    async def replace_current_state(self, room_id: str, group: int | None, old: StateMap, new: StateMap) -> None:
+        """Adopt a state wholesale (after joining a remote room)."""
+        async with self.db.transaction() as tx:
+            await self._write_current_state(tx, room_id, old, new)
+            await tx.execute("UPDATE rooms SET current_group = ? WHERE room_id = ?", group, room_id)
+
+    async def record_invite(self, event: Event, room_version: str, ts: int,
+                            unsigned: dict[str, Any] | None = None) -> int:
+        """An invite to a room we are not in: the invitee's membership row, visible to sync."""
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING", event.room_id, room_version, event.sender, ts)
+            stream = await next_stream(tx)
+            await tx.execute(
+                "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
+                " json, unsigned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
+                event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")),
+                json.dumps(unsigned) if unsigned else None)
+            await tx.execute(
+                "INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id,"
+                " membership = excluded.membership",
+                event.room_id, "m.room.member", event.state_key, event.event_id, event.membership)
+            await tx.execute("UPDATE rooms SET last_stream = ? WHERE room_id = ?", stream, event.room_id)
+        return stream
+
+    async def room_servers(self, room_id: str) -> set[str]:
+        """Servers with a joined member in the room's current state."""
+        rows = await self.db.fetchall(
+            "SELECT state_key FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
+            " AND membership = 'join'", room_id)
+        return {r["state_key"].split(":", 1)[1] for r in rows if ":" in r["state_key"]}
+
+    async def events_by_depth(self, room_id: str, before_ids: Sequence[str], limit: int) -> list[Event]:
+        """For backfill: events of the room at or below the given events' depth, deepest first."""
+        if not before_ids:
+            return []
+        marks = ",".join("?" * len(before_ids))
+        depth = await self.db.fetchval(
+            f"SELECT MAX(depth) FROM events WHERE event_id IN ({marks}) AND room_id = ?", *before_ids, room_id)
+        if depth is None:
+            return []
+        rows = await self.db.fetchall(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE room_id = ? AND depth <= ? AND rejected IS NULL"
+            f" ORDER BY depth DESC, stream DESC LIMIT ?", room_id, depth, limit)
+        return [event_from_row(r) for r in rows]
 
     async def _new_group(self, tx: Connection, room_id: str, parent: int | None, parent_map: StateMap,
                          delta: StateMap) -> int:
@@ -209,7 +337,7 @@ class RoomStore:
     async def room_events(self, room_id: str, *, after: int | None = None, before: int | None = None,
                           limit: int = 10, backwards: bool = True) -> list[Event]:
         """Events of a room in stream order with after < stream <= before; newest first if `backwards`."""
-        clauses, args = ["room_id = ?", "rejected IS NULL"], [room_id]
+        clauses, args = ["room_id = ?", "rejected IS NULL", "outlier = 0", "soft_failed = 0"], [room_id]
         if after is not None:
             clauses.append("stream > ?")
             args.append(after)
@@ -258,7 +386,8 @@ class RoomStore:
     async def membership_changes(self, user_id: str, after: int, upto: int) -> list[Event]:
         rows = await self.db.fetchall(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE type = 'm.room.member' AND state_key = ?"
-            " AND stream > ? AND stream <= ? AND rejected IS NULL ORDER BY stream", user_id, after, upto)
+            " AND stream > ? AND stream <= ? AND rejected IS NULL AND outlier = 0 AND soft_failed = 0"
+            " ORDER BY stream", user_id, after, upto)
         return [event_from_row(r) for r in rows]
 
     async def shares_room(self, user_a: str, user_b: str) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 
 from homeserver.models import Device, EmailValidation, Profile, RefreshToken, Threepid, User
 from storage.database import Database, Row
+from storage.federation import FederationStore
 from storage.rooms import RoomStore
 from storage.user_data import UserDataStore
 
@@ -266,6 +267,7 @@ class Store:
         self.recovery_codes = RecoveryCodeStore(db)
         self.rooms = RoomStore(db)
         self.user_data = UserDataStore(db)
+        self.federation = FederationStore(db)
 
     async def close(self) -> None:
         await self.db.close()
