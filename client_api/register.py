@@ -35,8 +35,9 @@ async def register(request: web.Request) -> web.Response:
         return {"email": await server.emails.consume(auth.get("threepid_creds"), "register")}
 
     auth = body.get("auth")
-    if auth is None:
-        # The first call of a UIA round; counts against the register bucket.
+    if not isinstance(auth, dict) or auth.get("session") is None:
+        # The first call of a UIA round (also when it already carries a stage, as
+        # matrix-nio sends m.login.dummy without a session); counts against the register bucket.
         await server.limiter.check("register", client_ip(request))
     results = await server.uia.run(auth, flows, {"m.login.dummy": dummy, "m.login.email.identity": email})
     address = results.get("m.login.email.identity", {}).get("email")

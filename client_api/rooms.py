@@ -49,7 +49,8 @@ async def join(request: web.Request) -> web.Response:
     who = await requester(request)
     body = await json_body(request, allow_empty=True)
     target = request.match_info.get("room_id_or_alias") or request.match_info["room_id"]
-    room_id = await hs(request).chats.join(target, who.user_id, body.get("reason"))
+    via = request.query.getall("server_name", []) + request.query.getall("via", [])
+    room_id = await hs(request).chats.join(target, who.user_id, body.get("reason"), via=via)
     return ok({"room_id": room_id})
 
 

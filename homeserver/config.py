@@ -120,6 +120,8 @@ class RateLimitsConfig:
     otp: BucketConfig = field(default_factory=lambda: BucketConfig(0.2, 10))
     email: BucketConfig = field(default_factory=lambda: BucketConfig(0.1, 5))
     message: BucketConfig = field(default_factory=lambda: BucketConfig(10.0, 50))
+    # Inbound federation requests per origin server.
+    federation: BucketConfig = field(default_factory=lambda: BucketConfig(100.0, 500))
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.events import Event
@@ -21,10 +21,27 @@ def _reason(reason: object) -> dict[str, Any]:
     return {"reason": reason}
 
 
+class RemoteMembership(Protocol):
+    """What federation offers for rooms and users on other servers."""
+
+    async def join(self, room_id: str, user_id: str, servers: list[str], content: dict[str, Any]) -> None: ...
+
+    async def countersign_invite(self, event: Event) -> Event: ...
+
+    async def reject_invite(self, room_id: str, user_id: str, inviter_server: str) -> None: ...
+
+    async def resolve_alias(self, alias: str) -> tuple[str, list[str]]: ...
+
+
+def _server(id_: str) -> str:
+    return id_.split(":", 1)[1] if ":" in id_ else ""
+
+
 class Membership:
     def __init__(self, rooms: Rooms, store: Store) -> None:
         self._rooms = rooms
         self._store = store
+        self.remote: RemoteMembership | None = None
 
     async def profile_content(self, user_id: str) -> dict[str, Any]:
         profile = await self._store.profiles.get(user_id)
@@ -37,21 +54,39 @@ class Membership:
             out["avatar_url"] = profile.avatar_url
         return out
 
-    async def resolve_room(self, room_id_or_alias: str) -> str:
+    async def rooms_of(self, user_id: str) -> dict[str, tuple[str, str]]:
+        return await self._store.rooms.rooms_for_user(user_id)
+
+    async def resolve_room(self, room_id_or_alias: str) -> tuple[str, list[str]]:
+        """A room ID and servers that may know it (from a remote alias)."""
         if room_id_or_alias.startswith("#"):
             found = await self._store.rooms.get_alias(room_id_or_alias)
-            if found is None:
-                raise not_found("Room alias not found")
-            return found[0]
+            if found is not None:
+                return found[0], []
+            if self.remote is not None and _server(room_id_or_alias) not in ("", self._rooms.server_name):
+                return await self.remote.resolve_alias(room_id_or_alias)
+            raise not_found("Room alias not found")
         if not room_id_or_alias.startswith("!") or len(room_id_or_alias) < 2:  # v12 IDs have no server part
             raise MatrixError(400, "M_INVALID_PARAM", "not a room ID or alias")
-        return room_id_or_alias
+        return room_id_or_alias, []
 
-    async def join(self, room_id_or_alias: str, user_id: str, reason: object = None) -> str:
-        room_id = await self.resolve_room(room_id_or_alias)
-        if await self._rooms.room(room_id) is None:
-            # Remote joins (make_join/send_join) come with federation.
-            raise not_found("This server does not know that room")
+    async def join(self, room_id_or_alias: str, user_id: str, reason: object = None,
+                   via: list[str] | None = None) -> str:
+        room_id, servers = await self.resolve_room(room_id_or_alias)
+        room = await self._rooms.room(room_id)
+        if room is None or room.current_group is None:
+            if self.remote is None:
+                raise not_found("This server does not know that room")
+            candidates = [*(via or []), *servers, _server(room_id)]
+            member = await self._store.rooms.rooms_for_user(user_id)
+            if room_id in member:
+                ev = await self._rooms.get_event(member[room_id][1])
+                if ev is not None:
+                    candidates.insert(0, _server(ev.sender))
+            content = {**await self.profile_content(user_id), **_reason(reason)}
+            await self.remote.join(room_id, user_id, [c for c in candidates if c], content)
+            await self._store.rooms.unforget(user_id, room_id)
+            return room_id
         current = await self._rooms.membership(room_id, user_id)
         if current == "join":
             return room_id
@@ -70,19 +105,33 @@ class Membership:
         await self._rooms.require_joined(room_id, sender)
         if server == self._rooms.server_name and await self._store.users.get(target) is None:
             raise not_found("Unknown user")
-        if server != self._rooms.server_name:
+        remote = server != self._rooms.server_name
+        if remote and self.remote is None:
             raise MatrixError(400, "M_UNRECOGNIZED", "Inviting users of other servers needs federation")
         current = await self._rooms.membership(room_id, target)
         if current in ("join", "ban"):
             raise forbidden(f"The user is already {'in' if current == 'join' else 'banned from'} the room")
-        content: dict[str, Any] = {"membership": "invite", **await self.profile_content(target), **_reason(reason)}
+        content: dict[str, Any] = {"membership": "invite", **_reason(reason)}
+        if not remote:
+            content.update(await self.profile_content(target))
         if is_direct:
             content["is_direct"] = True
-        return await self._rooms.create_event(room_id, sender, "m.room.member", content, state_key=target)
+        return await self._rooms.create_event(
+            room_id, sender, "m.room.member", content, state_key=target,
+            countersign=self.remote.countersign_invite if remote and self.remote else None)
 
     async def leave(self, room_id: str, user_id: str, reason: object = None) -> None:
-        if await self._rooms.room(room_id) is None:
+        room = await self._rooms.room(room_id)
+        if room is None:
             raise not_found("Unknown room")
+        if room.current_group is None:
+            # Only invited by another server: reject through the inviting server.
+            member = (await self._store.rooms.rooms_for_user(user_id)).get(room_id)
+            invite = await self._rooms.get_event(member[1]) if member else None
+            if invite is None or invite.membership != "invite" or self.remote is None:
+                raise forbidden("You are not in this room")
+            await self.remote.reject_invite(room_id, user_id, _server(invite.sender))
+            return
         current = await self._rooms.membership(room_id, user_id)
         if current in (None, "leave"):
             if current is None:

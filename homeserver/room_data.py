@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
@@ -21,9 +21,11 @@ class RoomData:
         self._rooms = rooms
         self._store = store
         self._notifier = notifier
+        # Called with (room_id, receipt_type, user_id, event_id, ts) for local users' receipts.
+        self.on_local_receipt: list[Callable[[str, str, str, str, int], Awaitable[None]]] = []
 
     async def receipt(self, user_id: str, room_id: str, receipt_type: str, event_id: str,
-                      thread_id: object = None) -> None:
+                      thread_id: object = None, local: bool = True) -> None:
         if receipt_type == "m.fully_read":
             await self.read_markers(user_id, room_id, {"m.fully_read": event_id})
             return
@@ -35,9 +37,13 @@ class RoomData:
         ev = await self._rooms.get_event(event_id)
         if ev is None or ev.room_id != room_id:
             raise not_found("Event not found in this room")
+        ts = now_ms()
         stream = await self._store.user_data.put_receipt(room_id, receipt_type, user_id, thread_id or "",
-                                                         event_id, now_ms())
+                                                         event_id, ts)
         await self._notifier.notify(stream, room_id)
+        if local:
+            for hook in self.on_local_receipt:
+                await hook(room_id, receipt_type, user_id, event_id, ts)
 
     async def read_markers(self, user_id: str, room_id: str, body: dict[str, Any]) -> None:
         await self._rooms.require_joined(room_id, user_id)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from canonicaljson import encode_canonical_json
 from signedjson.key import SigningKey
@@ -23,6 +23,7 @@ from homeserver.event_crypto import compute_event_id, sign_event
 from homeserver.events import Event, StateKey
 from homeserver.notifier import Notifier
 from homeserver.room_versions import RoomVersion, get_room_version
+from homeserver.state_res import resolve_state_v2
 from storage.rooms import RoomInfo, StateMap, TxnRef
 from storage.store import Store
 
@@ -72,6 +73,12 @@ class Rooms:
         self._locks: dict[str, asyncio.Lock] = {}
         self._events: OrderedDict[str, Event] = OrderedDict()
         self._versions: dict[str, RoomVersion] = {}
+        # Called after each local event is stored (the federation sender queues it).
+        self.on_local_event: list[Callable[[Event], Awaitable[None]]] = []
+
+    @property
+    def signing_key(self) -> SigningKey:
+        return self._key
 
     # --- reading ---------------------------------------------------------------
 
@@ -169,10 +176,17 @@ class Rooms:
             lock = self._locks[room_id] = asyncio.Lock()
         return lock
 
+    def lock(self, room_id: str) -> asyncio.Lock:
+        """Held while a room's extremities and state move (local sends and remote events alike)."""
+        return self._lock(room_id)
+
     async def create_event(self, room_id: str, sender: str, event_type: str, content: dict[str, Any],
                            state_key: str | None = None, txn: TxnRef | None = None,
-                           extra: dict[str, Any] | None = None) -> Event:
-        """Build, sign, authorise and persist one event in a room we hold; wake syncs."""
+                           extra: dict[str, Any] | None = None,
+                           countersign: Callable[[Event], Awaitable[Event]] | None = None) -> Event:
+        """Build, sign, authorise and persist one event in a room we hold; wake syncs.
+
+        `countersign` lets another server sign the event before it is stored (remote invites)."""
         validate_content(event_type, content, state_key)
         async with self._lock(room_id):
             if txn is not None:
@@ -182,21 +196,40 @@ class Rooms:
                     assert ev is not None
                     return ev
             room, version = await self.require_room(room_id)
+            if room.current_group is None:
+                raise forbidden("This server is not in that room")
             state = await self._store.rooms.state_map(room.current_group)
-            prev_ids = (await self._store.rooms.forward_extremities(room_id))[:MAX_PREV_EVENTS]
-            prevs = await self.get_events(prev_ids)
-            pdu: dict[str, Any] = {
-                "room_id": room_id, "sender": sender, "type": event_type, "content": content,
-                "origin_server_ts": now_ms(), "prev_events": prev_ids,
-                "depth": min(max((e.depth for e in prevs.values()), default=0) + 1, 2**63 - 1),
-                **(extra or {}),
-            }
-            if state_key is not None:
-                pdu["state_key"] = state_key
-            auth_ids = [state[k] for k in sorted(auth_types_for_event(pdu, version)) if k in state]
-            pdu["auth_events"] = auth_ids
+            pdu, prev_ids = await self._template(room_id, version, state, sender, event_type, content, state_key)
+            pdu.update(extra or {})
             event = await self._sign_and_check(pdu, version, state)
+            if countersign is not None:
+                event = await countersign(event)
             return await self._persist(event, room, state, prev_ids, txn)
+
+    async def _template(self, room_id: str, version: RoomVersion, state: StateMap, sender: str, event_type: str,
+                        content: dict[str, Any], state_key: str | None) -> tuple[dict[str, Any], list[str]]:
+        prev_ids = (await self._store.rooms.forward_extremities(room_id))[:MAX_PREV_EVENTS]
+        prevs = await self.get_events(prev_ids)
+        pdu: dict[str, Any] = {
+            "room_id": room_id, "sender": sender, "type": event_type, "content": content,
+            "origin_server_ts": now_ms(), "prev_events": prev_ids,
+            "depth": min(max((e.depth for e in prevs.values()), default=0) + 1, 2**63 - 1),
+        }
+        if state_key is not None:
+            pdu["state_key"] = state_key
+        pdu["auth_events"] = [state[k] for k in sorted(auth_types_for_event(pdu, version)) if k in state]
+        return pdu, prev_ids
+
+    async def event_template(self, room_id: str, sender: str, event_type: str, content: dict[str, Any],
+                             state_key: str) -> tuple[dict[str, Any], RoomVersion]:
+        """An unsigned event for another server to sign (make_join, make_leave)."""
+        room, version = await self.require_room(room_id)
+        if room.current_group is None:
+            raise not_found("This server is not in that room")
+        state = await self._store.rooms.state_map(room.current_group)
+        pdu, _ = await self._template(room_id, version, state, sender, event_type, content, state_key)
+        pdu["origin"] = self.server_name  # still expected by some peers in templates
+        return pdu, version
 
     async def create_room_event(self, version: RoomVersion, sender: str, content: dict[str, Any],
                                 is_public: bool) -> Event:
@@ -249,4 +282,61 @@ class Rooms:
         # Membership changes must also wake the target, who may not watch the room yet.
         targets = [stored.state_key] if stored.type == "m.room.member" and stored.state_key else []
         await self._notifier.notify(persisted.stream, room.room_id, targets)
+        for hook in self.on_local_event:
+            try:
+                await hook(stored)
+            except Exception:
+                log.exception("a hook failed for local event %s", stored.event_id)
         return stored
+
+    async def persist_remote(self, event: Event, state_before: StateMap, soft_failed: bool = False) -> Event:
+        """Store an accepted event from another server; the caller holds the room's lock.
+
+        The room's new state is the state after the event when it succeeds every
+        forward extremity, else the resolution of both (state resolution v2)."""
+        room, version = await self.require_room(event.room_id)
+        current = await self._store.rooms.state_map(room.current_group)
+        extremities = await self._store.rooms.forward_extremities(event.room_id)
+        after = dict(state_before)
+        if event.is_state:
+            after[event.key] = event.event_id
+        new_current: StateMap | None = None
+        others = [e for e in extremities if e not in event.prev_event_ids]
+        if others and room.current_group is not None and current != after:
+            new_current = await resolve_state_v2(version, [current, after], self.get_event)
+        before_group = await self._group_for(event.room_id, state_before)
+        unsigned: dict[str, Any] = {}
+        if event.is_state and event.key in state_before:
+            replaced = await self.get_event(state_before[event.key])
+            if replaced is not None:
+                unsigned = {"replaces_state": replaced.event_id, "prev_content": replaced.content,
+                            "prev_sender": replaced.sender}
+        persisted = await self._store.rooms.persist_remote_event(
+            event, state_before=before_group, before_map=state_before, current_before=current,
+            new_current=new_current, prev_extremities=event.prev_event_ids, unsigned=unsigned)
+        stored = Event(event.event_id, event.pdu, stream=persisted.stream, unsigned=unsigned)
+        self._cache(stored)
+        if stored.redacts:
+            self.forget_cached(stored.redacts)
+        targets = [stored.state_key] if stored.type == "m.room.member" and stored.state_key else []
+        if new_current is not None:  # resolution may have changed anyone's membership
+            targets += [k[1] for k, v in new_current.items() if k[0] == "m.room.member" and current.get(k) != v]
+        await self._notifier.notify(persisted.stream, event.room_id, targets)
+        return stored
+
+    async def _group_for(self, room_id: str, state: StateMap) -> int | None:
+        """A state group holding exactly `state`: the current one when equal, else a new one."""
+        room = await self._store.rooms.get_room(room_id)
+        if room is not None and room.current_group is not None:
+            current = await self._store.rooms.state_map(room.current_group)
+            if current == state:
+                return room.current_group
+            return await self._store.rooms.new_state_group(
+                room_id, room.current_group, current,
+                {k: v for k, v in state.items() if current.get(k) != v}) if set(current) <= set(state) \
+                else await self._store.rooms.new_state_group(room_id, None, {}, state)
+        return await self._store.rooms.new_state_group(room_id, None, {}, state) if state else None
+
+    async def persist_outlier(self, event: Event, rejected: str | None = None, soft_failed: bool = False) -> None:
+        await self._store.rooms.persist_outlier(event, rejected=rejected, soft_failed=soft_failed)
+        self.forget_cached(event.event_id)

@@ -7,7 +7,7 @@ every process (fed by the notifier) agrees on it without coordination.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from homeserver.clock import now_ms
 from homeserver.notifier import Notifier
@@ -23,11 +23,16 @@ class Typing:
         self._serials: dict[str, int] = {}
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.serial = 0
+        self.on_local_change: list[Callable[[str, str, bool, int], Awaitable[None]]] = []
         notifier.on_handler("typing", self._apply)
 
-    async def set(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
+    async def set(self, room_id: str, user_id: str, typing: bool, timeout_ms: int, local: bool = True) -> None:
+        """Record a typing change; a local user's change is also passed to `on_local_change` (federation)."""
         expires = now_ms() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) if typing else 0
         await self._notifier.publish("typing", {"room_id": room_id, "user_id": user_id, "expires": expires})
+        if local:
+            for hook in self.on_local_change:
+                await hook(room_id, user_id, typing, timeout_ms)
 
     def _apply(self, msg: dict[str, Any]) -> None:
         room_id, user_id, expires = msg["room_id"], msg["user_id"], int(msg["expires"])

@@ -75,6 +75,12 @@ class RoomStore:
             "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES (?, ?, ?, ?, ?)",
             room_id, room_version, creator, int(is_public), ts)
 
+    async def ensure_room(self, room_id: str, room_version: str, creator: str, ts: int) -> None:
+        """Record a room this server learns of from others (joins, invites)."""
+        await self.db.execute(
+            "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING", room_id, room_version, creator, ts)
+
     async def get_room(self, room_id: str) -> RoomInfo | None:
         row = await self.db.fetchone("SELECT * FROM rooms WHERE room_id = ?", room_id)
         return None if row is None else _room(row)
