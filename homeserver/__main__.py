@@ -1,8 +1,10 @@
-"""Command line: run the server, generate a config, register a user.
+"""Command line: run the server, generate a config, register a user, rotate the signing key.
 
     python -m homeserver --config FILE              run the homeserver
     python -m homeserver generate-config [-o FILE]  write a fresh config with new secrets
+                                                    (and a self-signed federation TLS pair in data_dir)
     python -m homeserver register-user --config FILE --user NAME [--password PW] [--email ADDR]
+    python -m homeserver rotate-signing-key --config FILE
 """
 
 from __future__ import annotations
@@ -48,6 +50,36 @@ def _generate(args: argparse.Namespace) -> int:
         path.write_text(text)
         path.chmod(0o600)
         print(f"wrote {path}")
+        _generate_tls(args)
+    return 0
+
+
+def _generate_tls(args: argparse.Namespace) -> None:
+    """A self-signed federation certificate and key in data_dir, for development (kept if present)."""
+    from federation.listener import dev_certificate_names, generate_self_signed_cert, tls_paths
+    from homeserver.config import Config
+
+    config = Config(server_name=args.server_name, data_dir=args.data_dir)
+    cert, key = tls_paths(config)
+    if cert.exists() or key.exists():
+        print(f"kept the existing TLS files in {config.data_path}")
+        return
+    generate_self_signed_cert(cert, key, dev_certificate_names(config.server_name))
+    print(f"wrote {cert} and {key} (self-signed, for development: use a CA-signed certificate in production)")
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from federation.keys import rotate_signing_key
+
+    config = load_config(args.config)
+    try:
+        old_id, new_id = rotate_signing_key(config.data_path)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if old_id:
+        print(f"retired {old_id} (now published under old_verify_keys)")
+    print(f"new signing key {new_id}; restart the server (every worker) to sign with it")
     return 0
 
 
@@ -82,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("--user", required=True, help="localpart of the new user")
     reg.add_argument("--password", help="asked for if not given")
     reg.add_argument("--email", help="a verified email address to attach")
+    rot = sub.add_parser("rotate-signing-key",
+                         help="retire the server's signing key (kept as an old key) and create a new one")
+    rot.add_argument("--config", dest="sub_config")
     args = parser.parse_args(argv)
     if getattr(args, "sub_config", None):
         args.config = args.sub_config
@@ -92,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--config is required")
         if args.command == "register-user":
             return asyncio.run(_register(args))
+        if args.command == "rotate-signing-key":
+            return _rotate(args)
         return _run(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

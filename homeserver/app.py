@@ -23,6 +23,12 @@ def make_app(config: Config) -> web.Application:
         await app[HS].close()
 
     app.cleanup_ctx.append(lifetime)
+    if config.federation.enabled:
+        from federation import endpoints
+        from federation.listener import federation_listener_ctx, setup_well_known
+
+        app.cleanup_ctx.append(federation_listener_ctx(endpoints.setup))
+        setup_well_known(app, config)
     for module in (versions, wellknown, login, register, account, devices, profile, whispr, rooms, sync,
                    user_data, directory):
         module.setup(app)

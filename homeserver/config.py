@@ -11,6 +11,7 @@ they mean in the file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 import types
@@ -136,6 +137,46 @@ class LimitsConfig:
 
 
 @dataclass
+class FederationListenConfig:
+    # Other servers must reach this address; 0.0.0.0 in production.
+    host: str = "127.0.0.1"
+    # 0: the port in server_name, or 8448 when it names none.
+    port: int = 0
+
+
+@dataclass
+class FederationConfig:
+    enabled: bool = True
+    listen: FederationListenConfig = field(default_factory=FederationListenConfig)
+    # PEM certificate chain and private key served on the federation port; relative paths are
+    # under data_dir. When both are missing a self-signed pair is created (development only:
+    # other servers must then turn off certificate checks for us).
+    tls_certificate_path: str = "tls.crt"
+    tls_private_key_path: str = "tls.key"
+    tls_self_signed_if_missing: bool = True
+    # Check the certificates of the servers we call. Only tests and closed networks turn this off.
+    verify_tls: bool = True
+    # Extra CA certificates (PEM file) trusted for outbound federation, besides the system's.
+    tls_ca_file: str = ""
+    # Loopback, private, link-local... addresses are refused as federation targets unless listed
+    # here as CIDRs (e.g. 127.0.0.0/8 for tests on one machine).
+    allowed_private_ranges: list[str] = field(default_factory=list)
+    # Served as /.well-known/matrix/server {"m.server": ...} on the client listener when set.
+    well_known_server: str = ""
+    # How long the keys we publish stay valid (valid_until_ts = now + this).
+    key_validity_s: int = 86400
+    # Largest inbound request body (a transaction of 50 PDUs and 100 EDUs fits easily).
+    max_transaction_bytes: int = 10 * 1024 * 1024
+    # Outbound requests: total time, connect time, and the largest response body accepted.
+    request_timeout_s: float = 60.0
+    connect_timeout_s: float = 10.0
+    max_response_bytes: int = 50 * 1024 * 1024
+    # Backoff between retries of an unreachable destination (outbound queue).
+    destination_min_retry_ms: int = 2_000
+    destination_max_retry_ms: int = 3_600_000
+
+
+@dataclass
 class Config:
     server_name: str = "localhost:8448"
     # Base URL clients reach us at; used for links in mails.
@@ -154,6 +195,7 @@ class Config:
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
     @property
     def data_path(self) -> Path:
@@ -180,6 +222,19 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if origin in (types.UnionType, typing.Union):
         return value
+    if origin is list:
+        # A list in YAML, or a comma-separated string (how an environment variable spells it).
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"{key}: not a valid YAML list") from None
+        elif isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list")
+        (item_type,) = typing.get_args(tp) or (Any,)
+        return [_coerce(item_type, item, f"{key}[{i}]") for i, item in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -278,6 +333,22 @@ def _validate(config: Config) -> None:
         raise ConfigError("database.url: required when database.engine is postgres")
     if config.limits.max_request_body_bytes < 1024:
         raise ConfigError("limits.max_request_body_bytes: must be at least 1024")
+    fed = config.federation
+    for i, cidr in enumerate(fed.allowed_private_ranges):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"federation.allowed_private_ranges[{i}]: {cidr!r} is not a CIDR range") from None
+    if not 0 <= fed.listen.port <= 65535:
+        raise ConfigError("federation.listen.port: must be 0 (from server_name) or a port number")
+    if not 3600 <= fed.key_validity_s <= 7 * 86400:
+        raise ConfigError("federation.key_validity_s: must be between 3600 (1 hour) and 604800 (7 days)")
+    if "/" in fed.well_known_server:
+        raise ConfigError("federation.well_known_server: must be a host name with an optional port, no scheme")
+    if fed.max_transaction_bytes < 65536:
+        raise ConfigError("federation.max_transaction_bytes: must be at least 65536")
+    if fed.max_response_bytes < 65536:
+        raise ConfigError("federation.max_response_bytes: must be at least 65536")
 
 
 def ensure_secrets(config: Config) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from homeserver.accounts import Accounts
 from homeserver.chats import Chats
@@ -58,6 +59,9 @@ class HomeServer:
     directory: Directory
     filters: Filters
     executor: ThreadPoolExecutor
+    # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
+    federation: Any = None
+    keyring: Any = None
 
     @classmethod
     async def start(cls, config: Config) -> "HomeServer":
@@ -94,11 +98,32 @@ class HomeServer:
                         room_data),
             sync=sync, timeline=Timeline(rooms, store, sync.current_token), room_data=room_data,
             directory=Directory(rooms, store, config.server_name), filters=Filters(store), executor=executor)
+        if config.federation.enabled:
+            await hs._start_federation(signing_key)
         log.info("homeserver %s started (database: %s, redis: %s)", config.server_name,
                  config.database.engine, "yes" if config.redis.url else "no")
         return hs
 
+    async def _start_federation(self, signing_key: Any) -> None:
+        # Imported here: the domain does not depend on the federation package, only the assembly does.
+        from federation.client import FederationClient
+        from federation.keys import KeyRing
+        from federation.service import Federation
+
+        config = self.config
+        client = FederationClient(config.server_name, signing_key, config.federation)
+        await client.start()
+        self.keyring = KeyRing.from_config(config, signing_key, self.store.server_keys, client)
+        self.federation = Federation(
+            config.server_name, self.store, self.rooms, self.membership, self.typing, self.room_data,
+            self.keyring, client, config.federation.destination_min_retry_ms,
+            config.federation.destination_max_retry_ms)
+        await self.federation.start()
+
     async def close(self) -> None:
+        if self.federation is not None:
+            await self.federation.close()
+            await self.federation.client.close()
         self.typing.close()
         await self.notifier.close()
         await self.ephemeral.close()

@@ -196,6 +196,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (user_id, room_id)
         )""",
     )),
+    Migration(4, "federation: cached signing keys of other servers", (
+        # One row per (server, key ID): the public key, until when it may be used (old keys: their
+        # expired_ts), and the signed key document it came from (served again as a notary).
+        """CREATE TABLE server_keys (
+            server_name TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            verify_key TEXT NOT NULL,
+            valid_until_ts BIGINT NOT NULL,
+            expired_ts BIGINT,
+            fetched_ts BIGINT NOT NULL,
+            key_json TEXT NOT NULL,
+            PRIMARY KEY (server_name, key_id)
+        )""",
+    )),
     Migration(5, "federation: outliers, soft-failed events, outbound queue, inbound transactions", (
         "ALTER TABLE events ADD COLUMN outlier INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE events ADD COLUMN soft_failed INTEGER NOT NULL DEFAULT 0",

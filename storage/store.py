@@ -9,6 +9,7 @@ from homeserver.models import Device, EmailValidation, Profile, RefreshToken, Th
 from storage.database import Database, Row
 from storage.federation import FederationStore
 from storage.rooms import RoomStore
+from storage.server_keys import ServerKeyStore
 from storage.user_data import UserDataStore
 
 
@@ -268,6 +269,7 @@ class Store:
         self.rooms = RoomStore(db)
         self.user_data = UserDataStore(db)
         self.federation = FederationStore(db)
+        self.server_keys = ServerKeyStore(db)
 
     async def close(self) -> None:
         await self.db.close()

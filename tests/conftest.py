@@ -115,6 +115,8 @@ def base_overrides(tmp_path: Path, smtp_port: int | None = None) -> dict[str, An
         "data_dir": str(tmp_path / "data"),
         "passwords": {"argon2_opslimit": 1, "argon2_memlimit_kib": 8},
         "rate_limits": {"enabled": False},
+        # Federation has its own tests with real listeners; most tests need no TLS port.
+        "federation": {"enabled": False},
     }
     if smtp_port is not None:
         overrides["mail"] = {"smtp_host": "127.0.0.1", "smtp_port": smtp_port}

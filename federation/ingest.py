@@ -1,0 +1,311 @@
+"""The receipt pipeline for PDUs from other servers, in the spec's order.
+
+1. format, 2. signatures (drop), 3. content hash (keep the redacted form),
+4. auth against the event's own auth_events (reject), 5. against the state
+before it (reject), 6. against the room's current state (soft-fail).
+Missing prev_events are fetched with get_missing_events; what cannot be
+fetched is bridged with state_ids + event. Rejected and soft-failed events are
+stored as such and never served as accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from urllib.parse import quote
+from typing import Any, Protocol
+
+from canonicaljson import encode_canonical_json
+
+from homeserver.auth_rules import AuthError, auth_types_for_event, check_auth, check_auth_events
+from homeserver.event_crypto import check_content_hash, compute_event_id
+from homeserver.events import Event, StateKey
+from homeserver.redaction import redact
+from homeserver.room_versions import RoomVersion
+from homeserver.rooms import MAX_PDU_BYTES, Rooms
+from homeserver.state_res import resolve_state_v2
+
+q = partial(quote, safe="")  # IDs as path segments
+
+log = logging.getLogger("whispr.federation.ingest")
+
+MAX_MISSING_EVENTS = 20
+MAX_FETCHED_AUTH = 500
+_REQUIRED = {"type": str, "sender": str, "room_id": str, "content": dict, "prev_events": list,
+             "auth_events": list, "depth": int, "origin_server_ts": int, "hashes": dict, "signatures": dict}
+
+
+class PduRejected(Exception):
+    """The PDU is dropped (bad format or signature): not stored at all."""
+
+
+class SignatureChecker(Protocol):
+    async def verify_event(self, pdu: dict[str, Any], server_name: str, room_version: RoomVersion) -> None: ...
+
+
+class FederationRequests(Protocol):
+    async def get_json(self, destination: str, path: str, query: dict[str, Any] | None = None) -> Any: ...
+
+    async def post_json(self, destination: str, path: str, body: Any) -> Any: ...
+
+
+def server_of(user_id: str) -> str:
+    return user_id.split(":", 1)[1] if ":" in user_id else ""
+
+
+def check_format(pdu: Any, version: RoomVersion) -> None:
+    if not isinstance(pdu, dict):
+        raise PduRejected("PDU is not an object")
+    for key, kind in _REQUIRED.items():
+        if key == "room_id" and version.room_id_from_create_event and pdu.get("type") == "m.room.create":
+            continue
+        value = pdu.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise PduRejected(f"PDU field {key} is missing or of the wrong type")
+    if not all(isinstance(e, str) for e in pdu["prev_events"] + pdu["auth_events"]):
+        raise PduRejected("prev_events and auth_events must list event IDs")
+    if len(pdu["prev_events"]) > 20 or len(pdu["auth_events"]) > 10:
+        raise PduRejected("too many prev_events or auth_events")
+    if "state_key" in pdu and not isinstance(pdu["state_key"], str):
+        raise PduRejected("state_key must be a string")
+    if len(encode_canonical_json(pdu)) > MAX_PDU_BYTES:
+        raise PduRejected("PDU is larger than 65536 bytes")
+
+
+class Ingester:
+    def __init__(self, server_name: str, rooms: Rooms, keys: SignatureChecker, client: FederationRequests) -> None:
+        self._server_name = server_name
+        self._rooms = rooms
+        self._keys = keys
+        self._client = client
+
+    async def verified_event(self, pdu: Any, version: RoomVersion) -> Event:
+        """Steps 1-3: format, signatures, content hash. Raises PduRejected to drop it."""
+        check_format(pdu, version)
+        sender_server = server_of(pdu["sender"])
+        try:
+            await self._keys.verify_event(pdu, sender_server, version)
+            authoriser = pdu.get("content", {}).get("join_authorised_via_users_server")
+            if pdu["type"] == "m.room.member" and isinstance(authoriser, str) and \
+                    pdu["content"].get("membership") == "join":
+                await self._keys.verify_event(pdu, server_of(authoriser), version)
+        except PduRejected:
+            raise
+        except Exception as e:
+            raise PduRejected(f"bad signature: {e}") from None
+        if not check_content_hash(pdu):
+            log.warning("content hash mismatch for an event from %s: keeping the redacted form", sender_server)
+            pdu = redact(pdu, version)
+        return Event(compute_event_id(pdu, version), pdu)
+
+    async def receive(self, origin: str, pdu: Any) -> tuple[str, str | None]:
+        """Process one PDU of a transaction: (its event ID, None if accepted else why not)."""
+        room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
+        version = await self._rooms.room_version(room_id) if isinstance(room_id, str) else None
+        room = await self._rooms.room(room_id) if version is not None else None
+        if version is None or room is None or room.current_group is None:
+            return "", "this server is not in that room"
+        try:
+            event = await self.verified_event(pdu, version)
+        except PduRejected as e:
+            log.warning("dropped a PDU from %s: %s", origin, e)
+            try:
+                return compute_event_id(pdu, version), str(e)
+            except Exception:
+                return "", str(e)
+        if await self._rooms.get_event(event.event_id) is not None:
+            return event.event_id, None
+        async with self._rooms.lock(event.room_id):
+            return event.event_id, await self._process(origin, event, version, fetch_missing=True)
+
+    async def process(self, origin: str, event: Event, version: RoomVersion) -> str | None:
+        """Steps 4-6 for an event already verified (send_join, send_leave); the caller holds the room lock."""
+        return await self._process(origin, event, version, fetch_missing=False)
+
+    async def _process(self, origin: str, event: Event, version: RoomVersion, fetch_missing: bool) -> str | None:
+        if await self._rooms.get_event(event.event_id) is not None:
+            return None
+        # Step 4: auth against the event's own auth events.
+        auth = await self._auth_events(origin, event, version)
+        if auth is None:
+            await self._rooms.persist_outlier(event, rejected="missing or rejected auth events")
+            return "missing or rejected auth events"
+        try:
+            check_auth_events(event, auth[0], version)
+            check_auth(event, auth[1], version)
+        except AuthError as e:
+            log.warning("rejected %s from %s: %s", event.event_id, origin, e)
+            await self._rooms.persist_outlier(event, rejected=str(e))
+            return f"rejected: {e}"
+        # Step 5: auth against the state before it.
+        if fetch_missing:
+            await self._fetch_missing_prevs(origin, event, version)
+        state_before = await self._state_before(origin, event, version)
+        if state_before is None:
+            await self._rooms.persist_outlier(event, rejected="cannot compute the state before it")
+            return "cannot compute the state before the event"
+        try:
+            check_auth(event, await self._auth_state(event, state_before, version), version)
+        except AuthError as e:
+            log.warning("rejected %s from %s against the state before it: %s", event.event_id, origin, e)
+            await self._rooms.persist_outlier(event, rejected=str(e))
+            return f"rejected: {e}"
+        # Step 6: against the current state; failing it only soft-fails the event.
+        current = await self._rooms.current_state_ids(event.room_id)
+        try:
+            check_auth(event, await self._auth_state(event, current, version), version)
+        except AuthError as e:
+            log.warning("soft-failed %s from %s: %s", event.event_id, origin, e)
+            await self._rooms.persist_outlier(event, soft_failed=True)
+            return None
+        await self._rooms.persist_remote(event, state_before)
+        return None
+
+    async def _auth_state(self, event: Event, state: dict[StateKey, str],
+                          version: RoomVersion) -> dict[StateKey, Event]:
+        wanted = auth_types_for_event(event, version)
+        if not version.create_event_in_auth_events:
+            wanted = wanted | {("m.room.create", "")}
+        ids = {k: state[k] for k in wanted if k in state}
+        found = await self._rooms.get_events(ids.values())
+        return {k: found[v] for k, v in ids.items() if v in found and found[v].rejected is None}
+
+    async def _auth_events(self, origin: str, event: Event,
+                           version: RoomVersion) -> tuple[list[Event], dict[StateKey, Event]] | None:
+        """The event's listed auth events and the auth state they make (with v12's implied create
+        event), fetching unknown ones as checked outliers; None if some cannot be had or were rejected."""
+        ids = list(event.auth_event_ids)
+        if not version.create_event_in_auth_events and event.type != "m.room.create":
+            ids.append("$" + event.room_id[1:])  # v12: the create event is implied by the room ID
+        known = await self._rooms.get_events(ids)
+        if any(i not in known for i in ids):
+            await self._fetch_outliers(origin, event.room_id, [i for i in ids if i not in known], version)
+            known = await self._rooms.get_events(ids)
+        if any(i not in known or known[i].rejected for i in ids):
+            return None
+        return [known[i] for i in event.auth_event_ids], {known[i].key: known[i] for i in ids}
+
+    async def _fetch_outliers(self, origin: str, room_id: str, event_ids: list[str], version: RoomVersion) -> None:
+        """Fetch events (and, recursively, their auth events) and store them as checked outliers."""
+        queue, seen, fetched = list(event_ids), set(event_ids), []
+        while queue and len(fetched) < MAX_FETCHED_AUTH:
+            event_id = queue.pop()
+            try:
+                body = await self._client.get_json(origin, f"/_matrix/federation/v1/event/{q(event_id)}")
+                pdu = body["pdus"][0]
+                event = await self.verified_event(pdu, version)
+            except Exception as e:
+                log.warning("could not fetch %s from %s: %s", event_id, origin, e)
+                continue
+            if event.event_id != event_id or event.room_id != room_id:
+                log.warning("%s sent a different event for %s", origin, event_id)
+                continue
+            fetched.append(event)
+            for auth_id in event.auth_event_ids:
+                if auth_id not in seen and await self._rooms.get_event(auth_id) is None:
+                    seen.add(auth_id)
+                    queue.append(auth_id)
+        await self.store_checked_outliers(fetched, version)
+
+    async def store_checked_outliers(self, events: list[Event], version: RoomVersion) -> dict[str, str]:
+        """Store events in auth order, each checked against its own auth events; returns rejections."""
+        rejected: dict[str, str] = {}
+        by_id = {e.event_id: e for e in events}
+        done: set[str] = set()
+
+        async def visit(event: Event, depth: int = 0) -> None:
+            if event.event_id in done or depth > 200:
+                return
+            done.add(event.event_id)
+            for auth_id in event.auth_event_ids:
+                if auth_id in by_id:
+                    await visit(by_id[auth_id], depth + 1)
+            auth_ids = list(event.auth_event_ids)
+            if not version.create_event_in_auth_events and event.type != "m.room.create":
+                auth_ids.append("$" + event.room_id[1:])
+            auth = await self._rooms.get_events(auth_ids)
+            reason = None
+            if any(a not in auth for a in auth_ids):
+                reason = "missing auth events"
+            elif any(auth[a].rejected for a in auth_ids):
+                reason = "an auth event was rejected"
+            else:
+                try:
+                    listed = [auth[a] for a in event.auth_event_ids]
+                    check_auth_events(event, listed, version)
+                    check_auth(event, {e.key: e for e in auth.values()}, version)
+                except AuthError as e:
+                    reason = str(e)
+            if reason:
+                rejected[event.event_id] = reason
+                log.warning("rejected outlier %s: %s", event.event_id, reason)
+            await self._rooms.persist_outlier(event, rejected=reason)
+
+        for event in sorted(events, key=lambda e: e.depth):
+            await visit(event)
+        return rejected
+
+    async def _fetch_missing_prevs(self, origin: str, event: Event, version: RoomVersion) -> None:
+        known = await self._rooms.get_events(event.prev_event_ids)
+        if all(p in known for p in event.prev_event_ids):
+            return
+        extremities = await self._rooms.forward_extremities(event.room_id)
+        try:
+            body = await self._client.post_json(
+                origin, f"/_matrix/federation/v1/get_missing_events/{q(event.room_id)}",
+                {"earliest_events": extremities, "latest_events": [event.event_id], "limit": MAX_MISSING_EVENTS,
+                 "min_depth": 0})
+            pdus = body.get("events", [])
+        except Exception as e:
+            log.warning("get_missing_events from %s failed: %s", origin, e)
+            return
+        missing: list[Event] = []
+        for pdu in pdus[:MAX_MISSING_EVENTS]:
+            try:
+                missing.append(await self.verified_event(pdu, version))
+            except PduRejected as e:
+                log.warning("dropped a missing event from %s: %s", origin, e)
+        for ev in sorted(missing, key=lambda e: (e.depth, e.origin_server_ts)):
+            if ev.room_id == event.room_id and await self._rooms.get_event(ev.event_id) is None:
+                await self._process(origin, ev, version, fetch_missing=False)
+
+    async def _state_before(self, origin: str, event: Event, version: RoomVersion) -> dict[StateKey, str] | None:
+        """Resolve the states after each prev event; a prev we lack is bridged by asking for its state."""
+        states: list[dict[StateKey, str]] = []
+        for prev_id in event.prev_event_ids:
+            prev = await self._rooms.get_event(prev_id)
+            if prev is not None and not prev.unsigned.get("_outlier") and prev.rejected is None \
+                    and not prev.unsigned.get("_soft_failed"):
+                states.append(dict(await self._rooms.state_at_event(prev_id)))
+                continue
+            remote = await self._remote_state_after(origin, event.room_id, prev_id, version)
+            if remote is None:
+                return None
+            states.append(remote)
+        if not states:
+            return None
+        if len(states) == 1:
+            return states[0]
+        return await resolve_state_v2(version, states, self._rooms.get_event)
+
+    async def _remote_state_after(self, origin: str, room_id: str, event_id: str,
+                                  version: RoomVersion) -> dict[StateKey, str] | None:
+        try:
+            body = await self._client.get_json(origin, f"/_matrix/federation/v1/state_ids/{q(room_id)}",
+                                               {"event_id": event_id})
+            state_ids = [i for i in body.get("pdu_ids", []) if isinstance(i, str)]
+            auth_ids = [i for i in body.get("auth_chain_ids", []) if isinstance(i, str)]
+        except Exception as e:
+            log.warning("state_ids from %s failed: %s", origin, e)
+            return None
+        wanted = list(dict.fromkeys(state_ids + auth_ids + [event_id]))
+        known = await self._rooms.get_events(wanted)
+        missing = [i for i in wanted if i not in known]
+        if missing:
+            await self._fetch_outliers(origin, room_id, missing, version)
+        found = await self._rooms.get_events(state_ids + [event_id])
+        state = {found[i].key: i for i in state_ids if i in found and found[i].is_state and not found[i].rejected}
+        prev = found.get(event_id)
+        if prev is not None and prev.is_state and not prev.rejected:
+            state[prev.key] = event_id  # state_ids gives the state before the event
+        return state

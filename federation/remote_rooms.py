@@ -1,0 +1,187 @@
+"""Membership across servers: joining remote rooms, inviting remote users, leaving.
+
+Outbound halves of make_join/send_join, invite and make_leave/send_leave.
+Every event a peer returns is verified before it is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from urllib.parse import quote
+from typing import Any
+
+from homeserver.auth_rules import AuthError, check_auth
+from homeserver.client_events import stripped_state
+from homeserver.clock import now_ms
+from homeserver.errors import MatrixError, forbidden, not_found
+from homeserver.event_crypto import compute_event_id, sign_event
+from homeserver.events import Event, StateKey
+from homeserver.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
+from homeserver.rooms import Rooms
+from federation.ingest import FederationRequests, Ingester, PduRejected, SignatureChecker, server_of
+from storage.store import Store
+
+q = partial(quote, safe="")  # IDs as path segments
+
+log = logging.getLogger("whispr.federation.rooms")
+
+INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
+                      "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
+
+
+class FederationClientLike(FederationRequests):
+    async def put_json(self, destination: str, path: str, body: Any) -> Any: ...
+
+
+class RemoteRooms:
+    def __init__(self, server_name: str, rooms: Rooms, store: Store, client: FederationClientLike,
+                 ingester: Ingester, keys: SignatureChecker) -> None:
+        self._server_name = server_name
+        self._rooms = rooms
+        self._store = store
+        self._client = client
+        self._ingester = ingester
+        self._keys = keys
+
+    # --- joining ---------------------------------------------------------------------
+
+    async def join(self, room_id: str, user_id: str, servers: list[str], content: dict[str, Any]) -> None:
+        """Join a room held by other servers, trying each candidate server in turn."""
+        candidates = [s for s in dict.fromkeys(servers) if s and s != self._server_name]
+        if not candidates:
+            raise not_found("No known server can let you join this room")
+        last_error: Exception | None = None
+        for server in candidates:
+            try:
+                await self._join_via(server, room_id, user_id, content)
+                return
+            except MatrixError as e:
+                if e.errcode in ("M_FORBIDDEN", "M_INCOMPATIBLE_ROOM_VERSION"):
+                    raise
+                last_error = e
+            except Exception as e:  # unreachable or misbehaving peer: try the next one
+                log.warning("joining %s via %s failed: %s", room_id, server, e)
+                last_error = e
+        raise MatrixError(502, "M_UNKNOWN", f"Could not join through any server: {last_error}")
+
+    async def _join_via(self, server: str, room_id: str, user_id: str, content: dict[str, Any]) -> None:
+        try:
+            template = await self._client.get_json(
+                server, f"/_matrix/federation/v1/make_join/{q(room_id)}/{q(user_id)}",
+                {"ver": list(KNOWN_ROOM_VERSIONS)})
+        except Exception as e:
+            status = getattr(e, "status", None)
+            errcode = getattr(e, "errcode", None)
+            if status == 403:
+                raise forbidden(f"{server} refused the join: {e}") from None
+            if errcode == "M_INCOMPATIBLE_ROOM_VERSION":
+                raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "This room's version is not supported") \
+                    from None
+            raise
+        version = get_room_version(str(template.get("room_version", "1")))
+        if version is None:
+            raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "This room's version is not supported")
+        signed, event_id = self._sign_template(server, template, room_id, user_id, version,
+                                               {**content, "membership": "join"})
+        resp = await self._client.put_json(server, f"/_matrix/federation/v2/send_join/{q(room_id)}/{q(event_id)}",
+                                           signed)
+        if isinstance(resp, dict) and isinstance(resp.get("event"), dict):
+            signed = resp["event"]  # co-signed by the resident server (restricted joins)
+        await self._absorb_join(server, room_id, Event(event_id, signed), version, resp)
+
+    def _sign_template(self, server: str, template: dict[str, Any], room_id: str, user_id: str,
+                       version: RoomVersion, content: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Fill in and sign a make_join/make_leave template after checking it is what we asked for."""
+        proto = template.get("event") or {}
+        pdu = {k: proto[k] for k in ("room_id", "sender", "type", "state_key", "prev_events", "auth_events",
+                                     "depth") if k in proto}
+        if pdu.get("room_id") != room_id or pdu.get("sender") != user_id or pdu.get("type") != "m.room.member" \
+                or pdu.get("state_key") != user_id:
+            raise MatrixError(502, "M_UNKNOWN", f"{server} sent a bad membership template")
+        keep = {k: v for k, v in (proto.get("content") or {}).items() if k == "join_authorised_via_users_server"}
+        pdu["content"] = {**keep, **content}
+        pdu["origin_server_ts"] = now_ms()
+        signed = sign_event(pdu, self._server_name, self._rooms.signing_key, version)
+        return signed, compute_event_id(signed, version)
+
+    async def _absorb_join(self, server: str, room_id: str, join: Event, version: RoomVersion,
+                           resp: Any) -> None:
+        if not isinstance(resp, dict) or not isinstance(resp.get("state"), list) \
+                or not isinstance(resp.get("auth_chain"), list):
+            raise MatrixError(502, "M_UNKNOWN", f"{server} sent a bad send_join response")
+        state_events = await self._verified(server, room_id, resp["state"], version)
+        chain = await self._verified(server, room_id, resp["auth_chain"], version)
+        create = next((e for e in state_events if e.type == "m.room.create" and e.state_key == ""), None)
+        if create is None:
+            raise MatrixError(502, "M_UNKNOWN", f"{server} sent no create event")
+        await self._store.rooms.ensure_room(room_id, version.identifier, create.sender, now_ms())
+        everything = {e.event_id: e for e in chain + state_events}
+        rejected = await self._ingester.store_checked_outliers(list(everything.values()), version)
+        state: dict[StateKey, str] = {e.key: e.event_id for e in state_events
+                                      if e.is_state and e.event_id not in rejected}
+        async with self._rooms.lock(room_id):
+            auth_ids = {k: state[k] for k in state}
+            auth_events = await self._rooms.get_events(auth_ids.values())
+            try:
+                check_auth(join, {k: auth_events[v] for k, v in auth_ids.items() if v in auth_events}, version)
+            except AuthError as e:
+                raise forbidden(f"the join is not allowed by the room's state: {e}") from None
+            await self._rooms.persist_remote(join, state)
+        log.info("joined %s via %s (%d state events)", room_id, server, len(state))
+
+    async def _verified(self, server: str, room_id: str, pdus: list[Any], version: RoomVersion) -> list[Event]:
+        """Events of a peer's response that pass format, signature and hash checks (others are dropped)."""
+        events = []
+        for pdu in pdus:
+            try:
+                ev = await self._ingester.verified_event(pdu, version)
+            except PduRejected as e:
+                log.warning("dropped an event of %s's send_join response: %s", server, e)
+                continue
+            if ev.room_id == room_id:
+                events.append(ev)
+        return events
+
+    # --- inviting -----------------------------------------------------------------
+
+    async def countersign_invite(self, event: Event) -> Event:
+        """Send our invite of a remote user to their server, which must sign it too."""
+        target = event.state_key or ""
+        destination = server_of(target)
+        version = await self._rooms.room_version(event.room_id)
+        assert version is not None
+        state = await self._rooms.current_state(event.room_id)
+        invite_state = [stripped_state(e) for k, e in state.items() if k[0] in INVITE_STATE_TYPES]
+        if ("m.room.member", event.sender) in state:
+            invite_state.append(stripped_state(state[("m.room.member", event.sender)]))
+        try:
+            resp = await self._client.put_json(
+                destination, f"/_matrix/federation/v2/invite/{q(event.room_id)}/{q(event.event_id)}",
+                {"event": event.pdu, "room_version": version.identifier, "invite_room_state": invite_state})
+        except Exception as e:
+            raise MatrixError(getattr(e, "status", 502) if getattr(e, "status", 0) in (400, 403) else 502,
+                              getattr(e, "errcode", None) or "M_UNKNOWN",
+                              f"{destination} did not accept the invite: {e}") from None
+        signed = resp.get("event") if isinstance(resp, dict) else None
+        if not isinstance(signed, dict) or compute_event_id(signed, version) != event.event_id:
+            raise MatrixError(502, "M_UNKNOWN", f"{destination} returned a different invite event")
+        try:
+            await self._keys.verify_event(signed, destination, version)
+        except Exception as e:
+            raise MatrixError(502, "M_UNKNOWN", f"{destination}'s signature on the invite is bad: {e}") from None
+        return Event(event.event_id, signed)
+
+    # --- leaving a room we only know by an invite -----------------------------------
+
+    async def reject_invite(self, room_id: str, user_id: str, inviter_server: str) -> None:
+        template = await self._client.get_json(inviter_server,
+                                               f"/_matrix/federation/v1/make_leave/{q(room_id)}/{q(user_id)}")
+        version = get_room_version(str(template.get("room_version", "")))
+        if version is None:
+            raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "This room's version is not supported")
+        signed, event_id = self._sign_template(inviter_server, template, room_id, user_id, version,
+                                               {"membership": "leave"})
+        await self._client.put_json(inviter_server, f"/_matrix/federation/v2/send_leave/{q(room_id)}/{q(event_id)}",
+                                    signed)
+        await self._store.rooms.record_invite(Event(event_id, signed), version.identifier, now_ms())

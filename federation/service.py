@@ -1,0 +1,128 @@
+"""The federation side of a HomeServer: wires keys, client, ingester, sender and remote membership
+into the domain's hooks, and handles inbound EDUs."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from urllib.parse import quote
+from typing import Any
+
+from aiohttp import web
+
+from federation.ingest import Ingester, server_of
+from federation.remote_rooms import RemoteRooms
+from federation.sender import FederationSender
+from homeserver.errors import MatrixError, not_found
+from homeserver.events import Event
+from homeserver.membership import Membership
+from homeserver.room_data import RoomData
+from homeserver.rooms import Rooms
+from homeserver.typing_state import Typing
+from storage.store import Store
+
+q = partial(quote, safe="")  # IDs as path segments
+
+log = logging.getLogger("whispr.federation")
+
+
+class Federation:
+    def __init__(self, server_name: str, store: Store, rooms: Rooms, membership: Membership, typing: Typing,
+                 room_data: RoomData, keyring: Any, client: Any, min_retry_ms: int, max_retry_ms: int) -> None:
+        self.server_name = server_name
+        self.keyring = keyring
+        self.client = client
+        self._store = store
+        self._rooms = rooms
+        self._typing = typing
+        self._room_data = room_data
+        self.ingester = Ingester(server_name, rooms, keyring, client)
+        self.sender = FederationSender(server_name, store, client, min_retry_ms, max_retry_ms)
+        self.remote_rooms = RemoteRooms(server_name, rooms, store, client, self.ingester, keyring)
+        rooms.on_local_event.append(self._local_event)
+        typing.on_local_change.append(self._local_typing)
+        room_data.on_local_receipt.append(self._local_receipt)
+        membership.remote = self
+
+    async def start(self) -> None:
+        await self.sender.start()
+
+    async def close(self) -> None:
+        await self.sender.close()
+
+    async def authenticate(self, request: web.Request) -> str:
+        from federation.request_auth import authenticate_request
+
+        return await authenticate_request(request, self.keyring, self.server_name)
+
+    # --- domain hooks: what local users do reaches the other servers ---------------------
+
+    async def _local_event(self, event: Event) -> None:
+        if server_of(event.sender) == self.server_name:
+            await self.sender.send_event(event)
+
+    async def _local_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
+        servers = await self._store.rooms.room_servers(room_id)
+        await self.sender.send_edu(servers, "m.typing", {"room_id": room_id, "user_id": user_id, "typing": typing})
+
+    async def _local_receipt(self, room_id: str, receipt_type: str, user_id: str, event_id: str, ts: int) -> None:
+        if receipt_type != "m.read":  # private receipts stay home
+            return
+        servers = await self._store.rooms.room_servers(room_id)
+        content = {room_id: {"m.read": {user_id: {"event_ids": [event_id], "data": {"ts": ts}}}}}
+        await self.sender.send_edu(servers, "m.receipt", content)
+
+    # --- remote membership, called by Membership --------------------------------------
+
+    async def join(self, room_id: str, user_id: str, servers: list[str], content: dict[str, Any]) -> None:
+        await self.remote_rooms.join(room_id, user_id, servers, content)
+
+    async def countersign_invite(self, event: Event) -> Event:
+        return await self.remote_rooms.countersign_invite(event)
+
+    async def reject_invite(self, room_id: str, user_id: str, inviter_server: str) -> None:
+        await self.remote_rooms.reject_invite(room_id, user_id, inviter_server)
+
+    async def resolve_alias(self, alias: str) -> tuple[str, list[str]]:
+        server = alias.split(":", 1)[1] if ":" in alias else ""
+        try:
+            body = await self.client.get_json(server, "/_matrix/federation/v1/query/directory",
+                                              {"room_alias": alias})
+        except Exception as e:
+            if getattr(e, "status", None) == 404:
+                raise not_found("Room alias not found") from None
+            raise MatrixError(502, "M_UNKNOWN", f"Could not ask {server} about {alias}: {e}") from None
+        room_id, servers = body.get("room_id"), body.get("servers", [])
+        if not isinstance(room_id, str):
+            raise MatrixError(502, "M_UNKNOWN", f"{server} answered without a room ID")
+        return room_id, [s for s in servers if isinstance(s, str)] or [server]
+
+    # --- inbound EDUs ------------------------------------------------------------------
+
+    async def receive_edu(self, origin: str, edu: Any) -> None:
+        if not isinstance(edu, dict) or not isinstance(edu.get("content"), dict):
+            return
+        kind, content = edu.get("edu_type"), edu["content"]
+        if kind == "m.typing":
+            room_id, user_id = content.get("room_id"), content.get("user_id")
+            if not isinstance(room_id, str) or not isinstance(user_id, str) or server_of(user_id) != origin:
+                return
+            if await self._rooms.membership(room_id, user_id) != "join":
+                return
+            timeout = content.get("timeout", 30_000)
+            await self._typing.set(room_id, user_id, content.get("typing") is True,
+                                   timeout if isinstance(timeout, int) else 30_000, local=False)
+        elif kind == "m.receipt":
+            for room_id, by_type in content.items():
+                if not isinstance(by_type, dict):
+                    continue
+                for user_id, receipt in (by_type.get("m.read") or {}).items():
+                    if server_of(user_id) != origin or not isinstance(receipt, dict):
+                        continue
+                    event_ids = receipt.get("event_ids") or []
+                    if event_ids and isinstance(event_ids[0], str):
+                        try:
+                            await self._room_data.receipt(user_id, room_id, "m.read", event_ids[0], local=False)
+                        except MatrixError as e:
+                            log.info("ignoring a receipt from %s: %s", origin, e.error)
+        # m.presence, m.device_list_update and others: accepted and ignored for now.
