@@ -1,0 +1,193 @@
+"""Two Whispr servers federating: separate processes, ports and databases (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, AsyncIterator, Callable
+
+import aiohttp
+import pytest
+
+from bench.servers import REPO_ROOT, PostgresAdmin, RunningServer, free_port, start_whispr, wait_ready
+from tests.conftest import POSTGRES_URL, need
+
+V3 = "/_matrix/client/v3"
+_txn = itertools.count()
+
+
+def federation_config() -> dict[str, Any]:
+    return {"federation": {"enabled": True, "verify_tls": False, "allowed_private_ranges": ["127.0.0.0/8"],
+                           "destination_min_retry_ms": 300, "destination_max_retry_ms": 2000}}
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, server: RunningServer, user_id: str, token: str) -> None:
+        self.session, self.server, self.user_id = session, server, user_id
+        self.h = {"Authorization": f"Bearer {token}"}
+        self.since: str | None = None
+
+    @classmethod
+    async def register(cls, session: aiohttp.ClientSession, server: RunningServer, name: str) -> "Client":
+        url = server.base_url + V3 + "/register"
+        body = {"username": name, "password": "long enough pw"}
+        first = await (await session.post(url, json=body)).json()
+        reg = await (await session.post(url, json={**body, "auth": {"type": "m.login.dummy",
+                                                                     "session": first["session"]}})).json()
+        return cls(session, server, reg["user_id"], reg["access_token"])
+
+    async def call(self, method: str, path: str, expect: int = 200, **kw: Any) -> Any:
+        resp = await self.session.request(method, self.server.base_url + V3 + path, headers=self.h, **kw)
+        body = await resp.json()
+        assert resp.status == expect, (method, path, resp.status, body)
+        return body
+
+    async def send(self, room: str, body: str) -> str:
+        return (await self.call("PUT", f"/rooms/{room}/send/m.room.message/t{next(_txn)}",
+                                json={"msgtype": "m.text", "body": body}))["event_id"]
+
+    async def sync_until(self, check: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict[str, Any]:
+        """Incremental syncs until `check` holds for one response; returns it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            params = {"timeout": "2000", "filter": '{"room": {"timeline": {"limit": 200}}}'}
+            if self.since:
+                params["since"] = self.since
+            body = await self.call("GET", "/sync", params=params)
+            self.since = body["next_batch"]
+            if check(body):
+                return body
+        pytest.fail(f"{self.user_id}: condition not met within {timeout} s")
+
+    async def collect_messages(self, room: str, want: int, timeout: float = 60) -> list[str]:
+        """Message bodies from others in the room, as syncs deliver them, until `want` arrived."""
+        got: list[str] = []
+
+        def check(body: dict[str, Any]) -> bool:
+            events = body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])
+            got.extend(e["content"]["body"] for e in events
+                       if e["type"] == "m.room.message" and e["sender"] != self.user_id)
+            return len(got) >= want
+
+        await self.sync_until(check, timeout)
+        return got
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[RunningServer, RunningServer]]:
+    """Server A on SQLite, server B on PostgreSQL (when available)."""
+    need(POSTGRES_URL, "postgres")
+    port_a, port_b = free_port(), free_port()
+    a = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{port_a}", extra_config=federation_config())
+    try:
+        b = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{port_b}", db="postgres",
+                                    pg=PostgresAdmin(POSTGRES_URL), extra_config=federation_config())
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        yield a, b
+    finally:
+        await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
+
+
+async def test_whispr_to_whispr_story(pair: tuple[RunningServer, RunningServer]) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, a, "alice")
+        bob = await Client.register(session, b, "bob")
+        await alice.sync_until(lambda _: True)
+        await bob.sync_until(lambda _: True)
+
+        # A's room: invite across servers, bob joins.
+        room = (await alice.call("POST", "/createRoom", json={"name": "A's room", "preset": "private_chat"}))["room_id"]
+        await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": bob.user_id})
+        await bob.sync_until(lambda body: room in body["rooms"]["invite"])
+        await bob.call("POST", f"/join/{room}")
+        await alice.sync_until(lambda body: any(
+            e.get("state_key") == bob.user_id and e["content"].get("membership") == "join"
+            for e in body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])))
+
+        # 100 messages each way, in order.
+        for i in range(100):
+            await alice.send(room, f"a{i}")
+        assert await bob.collect_messages(room, 100) == [f"a{i}" for i in range(100)]
+        for i in range(100):
+            await bob.send(room, f"b{i}")
+        assert await alice.collect_messages(room, 100) == [f"b{i}" for i in range(100)]
+
+        # Topic change, typing and receipts cross too.
+        await alice.call("PUT", f"/rooms/{room}/state/m.room.topic", json={"topic": "federated"})
+        await bob.sync_until(lambda body: any(
+            e["type"] == "m.room.topic" and e["content"]["topic"] == "federated"
+            for e in body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])))
+        await bob.call("PUT", f"/rooms/{room}/typing/{bob.user_id}", json={"typing": True, "timeout": 20000})
+        await alice.sync_until(lambda body: any(
+            e["type"] == "m.typing" and bob.user_id in e["content"]["user_ids"]
+            for e in body["rooms"]["join"].get(room, {}).get("ephemeral", {}).get("events", [])))
+        last = await alice.send(room, "read this")
+        await bob.collect_messages(room, 1)
+        await bob.call("POST", f"/rooms/{room}/receipt/m.read/{last}", json={})
+        await alice.sync_until(lambda body: any(
+            e["type"] == "m.receipt" and bob.user_id in e["content"].get(last, {}).get("m.read", {})
+            for e in body["rooms"]["join"].get(room, {}).get("ephemeral", {}).get("events", [])))
+
+        # B's room, public: alice joins it by ID without an invite.
+        room_b = (await bob.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "11"}))["room_id"]
+        await alice.call("POST", f"/join/{room_b}")
+        await alice.send(room_b, "hello B")
+        assert await bob.collect_messages(room_b, 1) == ["hello B"]
+
+        # Leaves both ways.
+        await bob.call("POST", f"/rooms/{room}/leave")
+        await alice.sync_until(lambda body: any(
+            e.get("state_key") == bob.user_id and e["content"].get("membership") == "leave"
+            for e in body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])))
+        await alice.call("POST", f"/rooms/{room_b}/leave")
+        members = await bob.call("GET", f"/rooms/{room_b}/joined_members")
+        deadline = time.monotonic() + 20
+        while alice.user_id in members["joined"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            members = await bob.call("GET", f"/rooms/{room_b}/joined_members")
+        assert alice.user_id not in members["joined"]
+
+
+async def test_peer_down_then_back_gets_everything_in_order(pair: tuple[RunningServer, RunningServer]) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, a, "alice")
+        bob = await Client.register(session, b, "bob")
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
+        await bob.call("POST", f"/join/{room}")
+        await bob.sync_until(lambda _: True)
+        await alice.send(room, "before")
+        assert await bob.collect_messages(room, 1) == ["before"]
+
+        # B is killed; A keeps sending (its queue backs off); B comes back on the same port and data.
+        os.killpg(b.process.pid, signal.SIGKILL)
+        b.process.wait(10)
+        for i in range(30):
+            await alice.send(room, f"while down {i}")
+        await asyncio.sleep(3)
+        await asyncio.to_thread(restart, b)
+        got = await bob.collect_messages(room, 30, timeout=60)
+        assert got == [f"while down {i}" for i in range(30)]
+        # no duplicates later either
+        await alice.send(room, "after")
+        assert await bob.collect_messages(room, 1) == ["after"]
+
+
+def restart(server: RunningServer) -> None:
+    """Start a killed server again from its own config (same port, data directory and database)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHISPR_")}
+    with open(server.log_path, "ab") as log:
+        server.process = subprocess.Popen(
+            [sys.executable, "-m", "homeserver", "--config", str(server.config_path)], cwd=REPO_ROOT, env=env,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    server.pid = server.process.pid
+    wait_ready(server.base_url, server.process, 60, server.log_path)
