@@ -80,7 +80,8 @@ class Timeline:
     async def event(self, who: Requester, room_id: str, event_id: str) -> dict[str, Any]:
         ev = await self._rooms.get_event(event_id)
         upto = await self.visible_upto(room_id, who.user_id)
-        if ev is None or ev.room_id != room_id or ev.rejected or ev.stream > upto:
+        if ev is None or ev.room_id != room_id or ev.rejected or ev.unsigned.get("_soft_failed") \
+                or ev.stream > upto:
             raise not_found("Event not found")
         return (await self._serialise(who, room_id, [ev]))[0]
 
@@ -91,7 +92,8 @@ class Timeline:
         limit = min(limit, MAX_LIMIT)
         ev = await self._rooms.get_event(event_id)
         upto = await self.visible_upto(room_id, who.user_id)
-        if ev is None or ev.room_id != room_id or ev.stream > upto:
+        if ev is None or ev.room_id != room_id or ev.rejected or ev.unsigned.get("_soft_failed") \
+                or ev.stream > upto:
             raise not_found("Event not found")
         before_n, after_n = limit // 2, limit - limit // 2
         before = await self._store.rooms.room_events(room_id, before=ev.stream - 1, limit=before_n, backwards=True)
