@@ -13,6 +13,7 @@ import asyncio
 import math
 import statistics
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -175,3 +176,85 @@ def _brief(data: dict[str, Any]) -> str:
     if "errcode" in data:
         return f"{data['errcode']}: {data.get('error', '')}"[:200]
     return str(data)[:200]
+
+
+# --------------------------------------------------------------------------- rooms and messages
+# Used by bench_rooms; every call takes an open session so that callers choose the pool.
+
+ROOM_PATH = "/_matrix/client/v3/rooms"
+
+
+async def matrix_call(session: aiohttp.ClientSession, method: str, url: str, token: str,
+                      body: dict[str, Any] | None = None, params: dict[str, str] | None = None,
+                      what: str = "") -> dict[str, Any]:
+    """One authenticated request that must answer 200 with a JSON object; else RequestFailed."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with session.request(method, url, json=body, params=params, headers=headers) as resp:
+        data = await _json(resp)
+    if resp.status != 200:
+        raise RequestFailed(f"{what or method + ' ' + url}: HTTP {resp.status} {_brief(data)}")
+    return data
+
+
+async def create_room(session: aiohttp.ClientSession, base_url: str, acct: Account,
+                      preset: str = "public_chat", name: str = "") -> str:
+    """POST /createRoom; returns the room ID (public_chat lets anyone POST /join it)."""
+    body: dict[str, Any] = {"preset": preset}
+    if name:
+        body["name"] = name
+    data = await matrix_call(session, "POST", base_url.rstrip("/") + "/_matrix/client/v3/createRoom",
+                             acct.access_token, body, what="createRoom")
+    if "room_id" not in data:
+        raise RequestFailed(f"createRoom: no room_id in {_brief(data)}")
+    return str(data["room_id"])
+
+
+async def join_room(session: aiohttp.ClientSession, base_url: str, acct: Account, room_id: str) -> None:
+    url = base_url.rstrip("/") + "/_matrix/client/v3/join/" + urllib.parse.quote(room_id, safe="")
+    await matrix_call(session, "POST", url, acct.access_token, {}, what=f"join {acct.username}")
+
+
+def send_url(base_url: str, room_id: str, txn_id: str, event_type: str = "m.room.message") -> str:
+    return (f"{base_url.rstrip('/')}{ROOM_PATH}/{urllib.parse.quote(room_id, safe='')}/send/"
+            f"{urllib.parse.quote(event_type, safe='')}/{urllib.parse.quote(txn_id, safe='')}")
+
+
+async def send_message(session: aiohttp.ClientSession, base_url: str, acct: Account, room_id: str,
+                       txn_id: str, content: dict[str, Any]) -> str:
+    """PUT /rooms/{room}/send/m.room.message/{txn}; returns the event ID."""
+    data = await matrix_call(session, "PUT", send_url(base_url, room_id, txn_id), acct.access_token,
+                             content, what=f"send {txn_id}")
+    if "event_id" not in data:
+        raise RequestFailed(f"send {txn_id}: no event_id in {_brief(data)}")
+    return str(data["event_id"])
+
+
+async def run_workers(name: str, workers: int, per_worker: int,
+                      op: Callable[[aiohttp.ClientSession, int, int], Awaitable[None]],
+                      timeout_s: float = 120.0) -> PhaseResult:
+    """``workers`` tasks, each running ``op(session, worker, j)`` for j in 0..per_worker-1 in order.
+
+    Unlike :func:`run_phase` (a shared queue of operations), each worker is one
+    sequential client, e.g. one user sending its messages one after another.
+    """
+    result = PhaseResult(name=name, ops=workers * per_worker, concurrency=workers)
+    connector = aiohttp.TCPConnector(limit=workers, limit_per_host=workers)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def worker(session: aiohttp.ClientSession, w: int) -> None:
+        for j in range(per_worker):
+            start = time.perf_counter()
+            try:
+                await op(session, w, j)
+            except RequestFailed as e:
+                result.record_error(f"worker {w} #{j}: {e}")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                result.record_error(f"worker {w} #{j}: {type(e).__name__}: {e}")
+            else:
+                result.latencies_s.append(time.perf_counter() - start)
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session, w) for w in range(workers)))
+        result.wall_s = time.perf_counter() - start
+    return result

@@ -347,7 +347,22 @@ def whispr_config(*, server_name: str, port: int, data_dir: Path, db: DbEngine =
         "rate_limits": {"enabled": rate_limits},
         "login": {"email_otp": "off"},
     }
+    if _whispr_has_section("federation"):
+        # Its listener takes the port in server_name (= the client port here) and would collide;
+        # the client-API benchmarks do not federate. extra_config can turn it back on.
+        config["federation"] = {"enabled": False}
     return deep_merge(config, extra)
+
+
+def _whispr_has_section(name: str) -> bool:
+    """Whether this checkout's Whispr config has a top-level section ``name`` (unknown keys are errors)."""
+    try:
+        import dataclasses
+
+        from homeserver.config import Config
+    except ImportError:
+        return False
+    return name in {f.name for f in dataclasses.fields(Config)}
 
 
 def start_whispr(*, python: str | None = None, db: DbEngine = "sqlite", pg: PostgresAdmin | None = None,
@@ -499,3 +514,39 @@ def start_synapse(*, python: str | None = None, db: DbEngine = "sqlite", pg: Pos
     cmd = [python, "-m", "synapse.app.homeserver", "--config-path"]
     return _launch("synapse", cmd, tmp, env, config, tmp, port, server_name, db,
                    cleanups, startup_timeout, keep_data)
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+def start_floor(*, python: str | None = None, port: int | None = None, use_uvloop: bool = True,
+                startup_timeout: float = 30.0) -> RunningServer:
+    """Run bench/floor_app.py (an aiohttp app answering ``{}`` to everything) until it answers.
+
+    ``python`` defaults to this interpreter (the project venv, which has aiohttp and uvloop).
+    """
+    port = port or free_port()
+    tmp, cleanups, _, _ = _prepare("floor", "sqlite", None, False)
+    config = {"host": "127.0.0.1", "port": port, "uvloop": use_uvloop}
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [python or sys.executable, "-m", "bench.floor_app", "--config"]
+    return _launch("floor", cmd, REPO_ROOT, env, config, tmp, port, f"localhost:{port}", "sqlite",
+                   cleanups, startup_timeout, False)
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU seconds of every process named ``postgres`` on this machine (server and backends).
+
+    For --db postgres the homeserver's database work happens there; deltas over a phase
+    only mean something while nothing else uses PostgreSQL.
+    """
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == "postgres":
+                total += cpu_seconds(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
