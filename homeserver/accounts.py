@@ -13,6 +13,7 @@ from homeserver.config import Config
 from homeserver.errors import MatrixError, bad_json, forbidden, unknown_token
 from homeserver.ids import normalise_email, user_id_for, validate_localpart
 from homeserver.models import Device, RefreshToken, Threepid, User
+from homeserver.notifier import Notifier
 from homeserver.passwords import PasswordHasher
 from homeserver.tokens import TokenCodec, digest, new_refresh_token, new_token_id
 from storage.store import Store
@@ -23,6 +24,7 @@ MAX_DEVICE_ID_LENGTH = 128
 MAX_DEVICE_NAME_LENGTH = 256
 # How often a device's last-seen time is written: not on every request.
 LAST_SEEN_INTERVAL_MS = 60_000
+TOKEN_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,24 @@ def check_device_params(device_id: object, display_name: object) -> tuple[str | 
 
 
 class Accounts:
-    def __init__(self, config: Config, store: Store, hasher: PasswordHasher) -> None:
+    def __init__(self, config: Config, store: Store, hasher: PasswordHasher, notifier: Notifier) -> None:
         self._config = config
         self._store = store
         self._hasher = hasher
         self._tokens = TokenCodec(config.secrets.jwt_secret, config.server_name)
         self._last_seen: dict[tuple[str, str], int] = {}
+        # (user, device) -> the token ID the device table holds; every change to a device
+        # goes through _device_changed, which the notifier relays to the other processes.
+        self._live_tokens: dict[tuple[str, str], str] = {}
+        self._notifier = notifier
+        notifier.on_handler("device", self._forget_device)
+
+    def _forget_device(self, msg: dict[str, Any]) -> None:
+        self._live_tokens.pop((msg["user_id"], msg["device_id"]), None)
+
+    async def _device_changed(self, user_id: str, device_ids: list[str]) -> None:
+        for device_id in device_ids:
+            await self._notifier.publish("device", {"user_id": user_id, "device_id": device_id})
 
     @property
     def server_name(self) -> str:
@@ -165,6 +179,7 @@ class Accounts:
         token_id = new_token_id()
         expires_ts = ts + self._config.tokens.access_token_lifetime_s * 1000 if want_refresh else None
         await self._store.devices.upsert(Device(user_id, device_id, display_name, token_id, expires_ts, ts))
+        await self._device_changed(user_id, [device_id])
         return await self._issue(user_id, device_id, token_id, ts, expires_ts, want_refresh)
 
     async def _issue(self, user_id: str, device_id: str, token_id: str, ts: int, expires_ts: int | None,
@@ -180,11 +195,19 @@ class Accounts:
 
     async def authenticate(self, token: str, ip: str | None = None) -> Requester:
         claims = self._tokens.decode(token)
-        device = await self._store.devices.get(claims.user_id, claims.device_id)
-        if device is None or not secrets.compare_digest(device.token_id, claims.token_id):
+        key = (claims.user_id, claims.device_id)
+        live = self._live_tokens.get(key)
+        if live is None:
+            device = await self._store.devices.get(claims.user_id, claims.device_id)
+            if device is None:
+                raise unknown_token()
+            live = device.token_id
+            if len(self._live_tokens) >= TOKEN_CACHE_SIZE:
+                self._live_tokens.pop(next(iter(self._live_tokens)))
+            self._live_tokens[key] = live
+        if not secrets.compare_digest(live, claims.token_id):
             raise unknown_token()
         ts = now_ms()
-        key = (claims.user_id, claims.device_id)
         if ts - self._last_seen.get(key, 0) > LAST_SEEN_INTERVAL_MS:
             self._last_seen[key] = ts
             await self._store.devices.touch(claims.user_id, claims.device_id, ts, ip)
@@ -201,6 +224,7 @@ class Accounts:
             log.warning("reuse of a spent refresh token for %s/%s: revoking the session",
                         stored.user_id, stored.device_id)
             await self._store.devices.delete(stored.user_id, [stored.device_id])
+            await self._device_changed(stored.user_id, [stored.device_id])
             raise unknown_token("This refresh token was already used; the session is revoked")
         if stored.expires_ts <= now_ms():
             raise unknown_token("This refresh token has expired")
@@ -210,14 +234,17 @@ class Accounts:
         token_id = new_token_id()
         expires_ts = ts + self._config.tokens.access_token_lifetime_s * 1000
         await self._store.devices.set_token(stored.user_id, stored.device_id, token_id, expires_ts)
+        await self._device_changed(stored.user_id, [stored.device_id])
         return await self._issue(stored.user_id, stored.device_id, token_id, ts, expires_ts, True)
 
     async def logout(self, requester: Requester) -> None:
         await self._store.devices.delete(requester.user_id, [requester.device_id])
+        await self._device_changed(requester.user_id, [requester.device_id])
         self._last_seen.pop((requester.user_id, requester.device_id), None)
 
     async def logout_all(self, user_id: str, except_device: str | None = None) -> list[str]:
         gone = await self._store.devices.delete_all(user_id, except_device)
+        await self._device_changed(user_id, gone)
         for device_id in gone:
             self._last_seen.pop((user_id, device_id), None)
         return gone
@@ -246,6 +273,7 @@ class Accounts:
 
     async def delete_devices(self, user_id: str, device_ids: list[str]) -> None:
         await self._store.devices.delete(user_id, device_ids)
+        await self._device_changed(user_id, device_ids)
         for device_id in device_ids:
             self._last_seen.pop((user_id, device_id), None)
 

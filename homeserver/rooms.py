@@ -195,9 +195,11 @@ class Rooms:
                     ev = await self.get_event(existing)
                     assert ev is not None
                     return ev
-            room, version = await self.require_room(room_id)
-            if room.current_group is None:
-                raise forbidden("This server is not in that room")
+            room = await self._store.rooms.get_room(room_id)
+            if room is None or room.current_group is None:
+                raise forbidden("You are not in this room")  # unknown rooms look the same
+            version = get_room_version(room.room_version)
+            assert version is not None
             state = await self._store.rooms.state_map(room.current_group)
             pdu, prev_ids = await self._template(room_id, version, state, sender, event_type, content, state_key)
             pdu.update(extra or {})

@@ -79,7 +79,7 @@ class HomeServer:
         executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="whispr-cpu")
         limiter = RateLimiter(config.rate_limits, ephemeral)
         mailer = Mailer(config.mail)
-        accounts = Accounts(config, store, PasswordHasher(config.passwords, executor))
+        accounts = Accounts(config, store, PasswordHasher(config.passwords, executor), notifier)
         totp = Totp(store, ephemeral)
         signing_key = load_or_create_signing_key(config.data_path / "signing.key")
         rooms = Rooms(config.server_name, store, signing_key, notifier)

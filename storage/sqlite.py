@@ -1,9 +1,11 @@
 """SQLite engine: WAL mode, one writer connection, a few reader connections.
 
-aiosqlite runs each connection on its own thread, so no query blocks the event
-loop. Writes (and transactions) are serialised by a lock on the writer; reads
-outside a transaction go round-robin to the readers, which under WAL see the
-last commit and run in parallel (sqlite3 releases the GIL while it works).
+Each connection lives on its own thread (a one-worker executor), so no query
+blocks the event loop, and every statement, fetch included, is a single hand-off
+to that thread: the hand-off, not SQLite, is what a query costs here. Writes and
+transactions are serialised by a lock on the writer; reads outside a transaction
+go round-robin to the readers, which under WAL see the last commit and run in
+parallel (sqlite3 releases the GIL while it works).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
-
-import aiosqlite
+from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
 from storage.database import Connection, Row
+
+T = TypeVar("T")
 
 _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -27,65 +30,110 @@ _PRAGMAS = (
 )
 
 
-class _SqliteConn:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+def _fetchone(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Row | None:
+    cur = conn.execute(sql, args)
+    try:
+        row: Row | None = cur.fetchone()
+        return row
+    finally:
+        cur.close()
+
+
+def _fetchall(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Row]:
+    cur = conn.execute(sql, args)
+    try:
+        return list(cur.fetchall())
+    finally:
+        cur.close()
+
+
+def _execute(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> None:
+    conn.execute(sql, args).close()
+
+
+def _executemany(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    conn.executemany(sql, rows).close()
+
+
+class _ThreadConn:
+    """A sqlite3 connection confined to one thread."""
+
+    def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
         self._conn = conn
+        self._executor = executor
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str) -> "_ThreadConn":
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whispr-sqlite")
+
+        def connect() -> sqlite3.Connection:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            for pragma in _PRAGMAS:
+                conn.execute(pragma).close()
+            return conn
+
+        conn = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        return cls(conn, executor)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._conn, *args)
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await self._conn.execute(sql, args)
+        await self.run(_execute, sql, args)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._conn.executemany(sql, rows)
+        await self.run(_executemany, sql, rows)
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
-        async with self._conn.execute(sql, args) as cur:
-            return await cur.fetchone()
+        return await self.run(_fetchone, sql, args)
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
-        async with self._conn.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return await self.run(_fetchall, sql, args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchone(sql, *args)
         return None if row is None else row[0]
 
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.run(lambda conn: conn.close())
+        self._executor.shutdown(wait=True)
+
 
 class SqliteDatabase:
     engine = "sqlite"
 
-    def __init__(self, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection]) -> None:
-        self._writer = writer
+    def __init__(self, writer: _ThreadConn, readers: list[_ThreadConn]) -> None:
+        self._w = writer
         self._readers = readers
         self._write_lock = asyncio.Lock()
-        self._w = _SqliteConn(writer)
-        self._next_reader = itertools.cycle([_SqliteConn(r) for r in readers])
+        self._next_reader = itertools.cycle(readers)
 
     @property
-    def _r(self) -> _SqliteConn:
+    def _r(self) -> _ThreadConn:
         return next(self._next_reader)
 
     @classmethod
     async def open(cls, path: str, readers: int = 3) -> "SqliteDatabase":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-        writer = await aiosqlite.connect(path, isolation_level=None)
-        reader_conns = [await aiosqlite.connect(path, isolation_level=None) for _ in range(readers)]
-        for conn in (writer, *reader_conns):
-            conn.row_factory = sqlite3.Row
-            for pragma in _PRAGMAS:
-                await conn.execute(pragma)
-        return cls(writer, reader_conns)
+        writer = await _ThreadConn.open(path)  # first: it switches the file to WAL
+        return cls(writer, [await _ThreadConn.open(path) for _ in range(readers)])
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            await self._w.execute("BEGIN IMMEDIATE")
             try:
                 yield self._w
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await self._w.execute("ROLLBACK")
                 raise
-            await self._writer.execute("COMMIT")
+            await self._w.execute("COMMIT")
 
     async def execute(self, sql: str, *args: Any) -> None:
         async with self._write_lock:
@@ -114,7 +162,7 @@ class SqliteDatabase:
     async def close(self) -> None:
         for reader in self._readers:
             await reader.close()
-        await self._writer.close()
+        await self._w.close()
 
 
 def _writes(sql: str) -> bool:
