@@ -423,7 +423,8 @@ def synapse_python(install: bool = True, need_postgres: bool = False) -> str:
 
 def synapse_config(*, server_name: str, port: int, data_dir: Path, db: DbEngine = "sqlite",
                    pg: PostgresAdmin | None = None, dbname: str | None = None, bcrypt_rounds: int = 4,
-                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   extra: Mapping[str, Any] | None = None,
+                   extra_listeners: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """homeserver.yaml (as a dict): plain-HTTP client listener, open registration, no limits."""
     if db == "sqlite":
         database: dict[str, Any] = {"name": "sqlite3", "args": {"database": str(data_dir / "homeserver.db")}}
@@ -441,7 +442,7 @@ def synapse_config(*, server_name: str, port: int, data_dir: Path, db: DbEngine 
         "listeners": [{
             "port": port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
             "x_forwarded": False, "resources": [{"names": ["client"], "compress": False}],
-        }],
+        }, *(extra_listeners or [])],
         "database": database,
         "log_config": str(data_dir / "log.yaml"),
         "media_store_path": str(data_dir / "media_store"),
@@ -495,7 +496,8 @@ def _synapse_log_config(path: Path, level: str) -> dict[str, Any]:
 def start_synapse(*, python: str | None = None, db: DbEngine = "sqlite", pg: PostgresAdmin | None = None,
                   port: int | None = None, server_name: str | None = None, bcrypt_rounds: int = 4,
                   extra_config: Mapping[str, Any] | None = None, log_level: str = "WARNING",
-                  startup_timeout: float = 120.0, keep_data: bool = False) -> RunningServer:
+                  startup_timeout: float = 120.0, keep_data: bool = False,
+                  extra_listeners: list[dict[str, Any]] | None = None) -> RunningServer:
     """Run ``<python> -m synapse.app.homeserver --config-path FILE`` until it answers.
 
     ``python`` defaults to :func:`synapse_python` (which may install Synapse first).
@@ -507,7 +509,8 @@ def start_synapse(*, python: str | None = None, db: DbEngine = "sqlite", pg: Pos
     server_name = server_name or f"localhost:{port}"
     tmp, cleanups, dbname, pg = _prepare("synapse", db, pg, keep_data)
     config = synapse_config(server_name=server_name, port=port, data_dir=tmp, db=db, pg=pg,
-                            dbname=dbname, bcrypt_rounds=bcrypt_rounds, extra=extra_config)
+                            dbname=dbname, bcrypt_rounds=bcrypt_rounds, extra=extra_config,
+                            extra_listeners=extra_listeners)
     (tmp / "log.yaml").write_text(yaml.safe_dump(_synapse_log_config(tmp / "homeserver.log", log_level)))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # Synapse generates the missing signing key itself (--generate-missing-and-run is its default).

@@ -1,0 +1,96 @@
+"""Interop with a real Synapse (matrix-synapse 1.163.2 from PyPI) as a federation peer.
+
+The same story as between two Whispr servers, between a Synapse user and a Whispr user,
+in rooms created on either side, in room versions 10 and 12.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+import aiohttp
+import pytest
+
+from bench.servers import RunningServer, free_port, start_synapse, start_whispr, synapse_python
+from tests.synapse_peer import federation_listener, synapse_federation_config
+from tests.test_federation_whispr import Client, federation_config
+
+
+@pytest.fixture(scope="module")
+def synapse_interpreter() -> str:
+    # Installs matrix-synapse into bench/.venv-synapse on first use (WHISPR_SYNAPSE_PYTHON overrides).
+    return synapse_python()
+
+
+@pytest.fixture
+async def peers(tmp_path: Path, synapse_interpreter: str) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
+    whispr_port, synapse_port = free_port(), free_port()
+    whispr_name, synapse_name = f"127.0.0.1:{whispr_port}", f"127.0.0.1:{synapse_port}"
+    synapse = await asyncio.to_thread(
+        start_synapse, python=synapse_interpreter, server_name=synapse_name,
+        extra_config=synapse_federation_config(tmp_path, synapse_port, [whispr_name, synapse_name]),
+        extra_listeners=[federation_listener(synapse_port)])
+    try:
+        whispr = await asyncio.to_thread(start_whispr, server_name=whispr_name, extra_config=federation_config())
+    except BaseException:
+        synapse.stop()
+        raise
+    try:
+        yield whispr, synapse
+    finally:
+        await asyncio.gather(asyncio.to_thread(whispr.stop), asyncio.to_thread(synapse.stop))
+
+
+def timeline(body: dict, room: str) -> list[dict]:
+    return body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])
+
+
+async def story(owner: Client, guest: Client, version: str, messages: int = 20) -> None:
+    """owner creates the room; guest is invited, joins, and they talk; topic, typing, receipts, leave."""
+    room = (await owner.call("POST", "/createRoom", json={"preset": "private_chat", "room_version": version,
+                                                          "name": f"v{version}"}))["room_id"]
+    await owner.call("POST", f"/rooms/{room}/invite", json={"user_id": guest.user_id})
+    await guest.sync_until(lambda body: room in body["rooms"]["invite"])
+    await guest.call("POST", f"/join/{room}")
+    await owner.sync_until(lambda body: any(e.get("state_key") == guest.user_id and
+                                            e["content"].get("membership") == "join" for e in timeline(body, room)))
+    for i in range(messages):
+        await owner.send(room, f"o{i}")
+    assert await guest.collect_messages(room, messages) == [f"o{i}" for i in range(messages)]
+    for i in range(messages):
+        await guest.send(room, f"g{i}")
+    assert await owner.collect_messages(room, messages) == [f"g{i}" for i in range(messages)]
+
+    await owner.call("PUT", f"/rooms/{room}/state/m.room.topic", json={"topic": "interop"})
+    await guest.sync_until(lambda body: any(e["type"] == "m.room.topic" and e["content"].get("topic") == "interop"
+                                            for e in timeline(body, room)))
+    await guest.call("PUT", f"/rooms/{room}/typing/{guest.user_id}", json={"typing": True, "timeout": 20000})
+    await owner.sync_until(lambda body: any(
+        e["type"] == "m.typing" and guest.user_id in e["content"]["user_ids"]
+        for e in body["rooms"]["join"].get(room, {}).get("ephemeral", {}).get("events", [])))
+    last = await owner.send(room, "read me")
+    await guest.collect_messages(room, 1)
+    await guest.call("POST", f"/rooms/{room}/receipt/m.read/{last}", json={})
+    await owner.sync_until(lambda body: any(
+        e["type"] == "m.receipt" and guest.user_id in e["content"].get(last, {}).get("m.read", {})
+        for e in body["rooms"]["join"].get(room, {}).get("ephemeral", {}).get("events", [])))
+    await guest.call("POST", f"/rooms/{room}/leave")
+    await owner.sync_until(lambda body: any(e.get("state_key") == guest.user_id and
+                                            e["content"].get("membership") == "leave" for e in timeline(body, room)))
+
+
+@pytest.mark.parametrize("version", ["10", "12"])
+async def test_interop_with_synapse(peers: tuple[RunningServer, RunningServer], version: str) -> None:
+    whispr, synapse = peers
+    async with aiohttp.ClientSession() as session:
+        wanda = await Client.register(session, whispr, "wanda")
+        sam = await Client.register(session, synapse, "sam")
+        await wanda.sync_until(lambda _: True)
+        await sam.sync_until(lambda _: True)
+        started = time.monotonic()
+        await story(wanda, sam, version)   # a room on Whispr, Synapse's user joins
+        await story(sam, wanda, version)   # a room on Synapse, Whispr's user joins
+        print(f"interop story v{version}: {time.monotonic() - started:.1f} s")
