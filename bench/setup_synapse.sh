@@ -12,7 +12,7 @@ if [ ! -f "$marker" ]; then
     py="${PYTHON:-$(command -v python3.11 || command -v python3)}"
     [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check "matrix-synapse==$version" psycopg2-binary >&2
-    "$venv/bin/python" -c "import synapse, psycopg2; assert synapse.__version__ == '$version', synapse.__version__"
+    "$venv/bin/python" -c "import synapse, psycopg2; assert synapse.__version__.split()[0] == '$version', synapse.__version__"
     touch "$marker"
 fi
 echo "$venv/bin/python"
