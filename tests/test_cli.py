@@ -143,6 +143,8 @@ def test_bad_config_exits_2_with_a_clear_message(tmp_path: Path, text: str, env:
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     run_env = server_env(free_port(), tmp_path / "data", env)
+    if "listen" in text:  # the port override would replace the bad value under test
+        run_env.pop("WHISPR_LISTEN__PORT", None)
     if command:  # the subcommand's own --config
         args = (command[0], "--config", str(config), *command[1:])
     else:
