@@ -31,6 +31,7 @@ class Notifier:
         self.start_position = 0
         self.room_positions: dict[str, int] = {}
         self.user_positions: dict[str, int] = {}
+        self.receipt_positions: dict[str, int] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._pending: dict[int, list[str]] = {}
@@ -46,9 +47,11 @@ class Notifier:
         """Register the applier for a kind of replicated message (e.g. typing)."""
         self._handlers[kind] = handler
 
-    async def notify(self, stream: int, room_id: str | None = None, user_ids: Iterable[str] = ()) -> None:
+    async def notify(self, stream: int, room_id: str | None = None, user_ids: Iterable[str] = (),
+                     receipt: bool = False) -> None:
         """A new stream position was committed; wake who watches the room or the users."""
-        self._apply({"kind": "stream", "stream": stream, "room_id": room_id, "user_ids": list(user_ids)})
+        self._apply({"kind": "stream", "stream": stream, "room_id": room_id, "user_ids": list(user_ids),
+                     "receipt": receipt})
 
     async def publish(self, kind: str, payload: dict[str, Any]) -> None:
         """Apply a replicated message here (and, with Redis, everywhere)."""
@@ -64,6 +67,8 @@ class Notifier:
             room_id = msg.get("room_id")
             if room_id:
                 self.room_positions[room_id] = max(stream, self.room_positions.get(room_id, 0))
+                if msg.get("receipt"):
+                    self.receipt_positions[room_id] = max(stream, self.receipt_positions.get(room_id, 0))
                 keys.append(room_id)
             self._advance(stream, keys)
         else:
@@ -104,6 +109,9 @@ class Notifier:
     def user_changed_since(self, user_id: str, stream: int) -> bool:
         """Whether the user's own data (memberships, account data) may have changed after `stream`."""
         return self.user_positions.get(user_id, self.start_position) > stream
+
+    def receipts_changed_since(self, room_id: str, stream: int) -> bool:
+        return self.receipt_positions.get(room_id, self.start_position) > stream
 
     def room_changed_since(self, room_id: str, stream: int) -> bool:
         return self.room_positions.get(room_id, self.start_position) > stream
@@ -177,8 +185,10 @@ class RedisNotifier(Notifier):
         finally:
             await pubsub.aclose()
 
-    async def notify(self, stream: int, room_id: str | None = None, user_ids: Iterable[str] = ()) -> None:
-        msg = {"kind": "stream", "stream": stream, "room_id": room_id, "user_ids": list(user_ids)}
+    async def notify(self, stream: int, room_id: str | None = None, user_ids: Iterable[str] = (),
+                     receipt: bool = False) -> None:
+        msg = {"kind": "stream", "stream": stream, "room_id": room_id, "user_ids": list(user_ids),
+               "receipt": receipt}
         self._apply(msg)
         await self._redis.publish(self._channel, json.dumps({**msg, "origin": self._origin}))
 

@@ -40,7 +40,7 @@ class RoomData:
         ts = now_ms()
         stream = await self._store.user_data.put_receipt(room_id, receipt_type, user_id, thread_id or "",
                                                          event_id, ts)
-        await self._notifier.notify(stream, room_id)
+        await self._notifier.notify(stream, room_id, receipt=True)
         if local:
             for hook in self.on_local_receipt:
                 await hook(room_id, receipt_type, user_id, event_id, ts)

@@ -220,6 +220,8 @@ class SyncService:
 
     async def _receipt_events(self, who: Requester, room_id: str, since: SyncToken | None,
                               upto: SyncToken) -> list[dict[str, Any]]:
+        if since is not None and not self._notifier.receipts_changed_since(room_id, since.stream):
+            return []
         receipts = await self._store.user_data.receipts([room_id], since.stream if since else 0, upto.stream)
         content: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
         for r in receipts:
