@@ -139,13 +139,8 @@ async def get_state_event(request: web.Request) -> web.Response:
     who = await requester(request)
     server = hs(request)
     room_id = request.match_info["room_id"]
-    upto = await server.timeline.visible_upto(room_id, who.user_id)
     key = (request.match_info["event_type"], request.match_info.get("state_key", ""))
-    if upto >= 2**62:
-        state = await server.rooms.current_state_ids(room_id)
-    else:
-        member = await server.rooms.state_event(room_id, "m.room.member", who.user_id)
-        state = await server.rooms.state_at_event(member.event_id) if member else {}
+    state = await server.timeline.visible_state(room_id, who.user_id)
     event_id = state.get(key)
     ev = await server.rooms.get_event(event_id) if event_id else None
     if ev is None:
@@ -160,12 +155,7 @@ async def get_state(request: web.Request) -> web.Response:
     who = await requester(request)
     server = hs(request)
     room_id = request.match_info["room_id"]
-    upto = await server.timeline.visible_upto(room_id, who.user_id)
-    if upto >= 2**62:
-        ids = await server.rooms.current_state_ids(room_id)
-    else:
-        member = await server.rooms.state_event(room_id, "m.room.member", who.user_id)
-        ids = await server.rooms.state_at_event(member.event_id) if member else {}
+    ids = await server.timeline.visible_state(room_id, who.user_id)
     events = await server.rooms.get_events(ids.values())
     room, version = await server.rooms.require_room(room_id)
     now = now_ms()

@@ -264,14 +264,19 @@ class Rooms:
             raise forbidden(str(e)) from None
         return event
 
+    async def _replaced_state(self, event: Event, state: StateMap) -> dict[str, Any]:
+        """What clients get in `unsigned` about the state event this one replaces."""
+        if not event.is_state or event.key not in state:
+            return {}
+        replaced = await self.get_event(state[event.key])
+        if replaced is None:
+            return {}
+        return {"replaces_state": replaced.event_id, "prev_content": replaced.content,
+                "prev_sender": replaced.sender}
+
     async def _persist(self, event: Event, room: RoomInfo, state: StateMap, prev_ids: list[str],
                        txn: TxnRef | None) -> Event:
-        unsigned: dict[str, Any] = {}
-        if event.is_state and event.key in state:
-            replaced = await self.get_event(state[event.key])
-            if replaced is not None:
-                unsigned = {"replaces_state": replaced.event_id, "prev_content": replaced.content,
-                            "prev_sender": replaced.sender}
+        unsigned = await self._replaced_state(event, state)
         persisted = await self._store.rooms.persist_event(
             event, state_before=room.current_group, before_map=state, prev_extremities=prev_ids, txn=txn,
             unsigned=unsigned)
@@ -307,12 +312,7 @@ class Rooms:
         if others and room.current_group is not None and current != after:
             new_current = await resolve_state_v2(version, [current, after], self.get_event)
         before_group = await self._group_for(event.room_id, state_before)
-        unsigned: dict[str, Any] = {}
-        if event.is_state and event.key in state_before:
-            replaced = await self.get_event(state_before[event.key])
-            if replaced is not None:
-                unsigned = {"replaces_state": replaced.event_id, "prev_content": replaced.content,
-                            "prev_sender": replaced.sender}
+        unsigned = await self._replaced_state(event, state_before)
         persisted = await self._store.rooms.persist_remote_event(
             event, state_before=before_group, before_map=state_before, current_before=current,
             new_current=new_current, prev_extremities=event.prev_event_ids, unsigned=unsigned)
@@ -327,17 +327,19 @@ class Rooms:
         return stored
 
     async def _group_for(self, room_id: str, state: StateMap) -> int | None:
-        """A state group holding exactly `state`: the current one when equal, else a new one."""
+        """A state group holding exactly `state`: the current one when equal, else a new one,
+        stored as a delta on the current group when it only adds or replaces slots."""
+        if not state:
+            return None
         room = await self._store.rooms.get_room(room_id)
-        if room is not None and room.current_group is not None:
-            current = await self._store.rooms.state_map(room.current_group)
-            if current == state:
-                return room.current_group
-            return await self._store.rooms.new_state_group(
-                room_id, room.current_group, current,
-                {k: v for k, v in state.items() if current.get(k) != v}) if set(current) <= set(state) \
-                else await self._store.rooms.new_state_group(room_id, None, {}, state)
-        return await self._store.rooms.new_state_group(room_id, None, {}, state) if state else None
+        parent = room.current_group if room is not None else None
+        current = await self._store.rooms.state_map(parent)
+        if parent is not None and current == state:
+            return parent
+        if parent is not None and set(current) <= set(state):
+            delta = {k: v for k, v in state.items() if current.get(k) != v}
+            return await self._store.rooms.new_state_group(room_id, parent, current, delta)
+        return await self._store.rooms.new_state_group(room_id, None, {}, state)
 
     async def persist_outlier(self, event: Event, rejected: str | None = None, soft_failed: bool = False) -> None:
         await self._store.rooms.persist_outlier(event, rejected=rejected, soft_failed=soft_failed)

@@ -8,7 +8,7 @@ from homeserver.accounts import Requester
 from homeserver.client_events import client_event
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.events import Event
+from homeserver.events import Event, StateKey
 from homeserver.filters import EventFilter
 from homeserver.room_versions import get_room_version
 from homeserver.rooms import Rooms
@@ -34,6 +34,14 @@ class Timeline:
         if member.membership in ("leave", "ban"):
             return member.stream
         raise forbidden("You are not joined to this room")
+
+    async def visible_state(self, room_id: str, user_id: str) -> dict[StateKey, str]:
+        """The room's state as the user may see it: current if joined, else as of their leaving."""
+        upto = await self.visible_upto(room_id, user_id)
+        if upto >= 2**62:
+            return await self._rooms.current_state_ids(room_id)
+        member = await self._rooms.state_event(room_id, "m.room.member", user_id)
+        return dict(await self._rooms.state_at_event(member.event_id)) if member else {}
 
     async def _serialise(self, who: Requester, room_id: str, events: list[Event]) -> list[dict[str, Any]]:
         room = await self._rooms.room(room_id)
