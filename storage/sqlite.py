@@ -105,6 +105,59 @@ class _ThreadConn:
         self._executor.shutdown(wait=True)
 
 
+def _batch(conn: sqlite3.Connection, pending: list[tuple[str, Sequence[Any], bool]],
+           then: Callable[..., T] | None, *args: Any) -> T | None:
+    """Run queued statements in order, then one more call, all on the connection's thread."""
+    for sql, params, many in pending:
+        (conn.executemany if many else conn.execute)(sql, params).close()
+    return then(conn, *args) if then is not None else None
+
+
+class _Transaction:
+    """A transaction on the writer that defers statements whose result nobody reads.
+
+    They are sent with the next read, or with COMMIT, so a transaction costs one
+    hand-off per read instead of one per statement. Order is kept; an error in a
+    deferred statement surfaces at that next read or at commit, still inside the
+    transaction, which then rolls back.
+    """
+
+    def __init__(self, conn: _ThreadConn) -> None:
+        self._conn = conn
+        self._pending: list[tuple[str, Sequence[Any], bool]] = [("BEGIN IMMEDIATE", (), False)]
+
+    async def _flush_with(self, fn: Callable[..., T] | None, *args: Any) -> T | None:
+        pending, self._pending = self._pending, []
+        return await self._conn.run(_batch, pending, fn, *args)
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        self._pending.append((sql, args, False))
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._pending.append((sql, list(rows), True))
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        return await self._flush_with(_fetchone, sql, args)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        return await self._flush_with(_fetchall, sql, args) or []
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = await self.fetchone(sql, *args)
+        return None if row is None else row[0]
+
+    async def commit(self) -> None:
+        self._pending.append(("COMMIT", (), False))
+        await self._flush_with(None)
+
+    async def rollback(self) -> None:
+        begun = not (self._pending and self._pending[0][0] == "BEGIN IMMEDIATE")
+        self._pending = []
+        if begun:
+            await self._conn.run(lambda conn: conn.execute("ROLLBACK").close() if conn.in_transaction else None)
+
+
 class SqliteDatabase:
     engine = "sqlite"
 
@@ -127,13 +180,13 @@ class SqliteDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self._write_lock:
-            await self._w.execute("BEGIN IMMEDIATE")
+            tx = _Transaction(self._w)
             try:
-                yield self._w
+                yield tx
+                await tx.commit()
             except BaseException:
-                await self._w.execute("ROLLBACK")
+                await tx.rollback()
                 raise
-            await self._w.execute("COMMIT")
 
     async def execute(self, sql: str, *args: Any) -> None:
         async with self._write_lock:
