@@ -125,6 +125,12 @@ class FederationSender:
             try:
                 result = await self._client.put_json(destination, f"/_matrix/federation/v1/send/{txn_id}", body)
             except Exception as e:
+                status = getattr(e, "status", 0)
+                if 400 <= status < 500 and status != 429:
+                    # The peer refuses this transaction as such: retrying it would block the queue for good.
+                    log.warning("%s refused a transaction (%s); dropping its %d items", destination, e, len(ids))
+                    await self._store.federation.remove(ids)
+                    continue
                 interval = min(max(state.retry_interval_ms * 2, self._min_retry_ms), self._max_retry_ms)
                 log.info("sending to %s failed (%s); retrying in %d s", destination, e, interval // 1000)
                 await self._store.federation.set_retry(destination, interval, now_ms() + interval, None)
