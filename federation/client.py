@@ -400,6 +400,33 @@ class FederationClient:
         finally:
             response.release()
 
+    @asynccontextmanager
+    async def fetch_url(self, url: str, *, timeout: float) -> AsyncIterator[aiohttp.ClientResponse]:
+        """An unsigned GET of a plain URL (where an origin redirected a media download to),
+        through the address guard, with no further redirects."""
+        target = urlsplit(url)
+        if target.scheme not in ("https", "http") or not target.hostname:
+            raise FederationUnreachable(f"cannot fetch {url!r}: not an http(s) URL")
+        port = target.port or (443 if target.scheme == "https" else 80)
+        ips = await self._guard.resolve(target.hostname, port)
+        session = await self._ensure_session()
+        default_port = port == (443 if target.scheme == "https" else 80)
+        host_header = _url_host(target.hostname) + ("" if default_port else f":{port}")
+        path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        request_url = URL(f"{target.scheme}://{_url_host(ips[0])}:{port}{path}", encoded=True)
+        server_hostname = None if _is_ip(target.hostname) or target.scheme == "http" else target.hostname
+        try:
+            response = await session.get(
+                request_url, headers={"Host": host_header}, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=self._config.connect_timeout_s),
+                **({"server_hostname": server_hostname} if server_hostname else {}))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise FederationUnreachable(f"GET {url}: {e}") from None
+        try:
+            yield response
+        finally:
+            response.release()
+
     async def _json(self, method: str, destination: str, path: str, query: Any, body: Any, auth: bool,
                     timeout: float | None) -> Any:
         async with self.request(method, destination, path, query=query, body=body, auth=auth,

@@ -6,8 +6,8 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from client_api import (account, devices, directory, login, profile, register, rooms, sync, user_data, versions,
-                        wellknown, whispr)
+from client_api import (account, devices, directory, login, media, profile, register, rooms, sync, user_data,
+                        versions, wellknown, whispr)
 from client_api.http import HS
 from client_api.middleware import matrix_errors
 from homeserver.config import Config
@@ -25,11 +25,12 @@ def make_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(lifetime)
     if config.federation.enabled:
         from federation import endpoints
+        from federation import media as federation_media
         from federation.listener import federation_listener_ctx, setup_well_known
 
-        app.cleanup_ctx.append(federation_listener_ctx(endpoints.setup))
+        app.cleanup_ctx.append(federation_listener_ctx(endpoints.setup, federation_media.setup))
         setup_well_known(app, config)
     for module in (versions, wellknown, login, register, account, devices, profile, whispr, rooms, sync,
-                   user_data, directory):
+                   user_data, directory, media):
         module.setup(app)
     return app

@@ -121,6 +121,8 @@ class RateLimitsConfig:
     otp: BucketConfig = field(default_factory=lambda: BucketConfig(0.2, 10))
     email: BucketConfig = field(default_factory=lambda: BucketConfig(0.1, 5))
     message: BucketConfig = field(default_factory=lambda: BucketConfig(10.0, 50))
+    # Media uploads and async-upload creations per user.
+    media_upload: BucketConfig = field(default_factory=lambda: BucketConfig(1.0, 30))
     # Inbound federation requests per origin server.
     federation: BucketConfig = field(default_factory=lambda: BucketConfig(100.0, 500))
 
@@ -177,6 +179,32 @@ class FederationConfig:
 
 
 @dataclass
+class MediaConfig:
+    # Directory of the media files (content-addressed) and thumbnails; relative: under data_dir.
+    store_path: str = "media"
+    # Largest upload, enforced while the body streams in (413 M_TOO_LARGE beyond it).
+    max_upload_bytes: int = 100 * 1024 * 1024
+    # Async uploads (POST /create): how many may be pending per user, and for how long.
+    max_pending_uploads: int = 10
+    pending_upload_ttl_s: int = 86400
+    # How long a download may wait for a pending upload (clients ask with timeout_ms).
+    max_download_wait_ms: int = 60_000
+    # Thumbnails: images with more pixels (all frames together for animations) or bytes are
+    # refused (413), which keeps decompression bombs out of Pillow.
+    max_thumbnail_pixels: int = 32_000_000
+    max_thumbnail_source_bytes: int = 50 * 1024 * 1024
+    # Animated thumbnails keep at most this many frames.
+    max_animated_frames: int = 100
+    # Remote media: largest accepted, and how long an unused cached copy is kept (Synapse keeps
+    # them forever); the sweep that drops them runs every remote_sweep_interval_s.
+    max_remote_bytes: int = 100 * 1024 * 1024
+    remote_cache_ttl_s: int = 7 * 86400
+    remote_sweep_interval_s: int = 3600
+    # Serve the deprecated unauthenticated /_matrix/media/v3/download|thumbnail paths.
+    legacy_unauthenticated_downloads: bool = True
+
+
+@dataclass
 class Config:
     server_name: str = "localhost:8448"
     # Base URL clients reach us at; used for links in mails.
@@ -196,10 +224,15 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    def media_path(self) -> Path:
+        p = Path(self.media.store_path)
+        return p if p.is_absolute() else self.data_path / p
 
     def sqlite_path(self) -> Path:
         p = Path(self.database.path)
@@ -347,6 +380,13 @@ def _validate(config: Config) -> None:
         raise ConfigError("federation.well_known_server: must be a host name with an optional port, no scheme")
     if fed.max_transaction_bytes < 65536:
         raise ConfigError("federation.max_transaction_bytes: must be at least 65536")
+    media = config.media
+    if media.max_upload_bytes < 1024:
+        raise ConfigError("media.max_upload_bytes: must be at least 1024")
+    if media.max_thumbnail_pixels < 1 or media.max_animated_frames < 1:
+        raise ConfigError("media.max_thumbnail_pixels and media.max_animated_frames: must be positive")
+    if media.remote_sweep_interval_s <= 0 or media.remote_cache_ttl_s <= 0:
+        raise ConfigError("media.remote_cache_ttl_s and media.remote_sweep_interval_s: must be positive")
     if fed.max_response_bytes < 65536:
         raise ConfigError("federation.max_response_bytes: must be at least 65536")
 

@@ -71,3 +71,27 @@ class Profile:
     displayname: str | None = None
     avatar_url: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MediaRecord:
+    """One item of the media repository, local or a cached copy of a remote one."""
+    origin: str
+    media_id: str
+    content_type: str
+    upload_name: str | None
+    size: int | None          # None while an async upload is pending
+    sha256: str | None        # names the file on disk; None while pending
+    created_ts: int
+    quarantined: bool = False
+    user_id: str | None = None             # the uploader (local media only)
+    unused_expires_ts: int | None = None   # pending async uploads expire unused
+    last_access_ts: int | None = None      # remote media only
+
+    @property
+    def pending(self) -> bool:
+        return self.sha256 is None
+
+    @property
+    def mxc(self) -> str:
+        return f"mxc://{self.origin}/{self.media_id}"

@@ -30,6 +30,7 @@ from homeserver.timeline import Timeline
 from homeserver.totp import Totp
 from homeserver.typing_state import Typing
 from homeserver.uia import InteractiveAuth
+from media.repository import MediaRepository
 from storage import Store, open_database
 
 log = logging.getLogger("whispr")
@@ -59,6 +60,7 @@ class HomeServer:
     directory: Directory
     filters: Filters
     executor: ThreadPoolExecutor
+    media: MediaRepository
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -97,7 +99,9 @@ class HomeServer:
             chats=Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),
                         room_data),
             sync=sync, timeline=Timeline(rooms, store, sync.current_token), room_data=room_data,
-            directory=Directory(rooms, store, config.server_name), filters=Filters(store), executor=executor)
+            directory=Directory(rooms, store, config.server_name), filters=Filters(store), executor=executor,
+            media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor))
+        await hs.media.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)
         log.info("homeserver %s started (database: %s, redis: %s)", config.server_name,
@@ -119,11 +123,14 @@ class HomeServer:
             self.keyring, client, config.federation.destination_min_retry_ms,
             config.federation.destination_max_retry_ms)
         await self.federation.start()
+        from federation.media import FederationMediaSource
+        self.media.remote = FederationMediaSource(client)
 
     async def close(self) -> None:
         if self.federation is not None:
             await self.federation.close()
             await self.federation.client.close()
+        await self.media.close()
         self.typing.close()
         await self.notifier.close()
         await self.ephemeral.close()

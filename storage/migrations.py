@@ -196,6 +196,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (user_id, room_id)
         )""",
     )),
+    Migration(3, "media: local uploads, cached remote media", (
+        # One row per media ID. `sha256` names the file on disk (content-addressed, shared by
+        # identical uploads); it and `size` are NULL while an async upload (/create) is pending.
+        """CREATE TABLE local_media (
+            media_id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            content_type TEXT NOT NULL DEFAULT 'application/octet-stream',
+            upload_name TEXT,
+            size BIGINT,
+            sha256 TEXT,
+            created_ts BIGINT NOT NULL,
+            unused_expires_ts BIGINT,
+            quarantined INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX local_media_sha256 ON local_media (sha256)",
+        "CREATE INDEX local_media_pending ON local_media (user_id, unused_expires_ts)",
+        # Media of other servers, cached until unused for media.remote_cache_ttl_s.
+        """CREATE TABLE remote_media (
+            origin TEXT NOT NULL,
+            media_id TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            upload_name TEXT,
+            size BIGINT NOT NULL,
+            sha256 TEXT NOT NULL,
+            fetched_ts BIGINT NOT NULL,
+            last_access_ts BIGINT NOT NULL,
+            quarantined INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (origin, media_id)
+        )""",
+        "CREATE INDEX remote_media_sha256 ON remote_media (sha256)",
+        "CREATE INDEX remote_media_last_access ON remote_media (last_access_ts)",
+    )),
     Migration(4, "federation: cached signing keys of other servers", (
         # One row per (server, key ID): the public key, until when it may be used (old keys: their
         # expired_ts), and the signed key document it came from (served again as a notary).

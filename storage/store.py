@@ -8,6 +8,7 @@ from typing import Any
 from homeserver.models import Device, EmailValidation, Profile, RefreshToken, Threepid, User
 from storage.database import Database, Row
 from storage.federation import FederationStore
+from storage.media import MediaStore
 from storage.rooms import RoomStore
 from storage.server_keys import ServerKeyStore
 from storage.user_data import UserDataStore
@@ -270,6 +271,7 @@ class Store:
         self.user_data = UserDataStore(db)
         self.federation = FederationStore(db)
         self.server_keys = ServerKeyStore(db)
+        self.media = MediaStore(db)
 
     async def close(self) -> None:
         await self.db.close()

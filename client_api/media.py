@@ -1,0 +1,136 @@
+"""Media endpoints: uploads (/_matrix/media/v3, v1/create), downloads and thumbnails on the
+authenticated /_matrix/client/v1/media paths and the deprecated /_matrix/media/v3 ones, config."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from client_api.http import hs, ok, requester
+from homeserver.errors import MatrixError, invalid_param
+from media.headers import download_headers
+
+MEDIA_V3 = "/_matrix/media/v3"
+MEDIA_V1 = "/_matrix/media/v1"
+CLIENT_MEDIA = "/_matrix/client/v1/media"
+
+
+def _content_length(request: web.Request) -> int | None:
+    return request.content_length
+
+
+def _int_param(request: web.Request, name: str, default: int | None = None) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise invalid_param(f"{name} must be an integer") from None
+
+
+def _bool_param(request: web.Request, name: str, default: bool) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if raw not in ("true", "false"):
+        raise invalid_param(f"{name} must be true or false")
+    return raw == "true"
+
+
+async def upload(request: web.Request) -> web.Response:
+    server = hs(request)
+    who = await requester(request)
+    await server.limiter.check("media_upload", who.user_id)
+    uri = await server.media.upload(
+        who.user_id, request.content.iter_chunked(256 * 1024), content_type=request.headers.get("Content-Type"),
+        filename=request.query.get("filename"), content_length=_content_length(request))
+    return ok({"content_uri": uri})
+
+
+async def create(request: web.Request) -> web.Response:
+    server = hs(request)
+    who = await requester(request)
+    await server.limiter.check("media_upload", who.user_id)
+    return ok(await server.media.create(who.user_id))
+
+
+async def upload_to(request: web.Request) -> web.Response:
+    server = hs(request)
+    who = await requester(request)
+    await server.media.upload_to(
+        who.user_id, request.match_info["server_name"], request.match_info["media_id"],
+        request.content.iter_chunked(256 * 1024), content_type=request.headers.get("Content-Type"),
+        filename=request.query.get("filename"), content_length=_content_length(request))
+    return ok({})
+
+
+async def config(request: web.Request) -> web.Response:
+    await requester(request)
+    return ok(hs(request).media.public_config())
+
+
+async def _download(request: web.Request, allow_remote: bool) -> web.StreamResponse:
+    media = await hs(request).media.open(
+        request.match_info["server_name"], request.match_info["media_id"],
+        timeout_ms=_int_param(request, "timeout_ms"), allow_remote=allow_remote)
+    filename = request.match_info.get("file_name") or media.record.upload_name
+    return web.FileResponse(media.path, headers=download_headers(media.record.content_type, filename))
+
+
+async def _thumbnail(request: web.Request, allow_remote: bool) -> web.StreamResponse:
+    width, height = _int_param(request, "width"), _int_param(request, "height")
+    if width is None or height is None:
+        raise MatrixError(400, "M_MISSING_PARAM", "width and height are required")
+    path, content_type = await hs(request).media.thumbnail(
+        request.match_info["server_name"], request.match_info["media_id"], width=width, height=height,
+        method=request.query.get("method", "scale"), animated=_bool_param(request, "animated", False),
+        timeout_ms=_int_param(request, "timeout_ms"), allow_remote=allow_remote)
+    ext = content_type.rsplit("/", 1)[-1].replace("jpeg", "jpg")
+    return web.FileResponse(path, headers=download_headers(content_type, f"thumbnail.{ext}"))
+
+
+async def download_authed(request: web.Request) -> web.StreamResponse:
+    await requester(request)
+    return await _download(request, allow_remote=True)
+
+
+async def thumbnail_authed(request: web.Request) -> web.StreamResponse:
+    await requester(request)
+    return await _thumbnail(request, allow_remote=True)
+
+
+def _legacy_allowed(request: web.Request) -> bool:
+    if not hs(request).config.media.legacy_unauthenticated_downloads:
+        raise MatrixError(404, "M_NOT_FOUND", "Unauthenticated media is disabled: use /_matrix/client/v1/media")
+    return _bool_param(request, "allow_remote", True)
+
+
+async def download_legacy(request: web.Request) -> web.StreamResponse:
+    return await _download(request, allow_remote=_legacy_allowed(request))
+
+
+async def thumbnail_legacy(request: web.Request) -> web.StreamResponse:
+    return await _thumbnail(request, allow_remote=_legacy_allowed(request))
+
+
+async def preview_url(request: web.Request) -> web.Response:
+    await requester(request)
+    # URL previews would make this server fetch arbitrary URLs for clients; not offered.
+    raise MatrixError(404, "M_UNRECOGNIZED", "URL previews are not enabled on this server")
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_post(f"{MEDIA_V3}/upload", upload)
+    r.add_post(f"{MEDIA_V1}/create", create)
+    r.add_put(f"{MEDIA_V3}/upload/{{server_name}}/{{media_id}}", upload_to)
+    r.add_get(f"{MEDIA_V3}/config", config)
+    r.add_get(f"{CLIENT_MEDIA}/config", config)
+    for prefix, download, thumbnail in ((CLIENT_MEDIA, download_authed, thumbnail_authed),
+                                        (MEDIA_V3, download_legacy, thumbnail_legacy)):
+        r.add_get(f"{prefix}/download/{{server_name}}/{{media_id}}", download)
+        r.add_get(f"{prefix}/download/{{server_name}}/{{media_id}}/{{file_name}}", download)
+        r.add_get(f"{prefix}/thumbnail/{{server_name}}/{{media_id}}", thumbnail)
+    r.add_get(f"{CLIENT_MEDIA}/preview_url", preview_url)
+    r.add_get(f"{MEDIA_V3}/preview_url", preview_url)
+

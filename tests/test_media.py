@@ -1,0 +1,142 @@
+"""Media repository over HTTP: uploads, downloads, headers, deduplication, the size cap, async uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import auth, register
+from tests.media_helpers import CREATE, LEGACY, MEDIA, UPLOAD, path_of, upload
+
+
+def stored_files(data_dir: Path) -> list[Path]:
+    return [p for p in (data_dir / "media" / "files").rglob("*") if p.is_file()]
+
+
+async def test_upload_and_download_on_every_path(client: Any) -> None:
+    alice = await register(client, "alice")
+    data = b"hello, media \x00\xff" * 1000
+    uri = await upload(client, alice["access_token"], data, "text/plain", filename="notes.txt")
+    h = auth(alice["access_token"])
+    for url, headers in ((f"{MEDIA}/download/{path_of(uri)}", h), (f"{LEGACY}/download/{path_of(uri)}", {}),
+                         (f"{MEDIA}/download/{path_of(uri)}/other.txt", h)):
+        resp = await client.get(url, headers=headers)
+        assert resp.status == 200, await resp.text()
+        assert await resp.read() == data
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["Content-Security-Policy"].startswith("sandbox;")
+        assert resp.headers["Cross-Origin-Resource-Policy"] == "cross-origin"
+        name = "other.txt" if url.endswith("other.txt") else "notes.txt"
+        assert resp.headers["Content-Disposition"] == f'inline; filename="{name}"'
+    config = await client.get(f"{MEDIA}/config", headers=h)
+    assert (await config.json())["m.upload.size"] == 100 * 1024 * 1024
+    assert (await client.get(f"{LEGACY}/config", headers=h)).status == 200
+
+
+async def test_disposition_follows_a_safe_type_list_and_names_are_sanitised(client: Any) -> None:
+    alice = await register(client, "alice")
+    token = alice["access_token"]
+    html = await upload(client, token, b"<script>alert(1)</script>", "text/html", filename="../../etc/evil.html")
+    resp = await client.get(f"{MEDIA}/download/{path_of(html)}", headers=auth(token))
+    assert resp.headers["Content-Disposition"] == 'attachment; filename="evil.html"'
+    assert resp.headers["Content-Security-Policy"].startswith("sandbox;")
+    png = await upload(client, token, b"\x89PNG not really", "image/png", filename="caf\u00e9 \"x\".png")
+    resp = await client.get(f"{MEDIA}/download/{path_of(png)}", headers=auth(token))
+    assert resp.headers["Content-Disposition"] == \
+        "inline; filename=\"caf_ x.png\"; filename*=utf-8''caf%C3%A9%20x.png"
+    odd = await upload(client, token, b"x", "not a content type <script>")
+    resp = await client.get(f"{MEDIA}/download/{path_of(odd)}", headers=auth(token))
+    assert resp.headers["Content-Type"] == "application/octet-stream"
+    assert resp.headers["Content-Disposition"] == "attachment"
+
+
+async def test_unknown_or_malformed_media_and_missing_auth(client: Any) -> None:
+    alice = await register(client, "alice")
+    h = auth(alice["access_token"])
+    for path in ("test.local/doesnotexist", "test.local/bad..id", "evil..server/abc", "test.local/a.b", "test.local/a%2Fb"):
+        resp = await client.get(f"{MEDIA}/download/{path}", headers=h)
+        assert resp.status == 404 and (await resp.json())["errcode"] == "M_NOT_FOUND", path
+    uri = await upload(client, alice["access_token"], b"secret-ish")
+    resp = await client.get(f"{MEDIA}/download/{path_of(uri)}")
+    assert resp.status == 401 and (await resp.json())["errcode"] == "M_MISSING_TOKEN"
+    resp = await client.post(UPLOAD, data=b"x")
+    assert resp.status == 401
+    # Another server's media with federation off: not found, nothing fetched.
+    resp = await client.get(f"{MEDIA}/download/other.example/abcdef", headers=h)
+    assert resp.status == 404 and (await resp.json())["errcode"] == "M_NOT_FOUND"
+    resp = await client.get(f"{LEGACY}/download/{path_of(uri)}", params={"allow_remote": "maybe"})
+    assert resp.status == 400 and (await resp.json())["errcode"] == "M_INVALID_PARAM"
+
+
+async def test_same_bytes_are_stored_once(serve: Any, make_config: Any) -> None:
+    client = await serve()
+    data_dir = Path(make_config().data_dir)
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    data = b"the same picture" * 5000
+    first = await upload(client, alice["access_token"], data, "image/png", "a.png")
+    second = await upload(client, bob["access_token"], data, "application/octet-stream", "b.bin")
+    assert first != second
+    files = stored_files(data_dir)
+    assert len(files) == 1 and files[0].name == hashlib.sha256(data).hexdigest()
+    # Each keeps its own metadata.
+    a = await client.get(f"{MEDIA}/download/{path_of(first)}", headers=auth(bob["access_token"]))
+    b = await client.get(f"{MEDIA}/download/{path_of(second)}", headers=auth(bob["access_token"]))
+    assert a.headers["Content-Type"] == "image/png" and 'filename="a.png"' in a.headers["Content-Disposition"]
+    assert b.headers["Content-Type"] == "application/octet-stream" and "b.bin" in b.headers["Content-Disposition"]
+    assert await a.read() == await b.read() == data
+
+
+async def test_size_cap_is_enforced_while_reading(serve: Any, make_config: Any) -> None:
+    client = await serve(media={"max_upload_bytes": 10_000})
+    data_dir = Path(make_config().data_dir)
+    alice = await register(client, "alice")
+    h = {**auth(alice["access_token"]), "Content-Type": "application/octet-stream"}
+    resp = await client.post(UPLOAD, data=b"x" * 10_001, headers=h)  # Content-Length says it up front
+    assert resp.status == 413 and (await resp.json())["errcode"] == "M_TOO_LARGE"
+
+    async def chunked() -> Any:  # no Content-Length: only counting the bytes can catch it
+        for _ in range(40):
+            yield b"y" * 1000
+    resp = await client.post(UPLOAD, data=chunked(), headers=h)
+    assert resp.status == 413 and (await resp.json())["errcode"] == "M_TOO_LARGE"
+    assert stored_files(data_dir) == []
+    assert list((data_dir / "media" / "tmp").iterdir()) == []
+    assert (await client.post(UPLOAD, data=b"x" * 10_000, headers=h)).status == 200
+    assert (await (await client.get(f"{MEDIA}/config", headers=h)).json())["m.upload.size"] == 10_000
+
+
+async def test_async_upload_create_then_put(client: Any) -> None:
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    ha, hb = auth(alice["access_token"]), auth(bob["access_token"])
+    created = await (await client.post(CREATE, headers=ha)).json()
+    uri = created["content_uri"]
+    assert uri.startswith("mxc://test.local/") and created["unused_expires_at"] > 0
+    resp = await client.get(f"{MEDIA}/download/{path_of(uri)}", headers=hb, params={"timeout_ms": "0"})
+    assert resp.status == 504 and (await resp.json())["errcode"] == "M_NOT_YET_UPLOADED"
+    waiting = asyncio.ensure_future(client.get(f"{MEDIA}/download/{path_of(uri)}", headers=hb,
+                                               params={"timeout_ms": "10000"}))
+    await asyncio.sleep(0.2)
+    resp = await client.put(f"{UPLOAD}/{path_of(uri)}", data=b"later", headers={**hb, "Content-Type": "text/plain"})
+    assert resp.status == 403 and (await resp.json())["errcode"] == "M_FORBIDDEN"
+    resp = await client.put(f"{UPLOAD}/{path_of(uri)}", params={"filename": "l.txt"}, data=b"later",
+                            headers={**ha, "Content-Type": "text/plain"})
+    assert resp.status == 200, await resp.text()
+    got = await asyncio.wait_for(waiting, 5)
+    assert got.status == 200 and await got.read() == b"later"
+    resp = await client.put(f"{UPLOAD}/{path_of(uri)}", data=b"again", headers=ha)
+    assert resp.status == 409 and (await resp.json())["errcode"] == "M_CANNOT_OVERWRITE_MEDIA"
+    resp = await client.put(f"{UPLOAD}/test.local/neverCreated", data=b"x", headers=ha)
+    assert resp.status == 404 and (await resp.json())["errcode"] == "M_NOT_FOUND"
+
+
+async def test_pending_uploads_are_limited(serve: Any) -> None:
+    client = await serve(media={"max_pending_uploads": 2})
+    alice = await register(client, "alice")
+    h = auth(alice["access_token"])
+    for _ in range(2):
+        assert (await client.post(CREATE, headers=h)).status == 200
+    resp = await client.post(CREATE, headers=h)
+    assert resp.status == 429 and (await resp.json())["errcode"] == "M_LIMIT_EXCEEDED"
