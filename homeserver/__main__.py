@@ -5,6 +5,9 @@
                                                     (and a self-signed federation TLS pair in data_dir)
     python -m homeserver register-user --config FILE --user NAME [--password PW] [--email ADDR]
     python -m homeserver rotate-signing-key --config FILE
+    python -m homeserver quarantine-media --config FILE [--undo] MXC...   hide media (404) but keep it
+    python -m homeserver delete-media --config FILE MXC...                delete media and, unless other
+                                                                         items share them, its bytes
 """
 
 from __future__ import annotations
@@ -100,6 +103,41 @@ async def _register(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _media_admin(args: argparse.Namespace) -> int:
+    """Quarantine or delete media straight in the database and media store (the server may be running)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from media.ids import is_mxc
+    from media.repository import MediaRepository
+    from storage import open_database
+    from storage.media import MediaStore
+
+    config = load_config(args.config)
+    bad = [uri for uri in args.mxc if not is_mxc(uri)]
+    if bad:
+        print(f"error: not mxc:// URIs: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    db = await open_database(config.database.engine, path=str(config.sqlite_path()), url=config.database.url,
+                             pool_min=1, pool_max=2)
+    executor = ThreadPoolExecutor(max_workers=1)
+    repo = MediaRepository(config.server_name, config.media, config.media_path(), MediaStore(db), executor)
+    missing = 0
+    try:
+        for uri in args.mxc:
+            if args.command == "delete-media":
+                done = await repo.delete(uri)
+                verb = "deleted"
+            else:
+                done = await repo.set_quarantined(uri, not args.undo)
+                verb = "released from quarantine" if args.undo else "quarantined"
+            print(f"{verb} {uri}" if done else f"not found: {uri}")
+            missing += not done
+    finally:
+        await db.close()
+        executor.shutdown()
+    return 1 if missing else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m homeserver", description="Whispr homeserver")
     parser.add_argument("--config", help="YAML config file (see config.sample.yaml)")
@@ -117,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     rot = sub.add_parser("rotate-signing-key",
                          help="retire the server's signing key (kept as an old key) and create a new one")
     rot.add_argument("--config", dest="sub_config")
+    quarantine = sub.add_parser("quarantine-media", help="make media unavailable (404) without deleting it")
+    quarantine.add_argument("--config", dest="sub_config")
+    quarantine.add_argument("--undo", action="store_true", help="make quarantined media available again")
+    quarantine.add_argument("mxc", nargs="+", help="mxc://server/mediaId")
+    delete = sub.add_parser("delete-media", help="delete media (and its file, if nothing else shares it)")
+    delete.add_argument("--config", dest="sub_config")
+    delete.add_argument("mxc", nargs="+", help="mxc://server/mediaId")
     args = parser.parse_args(argv)
     if getattr(args, "sub_config", None):
         args.config = args.sub_config
@@ -129,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_register(args))
         if args.command == "rotate-signing-key":
             return _rotate(args)
+        if args.command in ("quarantine-media", "delete-media"):
+            return asyncio.run(_media_admin(args))
         return _run(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
