@@ -94,3 +94,27 @@ async def test_interop_with_synapse(peers: tuple[RunningServer, RunningServer], 
         await story(wanda, sam, version)   # a room on Whispr, Synapse's user joins
         await story(sam, wanda, version)   # a room on Synapse, Whispr's user joins
         print(f"interop story v{version}: {time.monotonic() - started:.1f} s")
+
+
+async def test_media_both_ways_with_synapse(peers: tuple[RunningServer, RunningServer]) -> None:
+    """Each side downloads and thumbnails the other's upload over federation (authenticated media)."""
+    from tests.media_helpers import MEDIA, UPLOAD, image_bytes, opened, path_of
+
+    whispr, synapse = peers
+    async with aiohttp.ClientSession() as session:
+        wanda = await Client.register(session, whispr, "wanda")
+        sam = await Client.register(session, synapse, "sam")
+        for owner, reader, size in ((wanda, sam, (640, 400)), (sam, wanda, (500, 700))):
+            picture = image_bytes("PNG", size)
+            resp = await session.post(owner.server.base_url + UPLOAD, data=picture, params={"filename": "p.png"},
+                                      headers={**owner.h, "Content-Type": "image/png"})
+            assert resp.status == 200, await resp.text()
+            uri = (await resp.json())["content_uri"]
+            async with session.get(reader.server.base_url + f"{MEDIA}/download/{path_of(uri)}",
+                                   headers=reader.h) as got:
+                assert got.status == 200, (reader.server.kind, await got.text())
+                assert await got.read() == picture and got.headers["Content-Type"] == "image/png"
+            async with session.get(reader.server.base_url + f"{MEDIA}/thumbnail/{path_of(uri)}", headers=reader.h,
+                                   params={"width": "96", "height": "96", "method": "crop"}) as got:
+                assert got.status == 200, (reader.server.kind, await got.text())
+                assert opened(await got.read()).size == (96, 96)
