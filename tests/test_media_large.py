@@ -65,6 +65,8 @@ async def test_100_mb_round_trip_keeps_memory_flat(server: RunningServer) -> Non
                 size += len(chunk)
         assert size == SIZE and received.digest() == sent.digest()
         peak = server.rss_kb("VmHWM")
+        print(f"100 MiB round trip: peak RSS {baseline / 1024:.1f} -> {after_upload / 1024:.1f} (upload)"
+              f" -> {peak / 1024:.1f} MiB (download)")
         # Flat: the peak resident size grew by far less than the file (a few MiB of buffers).
         assert after_upload - baseline < 32 * 1024, (baseline, after_upload)
         assert peak - baseline < 32 * 1024, (baseline, peak)
