@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import OrderedDict
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ log = logging.getLogger("whispr.media")
 DEFAULT_WAIT_MS = 20_000
 # A cached remote item's last access is written at most this often (not on every download).
 TOUCH_INTERVAL_MS = 3_600_000
+# Thumbnail files remembered in memory, so a cached thumbnail costs no trip to the thread pool.
+THUMBNAIL_PATHS_CACHED = 4096
 
 BodySink = Callable[[AsyncIterable[bytes]], Awaitable[StoredFile]]
 
@@ -76,6 +79,7 @@ class MediaRepository:
         self._thumbnailing: dict[tuple[str, str], asyncio.Future[tuple[Path, str]]] = {}
         # Serialises "store these bytes + record them" against "delete the bytes if unused".
         self._sha_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._thumbnail_paths: OrderedDict[tuple[str, str], tuple[Path, str]] = OrderedDict()
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifetime --
@@ -269,6 +273,10 @@ class MediaRepository:
         spec = choose_spec(width, height, method, animated)  # type: ignore[arg-type]
         sha = media.record.sha256 or ""
         key = (sha, spec.file_stem)
+        known = self._thumbnail_paths.get(key)
+        if known is not None:
+            self._thumbnail_paths.move_to_end(key)
+            return known
         pending = self._thumbnailing.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -278,6 +286,9 @@ class MediaRepository:
             result = await asyncio.get_running_loop().run_in_executor(
                 self._executor, _cached_or_new_thumbnail, media.path, self.files.thumbnail_dir(sha), spec,
                 self.config.max_thumbnail_pixels, self.config.max_animated_frames)
+            self._thumbnail_paths[key] = result
+            if len(self._thumbnail_paths) > THUMBNAIL_PATHS_CACHED:
+                self._thumbnail_paths.popitem(last=False)
             future.set_result(result)
             return result
         except ThumbnailError as e:
@@ -326,6 +337,8 @@ class MediaRepository:
 
     async def _drop_if_unused(self, sha256: str) -> None:
         if not await self._store.sha256_in_use(sha256):
+            for key in [k for k in self._thumbnail_paths if k[0] == sha256]:
+                del self._thumbnail_paths[key]
             await self.files.delete(sha256)
 
     async def sweep(self) -> int:
