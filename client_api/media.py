@@ -42,7 +42,7 @@ async def upload(request: web.Request) -> web.Response:
     who = await requester(request)
     await server.limiter.check("media_upload", who.user_id)
     uri = await server.media.upload(
-        who.user_id, request.content.iter_chunked(256 * 1024), content_type=request.headers.get("Content-Type"),
+        who.user_id, request.content.iter_any(), content_type=request.headers.get("Content-Type"),
         filename=request.query.get("filename"), content_length=_content_length(request))
     return ok({"content_uri": uri})
 
@@ -59,7 +59,7 @@ async def upload_to(request: web.Request) -> web.Response:
     who = await requester(request)
     await server.media.upload_to(
         who.user_id, request.match_info["server_name"], request.match_info["media_id"],
-        request.content.iter_chunked(256 * 1024), content_type=request.headers.get("Content-Type"),
+        request.content.iter_any(), content_type=request.headers.get("Content-Type"),
         filename=request.query.get("filename"), content_length=_content_length(request))
     return ok({})
 

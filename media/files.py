@@ -62,19 +62,20 @@ class MediaFiles:
         tmp = self._tmp / uuid.uuid4().hex
         fh: IO[bytes] = await self.run(open, tmp, "wb")  # type: ignore[assignment]
         hasher = hashlib.sha256()
-        size = 0
-        buf = bytearray()
+        size = pending = 0
+        batch: list[bytes] = []
         try:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
                     raise too_large()
-                buf += chunk
-                if len(buf) >= WRITE_BATCH:
-                    data, buf = bytes(buf), bytearray()
-                    await self.run(_write, fh, hasher, data)
-            if buf:
-                await self.run(_write, fh, hasher, bytes(buf))
+                batch.append(chunk)
+                pending += len(chunk)
+                if pending >= WRITE_BATCH:
+                    await self.run(_write, fh, hasher, batch)
+                    batch, pending = [], 0
+            if batch:
+                await self.run(_write, fh, hasher, batch)
             await self.run(fh.close)
             return WrittenFile(tmp, StoredFile(hasher.hexdigest(), size))
         except BaseException:
@@ -97,9 +98,10 @@ class MediaFiles:
         return bool(await self.run(self.path(sha256).is_file))
 
 
-def _write(fh: IO[bytes], hasher: "hashlib._Hash", data: bytes) -> None:
-    hasher.update(data)  # hashlib drops the GIL for large buffers
-    fh.write(data)
+def _write(fh: IO[bytes], hasher: "hashlib._Hash", chunks: list[bytes]) -> None:
+    for chunk in chunks:  # no joining: every copy of 100 MB costs
+        hasher.update(chunk)  # hashlib drops the GIL for large buffers
+        fh.write(chunk)
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:
