@@ -36,6 +36,10 @@ class Notifier:
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._pending: dict[int, list[str]] = {}
         self._gap_timer: asyncio.TimerHandle | None = None
+        # Positions up to here may include a change nobody heard of (a gap given up on).
+        self.gap_floor = 0
+        # Called with (stream, room_id, receipt) for every stream change applied here, local or relayed.
+        self.on_stream: list[Callable[[int, str | None, bool], None]] = []
 
     def seed(self, position: int, room_positions: dict[str, int]) -> None:
         self.position = max(self.position, position)
@@ -65,6 +69,8 @@ class Notifier:
             for user_id in keys:
                 self.user_positions[user_id] = max(stream, self.user_positions.get(user_id, 0))
             room_id = msg.get("room_id")
+            for observer in self.on_stream:
+                observer(stream, room_id or None, bool(msg.get("receipt")))
             if room_id:
                 self.room_positions[room_id] = max(stream, self.room_positions.get(room_id, 0))
                 if msg.get("receipt"):
@@ -104,6 +110,7 @@ class Notifier:
             return
         log.warning("no notification for stream %d..%d; moving on", self.position + 1, min(self._pending) - 1)
         self.position = min(self._pending) - 1
+        self.gap_floor = self.position
         self._advance(self.position + 1, self._pending.pop(self.position + 1))
 
     def user_changed_since(self, user_id: str, stream: int) -> bool:

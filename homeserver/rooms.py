@@ -22,6 +22,7 @@ from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.event_crypto import compute_event_id, sign_event
 from homeserver.events import Event, StateKey
 from homeserver.notifier import Notifier
+from homeserver.recent_events import RecentEvents
 from homeserver.room_versions import RoomVersion, get_room_version
 from homeserver.state_res import resolve_state_v2
 from storage.rooms import RoomInfo, StateMap, TxnRef
@@ -73,6 +74,9 @@ class Rooms:
         self._locks: dict[str, asyncio.Lock] = {}
         self._events: OrderedDict[str, Event] = OrderedDict()
         self._versions: dict[str, RoomVersion] = {}
+        # Each room's latest timeline events, for /sync; kept exact through the notifier.
+        self.recent = RecentEvents()
+        notifier.on_stream.append(self.recent.observe)
         # Called after each local event is stored (the federation sender queues it).
         self.on_local_event: list[Callable[[Event], Awaitable[None]]] = []
 
@@ -284,6 +288,7 @@ class Rooms:
             unsigned = {**unsigned, "_txn": [txn.device_id, txn.txn_id]}
         stored = Event(event.event_id, event.pdu, stream=persisted.stream, unsigned=unsigned)
         self._cache(stored)
+        self.recent.append(stored)  # before the notification, which would mark it missing
         if stored.redacts:
             self.forget_cached(stored.redacts)
         # Membership changes must also wake the target, who may not watch the room yet.
@@ -318,6 +323,7 @@ class Rooms:
             new_current=new_current, prev_extremities=event.prev_event_ids, unsigned=unsigned)
         stored = Event(event.event_id, event.pdu, stream=persisted.stream, unsigned=unsigned)
         self._cache(stored)
+        self.recent.append(stored)  # before the notification, which would mark it missing
         if stored.redacts:
             self.forget_cached(stored.redacts)
         targets = [stored.state_key] if stored.type == "m.room.member" and stored.state_key else []

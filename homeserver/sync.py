@@ -27,6 +27,7 @@ from storage.user_data import AccountData
 
 MAX_TIMEOUT_MS = 300_000
 MEMBERSHIP_CACHE_SIZE = 10_000
+UNREAD_CACHE_SIZE = 50_000
 UNREAD_TYPES = ("m.room.message", "m.room.encrypted")
 INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                       "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
@@ -50,6 +51,16 @@ class SyncToken:
 
 
 @dataclass(frozen=True)
+class _Unread:
+    """A user's unread count in a room as of `upto`, counting events above `threshold`."""
+
+    upto: int
+    fallback: int
+    threshold: int
+    count: int
+
+
+@dataclass(frozen=True)
 class SyncResult:
     body: dict[str, Any]
     next_batch: SyncToken
@@ -64,6 +75,7 @@ class SyncService:
         self._notifier = notifier
         self._typing = typing
         self._membership_cache: dict[str, tuple[int, dict[str, tuple[str, str]]]] = {}
+        self._unread_cache: dict[tuple[str, str], _Unread] = {}
 
     def current_token(self) -> SyncToken:
         return SyncToken(self._notifier.position, self._typing.serial)
@@ -108,7 +120,8 @@ class SyncService:
                 if not newly and not full_state and not self._room_changed(room_id, since):
                     continue
                 room_data = [d for d in data if d.room_id == room_id]
-                body = await self._joined_room(who, room_id, since, upto, newly or full_state, filt, now, room_data)
+                body = await self._joined_room(who, room_id, member_event_id, since, upto, newly or full_state,
+                                               filt, now, room_data)
                 if body is not None:
                     joined[room_id] = body
             elif membership == "invite" and (since is None or room_id in changes):
@@ -150,8 +163,8 @@ class SyncService:
         return (self._notifier.room_changed_since(room_id, since.stream)
                 or self._typing.changed_since(room_id, since.typing))
 
-    async def _joined_room(self, who: Requester, room_id: str, since: SyncToken | None, upto: SyncToken,
-                           with_full_state: bool, filt: SyncFilter, now: int,
+    async def _joined_room(self, who: Requester, room_id: str, member_event_id: str, since: SyncToken | None,
+                           upto: SyncToken, with_full_state: bool, filt: SyncFilter, now: int,
                            data: list[AccountData]) -> dict[str, Any] | None:
         version = await self._rooms.room_version(room_id)
         s = since.stream if since and not with_full_state else None
@@ -174,13 +187,21 @@ class SyncService:
             "state": {"events": [client_event(e, version, now) for e in state]},
             "ephemeral": {"events": ephemeral},
             "account_data": {"events": room_data},
-            "unread_notifications": await self._unread(room_id, who.user_id),
+            "unread_notifications": await self._unread(room_id, who.user_id, member_event_id, upto.stream),
             "summary": await self._summary(room_id) if with_full_state or state else {},
         }
 
+    def _recent(self, room_id: str, after: int | None, upto: int, limit: int | None) -> list[Event] | None:
+        """Timeline events in (after, upto], newest first, from memory; None when it may lack some."""
+        if upto > self._notifier.position:
+            return None  # the notifier has not heard of everything up to there yet
+        return self._rooms.recent.between(room_id, after, upto, limit, self._notifier.gap_floor)
+
     async def _timeline(self, room_id: str, after: int | None, upto: int, limit: int,
                         filt: SyncFilter) -> tuple[list[Event], bool]:
-        events = await self._store.rooms.room_events(room_id, after=after, before=upto, limit=limit + 1)
+        events = self._recent(room_id, after, upto, limit + 1)
+        if events is None:
+            events = await self._store.rooms.room_events(room_id, after=after, before=upto, limit=limit + 1)
         limited = len(events) > limit
         events = [e for e in reversed(events[:limit]) if filt.timeline.allows(e.type, e.sender)]
         return events, limited
@@ -242,11 +263,30 @@ class SyncService:
         found = await self._rooms.get_events(ids.values())
         return {target: found[r] for target, r in ids.items() if r in found}
 
-    async def _unread(self, room_id: str, user_id: str) -> dict[str, int]:
-        """Messages from others after the user's read receipt (or their join, without one)."""
-        member = await self._rooms.state_event(room_id, "m.room.member", user_id)
-        count = await self._store.user_data.count_unread(room_id, user_id, member.stream if member else 0,
-                                                         UNREAD_TYPES)
+    async def _unread(self, room_id: str, user_id: str, member_event_id: str, upto: int) -> dict[str, int]:
+        """Messages from others after the user's read receipt (or their join, without one), up to `upto`.
+
+        Counted once, then carried forward over the new events while no receipt in the room
+        and no redaction moved; anything unsure asks the database again."""
+        member = await self._rooms.get_event(member_event_id)
+        fallback = member.stream if member else 0
+        key = (user_id, room_id)
+        cached = self._unread_cache.get(key)
+        if (cached is not None and cached.fallback == fallback and cached.upto <= upto
+                and not self._notifier.receipts_changed_since(room_id, cached.upto)):
+            new = self._recent(room_id, cached.upto, upto, None)
+            if new is not None and not any(e.type == "m.room.redaction" for e in new):
+                count = cached.count + sum(
+                    1 for e in new if e.stream > cached.threshold and e.type in UNREAD_TYPES
+                    and e.sender != user_id and not e.unsigned.get("redacted_by"))
+                self._unread_cache[key] = _Unread(upto, fallback, cached.threshold, count)
+                return {"notification_count": count, "highlight_count": 0}
+        count, threshold = await self._store.user_data.count_unread(room_id, user_id, fallback, UNREAD_TYPES,
+                                                                    upto)
+        if threshold >= 0:  # a receipt on an outlier would let negative positions count
+            if key not in self._unread_cache and len(self._unread_cache) >= UNREAD_CACHE_SIZE:
+                self._unread_cache.pop(next(iter(self._unread_cache)))
+            self._unread_cache[key] = _Unread(upto, fallback, threshold, count)
         return {"notification_count": count, "highlight_count": 0}
 
     async def _summary(self, room_id: str) -> dict[str, Any]:
