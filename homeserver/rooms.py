@@ -193,19 +193,19 @@ class Rooms:
         `countersign` lets another server sign the event before it is stored (remote invites)."""
         validate_content(event_type, content, state_key)
         async with self._lock(room_id):
-            if txn is not None:
-                existing = await self._store.rooms.event_for_txn(sender, txn.device_id, txn.txn_id)
-                if existing is not None:
-                    ev = await self.get_event(existing)
-                    assert ev is not None
-                    return ev
-            room = await self._store.rooms.get_room(room_id)
+            context = await self._store.rooms.send_context(room_id, sender, txn)
+            if context.txn_event_id is not None:
+                ev = await self.get_event(context.txn_event_id)
+                assert ev is not None
+                return ev
+            room = context.room
             if room is None or room.current_group is None:
                 raise forbidden("You are not in this room")  # unknown rooms look the same
             version = get_room_version(room.room_version)
             assert version is not None
             state = await self._store.rooms.state_map(room.current_group)
-            pdu, prev_ids = await self._template(room_id, version, state, sender, event_type, content, state_key)
+            pdu, prev_ids = await self._template(room_id, version, state, sender, event_type, content, state_key,
+                                                 context.extremities)
             pdu.update(extra or {})
             event = await self._sign_and_check(pdu, version, state)
             if countersign is not None:
@@ -213,8 +213,11 @@ class Rooms:
             return await self._persist(event, room, state, prev_ids, txn)
 
     async def _template(self, room_id: str, version: RoomVersion, state: StateMap, sender: str, event_type: str,
-                        content: dict[str, Any], state_key: str | None) -> tuple[dict[str, Any], list[str]]:
-        prev_ids = (await self._store.rooms.forward_extremities(room_id))[:MAX_PREV_EVENTS]
+                        content: dict[str, Any], state_key: str | None,
+                        extremities: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+        if extremities is None:
+            extremities = await self._store.rooms.forward_extremities(room_id)
+        prev_ids = extremities[:MAX_PREV_EVENTS]
         prevs = await self.get_events(prev_ids)
         pdu: dict[str, Any] = {
             "room_id": room_id, "sender": sender, "type": event_type, "content": content,

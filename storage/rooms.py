@@ -30,6 +30,15 @@ class RoomInfo:
 
 
 @dataclass(frozen=True)
+class SendContext:
+    """What building a local event needs, read in one round trip."""
+
+    room: RoomInfo | None
+    extremities: list[str]
+    txn_event_id: str | None  # the event already sent with this transaction id, if any
+
+
+@dataclass(frozen=True)
 class Persisted:
     stream: int
     state_after: int | None
@@ -84,6 +93,20 @@ class RoomStore:
     async def get_room(self, room_id: str) -> RoomInfo | None:
         row = await self.db.fetchone("SELECT * FROM rooms WHERE room_id = ?", room_id)
         return None if row is None else _room(row)
+
+    async def send_context(self, room_id: str, sender: str, txn: TxnRef | None) -> SendContext:
+        """The room, its forward extremities and the event of `txn` if it was sent already:
+        one statement, a row per extremity, since a send is the hottest write there is."""
+        device, txn_id = (txn.device_id, txn.txn_id) if txn is not None else (None, None)
+        rows = await self.db.fetchall(
+            "SELECT r.*, fe.event_id AS extremity, (SELECT event_id FROM events WHERE sender = ?"
+            " AND txn_device = ? AND txn_id = ?) AS txn_event FROM rooms r"
+            " LEFT JOIN forward_extremities fe ON fe.room_id = r.room_id WHERE r.room_id = ?",
+            sender, device, txn_id, room_id)
+        if not rows:
+            return SendContext(None, [], None)
+        return SendContext(_room(rows[0]), [r["extremity"] for r in rows if r["extremity"] is not None],
+                           rows[0]["txn_event"])
 
     async def set_public(self, room_id: str, is_public: bool) -> None:
         await self.db.execute("UPDATE rooms SET is_public = ? WHERE room_id = ?", int(is_public), room_id)
@@ -359,11 +382,6 @@ class RoomStore:
     async def forward_extremities(self, room_id: str) -> list[str]:
         rows = await self.db.fetchall("SELECT event_id FROM forward_extremities WHERE room_id = ?", room_id)
         return [r["event_id"] for r in rows]
-
-    async def event_for_txn(self, user_id: str, device_id: str, txn_id: str) -> str | None:
-        return await self.db.fetchval(
-            "SELECT event_id FROM events WHERE sender = ? AND txn_device = ? AND txn_id = ?",
-            user_id, device_id, txn_id)
 
     # --- membership and current state ---------------------------------------
 
