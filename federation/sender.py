@@ -53,16 +53,19 @@ class FederationSender:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    async def destinations_for(self, event: Event) -> list[str]:
-        servers = await self._store.rooms.room_servers(event.room_id)
+    async def destinations_for(self, event: Event, servers: Iterable[str] | None = None) -> list[str]:
+        """Other servers to send an event to: those in `servers` (the room's joined servers
+        after the event, when the caller knows them) or else in the room's current state."""
+        servers = set(servers) if servers is not None else await self._store.rooms.room_servers(event.room_id)
         if event.type == "m.room.member" and event.state_key and ":" in event.state_key:
             servers.add(event.state_key.split(":", 1)[1])  # a kicked or banned user's server hears of it
         servers.discard(self._server_name)
         return sorted(servers)
 
-    async def send_event(self, event: Event, exclude: str | None = None) -> None:
+    async def send_event(self, event: Event, exclude: str | None = None,
+                         servers: Iterable[str] | None = None) -> None:
         """Queue an event for every other server in its room (but `exclude`, which sent it to us)."""
-        destinations = [d for d in await self.destinations_for(event) if d != exclude]
+        destinations = [d for d in await self.destinations_for(event, servers) if d != exclude]
         if not destinations:
             return
         await self._store.federation.enqueue(destinations, "pdu", event.pdu, now_ms())

@@ -57,9 +57,10 @@ class Federation:
 
     # --- domain hooks: what local users do reaches the other servers ---------------------
 
-    async def _local_event(self, event: Event) -> None:
+    async def _local_event(self, event: Event, state_group: int | None) -> None:
         if server_of(event.sender) == self.server_name:
-            await self.sender.send_event(event)
+            servers = await self._rooms.joined_servers(state_group) if state_group is not None else None
+            await self.sender.send_event(event, servers=servers)
 
     async def _local_typing(self, room_id: str, user_id: str, typing: bool, timeout_ms: int) -> None:
         servers = await self._store.rooms.room_servers(room_id)

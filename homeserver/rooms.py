@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from canonicaljson import encode_canonical_json
 from signedjson.key import SigningKey
 
-from homeserver.auth_rules import AuthError, auth_types_for_event, check_auth
+from homeserver.auth_rules import AuthError, auth_types_for_event, check_auth, server_of
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.event_crypto import compute_event_id, sign_event
@@ -33,6 +33,7 @@ log = logging.getLogger("whispr.rooms")
 MAX_PDU_BYTES = 65_536
 MAX_PREV_EVENTS = 10
 EVENT_CACHE_SIZE = 20_000
+SERVERS_CACHE_SIZE = 4_096
 CREATE: StateKey = ("m.room.create", "")
 POWER_LEVEL_INT_KEYS = ("ban", "events_default", "invite", "kick", "redact", "state_default", "users_default")
 
@@ -77,8 +78,10 @@ class Rooms:
         # Each room's latest timeline events, for /sync; kept exact through the notifier.
         self.recent = RecentEvents()
         notifier.on_stream.append(self.recent.observe)
-        # Called after each local event is stored (the federation sender queues it).
-        self.on_local_event: list[Callable[[Event], Awaitable[None]]] = []
+        # Called after each local event is stored, with the state group after it (the federation
+        # sender queues it).
+        self.on_local_event: list[Callable[[Event, int | None], Awaitable[None]]] = []
+        self._servers: OrderedDict[int, frozenset[str]] = OrderedDict()
 
     @property
     def signing_key(self) -> SigningKey:
@@ -155,6 +158,20 @@ class Rooms:
     async def state_event(self, room_id: str, event_type: str, state_key: str = "") -> Event | None:
         eid = (await self.current_state_ids(room_id)).get((event_type, state_key))
         return None if eid is None else await self.get_event(eid)
+
+    async def joined_servers(self, state_group: int) -> frozenset[str]:
+        """Servers with a joined member in a state group. Groups never change, so the answer is
+        kept: a message (which adds no state) costs no membership scan to route."""
+        servers = self._servers.get(state_group)
+        if servers is None:
+            state = await self._store.rooms.state_map(state_group)
+            members = await self.get_events(eid for key, eid in state.items() if key[0] == "m.room.member")
+            servers = frozenset(server_of(e.state_key) for e in members.values()
+                                if e.membership == "join" and e.state_key and ":" in e.state_key)
+            self._servers[state_group] = servers
+            if len(self._servers) > SERVERS_CACHE_SIZE:
+                self._servers.popitem(last=False)
+        return servers
 
     async def state_at_event(self, event_id: str, after: bool = True) -> StateMap:
         groups = await self._store.rooms.event_state_groups(event_id)
@@ -299,7 +316,7 @@ class Rooms:
         await self._notifier.notify(persisted.stream, room.room_id, targets)
         for hook in self.on_local_event:
             try:
-                await hook(stored)
+                await hook(stored, persisted.state_after)
             except Exception:
                 log.exception("a hook failed for local event %s", stored.event_id)
         return stored
