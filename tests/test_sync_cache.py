@@ -103,10 +103,9 @@ async def test_unread_counts_follow_messages_receipts_and_redactions(client: Any
     assert await unread() == 1
 
 
+@pytest.mark.parametrize("backend", ["postgres+redis"], indirect=True)  # several workers need both
 async def test_two_workers_sync_every_message_once(serve: Any, backend: dict[str, Any]) -> None:
     """Two processes on one PostgreSQL and Redis: a sync on B sees what A wrote, in order, once."""
-    if "redis" not in backend:
-        pytest.skip("several workers need Redis (PostgreSQL + Redis backend)")
     a, b = await serve(), await serve()
     alice = await User.new(a, "alice")
     bob = await User.new(a, "bob")
