@@ -183,9 +183,8 @@ async def invite(request: web.Request, origin: str) -> web.Response:
         raise forbidden("The user is already in the room")
     signed = sign_event(event.pdu, server.config.server_name, server.rooms.signing_key, version)
     invite_state = body.get("invite_room_state") if isinstance(body.get("invite_room_state"), list) else []
-    stream = await server.store.rooms.record_invite(Event(event_id, signed), version.identifier, now_ms(),
-                                                    {"invite_room_state": invite_state[:50]})
-    await server.notifier.notify(stream, room_id, [target])
+    await server.rooms.record_outside_membership(Event(event_id, signed), version.identifier,
+                                                 {"invite_room_state": invite_state[:50]})
     return web.json_response({"event": signed})
 
 

@@ -184,4 +184,4 @@ class RemoteRooms:
                                                {"membership": "leave"})
         await self._client.put_json(inviter_server, f"/_matrix/federation/v2/send_leave/{q(room_id)}/{q(event_id)}",
                                     signed)
-        await self._store.rooms.record_invite(Event(event_id, signed), version.identifier, now_ms())
+        await self._rooms.record_outside_membership(Event(event_id, signed), version.identifier)

@@ -352,6 +352,13 @@ class Rooms:
         await self._notifier.notify(persisted.stream, event.room_id, targets)
         return stored
 
+    async def record_outside_membership(self, event: Event, room_version: str,
+                                        unsigned: dict[str, Any] | None = None) -> None:
+        """A local user's membership in a room this server is not in (an invite from another
+        server, or its rejection): recorded for that user's syncs, who are woken."""
+        stream = await self._store.rooms.record_invite(event, room_version, now_ms(), unsigned)
+        await self._notifier.notify(stream, event.room_id, [event.state_key] if event.state_key else [])
+
     async def _group_for(self, room_id: str, state: StateMap) -> int | None:
         """A state group holding exactly `state`: the current one when equal, else a new one,
         stored as a delta on the current group when it only adds or replaces slots."""

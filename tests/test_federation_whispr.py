@@ -182,6 +182,43 @@ async def test_peer_down_then_back_gets_everything_in_order(pair: tuple[RunningS
         assert await bob.collect_messages(room, 1) == ["after"]
 
 
+def _membership_in_timeline(room: str, user_id: str, membership: str) -> Callable[[dict[str, Any]], bool]:
+    def check(body: dict[str, Any]) -> bool:
+        return any(e.get("state_key") == user_id and e["content"].get("membership") == membership
+                   for e in body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", []))
+    return check
+
+
+async def test_rejecting_a_remote_invite(pair: tuple[RunningServer, RunningServer]) -> None:
+    """Bob (B) declines alice's (A) invite: A's room records the leave, bob is out, a new invite works."""
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, a, "alice")
+        bob = await Client.register(session, b, "bob")
+        await alice.sync_until(lambda _: True)
+        await bob.sync_until(lambda _: True)
+        room = (await alice.call("POST", "/createRoom", json={"preset": "private_chat"}))["room_id"]
+        await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": bob.user_id})
+        await bob.sync_until(lambda body: room in body["rooms"]["invite"])
+
+        await bob.call("POST", f"/rooms/{room}/leave")  # declining is leaving from "invite"
+        await bob.sync_until(lambda body: room in body["rooms"]["leave"] and room not in body["rooms"]["invite"])
+        await alice.sync_until(_membership_in_timeline(room, bob.user_id, "leave"))
+        members = await alice.call("GET", f"/rooms/{room}/members")
+        states = {e["state_key"]: e["content"]["membership"] for e in members["chunk"]}
+        assert states == {alice.user_id: "join", bob.user_id: "leave"}
+        assert (await bob.call("PUT", f"/rooms/{room}/send/m.room.message/declined", expect=403,
+                               json={"msgtype": "m.text", "body": "x"}))["errcode"] == "M_FORBIDDEN"
+
+        # The room is not spoilt for him: invited again, he joins and talks.
+        await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": bob.user_id})
+        await bob.sync_until(lambda body: room in body["rooms"]["invite"])
+        await bob.call("POST", f"/join/{room}")
+        await alice.sync_until(_membership_in_timeline(room, bob.user_id, "join"))
+        await bob.send(room, "second time lucky")
+        assert await alice.collect_messages(room, 1) == ["second time lucky"]
+
+
 def restart(server: RunningServer) -> None:
     """Start a killed server again from its own config (same port, data directory and database)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHISPR_")}
