@@ -96,6 +96,29 @@ async def test_interop_with_synapse(peers: tuple[RunningServer, RunningServer], 
         print(f"interop story v{version}: {time.monotonic() - started:.1f} s")
 
 
+async def decline(owner: Client, guest: Client) -> None:
+    """guest declines owner's invite across servers; the owner's room shows the leave."""
+    room = (await owner.call("POST", "/createRoom", json={"preset": "private_chat"}))["room_id"]
+    await owner.call("POST", f"/rooms/{room}/invite", json={"user_id": guest.user_id})
+    await guest.sync_until(lambda body: room in body.get("rooms", {}).get("invite", {}))
+    await guest.call("POST", f"/rooms/{room}/leave")
+    await guest.sync_until(lambda body: room in body.get("rooms", {}).get("leave", {})
+                           and room not in body["rooms"].get("invite", {}))  # Synapse omits empty sections
+    await owner.sync_until(lambda body: any(e.get("state_key") == guest.user_id and
+                                            e["content"].get("membership") == "leave" for e in timeline(body, room)))
+
+
+async def test_invites_declined_both_ways_with_synapse(peers: tuple[RunningServer, RunningServer]) -> None:
+    whispr, synapse = peers
+    async with aiohttp.ClientSession() as session:
+        wanda = await Client.register(session, whispr, "wanda")
+        sam = await Client.register(session, synapse, "sam")
+        await wanda.sync_until(lambda _: True)
+        await sam.sync_until(lambda _: True)
+        await decline(wanda, sam)  # Synapse's user declines a Whispr room's invite
+        await decline(sam, wanda)  # and ours one of Synapse's
+
+
 async def test_media_both_ways_with_synapse(peers: tuple[RunningServer, RunningServer]) -> None:
     """Each side downloads and thumbnails the other's upload over federation (authenticated media)."""
     from tests.media_helpers import MEDIA, UPLOAD, image_bytes, opened, path_of
