@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from federation.backfill import Backfiller
 from federation.ingest import Ingester, server_of
 from federation.remote_rooms import RemoteRooms
 from federation.sender import FederationSender
@@ -39,6 +40,7 @@ class Federation:
         self.ingester = Ingester(server_name, rooms, keyring, client)
         self.sender = FederationSender(server_name, store, client, min_retry_ms, max_retry_ms)
         self.remote_rooms = RemoteRooms(server_name, rooms, store, client, self.ingester, keyring)
+        self.backfiller = Backfiller(server_name, rooms, store, self.ingester, client)
         rooms.on_local_event.append(self._local_event)
         typing.on_local_change.append(self._local_typing)
         room_data.on_local_receipt.append(self._local_receipt)

@@ -374,6 +374,14 @@ class Rooms:
             return await self._store.rooms.new_state_group(room_id, parent, current, delta)
         return await self._store.rooms.new_state_group(room_id, None, {}, state)
 
+    async def persist_backfilled(self, event: Event) -> bool:
+        """Store an accepted event of the room's history from another server; False if held already."""
+        stored = await self._store.rooms.persist_backfilled(event) is not None
+        self.forget_cached(event.event_id)
+        if event.redacts:
+            self.forget_cached(event.redacts)
+        return stored
+
     async def persist_outlier(self, event: Event, rejected: str | None = None, soft_failed: bool = False) -> None:
         await self._store.rooms.persist_outlier(event, rejected=rejected, soft_failed=soft_failed)
         self.forget_cached(event.event_id)

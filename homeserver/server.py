@@ -123,6 +123,7 @@ class HomeServer:
             self.keyring, client, config.federation.destination_min_retry_ms,
             config.federation.destination_max_retry_ms)
         await self.federation.start()
+        self.timeline.remote = self.federation.backfiller
         from federation.media import FederationMediaSource
         self.media.remote = FederationMediaSource(client)
 

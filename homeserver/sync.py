@@ -31,7 +31,8 @@ UNREAD_CACHE_SIZE = 50_000
 UNREAD_TYPES = ("m.room.message", "m.room.encrypted")
 INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                       "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
-_TOKEN = re.compile(r"^s(\d+)_(\d+)$")
+# Positions below zero are history fetched later (backfill); /messages pages down into them.
+_TOKEN = re.compile(r"^s(-?\d+)_(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class SyncService:
 
     async def sync(self, who: Requester, since: SyncToken | None, timeout_ms: int, full_state: bool,
                    filt: SyncFilter) -> SyncResult:
+        if since is not None and since.stream < 0:
+            raise MatrixError(400, "M_INVALID_PARAM", "Unknown sync token")  # a /messages token
         if since is not None and since.stream > self._notifier.position:
             since = SyncToken(self._notifier.position, since.typing)  # a token from the future: clamp
         deadline = asyncio.get_running_loop().time() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000

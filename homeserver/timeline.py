@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from homeserver.accounts import Requester
 from homeserver.client_events import client_event
@@ -16,6 +16,13 @@ from homeserver.sync import SyncToken
 from storage.store import Store
 
 MAX_LIMIT = 1000
+BACKFILL_ROUNDS = 5  # backfill requests one /messages call may make
+
+
+class RemoteHistory(Protocol):
+    """Where history from before this server joined a room comes from (federation's backfill)."""
+
+    async def backfill(self, room_id: str, limit: int) -> int: ...
 
 
 class Timeline:
@@ -23,6 +30,7 @@ class Timeline:
         self._rooms = rooms
         self._store = store
         self._current = current  # () -> SyncToken
+        self.remote: RemoteHistory | None = None
 
     async def visible_upto(self, room_id: str, user_id: str) -> int:
         """The last stream position the user may read in the room (history visibility "shared")."""
@@ -70,8 +78,13 @@ class Timeline:
         start = SyncToken.parse(from_token) if from_token else (
             self._current() if direction == "b" else SyncToken(0, 0))
         if direction == "b":
-            events = await self._store.rooms.room_events(room_id, before=min(start.stream, upto), limit=limit,
-                                                         backwards=True)
+            before = min(start.stream, upto)
+            events = await self._store.rooms.room_events(room_id, before=before, limit=limit, backwards=True)
+            for _ in range(BACKFILL_ROUNDS):
+                # Paged back to the oldest event held: ask the room's other servers for more.
+                if len(events) >= limit or self.remote is None or not await self.remote.backfill(room_id, limit):
+                    break
+                events = await self._store.rooms.room_events(room_id, before=before, limit=limit, backwards=True)
             end = SyncToken(events[-1].stream - 1, start.typing) if len(events) == limit and events else None
         else:
             events = await self._store.rooms.room_events(room_id, after=start.stream, before=upto, limit=limit,

@@ -209,6 +209,40 @@ class RoomStore:
                 0 if (rejected or soft_failed) else 1, int(soft_failed), json.dumps(unsigned) if unsigned else None)
         return stream
 
+    async def persist_backfilled(self, event: Event) -> int | None:
+        """History fetched from another server (accepted by the caller): a timeline event older
+        than all we hold. It takes the next negative position (from the outlier counter), so
+        /messages finds it after everything held so far and no sync ever reports it as new.
+        An event held as an outlier joins the timeline the same way; None if it was already
+        there, or rejected or soft-failed here."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone("SELECT outlier, rejected, soft_failed FROM events WHERE event_id = ?",
+                                    event.event_id)
+            if row is not None and (not row["outlier"] or row["rejected"] or row["soft_failed"]):
+                return None
+            stream = int(await tx.fetchval(
+                "UPDATE stream_counter SET pos = pos - 1 WHERE name = 'outlier' RETURNING pos"))
+            if row is not None:
+                await tx.execute("UPDATE events SET stream = ?, outlier = 0 WHERE event_id = ?",
+                                 stream, event.event_id)
+            else:
+                await tx.execute(
+                    "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth,"
+                    " origin_server_ts, json, outlier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                    stream, event.event_id, event.room_id, event.type, event.state_key, event.sender,
+                    event.depth, event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")))
+            if event.redacts:
+                await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
+                                 " AND redacted_by IS NULL", event.event_id, event.redacts, event.room_id)
+        return stream
+
+    async def earliest_timeline_event(self, room_id: str) -> Event | None:
+        """The oldest event of the room's timeline as held here (where backfill continues from)."""
+        row = await self.db.fetchone(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE room_id = ? AND rejected IS NULL AND outlier = 0"
+            f" AND soft_failed = 0 ORDER BY stream LIMIT 1", room_id)
+        return None if row is None else event_from_row(row)
+
     async def persist_remote_event(self, event: Event, *, state_before: int | None, before_map: StateMap,
                                    current_before: StateMap, new_current: StateMap | None,
                                    prev_extremities: Sequence[str],

@@ -24,7 +24,7 @@ from federation.listener import generate_self_signed_cert
 from homeserver.config import FederationConfig
 from homeserver.event_crypto import compute_event_id, sign_event
 from homeserver.room_versions import ROOM_V10
-from tests.test_federation_whispr import Client, federation_config
+from tests.test_federation_whispr import Client, federation_config, page_back
 
 
 class Peer:
@@ -47,10 +47,14 @@ class Peer:
         app = web.Application()
         app.router.add_get("/_matrix/key/v2/server", self._keys)
         app.router.add_put("/_matrix/federation/v1/send/{txn}", self._send)
+        self.routes(app)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=context).start()
         await self.client.start()
+
+    def routes(self, app: web.Application) -> None:
+        """More endpoints, for peers that hold rooms of their own."""
 
     async def close(self) -> None:
         await self.client.close()
@@ -171,3 +175,103 @@ async def test_forged_events_never_count(setup: tuple[RunningServer, Peer]) -> N
         with pytest.raises(FederationError) as err:
             await peer.send(server.server_name, [ok_ev] * 51, "t6")
         assert err.value.status == 400
+
+
+class HistoryPeer(Peer):
+    """A peer holding a room of its own with history, some of it forged, served over /backfill."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.room = f"!history:{self.name}"
+        self.owner = f"@peter:{self.name}"
+        self.history: list[dict[str, Any]] = []  # every PDU /backfill serves, as built
+        self.state: list[dict[str, Any]] = []
+        self.backfill_requests = 0
+
+    def build(self) -> dict[str, str]:
+        """create, owner's join, power levels, public join rules, 5 messages, then three bad ones."""
+        ids: dict[str, str] = {}
+        prev: list[str] = []
+        depth = 0
+
+        def add(name: str, pdu: dict[str, Any], state: bool = False) -> None:
+            nonlocal prev, depth
+            ids[name] = compute_event_id(pdu, ROOM_V10)
+            self.history.append(pdu)
+            if state:
+                self.state.append(pdu)
+            prev, depth = [ids[name]], depth + 1
+
+        def ev(etype: str, content: dict[str, Any], auth: list[str], state_key: str | None = None,
+               sender: str | None = None, key: Any = None) -> dict[str, Any]:
+            return self.event(self.room, sender or self.owner, etype, content, prev, list(auth), depth + 1,
+                              state_key=state_key, key=key)
+
+        add("create", ev("m.room.create", {"creator": self.owner, "room_version": "10"}, [], ""), True)
+        add("member", ev("m.room.member", {"membership": "join"}, [ids["create"]], self.owner), True)
+        base = [ids["create"], ids["member"]]
+        add("levels", ev("m.room.power_levels", {"users": {self.owner: 100}, "users_default": 0, "events": {},
+                                                  "state_default": 50, "events_default": 0, "ban": 50,
+                                                  "kick": 50, "redact": 50, "invite": 0}, base, ""), True)
+        base.append(ids["levels"])
+        add("rules", ev("m.room.join_rules", {"join_rule": "public"}, base, ""), True)
+        for i in range(5):
+            add(f"m{i}", ev("m.room.message", {"msgtype": "m.text", "body": f"m{i}"}, base))
+        tampered = ev("m.room.message", {"msgtype": "m.text", "body": "original"}, base)
+        add("tampered", tampered)
+        tampered["content"] = {"msgtype": "m.text", "body": "changed in transit"}
+        add("forged", ev("m.room.message", {"msgtype": "m.text", "body": "forged"}, base,
+                         key=generate_signing_key(self.key.version)))
+        # Signed by its server but refused by the auth rules: mallory never joined.
+        add("stranger", ev("m.room.message", {"msgtype": "m.text", "body": "not a member"},
+                           [ids["create"], ids["levels"]], sender=f"@mallory:{self.name}"))
+        self.join_prev, self.join_depth, self.join_auth = prev, depth + 1, [ids["create"], ids["levels"],
+                                                                           ids["rules"]]
+        return ids
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/_matrix/federation/v1/make_join/{room}/{user}", self._make_join)
+        app.router.add_put("/_matrix/federation/v2/send_join/{room}/{event}", self._send_join)
+        app.router.add_get("/_matrix/federation/v1/backfill/{room}", self._backfill)
+
+    async def _make_join(self, request: web.Request) -> web.Response:
+        user = request.match_info["user"]
+        return web.json_response({"room_version": "10", "event": {
+            "room_id": self.room, "sender": user, "type": "m.room.member", "state_key": user,
+            "content": {"membership": "join"}, "prev_events": self.join_prev, "auth_events": self.join_auth,
+            "depth": self.join_depth, "origin_server_ts": int(time.time() * 1000)}})
+
+    async def _send_join(self, _request: web.Request) -> web.Response:
+        return web.json_response({"origin": self.name, "state": self.state, "auth_chain": self.state,
+                                  "members_omitted": False})
+
+    async def _backfill(self, _request: web.Request) -> web.Response:
+        self.backfill_requests += 1
+        return web.json_response({"origin": self.name, "origin_server_ts": int(time.time() * 1000),
+                                  "pdus": list(reversed(self.history))})
+
+
+async def test_forged_history_is_never_shown(tmp_path: Path) -> None:
+    """Backfilled history goes through the PDU checks: a tampered event is shown redacted, a forged
+    signature is dropped, an event the auth rules refuse is stored rejected; none is shown as sent."""
+    peer = HistoryPeer(tmp_path)
+    await peer.start()
+    ids = peer.build()
+    server = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{free_port()}",
+                                     extra_config=federation_config())
+    try:
+        async with aiohttp.ClientSession() as session:
+            bob = await Client.register(session, server, "bob")
+            await bob.call("POST", f"/join/{peer.room}", params={"server_name": peer.name}, json={})
+            events = await page_back(bob, peer.room, 4)
+            shown = [e["event_id"] for e in events]
+            assert peer.backfill_requests >= 1
+            assert shown[1:] == [ids[n] for n in ("tampered", "m4", "m3", "m2", "m1", "m0", "rules", "levels",
+                                                  "member", "create")]
+            tampered = next(e for e in events if e["event_id"] == ids["tampered"])
+            assert tampered["content"] == {}  # kept only in its redacted form
+            for name in ("forged", "stranger"):
+                await bob.call("GET", f"/rooms/{peer.room}/event/{ids[name]}", expect=404)
+    finally:
+        await asyncio.to_thread(server.stop)
+        await peer.close()

@@ -219,6 +219,54 @@ async def test_rejecting_a_remote_invite(pair: tuple[RunningServer, RunningServe
         assert await alice.collect_messages(room, 1) == ["second time lucky"]
 
 
+async def page_back(client: Client, room: str, limit: int) -> list[dict[str, Any]]:
+    """Every event /messages gives, newest first, paging backwards from now until no `end`."""
+    events: list[dict[str, Any]] = []
+    token: str | None = None
+    for _ in range(100):
+        params = {"dir": "b", "limit": str(limit), **({"from": token} if token else {})}
+        page = await client.call("GET", f"/rooms/{room}/messages", params=params)
+        events += page["chunk"]
+        token = page.get("end")
+        if token is None:
+            return events
+    pytest.fail("/messages never ended")
+
+
+async def test_history_from_before_the_join_is_backfilled(pair: tuple[RunningServer, RunningServer]) -> None:
+    """Bob (B) joins a room of A that has history; paging back on B fetches it over federation,
+    in order, once, down to the room's creation; /sync does not report it as new."""
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, a, "alice")
+        bob = await Client.register(session, b, "bob")
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "name": "old"}))["room_id"]
+        for i in range(30):
+            await alice.send(room, f"old {i}")
+        await alice.call("PUT", f"/rooms/{room}/redact/{await alice.send(room, 'oops')}/r1", json={})
+        await bob.sync_until(lambda _: True)
+        await bob.call("POST", f"/join/{room}")
+        await bob.send(room, "hi all")
+        body = await bob.sync_until(lambda body: room in body["rooms"]["join"])
+
+        seen_on_a = await page_back(alice, room, 50)
+        seen_on_b = await page_back(bob, room, 7)
+        ids_b = [e["event_id"] for e in seen_on_b]
+        assert len(ids_b) == len(set(ids_b)), "an event came twice"
+        assert ids_b == [e["event_id"] for e in seen_on_a]  # the same history, in the same order
+        assert seen_on_b[-1]["type"] == "m.room.create"
+        bodies = [e["content"].get("body") for e in reversed(seen_on_b) if e["type"] == "m.room.message"]
+        assert bodies == [f"old {i}" for i in range(30)] + [None, "hi all"]  # the redacted one has no body
+
+        # Backfilled history is not news: an incremental sync after the join does not carry it.
+        since = body["next_batch"]
+        after = await bob.call("GET", "/sync", params={"since": since, "timeout": "0"})
+        timeline = after["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])
+        assert not [e for e in timeline if e["content"].get("body", "").startswith("old")]
+        assert (await bob.call("GET", "/sync", params={"since": "s-3_0"}, expect=400))["errcode"] == \
+            "M_INVALID_PARAM"
+
+
 def restart(server: RunningServer) -> None:
     """Start a killed server again from its own config (same port, data directory and database)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHISPR_")}

@@ -16,7 +16,7 @@ import pytest
 
 from bench.servers import RunningServer, free_port, start_synapse, start_whispr, synapse_python
 from tests.synapse_peer import federation_listener, synapse_federation_config
-from tests.test_federation_whispr import Client, federation_config
+from tests.test_federation_whispr import Client, federation_config, page_back
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,29 @@ async def test_invites_declined_both_ways_with_synapse(peers: tuple[RunningServe
         await sam.sync_until(lambda _: True)
         await decline(wanda, sam)  # Synapse's user declines a Whispr room's invite
         await decline(sam, wanda)  # and ours one of Synapse's
+
+
+async def history(owner: Client, guest: Client, messages: int = 15) -> None:
+    """guest joins owner's room after `messages` were sent and pages back through all of them."""
+    room = (await owner.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
+    for i in range(messages):
+        await owner.send(room, f"h{i}")
+    await guest.call("POST", f"/join/{room}", params={"server_name": owner.user_id.split(":", 1)[1]}, json={})
+    events = await page_back(guest, room, 5)
+    bodies = [e["content"].get("body") for e in reversed(events) if e["type"] == "m.room.message"]
+    assert bodies == [f"h{i}" for i in range(messages)]
+    assert events[-1]["type"] == "m.room.create"
+    ids = [e["event_id"] for e in events]
+    assert len(ids) == len(set(ids))
+
+
+async def test_history_backfilled_both_ways_with_synapse(peers: tuple[RunningServer, RunningServer]) -> None:
+    whispr, synapse = peers
+    async with aiohttp.ClientSession() as session:
+        wanda = await Client.register(session, whispr, "wanda")
+        sam = await Client.register(session, synapse, "sam")
+        await history(sam, wanda)  # we backfill from Synapse
+        await history(wanda, sam)  # Synapse backfills from us
 
 
 async def test_media_both_ways_with_synapse(peers: tuple[RunningServer, RunningServer]) -> None:
