@@ -28,7 +28,12 @@ async def signup(request: web.Request) -> web.Response:
     if body.get("username") is None:
         raise bad_json("username is required")
     user = await server.accounts.create_user(body.get("username"), body.get("password"), email=address)
-    sid = await server.emails.request_token(address, client_secret, 1, "signup", for_user=user.user_id)
+    try:
+        sid = await server.emails.request_token(address, client_secret, 1, "signup", for_user=user.user_id)
+    except Exception:
+        # No mail, no account: the person can simply try again.
+        await server.accounts.discard_new_user(user.user_id)
+        raise
     session = await server.accounts.create_session(user.user_id, device_id, display_name,
                                                    body.get("refresh_token") is True)
     return ok({**session.to_json(server.config.server_name), "sid": sid, "email": address,

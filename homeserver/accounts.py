@@ -10,6 +10,7 @@ from typing import Any
 
 from homeserver.clock import now_ms
 from homeserver.config import Config
+from homeserver.email_verification import release_stale_claim
 from homeserver.errors import MatrixError, bad_json, forbidden, unknown_token
 from homeserver.ids import normalise_email, user_id_for, validate_localpart
 from homeserver.models import Device, RefreshToken, Threepid, User
@@ -110,6 +111,8 @@ class Accounts:
         name = await self.check_available(localpart)
         pw = self._hasher.check_strength(password)
         address = normalise_email(email) if email is not None else None
+        if address is not None:
+            await release_stale_claim(self._store, address, self._config.registration.unverified_email_ttl_s)
         if address is not None and await self._store.threepids.get("email", address) is not None:
             raise MatrixError(400, "M_THREEPID_IN_USE", "This email address is already registered")
         user = User(user_id_for(name, self.server_name), name, await self._hasher.hash(pw), now_ms())
@@ -122,6 +125,11 @@ class Accounts:
                 log.warning("email %s was taken during registration of %s", address, user.user_id)
         log.info("registered %s", user.user_id)
         return user
+
+    async def discard_new_user(self, user_id: str) -> None:
+        """Undo create_user when the rest of a sign-up failed (the mail could not be sent)."""
+        await self._store.users.delete_unused(user_id)
+        log.info("discarded %s: its sign-up did not complete", user_id)
 
     async def _free_localpart(self) -> str:
         for _ in range(10):

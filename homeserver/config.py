@@ -65,6 +65,9 @@ class RegistrationConfig:
     enabled: bool = True
     # When true, /register requires a verified email (m.login.email.identity).
     require_email_verification: bool = False
+    # An address given at sign-up and not verified within this time no longer blocks it:
+    # another account may claim it (the first one loses it).
+    unverified_email_ttl_s: int = 86_400
 
 
 @dataclass

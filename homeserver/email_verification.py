@@ -7,6 +7,7 @@ reset. Tokens and codes are stored hashed; a code dies after 5 wrong tries.
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 import secrets
 from typing import Any
@@ -21,6 +22,8 @@ from homeserver.mailer import Mailer
 from homeserver.models import EmailValidation
 from homeserver.tokens import digest
 from storage.store import Store
+
+log = logging.getLogger("whispr.email")
 
 PURPOSES = ("register", "reset", "signup")
 TOKEN_TTL_MS = 24 * 3600 * 1000
@@ -41,11 +44,20 @@ def new_code() -> str:
     return pyotp.HOTP(pyotp.random_base32()).at(0)
 
 
+async def release_stale_claim(store: Store, address: str, ttl_s: int) -> None:
+    """Free an address claimed at sign-up but not verified within `ttl_s`, so that one unverified
+    account cannot hold somebody else's address for good."""
+    loser = await store.threepids.release_unverified("email", address, now_ms() - ttl_s * 1000)
+    if loser is not None:
+        log.info("%s never verified %s within %d s: the address is free again", loser, address, ttl_s)
+
+
 class EmailVerifier:
-    def __init__(self, store: Store, mailer: Mailer, public_baseurl: str) -> None:
+    def __init__(self, store: Store, mailer: Mailer, public_baseurl: str, unverified_ttl_s: int = 86_400) -> None:
         self._store = store
         self._mailer = mailer
         self._baseurl = public_baseurl.rstrip("/")
+        self._unverified_ttl_s = unverified_ttl_s
 
     @property
     def submit_url(self) -> str:
@@ -61,6 +73,8 @@ class EmailVerifier:
         secret = check_client_secret(client_secret)
         if isinstance(send_attempt, bool) or not isinstance(send_attempt, int):
             raise bad_json("send_attempt must be an integer")
+        if purpose in ("register", "signup"):
+            await release_stale_claim(self._store, address, self._unverified_ttl_s)
         existing = await self._store.threepids.get("email", address)
         own_unverified = (existing is not None and existing.user_id == for_user
                           and existing.validated_ts is None and purpose == "signup")

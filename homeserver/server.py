@@ -92,7 +92,7 @@ class HomeServer:
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),
-            emails=EmailVerifier(store, mailer, config.public_baseurl),
+            emails=EmailVerifier(store, mailer, config.public_baseurl, config.registration.unverified_email_ttl_s),
             login=LoginService(config.login, accounts, store, ephemeral, mailer, totp, limiter),
             totp=totp, profiles=Profiles(store, config.server_name), notifier=notifier, typing=typing,
             rooms=rooms, membership=membership,

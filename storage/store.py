@@ -42,6 +42,13 @@ class UserStore:
                              user.user_id, user.localpart)
         return True
 
+    async def delete_unused(self, user_id: str) -> None:
+        """Remove an account that was just created and never used (its profile and addresses too)."""
+        async with self.db.transaction() as tx:
+            await tx.execute("DELETE FROM threepids WHERE user_id = ?", user_id)
+            await tx.execute("DELETE FROM profiles WHERE user_id = ?", user_id)
+            await tx.execute("DELETE FROM users WHERE user_id = ?", user_id)
+
     async def get(self, user_id: str) -> User | None:
         row = await self.db.fetchone("SELECT * FROM users WHERE user_id = ?", user_id)
         return None if row is None else _user(row)
@@ -157,6 +164,14 @@ class ThreepidStore:
     async def for_user(self, user_id: str) -> list[Threepid]:
         rows = await self.db.fetchall("SELECT * FROM threepids WHERE user_id = ? ORDER BY added_ts", user_id)
         return [Threepid(r["medium"], r["address"], r["user_id"], r["validated_ts"], r["added_ts"]) for r in rows]
+
+    async def release_unverified(self, medium: str, address: str, added_before: int) -> str | None:
+        """Drop a claim on an address that was never verified and is older than `added_before`;
+        the account that held it, or None."""
+        row = await self.db.fetchone(
+            "DELETE FROM threepids WHERE medium = ? AND address = ? AND validated_ts IS NULL AND added_ts < ?"
+            " RETURNING user_id", medium, address, added_before)
+        return None if row is None else row["user_id"]
 
     async def mark_validated(self, medium: str, address: str, ts: int) -> None:
         await self.db.execute("UPDATE threepids SET validated_ts = ? WHERE medium = ? AND address = ?",

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from bench.servers import free_port
 from tests.conftest import Mailbox, auth, login
 
 V3 = "/_matrix/client/v3"
@@ -358,3 +359,39 @@ async def test_concurrent_guesses_get_no_more_than_five_tries(serve: Any, smtp: 
     assert sum("tries left" in e for e in errors) == 5, errors
     assert (await submit_code(client, body["sid"], secret, code)).status == 400
     assert (await email_login(client, "ned@example.org")).status == 403
+
+
+async def test_an_unverified_address_is_free_again_after_its_ttl(serve: Any, smtp: Any) -> None:
+    """Nobody can hold another person's address for good by signing up with it and never verifying."""
+    client = await serve(smtp_port=smtp.port, registration={"unverified_email_ttl_s": 1})
+    squatter = await signup(client, "squatter", "mia@example.org")
+    resp = await client.post(f"{WHISPR}/signup", json={
+        "username": "mia", "email": "mia@example.org", "password": PASSWORD, "client_secret": new_secret()})
+    assert resp.status == 400 and (await resp.json())["errcode"] == "M_THREEPID_IN_USE"  # still reserved
+    await asyncio.sleep(1.2)
+    secret = new_secret()
+    mia = await signup(client, "mia", "mia@example.org", secret)
+    assert await threepids(client, squatter["access_token"]) == []  # the squatter lost it
+    assert (await submit_code(client, mia["sid"], secret, smtp.code_for("mia@example.org"))).status == 200
+    resp = await email_login(client, "mia@example.org")
+    assert resp.status == 200 and (await resp.json())["user_id"] == "@mia:test.local"
+    # A verified address is never released, however old.
+    await asyncio.sleep(1.2)
+    resp = await client.post(f"{WHISPR}/signup", json={
+        "username": "late", "email": "mia@example.org", "password": PASSWORD, "client_secret": new_secret()})
+    assert resp.status == 400 and (await resp.json())["errcode"] == "M_THREEPID_IN_USE"
+    resp = await request_register_token(client, "mia@example.org", new_secret())
+    assert resp.status == 400 and (await resp.json())["errcode"] == "M_THREEPID_IN_USE"
+
+
+async def test_signup_leaves_no_account_when_the_mail_cannot_be_sent(serve: Any, smtp: Any) -> None:
+    client = await serve(smtp_port=free_port())  # nothing listens there
+    resp = await client.post(f"{WHISPR}/signup", json={
+        "username": "nia", "email": "nia@example.org", "password": PASSWORD, "client_secret": new_secret()})
+    assert resp.status == 500 and (await resp.json())["errcode"] == "M_UNKNOWN"
+    # Neither the name nor the address is taken: trying again later just works.
+    assert (await client.get(f"{V3}/register/available", params={"username": "nia"})).status == 200
+    assert (await login(client, "nia")).status == 403
+    good = await serve(smtp_port=smtp.port)
+    body = await signup(good, "nia", "nia@example.org")
+    assert body["user_id"] == "@nia:test.local"
