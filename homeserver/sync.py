@@ -21,6 +21,7 @@ from homeserver.events import Event
 from homeserver.filters import SyncFilter
 from homeserver.notifier import Notifier
 from homeserver.rooms import Rooms
+from homeserver.visibility import HistoryVisibility
 from homeserver.typing_state import Typing
 from storage.store import Store
 from storage.user_data import AccountData
@@ -75,6 +76,7 @@ class SyncService:
         self._store = store
         self._notifier = notifier
         self._typing = typing
+        self._visibility = HistoryVisibility(rooms, store)
         self._membership_cache: dict[str, tuple[int, dict[str, tuple[str, str]]]] = {}
         self._unread_cache: dict[tuple[str, str], _Unread] = {}
 
@@ -173,6 +175,10 @@ class SyncService:
         s = since.stream if since and not with_full_state else None
         limit = filt.timeline_limit
         timeline_events, limited = await self._timeline(room_id, s, upto.stream, limit, filt)
+        if since is None or with_full_state:
+            # A room new to this sync may show history from before the user joined: the room's
+            # history visibility decides (later syncs only carry events from while joined).
+            timeline_events = await self._visibility.filter(who.user_id, timeline_events, joined_now=True)
         state = await self._state_section(room_id, since, timeline_events, limited, with_full_state, filt,
                                           who.user_id, upto.stream)
         ephemeral = self._typing_events(room_id, since) + await self._receipt_events(who, room_id, since, upto)

@@ -13,10 +13,12 @@ from homeserver.filters import EventFilter
 from homeserver.room_versions import get_room_version
 from homeserver.rooms import Rooms
 from homeserver.sync import SyncToken
+from homeserver.visibility import HistoryVisibility
 from storage.store import Store
 
 MAX_LIMIT = 1000
 BACKFILL_ROUNDS = 5  # backfill requests one /messages call may make
+JOINED = 2**62  # visible_upto for a member who is in the room now: no upper bound
 
 
 class RemoteHistory(Protocol):
@@ -31,6 +33,7 @@ class Timeline:
         self._store = store
         self._current = current  # () -> SyncToken
         self.remote: RemoteHistory | None = None
+        self._visibility = HistoryVisibility(rooms, store)
 
     async def visible_upto(self, room_id: str, user_id: str) -> int:
         """The last stream position the user may read in the room (history visibility "shared")."""
@@ -38,7 +41,7 @@ class Timeline:
         if member is None or await self._rooms.room(room_id) is None:
             raise forbidden("You are not in this room")
         if member.membership == "join":
-            return 2**62
+            return JOINED
         if member.membership in ("leave", "ban"):
             return member.stream
         raise forbidden("You are not joined to this room")
@@ -46,7 +49,7 @@ class Timeline:
     async def visible_state(self, room_id: str, user_id: str) -> dict[StateKey, str]:
         """The room's state as the user may see it: current if joined, else as of their leaving."""
         upto = await self.visible_upto(room_id, user_id)
-        if upto >= 2**62:
+        if upto >= JOINED:
             return await self._rooms.current_state_ids(room_id)
         member = await self._rooms.state_event(room_id, "m.room.member", user_id)
         return dict(await self._rooms.state_at_event(member.event_id)) if member else {}
@@ -90,7 +93,8 @@ class Timeline:
             events = await self._store.rooms.room_events(room_id, after=start.stream, before=upto, limit=limit,
                                                          backwards=False)
             end = SyncToken(events[-1].stream, start.typing) if events else None
-        events = [e for e in events if filt.allows(e.type, e.sender)]
+        events = await self._visibility.filter(who.user_id, [e for e in events if filt.allows(e.type, e.sender)],
+                                               joined_now=upto >= JOINED)
         body: dict[str, Any] = {"chunk": await self._serialise(who, room_id, events), "start": str(start)}
         if end is not None:
             body["end"] = str(end)
@@ -102,7 +106,7 @@ class Timeline:
         ev = await self._rooms.get_event(event_id)
         upto = await self.visible_upto(room_id, who.user_id)
         if ev is None or ev.room_id != room_id or ev.rejected or ev.unsigned.get("_soft_failed") \
-                or ev.stream > upto:
+                or ev.stream > upto or not await self._visibility.filter(who.user_id, [ev], upto >= JOINED):
             raise not_found("Event not found")
         return (await self._serialise(who, room_id, [ev]))[0]
 
@@ -114,14 +118,17 @@ class Timeline:
         ev = await self._rooms.get_event(event_id)
         upto = await self.visible_upto(room_id, who.user_id)
         if ev is None or ev.room_id != room_id or ev.rejected or ev.unsigned.get("_soft_failed") \
-                or ev.stream > upto:
+                or ev.stream > upto or not await self._visibility.filter(who.user_id, [ev], upto >= JOINED):
             raise not_found("Event not found")
         before_n, after_n = limit // 2, limit - limit // 2
         before = await self._store.rooms.room_events(room_id, before=ev.stream - 1, limit=before_n, backwards=True)
         after = await self._store.rooms.room_events(room_id, after=ev.stream, before=upto, limit=after_n,
                                                     backwards=False)
-        before = [e for e in before if filt.allows(e.type, e.sender)]
-        after = [e for e in after if filt.allows(e.type, e.sender)]
+        joined_now = upto >= JOINED
+        before = await self._visibility.filter(who.user_id, [e for e in before if filt.allows(e.type, e.sender)],
+                                               joined_now)
+        after = await self._visibility.filter(who.user_id, [e for e in after if filt.allows(e.type, e.sender)],
+                                              joined_now)
         state_ids = await self._rooms.state_at_event(event_id)
         if filt.lazy_load_members:
             senders = {e.sender for e in [ev, *before, *after]}

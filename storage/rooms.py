@@ -418,6 +418,15 @@ class RoomStore:
         row = await self.db.fetchone("SELECT state_before, state_after FROM events WHERE event_id = ?", event_id)
         return None if row is None else (row["state_before"], row["state_after"])
 
+    async def state_groups_of(self, event_ids: Sequence[str]) -> dict[str, tuple[int | None, int | None]]:
+        """(state before, state after) of each event held, in one statement."""
+        if not event_ids:
+            return {}
+        marks = ",".join("?" * len(event_ids))
+        rows = await self.db.fetchall(
+            f"SELECT event_id, state_before, state_after FROM events WHERE event_id IN ({marks})", *event_ids)
+        return {r["event_id"]: (r["state_before"], r["state_after"]) for r in rows}
+
     async def group_at_stream(self, room_id: str, stream: int) -> int | None:
         """The room's state after the last event at or before a stream position."""
         return await self.db.fetchval(
