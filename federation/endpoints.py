@@ -54,6 +54,15 @@ async def _require_server_in_room(request: web.Request, room_id: str, origin: st
         raise forbidden("Your server has no one in this room")
 
 
+async def _as_seen_by(request: web.Request, origin: str, room_id: str, events: list[Event]) -> list[Any]:
+    """History for another server: redacted where the room's history visibility hides it from it."""
+    server = hs(request)
+    version = await server.rooms.room_version(room_id)
+    if version is None:
+        return [e.pdu for e in events]
+    return await server.visibility.for_server(origin, events, version)
+
+
 async def _auth_chain(request: web.Request, event_ids: list[str]) -> list[Event]:
     rooms = hs(request).rooms
     seen: dict[str, Event] = {}
@@ -217,7 +226,8 @@ async def get_event(request: web.Request, origin: str) -> web.Response:
     if ev is None or ev.rejected:
         raise not_found("Unknown event")
     await _require_server_in_room(request, ev.room_id, origin)
-    return web.json_response({"origin": server.config.server_name, "origin_server_ts": now_ms(), "pdus": [ev.pdu]})
+    return web.json_response({"origin": server.config.server_name, "origin_server_ts": now_ms(),
+                              "pdus": await _as_seen_by(request, origin, ev.room_id, [ev])})
 
 
 async def event_auth(request: web.Request, origin: str) -> web.Response:
@@ -239,8 +249,9 @@ async def backfill(request: web.Request, origin: str) -> web.Response:
     except ValueError:
         raise MatrixError(400, "M_INVALID_PARAM", "limit must be an integer") from None
     events = await server.store.rooms.events_by_depth(room_id, request.query.getall("v", []), limit)
+    events = [e for e in events if not e.unsigned.get("_soft_failed")]
     return web.json_response({"origin": server.config.server_name, "origin_server_ts": now_ms(),
-                              "pdus": [e.pdu for e in events if not e.unsigned.get("_soft_failed")]})
+                              "pdus": await _as_seen_by(request, origin, room_id, events)})
 
 
 async def get_missing_events(request: web.Request, origin: str) -> web.Response:
@@ -269,7 +280,7 @@ async def get_missing_events(request: web.Request, origin: str) -> web.Response:
             if ev.room_id == room_id and not ev.rejected and len(found) < limit:
                 found[ev.event_id] = ev
     ordered = sorted(found.values(), key=lambda e: (e.depth, e.stream))
-    return web.json_response({"events": [e.pdu for e in ordered]})
+    return web.json_response({"events": await _as_seen_by(request, origin, room_id, ordered)})
 
 
 async def query_profile(request: web.Request, origin: str) -> web.Response:

@@ -27,6 +27,7 @@ from homeserver.room_data import RoomData
 from homeserver.rooms import Rooms
 from homeserver.sync import SyncService
 from homeserver.timeline import Timeline
+from homeserver.visibility import HistoryVisibility
 from homeserver.totp import Totp
 from homeserver.typing_state import Typing
 from homeserver.uia import InteractiveAuth
@@ -56,6 +57,7 @@ class HomeServer:
     chats: Chats
     sync: SyncService
     timeline: Timeline
+    visibility: HistoryVisibility
     room_data: RoomData
     directory: Directory
     filters: Filters
@@ -88,7 +90,8 @@ class HomeServer:
         membership = Membership(rooms, store)
         room_data = RoomData(rooms, store, notifier)
         typing = Typing(notifier)
-        sync = SyncService(rooms, store, notifier, typing)
+        visibility = HistoryVisibility(rooms, store)
+        sync = SyncService(rooms, store, notifier, typing, visibility)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),
@@ -98,7 +101,8 @@ class HomeServer:
             rooms=rooms, membership=membership,
             chats=Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),
                         room_data),
-            sync=sync, timeline=Timeline(rooms, store, sync.current_token), room_data=room_data,
+            sync=sync, timeline=Timeline(rooms, store, sync.current_token, visibility), visibility=visibility,
+            room_data=room_data,
             directory=Directory(rooms, store, config.server_name), filters=Filters(store), executor=executor,
             media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor))
         await hs.media.start()

@@ -71,12 +71,13 @@ class SyncResult:
 
 
 class SyncService:
-    def __init__(self, rooms: Rooms, store: Store, notifier: Notifier, typing: Typing) -> None:
+    def __init__(self, rooms: Rooms, store: Store, notifier: Notifier, typing: Typing,
+                 visibility: HistoryVisibility) -> None:
         self._rooms = rooms
         self._store = store
         self._notifier = notifier
         self._typing = typing
-        self._visibility = HistoryVisibility(rooms, store)
+        self._visibility = visibility
         self._membership_cache: dict[str, tuple[int, dict[str, tuple[str, str]]]] = {}
         self._unread_cache: dict[tuple[str, str], _Unread] = {}
 

@@ -28,12 +28,12 @@ class RemoteHistory(Protocol):
 
 
 class Timeline:
-    def __init__(self, rooms: Rooms, store: Store, current: Any) -> None:
+    def __init__(self, rooms: Rooms, store: Store, current: Any, visibility: HistoryVisibility) -> None:
         self._rooms = rooms
         self._store = store
         self._current = current  # () -> SyncToken
         self.remote: RemoteHistory | None = None
-        self._visibility = HistoryVisibility(rooms, store)
+        self._visibility = visibility
 
     async def visible_upto(self, room_id: str, user_id: str) -> int:
         """The last stream position the user may read in the room (history visibility "shared")."""

@@ -427,6 +427,13 @@ class RoomStore:
             f"SELECT event_id, state_before, state_after FROM events WHERE event_id IN ({marks})", *event_ids)
         return {r["event_id"]: (r["state_before"], r["state_after"]) for r in rows}
 
+    async def first_state_group(self, room_id: str) -> int | None:
+        """The state before the oldest event held with state: for a room joined over federation,
+        the room as this server found it."""
+        return await self.db.fetchval(
+            "SELECT state_before FROM events WHERE room_id = ? AND state_before IS NOT NULL AND stream > 0"
+            " ORDER BY stream LIMIT 1", room_id)
+
     async def group_at_stream(self, room_id: str, stream: int) -> int | None:
         """The room's state after the last event at or before a stream position."""
         return await self.db.fetchval(

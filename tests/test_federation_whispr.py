@@ -15,6 +15,9 @@ import aiohttp
 import pytest
 
 from bench.servers import REPO_ROOT, PostgresAdmin, RunningServer, free_port, start_whispr, wait_ready
+from federation.client import FederationClient
+from homeserver.config import FederationConfig
+from homeserver.event_crypto import load_or_create_signing_key
 from tests.conftest import POSTGRES_URL, need
 
 V3 = "/_matrix/client/v3"
@@ -265,6 +268,41 @@ async def test_history_from_before_the_join_is_backfilled(pair: tuple[RunningSer
         assert not [e for e in timeline if e["content"].get("body", "").startswith("old")]
         assert (await bob.call("GET", "/sync", params={"since": "s-3_0"}, expect=400))["errcode"] == \
             "M_INVALID_PARAM"
+
+
+async def test_history_hidden_by_visibility_stays_hidden_over_federation(
+        pair: tuple[RunningServer, RunningServer]) -> None:
+    """Under `joined` visibility, what was said before B's user joined is not readable on B:
+    A serves it redacted and B does not show it."""
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, a, "alice")
+        bob = await Client.register(session, b, "bob")
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
+        await alice.call("PUT", f"/rooms/{room}/state/m.room.history_visibility",
+                         json={"history_visibility": "joined"})
+        secrets_ = [await alice.send(room, f"secret {i}") for i in range(5)]
+        await bob.call("POST", f"/join/{room}")
+        await alice.send(room, "welcome")
+        await bob.collect_messages(room, 1)
+        events = await page_back(bob, room, 10)
+        assert [e["content"].get("body") for e in events if e["type"] == "m.room.message"] == ["welcome"]
+        for event_id in secrets_:
+            await bob.call("GET", f"/rooms/{room}/event/{event_id}", expect=404)
+        # alice, who was there, still reads everything.
+        mine = [e["content"].get("body") for e in await page_back(alice, room, 50) if e["type"] == "m.room.message"]
+        assert mine == ["welcome"] + [f"secret {i}" for i in reversed(range(5))]
+        # What A answers B's server on /backfill: the secrets' shells only.
+        b_as_client = FederationClient(b.server_name, load_or_create_signing_key(b.data_dir / "data" / "signing.key"),
+                                       FederationConfig(verify_tls=False, allowed_private_ranges=["127.0.0.0/8"]))
+        await b_as_client.start()
+        try:
+            served = await b_as_client.get_json(a.server_name, f"/_matrix/federation/v1/backfill/{room}",
+                                                {"v": secrets_[-1], "limit": "50"})
+        finally:
+            await b_as_client.close()
+        messages = [pdu for pdu in served["pdus"] if pdu["type"] == "m.room.message"]
+        assert len(messages) == 5 and all(pdu["content"] == {} for pdu in messages)
 
 
 def restart(server: RunningServer) -> None:
