@@ -24,6 +24,9 @@ GAP_TIMEOUT_S = 2.0
 class Notifier:
     """In-process notifier. Positions only move forward."""
 
+    # Whether other processes write to the same database (they tell us through Redis).
+    shared = False
+
     def __init__(self) -> None:
         self.position = 0
         # Everything at or below the start position may have changed before we
@@ -163,6 +166,8 @@ class Notifier:
 
 class RedisNotifier(Notifier):
     """Applies changes locally at once and relays them to the other processes through Redis."""
+
+    shared = True
 
     def __init__(self, url: str, channel: str = CHANNEL) -> None:
         super().__init__()

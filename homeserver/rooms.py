@@ -11,6 +11,7 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Iterable
 
 from canonicaljson import encode_canonical_json
@@ -34,6 +35,7 @@ MAX_PDU_BYTES = 65_536
 MAX_PREV_EVENTS = 10
 EVENT_CACHE_SIZE = 20_000
 SERVERS_CACHE_SIZE = 4_096
+HEADS_CACHE_SIZE = 4_096
 CREATE: StateKey = ("m.room.create", "")
 POWER_LEVEL_INT_KEYS = ("ban", "events_default", "invite", "kick", "redact", "state_default", "users_default")
 
@@ -66,6 +68,15 @@ def _check_power_levels(content: dict[str, Any]) -> None:
             raise bad_json(f"power levels {key} must map to integers")
 
 
+@dataclass(frozen=True)
+class _Head:
+    """A room as this process left it after its last write: the send context without a query."""
+
+    room: RoomInfo
+    extremities: list[str]
+    stream: int
+
+
 class Rooms:
     def __init__(self, server_name: str, store: Store, signing_key: SigningKey, notifier: Notifier) -> None:
         self.server_name = server_name
@@ -82,6 +93,10 @@ class Rooms:
         # sender queues it).
         self.on_local_event: list[Callable[[Event, int | None], Awaitable[None]]] = []
         self._servers: OrderedDict[int, frozenset[str]] = OrderedDict()
+        # What this process last wrote to each room (see _head_of); only when it is the only writer.
+        self._heads: OrderedDict[str, _Head] = OrderedDict()
+        # Sends in progress per (sender, device, transaction id), so a retry waits for the first.
+        self._sending: dict[tuple[str, str, str], asyncio.Future[Event]] = {}
 
     @property
     def signing_key(self) -> SigningKey:
@@ -209,25 +224,66 @@ class Rooms:
 
         `countersign` lets another server sign the event before it is stored (remote invites)."""
         validate_content(event_type, content, state_key)
-        async with self._lock(room_id):
-            context = await self._store.rooms.send_context(room_id, sender, txn)
-            if context.txn_event_id is not None:
-                ev = await self.get_event(context.txn_event_id)
+        if txn is None:
+            return await self._create_event(room_id, sender, event_type, content, state_key, None, extra,
+                                            countersign)
+        key = (sender, txn.device_id, txn.txn_id)
+        earlier = self._sending.get(key)
+        if earlier is not None:  # the same request again while the first is in progress
+            return await asyncio.shield(earlier)
+        done: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._sending[key] = done
+        try:
+            existing = await self._store.rooms.event_for_txn(sender, txn)
+            if existing is not None:
+                ev = await self.get_event(existing)
                 assert ev is not None
-                return ev
-            room = context.room
+            else:
+                ev = await self._create_event(room_id, sender, event_type, content, state_key, txn, extra,
+                                              countersign)
+            done.set_result(ev)
+            return ev
+        except BaseException as e:
+            if isinstance(e, asyncio.CancelledError):
+                done.cancel()
+            else:
+                done.set_exception(e)
+                done.exception()  # retrieved: nobody may be waiting on it
+            raise
+        finally:
+            del self._sending[key]
+
+    async def _create_event(self, room_id: str, sender: str, event_type: str, content: dict[str, Any],
+                            state_key: str | None, txn: TxnRef | None, extra: dict[str, Any] | None,
+                            countersign: Callable[[Event], Awaitable[Event]] | None) -> Event:
+        async with self._lock(room_id):
+            room, extremities = await self._head_of(room_id)
             if room is None or room.current_group is None:
                 raise forbidden("You are not in this room")  # unknown rooms look the same
             version = get_room_version(room.room_version)
             assert version is not None
             state = await self._store.rooms.state_map(room.current_group)
             pdu, prev_ids = await self._template(room_id, version, state, sender, event_type, content, state_key,
-                                                 context.extremities)
+                                                 extremities)
             pdu.update(extra or {})
             event = await self._sign_and_check(pdu, version, state)
             if countersign is not None:
                 event = await countersign(event)
-            return await self._persist(event, room, state, prev_ids, txn)
+            return await self._persist(event, room, state, prev_ids, txn, extremities)
+
+    async def _head_of(self, room_id: str) -> tuple[RoomInfo | None, list[str]]:
+        """The room and its forward extremities; the caller holds the room's lock.
+
+        When this process is the only writer (no Redis) and nothing has happened in the room
+        since its own last write (the notifier has heard of every position up to that write and
+        of none in the room after it), that write's outcome is still the truth: no query."""
+        head = self._heads.get(room_id)
+        if head is not None and not self._notifier.shared and self._notifier.position >= head.stream \
+                and self._notifier.room_positions.get(room_id) == head.stream:
+            return head.room, head.extremities
+        self._heads.pop(room_id, None)
+        context = await self._store.rooms.send_context(room_id)
+        return context.room, context.extremities
 
     async def _template(self, room_id: str, version: RoomVersion, state: StateMap, sender: str, event_type: str,
                         content: dict[str, Any], state_key: str | None,
@@ -299,7 +355,7 @@ class Rooms:
                 "prev_sender": replaced.sender}
 
     async def _persist(self, event: Event, room: RoomInfo, state: StateMap, prev_ids: list[str],
-                       txn: TxnRef | None) -> Event:
+                       txn: TxnRef | None, extremities: list[str] | None = None) -> Event:
         unsigned = await self._replaced_state(event, state)
         persisted = await self._store.rooms.persist_event(
             event, state_before=room.current_group, before_map=state, prev_extremities=prev_ids, txn=txn,
@@ -311,6 +367,13 @@ class Rooms:
         self.recent.append(stored)  # before the notification, which would mark it missing
         if stored.redacts:
             self.forget_cached(stored.redacts)
+        if extremities is not None and not self._notifier.shared:
+            self._heads[room.room_id] = _Head(
+                replace(room, current_group=persisted.state_after, last_stream=persisted.stream),
+                [e for e in extremities if e not in prev_ids] + [stored.event_id], persisted.stream)
+            self._heads.move_to_end(room.room_id)
+            if len(self._heads) > HEADS_CACHE_SIZE:
+                self._heads.popitem(last=False)
         # Membership changes must also wake the target, who may not watch the room yet.
         targets = [stored.state_key] if stored.type == "m.room.member" and stored.state_key else []
         await self._notifier.notify(persisted.stream, room.room_id, targets)
@@ -343,6 +406,7 @@ class Rooms:
             new_current=new_current, prev_extremities=event.prev_event_ids, unsigned=unsigned)
         stored = Event(event.event_id, event.pdu, stream=persisted.stream, unsigned=unsigned)
         self._cache(stored)
+        self._heads.pop(event.room_id, None)
         self.recent.append(stored)  # before the notification, which would mark it missing
         if stored.redacts:
             self.forget_cached(stored.redacts)

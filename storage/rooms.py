@@ -35,7 +35,6 @@ class SendContext:
 
     room: RoomInfo | None
     extremities: list[str]
-    txn_event_id: str | None  # the event already sent with this transaction id, if any
 
 
 @dataclass(frozen=True)
@@ -94,19 +93,15 @@ class RoomStore:
         row = await self.db.fetchone("SELECT * FROM rooms WHERE room_id = ?", room_id)
         return None if row is None else _room(row)
 
-    async def send_context(self, room_id: str, sender: str, txn: TxnRef | None) -> SendContext:
-        """The room, its forward extremities and the event of `txn` if it was sent already:
-        one statement, a row per extremity, since a send is the hottest write there is."""
-        device, txn_id = (txn.device_id, txn.txn_id) if txn is not None else (None, None)
+    async def send_context(self, room_id: str) -> SendContext:
+        """The room and its forward extremities in one statement (a row per extremity),
+        since a send is the hottest write there is."""
         rows = await self.db.fetchall(
-            "SELECT r.*, fe.event_id AS extremity, (SELECT event_id FROM events WHERE sender = ?"
-            " AND txn_device = ? AND txn_id = ?) AS txn_event FROM rooms r"
-            " LEFT JOIN forward_extremities fe ON fe.room_id = r.room_id WHERE r.room_id = ?",
-            sender, device, txn_id, room_id)
+            "SELECT r.*, fe.event_id AS extremity FROM rooms r"
+            " LEFT JOIN forward_extremities fe ON fe.room_id = r.room_id WHERE r.room_id = ?", room_id)
         if not rows:
-            return SendContext(None, [], None)
-        return SendContext(_room(rows[0]), [r["extremity"] for r in rows if r["extremity"] is not None],
-                           rows[0]["txn_event"])
+            return SendContext(None, [])
+        return SendContext(_room(rows[0]), [r["extremity"] for r in rows if r["extremity"] is not None])
 
     async def set_public(self, room_id: str, is_public: bool) -> None:
         await self.db.execute("UPDATE rooms SET is_public = ? WHERE room_id = ?", int(is_public), room_id)
@@ -455,6 +450,11 @@ class RoomStore:
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY stream {order} LIMIT ?",
             *args, limit)
         return [event_from_row(r) for r in rows]
+
+    async def event_for_txn(self, user_id: str, txn: TxnRef) -> str | None:
+        return await self.db.fetchval(
+            "SELECT event_id FROM events WHERE sender = ? AND txn_device = ? AND txn_id = ?",
+            user_id, txn.device_id, txn.txn_id)
 
     async def forward_extremities(self, room_id: str) -> list[str]:
         rows = await self.db.fetchall("SELECT event_id FROM forward_extremities WHERE room_id = ?", room_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Any
 
 from tests.rooms_helpers import User
@@ -80,6 +82,24 @@ async def test_send_is_idempotent_per_txn(client: Any) -> None:
     assert first["event_id"] == second["event_id"]
     msgs = await alice.call("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "50"})
     assert sum(1 for e in msgs["chunk"] if e["type"] == "m.room.message") == 1
+
+
+async def test_concurrent_retries_of_one_txn_store_one_event(client: Any) -> None:
+    """A client that retries before the first attempt has answered gets the same event, once;
+    the other senders' messages in between all land."""
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(preset="public_chat")
+    await bob.call("POST", f"/join/{room}")
+    path = f"/rooms/{room}/send/m.room.message/retry-txn"
+    results = await asyncio.gather(
+        *[alice.call("PUT", path, json={"msgtype": "m.text", "body": "once"}) for _ in range(5)],
+        *[bob.send(room, f"bob {i}") for i in range(10)])
+    assert len({r["event_id"] for r in results[:5]}) == 1
+    msgs = await alice.call("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "50"})
+    chunk = msgs["chunk"]
+    bodies = [e["content"]["body"] for e in chunk if e["type"] == "m.room.message"]
+    assert bodies.count("once") == 1 and sorted(b for b in bodies if b != "once") == sorted(
+        f"bob {i}" for i in range(10))
 
 
 async def test_bad_content_is_refused_and_nothing_stored(client: Any) -> None:
