@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import sys
 import time
 from dataclasses import dataclass
 
-import jwt
+# PyJWT imports cryptography, when it is installed, for RSA and EC keys; Whispr signs with
+# HS256 only. cryptography (installed for development TLS certificates) costs a process about
+# 9 MiB of memory, so it is hidden while PyJWT loads; importing it later works as usual.
+_HIDE_CRYPTOGRAPHY = "cryptography" not in sys.modules
+if _HIDE_CRYPTOGRAPHY:
+    sys.modules["cryptography"] = None  # type: ignore[assignment]
+try:
+    import jwt
+finally:
+    if _HIDE_CRYPTOGRAPHY:
+        del sys.modules["cryptography"]
 
-from homeserver.errors import unknown_token
+from homeserver.errors import unknown_token  # noqa: E402
 
 VERIFIED_CACHE_SIZE = 50_000
 
