@@ -26,6 +26,7 @@ from homeserver.notifier import Notifier
 from homeserver.recent_events import RecentEvents
 from homeserver.room_versions import RoomVersion, get_room_version
 from homeserver.state_res import resolve_state_v2
+from storage.database import ConstraintViolation
 from storage.rooms import RoomInfo, StateMap, TxnRef
 from storage.store import Store
 
@@ -95,8 +96,6 @@ class Rooms:
         self._servers: OrderedDict[int, frozenset[str]] = OrderedDict()
         # What this process last wrote to each room (see _head_of); only when it is the only writer.
         self._heads: OrderedDict[str, _Head] = OrderedDict()
-        # Sends in progress per (sender, device, transaction id), so a retry waits for the first.
-        self._sending: dict[tuple[str, str, str], asyncio.Future[Event]] = {}
 
     @property
     def signing_key(self) -> SigningKey:
@@ -224,34 +223,17 @@ class Rooms:
 
         `countersign` lets another server sign the event before it is stored (remote invites)."""
         validate_content(event_type, content, state_key)
-        if txn is None:
-            return await self._create_event(room_id, sender, event_type, content, state_key, None, extra,
-                                            countersign)
-        key = (sender, txn.device_id, txn.txn_id)
-        earlier = self._sending.get(key)
-        if earlier is not None:  # the same request again while the first is in progress
-            return await asyncio.shield(earlier)
-        done: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
-        self._sending[key] = done
         try:
-            existing = await self._store.rooms.event_for_txn(sender, txn)
-            if existing is not None:
-                ev = await self.get_event(existing)
-                assert ev is not None
-            else:
-                ev = await self._create_event(room_id, sender, event_type, content, state_key, txn, extra,
-                                              countersign)
-            done.set_result(ev)
+            return await self._create_event(room_id, sender, event_type, content, state_key, txn, extra,
+                                            countersign)
+        except ConstraintViolation:
+            # The transaction ID was used already (a retry; the store's unique index says so, in one
+            # place for every process): answer with the event it made. Nothing of this one was kept.
+            existing = await self._store.rooms.event_for_txn(sender, txn) if txn is not None else None
+            ev = await self.get_event(existing) if existing is not None else None
+            if ev is None:
+                raise
             return ev
-        except BaseException as e:
-            if isinstance(e, asyncio.CancelledError):
-                done.cancel()
-            else:
-                done.set_exception(e)
-                done.exception()  # retrieved: nobody may be waiting on it
-            raise
-        finally:
-            del self._sending[key]
 
     async def _create_event(self, room_id: str, sender: str, event_type: str, content: dict[str, Any],
                             state_key: str | None, txn: TxnRef | None, extra: dict[str, Any] | None,

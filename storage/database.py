@@ -40,6 +40,10 @@ class DatabaseError(Exception):
     """The database cannot be used as it is (e.g. its schema is newer than this code)."""
 
 
+class ConstraintViolation(Exception):
+    """A write broke a uniqueness or other integrity constraint; nothing of it was kept."""
+
+
 async def open_database(engine: str, *, path: str = "", url: str = "",
                         pool_min: int = 2, pool_max: int = 10, migrate: bool = True) -> Database:
     """Open an engine and bring its schema up to date."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from functools import lru_cache
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 import asyncpg
 
-from storage.database import Connection, Row
+from storage.database import Connection, ConstraintViolation, Row
 
 
 @lru_cache(maxsize=1024)
@@ -19,24 +19,37 @@ def _pg(sql: str) -> str:
     return re.sub(r"\?", lambda _m: f"${next(counter)}", sql)
 
 
+@contextmanager
+def _constraints() -> Iterator[None]:
+    try:
+        yield
+    except asyncpg.IntegrityConstraintViolationError as e:
+        raise ConstraintViolation(str(e)) from e
+
+
 class _PgConn:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await self._conn.execute(_pg(sql), *args)
+        with _constraints():
+            await self._conn.execute(_pg(sql), *args)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._conn.executemany(_pg(sql), rows)
+        with _constraints():
+            await self._conn.executemany(_pg(sql), rows)
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
-        return await self._conn.fetchrow(_pg(sql), *args)
+        with _constraints():
+            return await self._conn.fetchrow(_pg(sql), *args)
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
-        return list(await self._conn.fetch(_pg(sql), *args))
+        with _constraints():
+            return list(await self._conn.fetch(_pg(sql), *args))
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        return await self._conn.fetchval(_pg(sql), *args)
+        with _constraints():
+            return await self._conn.fetchval(_pg(sql), *args)
 
 
 class PostgresDatabase(_PgConn):

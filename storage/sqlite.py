@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
-from storage.database import Connection, Row
+from storage.database import Connection, ConstraintViolation, Row
 
 T = TypeVar("T")
 
@@ -79,7 +79,10 @@ class _ThreadConn:
         return cls(conn, executor)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._conn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._conn, *args)
+        except sqlite3.IntegrityError as e:
+            raise ConstraintViolation(str(e)) from e
 
     async def execute(self, sql: str, *args: Any) -> None:
         await self.run(_execute, sql, args)
