@@ -26,12 +26,18 @@ class Connection(Protocol):
     async def fetchval(self, sql: str, *args: Any) -> Any: ...
 
 
+class Transaction(Connection, Protocol):
+    async def fetchval_and_commit(self, sql: str, *args: Any) -> Any:
+        """A last read, then COMMIT (in one round trip where the engine can); nothing may follow."""
+        ...
+
+
 class Database(Connection, Protocol):
     """An open database: autocommitting statements plus explicit transactions."""
 
     engine: str
 
-    def transaction(self) -> AbstractAsyncContextManager[Connection]: ...
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
 
     async def close(self) -> None: ...
 

@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence
 
 import asyncpg
 
-from storage.database import Connection, ConstraintViolation, Row
+from storage.database import ConstraintViolation, Row, Transaction
 
 
 @lru_cache(maxsize=1024)
@@ -52,6 +52,11 @@ class _PgConn:
             return await self._conn.fetchval(_pg(sql), *args)
 
 
+class _PgTransaction(_PgConn):
+    async def fetchval_and_commit(self, sql: str, *args: Any) -> Any:
+        return await self.fetchval(sql, *args)  # COMMIT follows when the transaction block ends
+
+
 class PostgresDatabase(_PgConn):
     """Outside a transaction each statement takes a pooled connection and autocommits."""
 
@@ -67,10 +72,10 @@ class PostgresDatabase(_PgConn):
         return cls(pool)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
+    async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._pool.acquire() as conn:
             async with conn.transaction():
-                yield _PgConn(conn)
+                yield _PgTransaction(conn)
 
     async def close(self) -> None:
         await self._pool.close()

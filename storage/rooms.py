@@ -127,8 +127,10 @@ class RoomStore:
         `before_map` is the full state before the event (from the state cache), so
         a state event can start a fresh snapshot without reading it back.
         """
-        if self.db.engine == "postgres" and not event.is_state:
-            return await self._persist_message_pg(event, state_before, prev_extremities, txn, unsigned)
+        if not event.is_state:
+            if self.db.engine == "postgres":
+                return await self._persist_message_pg(event, state_before, prev_extremities, txn, unsigned)
+            return await self._persist_message(event, state_before, prev_extremities, txn, unsigned)
         async with self.db.transaction() as tx:
             stream = await next_stream(tx)
             state_after = state_before
@@ -160,6 +162,35 @@ class RoomStore:
                 await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
                                  " AND redacted_by IS NULL", event.event_id, event.redacts, event.room_id)
         return Persisted(stream, state_after)
+
+    async def _persist_message(self, event: Event, state_group: int | None, prev_extremities: Sequence[str],
+                               txn: TxnRef | None, unsigned: dict[str, Any] | None) -> Persisted:
+        """persist_event for an event that adds no state: every write refers to the new position
+        through a subquery and the position is read last, with COMMIT, so that on SQLite the
+        whole transaction is one hand-off to the writer thread."""
+        position = "(SELECT pos FROM stream_counter WHERE name = 'stream')"
+        async with self.db.transaction() as tx:
+            await tx.execute("UPDATE stream_counter SET pos = pos + 1 WHERE name = 'stream'")
+            await tx.execute(
+                f"INSERT INTO events (stream, event_id, room_id, type, sender, depth, origin_server_ts, json,"
+                f" state_before, state_after, unsigned, txn_device, txn_id)"
+                f" VALUES ({position}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                event.event_id, event.room_id, event.type, event.sender, event.depth, event.origin_server_ts,
+                json.dumps(event.pdu, separators=(",", ":")), state_group, state_group,
+                json.dumps(unsigned) if unsigned else None,
+                txn.device_id if txn else None, txn.txn_id if txn else None)
+            await tx.execute(f"UPDATE rooms SET last_stream = {position}, current_group = ? WHERE room_id = ?",
+                             state_group, event.room_id)
+            for prev in prev_extremities:
+                await tx.execute("DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?",
+                                 event.room_id, prev)
+            await tx.execute("INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
+                             event.room_id, event.event_id)
+            if event.redacts:
+                await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
+                                 " AND redacted_by IS NULL", event.event_id, event.redacts, event.room_id)
+            stream = await tx.fetchval_and_commit("SELECT pos FROM stream_counter WHERE name = 'stream'")
+        return Persisted(int(stream), state_group)
 
     async def _persist_message_pg(self, event: Event, state_group: int | None, prev_extremities: Sequence[str],
                                   txn: TxnRef | None, unsigned: dict[str, Any] | None) -> Persisted:

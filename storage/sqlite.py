@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
-from storage.database import Connection, ConstraintViolation, Row
+from storage.database import ConstraintViolation, Row, Transaction
 
 T = TypeVar("T")
 
@@ -45,6 +45,12 @@ def _fetchall(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[R
         return list(cur.fetchall())
     finally:
         cur.close()
+
+
+def _fetchone_then_commit(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Row | None:
+    row = _fetchone(conn, sql, args)
+    conn.execute("COMMIT").close()
+    return row
 
 
 def _execute(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> None:
@@ -128,6 +134,7 @@ class _Transaction:
     def __init__(self, conn: _ThreadConn) -> None:
         self._conn = conn
         self._pending: list[tuple[str, Sequence[Any], bool]] = [("BEGIN IMMEDIATE", (), False)]
+        self._committed = False
 
     async def _flush_with(self, fn: Callable[..., T] | None, *args: Any) -> T | None:
         pending, self._pending = self._pending, []
@@ -150,7 +157,14 @@ class _Transaction:
         row = await self.fetchone(sql, *args)
         return None if row is None else row[0]
 
+    async def fetchval_and_commit(self, sql: str, *args: Any) -> Any:
+        row = await self._flush_with(_fetchone_then_commit, sql, args)
+        self._committed = True
+        return None if row is None else row[0]
+
     async def commit(self) -> None:
+        if self._committed:
+            return
         self._pending.append(("COMMIT", (), False))
         await self._flush_with(None)
 
@@ -181,7 +195,7 @@ class SqliteDatabase:
         return cls(writer, [await _ThreadConn.open(path) for _ in range(readers)])
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
+    async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._write_lock:
             tx = _Transaction(self._w)
             try:

@@ -10,7 +10,7 @@ import pytest
 
 from homeserver.models import Device, RefreshToken, Threepid, User
 from storage import Store, open_database
-from storage.database import DatabaseError
+from storage.database import ConstraintViolation, DatabaseError
 from storage.migrations import LATEST_VERSION, MIGRATIONS, Migration, current_version, run_migrations
 from tests.conftest import POSTGRES_URL, fresh_postgres_database, need
 
@@ -122,6 +122,24 @@ async def test_profile_fields_and_transaction_rollback(store: Store) -> None:
             raise RuntimeError("abort")
     profile = await store.profiles.get("@a:hs")
     assert profile is not None and profile.fields == {"org.whispr.bio": "hello"} and profile.displayname == "a"
+
+
+async def test_fetchval_and_commit_and_constraint_violations(store: Store) -> None:
+    """A transaction may end with a read that commits; a broken unique constraint surfaces as
+    ConstraintViolation on either engine and keeps nothing of its transaction."""
+    await store.users.create(User("@a:hs", "a", None, 1))
+    async with store.db.transaction() as tx:
+        await tx.execute("UPDATE profiles SET displayname = ? WHERE user_id = ?", "kept", "@a:hs")
+        assert await tx.fetchval_and_commit("SELECT displayname FROM profiles WHERE user_id = ?", "@a:hs") == "kept"
+    assert (await store.profiles.get("@a:hs")).displayname == "kept"  # type: ignore[union-attr]
+    with pytest.raises(ConstraintViolation):
+        async with store.db.transaction() as tx:
+            await tx.execute("UPDATE profiles SET displayname = ? WHERE user_id = ?", "lost", "@a:hs")
+            await tx.execute("INSERT INTO users (user_id, localpart, created_ts) VALUES (?, ?, ?)", "@a:hs", "a", 2)
+            await tx.fetchval_and_commit("SELECT 1")
+    assert (await store.profiles.get("@a:hs")).displayname == "kept"  # type: ignore[union-attr]
+    with pytest.raises(ConstraintViolation):
+        await store.db.execute("INSERT INTO users (user_id, localpart, created_ts) VALUES (?, ?, ?)", "@a:hs", "a", 3)
 
 
 async def test_sqlite_uses_wal(tmp_path: Path) -> None:
