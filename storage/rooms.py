@@ -153,14 +153,7 @@ class RoomStore:
                     event.room_id, event.type, event.state_key, event.event_id, event.membership)
             await tx.execute("UPDATE rooms SET last_stream = ?, current_group = ? WHERE room_id = ?",
                              stream, state_after, event.room_id)
-            for prev in prev_extremities:
-                await tx.execute("DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?",
-                                 event.room_id, prev)
-            await tx.execute("INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
-                             event.room_id, event.event_id)
-            if event.redacts:
-                await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
-                                 " AND redacted_by IS NULL", event.event_id, event.redacts, event.room_id)
+            await _extend_and_redact(tx, event, prev_extremities)
         return Persisted(stream, state_after)
 
     async def _persist_message(self, event: Event, state_group: int | None, prev_extremities: Sequence[str],
@@ -181,14 +174,7 @@ class RoomStore:
                 txn.device_id if txn else None, txn.txn_id if txn else None)
             await tx.execute(f"UPDATE rooms SET last_stream = {position}, current_group = ? WHERE room_id = ?",
                              state_group, event.room_id)
-            for prev in prev_extremities:
-                await tx.execute("DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?",
-                                 event.room_id, prev)
-            await tx.execute("INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
-                             event.room_id, event.event_id)
-            if event.redacts:
-                await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
-                                 " AND redacted_by IS NULL", event.event_id, event.redacts, event.room_id)
+            await _extend_and_redact(tx, event, prev_extremities)
             stream = await tx.fetchval_and_commit("SELECT pos FROM stream_counter WHERE name = 'stream'")
         return Persisted(int(stream), state_group)
 
@@ -568,6 +554,17 @@ class RoomStore:
             "SELECT u.user_id, p.displayname, p.avatar_url FROM users u JOIN profiles p ON p.user_id = u.user_id"
             " WHERE u.deactivated = 0 AND (LOWER(u.user_id) LIKE ? OR LOWER(COALESCE(p.displayname, '')) LIKE ?)"
             " ORDER BY u.user_id LIMIT ?", like, like, limit)
+
+
+async def _extend_and_redact(tx: Connection, event: Event, prev_extremities: Sequence[str]) -> None:
+    """A new local event replaces the extremities it follows, and marks what it redacts."""
+    for prev in prev_extremities:
+        await tx.execute("DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?", event.room_id, prev)
+    await tx.execute("INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
+                     event.room_id, event.event_id)
+    if event.redacts:
+        await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
+                         " AND redacted_by IS NULL", event.event_id, event.redacts, event.room_id)
 
 
 async def next_stream(tx: Connection) -> int:
