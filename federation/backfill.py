@@ -85,7 +85,6 @@ class Backfiller:
                 events.append(await self._ingester.verified_event(pdu, version))
             except PduRejected as e:
                 log.warning("backfill from %s: dropped a PDU: %s", origin, e)
-        stored = 0
         # Oldest first for the auth checks (an event's auth events may be in the same batch);
         # the positions then go newest first, so that older events sort below newer ones.
         accepted: list[Event] = []
@@ -104,6 +103,7 @@ class Backfiller:
                 # auth events; it joins the timeline below.
                 await self._rooms.persist_outlier(event)
             accepted.append(event)
+        stored = 0
         for event in sorted(accepted, key=lambda e: e.depth, reverse=True):
             if await self._rooms.persist_backfilled(event):
                 stored += 1

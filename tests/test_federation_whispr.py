@@ -81,6 +81,23 @@ class Client:
         return got
 
 
+def membership_in_timeline(room: str, user_id: str, membership: str) -> Callable[[dict[str, Any]], bool]:
+    """A sync_until check: the user's membership became `membership` in the room's timeline."""
+    def check(body: dict[str, Any]) -> bool:
+        return any(e.get("state_key") == user_id and e["content"].get("membership") == membership
+                   for e in body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", []))
+    return check
+
+
+async def users_on_both(session: aiohttp.ClientSession, a: RunningServer, name_a: str, b: RunningServer,
+                        name_b: str) -> tuple[Client, Client]:
+    """One new user on each server, each past a first sync."""
+    first, second = await Client.register(session, a, name_a), await Client.register(session, b, name_b)
+    await first.sync_until(lambda _: True)
+    await second.sync_until(lambda _: True)
+    return first, second
+
+
 @pytest.fixture
 async def pair() -> AsyncIterator[tuple[RunningServer, RunningServer]]:
     """Server A on SQLite, server B on PostgreSQL (when available)."""
@@ -102,19 +119,14 @@ async def pair() -> AsyncIterator[tuple[RunningServer, RunningServer]]:
 async def test_whispr_to_whispr_story(pair: tuple[RunningServer, RunningServer]) -> None:
     a, b = pair
     async with aiohttp.ClientSession() as session:
-        alice = await Client.register(session, a, "alice")
-        bob = await Client.register(session, b, "bob")
-        await alice.sync_until(lambda _: True)
-        await bob.sync_until(lambda _: True)
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
 
         # A's room: invite across servers, bob joins.
         room = (await alice.call("POST", "/createRoom", json={"name": "A's room", "preset": "private_chat"}))["room_id"]
         await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": bob.user_id})
         await bob.sync_until(lambda body: room in body["rooms"]["invite"])
         await bob.call("POST", f"/join/{room}")
-        await alice.sync_until(lambda body: any(
-            e.get("state_key") == bob.user_id and e["content"].get("membership") == "join"
-            for e in body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])))
+        await alice.sync_until(membership_in_timeline(room, bob.user_id, "join"))
 
         # 100 messages each way, in order.
         for i in range(100):
@@ -148,9 +160,7 @@ async def test_whispr_to_whispr_story(pair: tuple[RunningServer, RunningServer])
 
         # Leaves both ways.
         await bob.call("POST", f"/rooms/{room}/leave")
-        await alice.sync_until(lambda body: any(
-            e.get("state_key") == bob.user_id and e["content"].get("membership") == "leave"
-            for e in body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])))
+        await alice.sync_until(membership_in_timeline(room, bob.user_id, "leave"))
         await alice.call("POST", f"/rooms/{room_b}/leave")
         members = await bob.call("GET", f"/rooms/{room_b}/joined_members")
         deadline = time.monotonic() + 20
@@ -185,28 +195,18 @@ async def test_peer_down_then_back_gets_everything_in_order(pair: tuple[RunningS
         assert await bob.collect_messages(room, 1) == ["after"]
 
 
-def _membership_in_timeline(room: str, user_id: str, membership: str) -> Callable[[dict[str, Any]], bool]:
-    def check(body: dict[str, Any]) -> bool:
-        return any(e.get("state_key") == user_id and e["content"].get("membership") == membership
-                   for e in body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", []))
-    return check
-
-
 async def test_rejecting_a_remote_invite(pair: tuple[RunningServer, RunningServer]) -> None:
     """Bob (B) declines alice's (A) invite: A's room records the leave, bob is out, a new invite works."""
     a, b = pair
     async with aiohttp.ClientSession() as session:
-        alice = await Client.register(session, a, "alice")
-        bob = await Client.register(session, b, "bob")
-        await alice.sync_until(lambda _: True)
-        await bob.sync_until(lambda _: True)
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
         room = (await alice.call("POST", "/createRoom", json={"preset": "private_chat"}))["room_id"]
         await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": bob.user_id})
         await bob.sync_until(lambda body: room in body["rooms"]["invite"])
 
         await bob.call("POST", f"/rooms/{room}/leave")  # declining is leaving from "invite"
         await bob.sync_until(lambda body: room in body["rooms"]["leave"] and room not in body["rooms"]["invite"])
-        await alice.sync_until(_membership_in_timeline(room, bob.user_id, "leave"))
+        await alice.sync_until(membership_in_timeline(room, bob.user_id, "leave"))
         members = await alice.call("GET", f"/rooms/{room}/members")
         states = {e["state_key"]: e["content"]["membership"] for e in members["chunk"]}
         assert states == {alice.user_id: "join", bob.user_id: "leave"}
@@ -217,7 +217,7 @@ async def test_rejecting_a_remote_invite(pair: tuple[RunningServer, RunningServe
         await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": bob.user_id})
         await bob.sync_until(lambda body: room in body["rooms"]["invite"])
         await bob.call("POST", f"/join/{room}")
-        await alice.sync_until(_membership_in_timeline(room, bob.user_id, "join"))
+        await alice.sync_until(membership_in_timeline(room, bob.user_id, "join"))
         await bob.send(room, "second time lucky")
         assert await alice.collect_messages(room, 1) == ["second time lucky"]
 

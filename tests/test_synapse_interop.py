@@ -16,7 +16,8 @@ import pytest
 
 from bench.servers import RunningServer, free_port, start_synapse, start_whispr, synapse_python
 from tests.synapse_peer import federation_listener, synapse_federation_config
-from tests.test_federation_whispr import Client, federation_config, page_back
+from tests.test_federation_whispr import (Client, federation_config, membership_in_timeline, page_back,
+                                          users_on_both)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,7 @@ async def story(owner: Client, guest: Client, version: str, messages: int = 20) 
     await owner.call("POST", f"/rooms/{room}/invite", json={"user_id": guest.user_id})
     await guest.sync_until(lambda body: room in body["rooms"]["invite"])
     await guest.call("POST", f"/join/{room}")
-    await owner.sync_until(lambda body: any(e.get("state_key") == guest.user_id and
-                                            e["content"].get("membership") == "join" for e in timeline(body, room)))
+    await owner.sync_until(membership_in_timeline(room, guest.user_id, "join"))
     for i in range(messages):
         await owner.send(room, f"o{i}")
     assert await guest.collect_messages(room, messages) == [f"o{i}" for i in range(messages)]
@@ -78,18 +78,14 @@ async def story(owner: Client, guest: Client, version: str, messages: int = 20) 
         e["type"] == "m.receipt" and guest.user_id in e["content"].get(last, {}).get("m.read", {})
         for e in body["rooms"]["join"].get(room, {}).get("ephemeral", {}).get("events", [])))
     await guest.call("POST", f"/rooms/{room}/leave")
-    await owner.sync_until(lambda body: any(e.get("state_key") == guest.user_id and
-                                            e["content"].get("membership") == "leave" for e in timeline(body, room)))
+    await owner.sync_until(membership_in_timeline(room, guest.user_id, "leave"))
 
 
 @pytest.mark.parametrize("version", ["10", "12"])
 async def test_interop_with_synapse(peers: tuple[RunningServer, RunningServer], version: str) -> None:
     whispr, synapse = peers
     async with aiohttp.ClientSession() as session:
-        wanda = await Client.register(session, whispr, "wanda")
-        sam = await Client.register(session, synapse, "sam")
-        await wanda.sync_until(lambda _: True)
-        await sam.sync_until(lambda _: True)
+        wanda, sam = await users_on_both(session, whispr, "wanda", synapse, "sam")
         started = time.monotonic()
         await story(wanda, sam, version)   # a room on Whispr, Synapse's user joins
         await story(sam, wanda, version)   # a room on Synapse, Whispr's user joins
@@ -104,17 +100,13 @@ async def decline(owner: Client, guest: Client) -> None:
     await guest.call("POST", f"/rooms/{room}/leave")
     await guest.sync_until(lambda body: room in body.get("rooms", {}).get("leave", {})
                            and room not in body["rooms"].get("invite", {}))  # Synapse omits empty sections
-    await owner.sync_until(lambda body: any(e.get("state_key") == guest.user_id and
-                                            e["content"].get("membership") == "leave" for e in timeline(body, room)))
+    await owner.sync_until(membership_in_timeline(room, guest.user_id, "leave"))
 
 
 async def test_invites_declined_both_ways_with_synapse(peers: tuple[RunningServer, RunningServer]) -> None:
     whispr, synapse = peers
     async with aiohttp.ClientSession() as session:
-        wanda = await Client.register(session, whispr, "wanda")
-        sam = await Client.register(session, synapse, "sam")
-        await wanda.sync_until(lambda _: True)
-        await sam.sync_until(lambda _: True)
+        wanda, sam = await users_on_both(session, whispr, "wanda", synapse, "sam")
         await decline(wanda, sam)  # Synapse's user declines a Whispr room's invite
         await decline(sam, wanda)  # and ours one of Synapse's
 
