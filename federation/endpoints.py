@@ -13,7 +13,7 @@ from federation.ingest import PduRejected, server_of
 from homeserver.auth_rules import AuthError, check_auth
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.event_crypto import sign_event
+from homeserver.event_crypto import compute_event_id, sign_event
 from homeserver.events import Event
 from homeserver.room_versions import get_room_version
 
@@ -46,10 +46,16 @@ async def _body(request: web.Request) -> Any:
         raise MatrixError(400, "M_NOT_JSON", "Content is not valid JSON") from None
 
 
+async def _require_acl(request: web.Request, room_id: str, origin: str) -> None:
+    """403 when the room's server ACL denies the requesting server (rooms not held have no ACL)."""
+    await hs(request).federation.acls.require_allowed(origin, room_id)
+
+
 async def _require_server_in_room(request: web.Request, room_id: str, origin: str) -> None:
     server = hs(request)
     if await server.rooms.room(room_id) is None:
         raise not_found("Unknown room")
+    await _require_acl(request, room_id, origin)
     if origin not in await server.store.rooms.room_servers(room_id):
         raise forbidden("Your server has no one in this room")
 
@@ -93,7 +99,14 @@ async def send_transaction(request: web.Request, origin: str) -> web.Response:
     if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
         raise MatrixError(400, "M_TOO_LARGE", f"at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction")
     results: dict[str, Any] = {}
+    denied = await _rooms_denying(request, origin, pdus)
     for pdu in pdus:
+        if isinstance(pdu, dict) and pdu.get("room_id") in denied:
+            event_id = await _event_id_of(request, pdu)
+            log.warning("ignored PDU %s from %s: the server ACL of %s denies it", event_id, origin, pdu["room_id"])
+            if event_id:
+                results[event_id] = {"error": f"the server ACL of {pdu['room_id']} denies {origin}"}
+            continue
         event_id, error = await server.federation.ingester.receive(origin, pdu)
         if event_id:
             results[event_id] = {"error": error} if error else {}
@@ -107,9 +120,26 @@ async def send_transaction(request: web.Request, origin: str) -> web.Response:
     return web.json_response(response)
 
 
+async def _rooms_denying(request: web.Request, origin: str, pdus: list[Any]) -> set[str]:
+    """The rooms of a transaction's PDUs whose server ACL denies the origin: one check per room."""
+    acls = hs(request).federation.acls
+    rooms = {p["room_id"] for p in pdus if isinstance(p, dict) and isinstance(p.get("room_id"), str)}
+    return {room_id for room_id in rooms if not await acls.allows(origin, room_id)}
+
+
+async def _event_id_of(request: web.Request, pdu: dict[str, Any]) -> str:
+    """The event ID to report a refused PDU under, or "" when it cannot be computed."""
+    version = await hs(request).rooms.room_version(pdu["room_id"])
+    try:
+        return compute_event_id(pdu, version) if version is not None else ""
+    except Exception:
+        return ""
+
+
 async def make_membership(request: web.Request, origin: str, membership: str) -> web.Response:
     server = hs(request)
     room_id, user_id = request.match_info["room_id"], request.match_info["user_id"]
+    await _require_acl(request, room_id, origin)
     if server_of(user_id) != origin:
         raise forbidden("You can only make events for your own users")
     version = await server.rooms.room_version(room_id)
@@ -135,6 +165,7 @@ async def make_membership(request: web.Request, origin: str, membership: str) ->
 async def send_membership(request: web.Request, origin: str, membership: str) -> web.Response:
     server = hs(request)
     room_id, event_id = request.match_info["room_id"], request.match_info["event_id"]
+    await _require_acl(request, room_id, origin)
     version = await server.rooms.room_version(room_id)
     if version is None:
         raise not_found("Unknown room")
@@ -171,6 +202,7 @@ async def send_membership(request: web.Request, origin: str, membership: str) ->
 async def invite(request: web.Request, origin: str) -> web.Response:
     server = hs(request)
     room_id, event_id = request.match_info["room_id"], request.match_info["event_id"]
+    await _require_acl(request, room_id, origin)
     body = await _body(request)
     if not isinstance(body, dict) or not isinstance(body.get("event"), dict):
         raise bad_json("The body needs the invite event")

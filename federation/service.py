@@ -19,6 +19,7 @@ from homeserver.events import Event
 from homeserver.membership import Membership
 from homeserver.room_data import RoomData
 from homeserver.rooms import Rooms
+from homeserver.server_acl import ServerAcls
 from homeserver.typing_state import Typing
 from storage.store import Store
 
@@ -38,6 +39,7 @@ class Federation:
         self._typing = typing
         self._room_data = room_data
         self.ingester = Ingester(server_name, rooms, keyring, client)
+        self.acls = ServerAcls(rooms)
         self.sender = FederationSender(server_name, store, client, min_retry_ms, max_retry_ms)
         self.remote_rooms = RemoteRooms(server_name, rooms, store, client, self.ingester, keyring)
         self.backfiller = Backfiller(server_name, rooms, store, self.ingester, client)
@@ -110,6 +112,8 @@ class Federation:
             room_id, user_id = content.get("room_id"), content.get("user_id")
             if not isinstance(room_id, str) or not isinstance(user_id, str) or server_of(user_id) != origin:
                 return
+            if not await self.acls.allows(origin, room_id):
+                return  # the room's server ACL denies the sending server
             if await self._rooms.membership(room_id, user_id) != "join":
                 return
             timeout = content.get("timeout", 30_000)
@@ -117,8 +121,8 @@ class Federation:
                                    timeout if isinstance(timeout, int) else 30_000, local=False)
         elif kind == "m.receipt":
             for room_id, by_type in content.items():
-                if not isinstance(by_type, dict):
-                    continue
+                if not isinstance(by_type, dict) or not await self.acls.allows(origin, room_id):
+                    continue  # all of a room's receipts go when its server ACL denies the sender
                 for user_id, receipt in (by_type.get("m.read") or {}).items():
                     if server_of(user_id) != origin or not isinstance(receipt, dict):
                         continue
