@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -12,7 +13,7 @@ from client_api.http import hs
 from federation.ingest import PduRejected, server_of
 from homeserver.auth_rules import AuthError, check_auth
 from homeserver.clock import now_ms
-from homeserver.errors import MatrixError, bad_json, forbidden, not_found
+from homeserver.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, not_found
 from homeserver.event_crypto import compute_event_id, sign_event
 from homeserver.events import Event
 from homeserver.room_versions import get_room_version
@@ -24,6 +25,15 @@ F2 = "/_matrix/federation/v2"
 MAX_PDUS = 50
 MAX_EDUS = 100
 MAX_AUTH_CHAIN = 10_000
+MAX_BACKFILL_LIMIT = 100  # PDUs per /backfill answer
+MAX_BACKFILL_FROM = 100  # `v` event IDs per /backfill request
+DEFAULT_MISSING_EVENTS_LIMIT = 10  # the spec's default
+MAX_MISSING_EVENTS_LIMIT = 100
+MAX_MISSING_LATEST = 20  # get_missing_events `latest_events`
+MAX_MISSING_EARLIEST = 1_000  # get_missing_events `earliest_events`
+MAX_DEPTH = 2**63 - 1  # depths are 64-bit signed integers
+_DECIMAL = re.compile(r"-?[0-9]+")  # what int() takes beyond this (spaces, "_", "+", other digits) is refused
+_HUGE_DIGITS = 19  # more digits than any limit or depth: clamped without converting
 
 Handler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
@@ -44,6 +54,41 @@ async def _body(request: web.Request) -> Any:
         return json.loads(await request.read())
     except ValueError:
         raise MatrixError(400, "M_NOT_JSON", "Content is not valid JSON") from None
+
+
+def _in_range(name: str, value: int, minimum: int, maximum: int) -> int:
+    """Below `minimum` is refused; above `maximum` is clamped to it."""
+    if value < minimum:
+        raise invalid_param(f"{name} must be at least {minimum}")
+    return min(value, maximum)
+
+
+def _query_int(request: web.Request, name: str, minimum: int, maximum: int) -> int:
+    """A required integer query parameter (decimal digits, optionally negative)."""
+    raw = request.query.get(name)
+    if raw is None:
+        raise missing_param(f"{name} is required")
+    if not _DECIMAL.fullmatch(raw):
+        raise invalid_param(f"{name} must be an integer")
+    digits = raw.lstrip("-")
+    value = int(raw) if len(digits) <= _HUGE_DIGITS else (-1 if raw.startswith("-") else 1) * 10**_HUGE_DIGITS
+    return _in_range(name, value, minimum, maximum)
+
+
+def _body_int(body: dict[str, Any], name: str, default: int, minimum: int, maximum: int) -> int:
+    value = body.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise invalid_param(f"{name} must be an integer")
+    return _in_range(name, value, minimum, maximum)
+
+
+def _event_ids(body: dict[str, Any], name: str, maximum: int) -> list[str]:
+    value = body.get(name)
+    if not isinstance(value, list) or not all(isinstance(e, str) for e in value):
+        raise bad_json(f"{name} must be a list of event IDs")
+    if len(value) > maximum:
+        raise bad_json(f"at most {maximum} {name}")
+    return value
 
 
 async def _require_acl(request: web.Request, room_id: str, origin: str) -> None:
@@ -276,11 +321,13 @@ async def backfill(request: web.Request, origin: str) -> web.Response:
     server = hs(request)
     room_id = request.match_info["room_id"]
     await _require_server_in_room(request, room_id, origin)
-    try:
-        limit = min(int(request.query.get("limit", "10")), 100)
-    except ValueError:
-        raise MatrixError(400, "M_INVALID_PARAM", "limit must be an integer") from None
-    events = await server.store.rooms.events_by_depth(room_id, request.query.getall("v", []), limit)
+    limit = _query_int(request, "limit", 1, MAX_BACKFILL_LIMIT)
+    before = request.query.getall("v", [])
+    if not before:
+        raise missing_param("v (the event IDs to backfill from) is required")
+    if len(before) > MAX_BACKFILL_FROM:
+        raise invalid_param(f"at most {MAX_BACKFILL_FROM} v event IDs")
+    events = await server.store.rooms.events_by_depth(room_id, before, limit)
     events = [e for e in events if not e.unsigned.get("_soft_failed")]
     return web.json_response({"origin": server.config.server_name, "origin_server_ts": now_ms(),
                               "pdus": await _as_seen_by(request, origin, room_id, events)})
@@ -293,24 +340,25 @@ async def get_missing_events(request: web.Request, origin: str) -> web.Response:
     body = await _body(request)
     if not isinstance(body, dict):
         raise bad_json("body must be an object")
-    earliest = set(body.get("earliest_events") or [])
-    latest = [e for e in body.get("latest_events") or [] if isinstance(e, str)]
-    limit = min(int(body.get("limit", 10)) if isinstance(body.get("limit", 10), int) else 10, 100)
+    earliest = _event_ids(body, "earliest_events", MAX_MISSING_EARLIEST)
+    latest = _event_ids(body, "latest_events", MAX_MISSING_LATEST)
+    limit = _body_int(body, "limit", DEFAULT_MISSING_EVENTS_LIMIT, 1, MAX_MISSING_EVENTS_LIMIT)
+    min_depth = _body_int(body, "min_depth", 0, 0, MAX_DEPTH)
     found: dict[str, Event] = {}
-    frontier = list(latest)
-    seen = set(latest) | earliest
-    while frontier and len(found) < limit:
-        batch = await server.rooms.get_events(frontier)
-        frontier = []
-        for ev in batch.values():
-            for prev in ev.prev_event_ids:
-                if prev not in seen:
-                    seen.add(prev)
-                    frontier.append(prev)
+    # Breadth-first through prev_events, never into earliest_events nor below min_depth.
+    walk = [ev for ev in (await server.rooms.get_events(latest)).values() if ev.room_id == room_id]
+    seen = set(latest) | set(earliest)
+    while walk and len(found) < limit:
+        frontier = list(dict.fromkeys(p for ev in walk for p in ev.prev_event_ids if p not in seen))
+        seen.update(frontier)
         prevs = await server.rooms.get_events(frontier)
-        for ev in prevs.values():
-            if ev.room_id == room_id and not ev.rejected and len(found) < limit:
+        walk = []
+        for prev_id in frontier:
+            ev = prevs.get(prev_id)
+            if ev is not None and ev.room_id == room_id and not ev.rejected and ev.depth >= min_depth \
+                    and len(found) < limit:
                 found[ev.event_id] = ev
+                walk.append(ev)
     ordered = sorted(found.values(), key=lambda e: (e.depth, e.stream))
     return web.json_response({"events": await _as_seen_by(request, origin, room_id, ordered)})
 

@@ -173,3 +173,45 @@ async def test_server_acl_is_enforced(setup: tuple[RunningServer, NamedPeer]) ->
         resp = await peer.client.put_json(name, f"{F2}/send_join/{room}/{eve_join_id}", eve_join)
         assert resp["event"]["state_key"] == eve
 
+
+async def test_federation_numeric_parameters(setup: tuple[RunningServer, NamedPeer]) -> None:
+    server, peer = setup
+    name = server.server_name
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        await join(peer, server, room, f"@mallory:{peer.name}")
+        last = ""
+        for i in range(110):
+            last = await alice.send(room, f"m{i}")
+
+        async def backfill(**query: Any) -> list[dict[str, Any]]:
+            return (await peer.client.get_json(name, f"{F1}/backfill/{room}", query))["pdus"]
+
+        assert len(await backfill(v=[last], limit="5")) == 5
+        for huge in ("1000", str(10**30), "9" * 2000):
+            assert len(await backfill(v=[last], limit=huge)) == 100  # MAX_BACKFILL_LIMIT
+        for bad in ("-1", "0", "abc", "1_0", " 5", "5.0", "", "+5", "0x10"):
+            await refused(backfill(v=[last], limit=bad), 400, "M_INVALID_PARAM")
+        await refused(backfill(v=[last]), 400, "M_MISSING_PARAM")
+        await refused(backfill(limit="5"), 400, "M_MISSING_PARAM")
+        await refused(backfill(v=[last] * 101, limit="5"), 400, "M_INVALID_PARAM")
+
+        async def missing(**body: Any) -> list[dict[str, Any]]:
+            body = {"earliest_events": [], "latest_events": [last], **body}
+            return (await peer.client.post_json(name, f"{F1}/get_missing_events/{room}", body))["events"]
+
+        assert len(await missing()) == 10  # the default limit
+        assert len(await missing(limit=3)) == 3
+        assert len(await missing(limit=10**30)) == 100  # MAX_MISSING_EVENTS_LIMIT
+        depth = (await peer.client.get_json(name, f"{F1}/event/{last}"))["pdus"][0]["depth"]
+        shallow = await missing(limit=50, min_depth=depth - 3)
+        assert sorted(e["depth"] for e in shallow) == [depth - 3, depth - 2, depth - 1]
+        assert await missing(min_depth=2**62) == []
+        assert len(await missing(min_depth=10**30)) == 0
+        for bad in ({"limit": "5"}, {"limit": -1}, {"limit": 0}, {"limit": True}, {"limit": 2.5},
+                    {"min_depth": "1"}, {"min_depth": -1}, {"min_depth": None}):
+            await refused(missing(**bad), 400, "M_INVALID_PARAM")
+        for bad in ({"earliest_events": 5}, {"earliest_events": [[1]]}, {"latest_events": "abc"},
+                    {"latest_events": [last] * 21}, {"earliest_events": None}):
+            await refused(missing(**bad), 400, "M_BAD_JSON")
