@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,10 @@ from storage.user_data import AccountData
 MAX_TIMEOUT_MS = 300_000
 MEMBERSHIP_CACHE_SIZE = 10_000
 UNREAD_CACHE_SIZE = 50_000
+# (user, device, room) entries remembering whose member events a lazy-loading client has been sent;
+# an evicted entry only makes the next sync send some members again, which the spec allows.
+LAZY_MEMBERS_CACHE_SIZE = 20_000
+MAX_HEROES = 5
 UNREAD_TYPES = ("m.room.message", "m.room.encrypted")
 INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                       "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
@@ -80,6 +84,7 @@ class SyncService:
         self._visibility = visibility
         self._membership_cache: dict[str, tuple[int, dict[str, tuple[str, str]]]] = {}
         self._unread_cache: dict[tuple[str, str], _Unread] = {}
+        self._lazy_sent: OrderedDict[tuple[str, str, str], set[str]] = OrderedDict()
 
     def current_token(self) -> SyncToken:
         return SyncToken(self._notifier.position, self._typing.serial)
@@ -182,6 +187,9 @@ class SyncService:
             timeline_events = await self._visibility.filter(who.user_id, timeline_events, joined_now=True)
         state = await self._state_section(room_id, since, timeline_events, limited, with_full_state, filt,
                                           who.user_id, upto.stream)
+        if filt.state.lazy_load_members:
+            state = await self._lazy_members(who, room_id, timeline_events, state, since is None or with_full_state,
+                                             filt.state.include_redundant_members)
         ephemeral = self._typing_events(room_id, since) + await self._receipt_events(who, room_id, since, upto)
         room_data = [{"type": d.type, "content": d.content} for d in data
                      if filt.room_account_data.allows(d.type, who.user_id)]
@@ -198,7 +206,7 @@ class SyncService:
             "ephemeral": {"events": ephemeral},
             "account_data": {"events": room_data},
             "unread_notifications": await self._unread(room_id, who.user_id, member_event_id, upto.stream),
-            "summary": await self._summary(room_id) if with_full_state or state else {},
+            "summary": await self._summary(room_id, who.user_id) if with_full_state or state else {},
         }
 
     def _recent(self, room_id: str, after: int | None, upto: int, limit: int | None) -> list[Event] | None:
@@ -299,11 +307,37 @@ class SyncService:
             self._unread_cache[key] = _Unread(upto, fallback, threshold, count)
         return {"notification_count": count, "highlight_count": 0}
 
-    async def _summary(self, room_id: str) -> dict[str, Any]:
-        joined = await self._store.rooms.members(room_id, "join")
-        invited = await self._store.rooms.members(room_id, "invite")
-        heroes = sorted(set(joined) | set(invited))[:5]
-        return {"m.joined_member_count": len(joined), "m.invited_member_count": len(invited), "m.heroes": heroes}
+    async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
+        """Counts, and heroes: the first members (joined or invited, else those who left) but the user."""
+        counts = await self._store.rooms.member_counts(room_id)
+        heroes = await self._store.rooms.first_members(room_id, ("join", "invite"), user_id, MAX_HEROES)
+        if not heroes:
+            heroes = await self._store.rooms.first_members(room_id, ("leave", "ban"), user_id, MAX_HEROES)
+        return {"m.joined_member_count": counts.get("join", 0), "m.invited_member_count": counts.get("invite", 0),
+                "m.heroes": heroes}
+
+    async def _lazy_members(self, who: Requester, room_id: str, timeline: list[Event], state: list[Event],
+                            fresh: bool, redundant: bool) -> list[Event]:
+        """Add the member events of timeline senders this device has not been sent (all of them if
+        `redundant`), and remember what it now has. `fresh`: a full sync, which starts over."""
+        key = (who.user_id, who.device_id or "", room_id)
+        sent = set() if fresh else self._lazy_sent.pop(key, set())
+        have = {e.state_key for e in state if e.type == "m.room.member"}
+        have |= {e.state_key for e in timeline if e.type == "m.room.member"}
+        missing = {e.sender for e in timeline} - have
+        if not redundant:
+            missing -= sent
+        if missing and timeline:
+            start = await self._rooms.state_at_event(timeline[0].event_id, after=False)
+            ids = [start[("m.room.member", u)] for u in missing if ("m.room.member", u) in start]
+            found = await self._rooms.get_events(ids)
+            state = sorted([*state, *found.values()], key=lambda e: e.stream)
+        sent |= have | missing
+        sent.discard("")
+        self._lazy_sent[key] = {u for u in sent if u is not None}
+        if len(self._lazy_sent) > LAZY_MEMBERS_CACHE_SIZE:
+            self._lazy_sent.popitem(last=False)
+        return state
 
     async def _invite(self, room_id: str, member_event_id: str) -> dict[str, Any]:
         state = await self._rooms.current_state(room_id)

@@ -501,6 +501,23 @@ class RoomStore:
         rows = await self.db.fetchall(sql, *args)
         return {r["state_key"]: r["event_id"] for r in rows}
 
+    async def member_counts(self, room_id: str) -> dict[str, int]:
+        """membership -> how many users have it now."""
+        rows = await self.db.fetchall(
+            "SELECT membership, COUNT(*) AS n FROM current_state WHERE room_id = ? AND type = 'm.room.member'"
+            " GROUP BY membership", room_id)
+        return {r["membership"]: int(r["n"]) for r in rows}
+
+    async def first_members(self, room_id: str, memberships: tuple[str, ...], exclude: str,
+                            limit: int) -> list[str]:
+        """The first `limit` users with one of `memberships`, by their member event's stream order."""
+        marks = ", ".join("?" * len(memberships))
+        rows = await self.db.fetchall(
+            "SELECT c.state_key FROM current_state c JOIN events e ON e.event_id = c.event_id"
+            f" WHERE c.room_id = ? AND c.type = 'm.room.member' AND c.membership IN ({marks})"
+            " AND c.state_key != ? ORDER BY e.stream LIMIT ?", room_id, *memberships, exclude, limit)
+        return [r["state_key"] for r in rows]
+
     async def membership_changes(self, user_id: str, after: int, upto: int) -> list[Event]:
         rows = await self.db.fetchall(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE type = 'm.room.member' AND state_key = ?"

@@ -200,3 +200,62 @@ async def test_bad_since_token(client: Any) -> None:
     alice = await User.new(client, "alice")
     body = await alice.call("GET", "/sync", expect=400, params={"since": "garbage"})
     assert body["errcode"] == "M_INVALID_PARAM"
+
+
+async def test_summary_heroes_exclude_self_in_join_order(client: Any) -> None:
+    # Registered so that join order and alphabetical order differ.
+    alice, zed, amy = (await User.new(client, "alice"), await User.new(client, "zed"),
+                       await User.new(client, "amy"))
+    room = await alice.create_room(preset="public_chat")
+    await zed.call("POST", f"/join/{room}")
+    await amy.call("POST", f"/join/{room}")
+    bob = await User.new(client, "bob")
+    await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": bob.user_id})
+    summary = (await alice.sync())["rooms"]["join"][room]["summary"]
+    assert summary["m.heroes"] == [zed.user_id, amy.user_id, bob.user_id]
+    assert summary["m.joined_member_count"] == 3 and summary["m.invited_member_count"] == 1
+    amy_summary = (await amy.sync())["rooms"]["join"][room]["summary"]
+    assert amy_summary["m.heroes"] == [alice.user_id, zed.user_id, bob.user_id]
+
+
+def _members_in(body: Any, room: str) -> list[str]:
+    section = body["rooms"]["join"].get(room, {})
+    return [e["state_key"] for e in section.get("state", {}).get("events", []) if e["type"] == "m.room.member"]
+
+
+async def test_lazy_members_in_incremental_syncs(client: Any) -> None:
+    alice, bob, carol = (await User.new(client, "alice"), await User.new(client, "bob"),
+                         await User.new(client, "carol"))
+    room = await alice.create_room(preset="public_chat")
+    await bob.call("POST", f"/join/{room}")
+    await carol.call("POST", f"/join/{room}")
+    lazy = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 1}}})
+    first = await alice.sync(filter=lazy)  # timeline: carol's join only
+    assert bob.user_id not in _members_in(first, room)
+    await bob.send(room, "hello")
+    second = await alice.sync(first["next_batch"], filter=lazy)  # not limited: one new event
+    assert not second["rooms"]["join"][room]["timeline"]["limited"]
+    assert _members_in(second, room) == [bob.user_id]  # bob's member event was never sent to this device
+    await bob.send(room, "again")
+    third = await alice.sync(second["next_batch"], filter=lazy)
+    assert _members_in(third, room) == []  # already sent: not again
+    # A limited incremental sync brings the senders it has not sent yet, too.
+    for i in range(3):
+        await carol.send(room, f"carol {i}")
+    fourth = await alice.sync(third["next_batch"], filter=lazy)
+    assert fourth["rooms"]["join"][room]["timeline"]["limited"]
+    assert carol.user_id not in _members_in(fourth, room)  # her join was in the first timeline
+    # include_redundant_members sends them every time.
+    redundant = json.dumps({"room": {"state": {"lazy_load_members": True, "include_redundant_members": True},
+                                     "timeline": {"limit": 1}}})
+    await bob.send(room, "third")
+    fifth = await alice.sync(fourth["next_batch"], filter=redundant)
+    assert _members_in(fifth, room) == [bob.user_id]
+    # Another device of the same user has been sent nothing yet.
+    other = User(client, {"user_id": alice.user_id, "access_token": (await (await client.post(
+        "/_matrix/client/v3/login", json={"type": "m.login.password", "identifier": {"type": "m.id.user",
+        "user": "alice"}, "password": "correct horse"})).json())["access_token"]})
+    await carol.send(room, "between")
+    start = await other.sync(filter=lazy)  # timeline: carol's message
+    await bob.send(room, "fourth")
+    assert _members_in(await other.sync(start["next_batch"], filter=lazy), room) == [bob.user_id]
