@@ -129,7 +129,9 @@ async def put_state(request: web.Request) -> web.Response:
     event_type = request.match_info["event_type"]
     state_key = request.match_info.get("state_key", "")
     if event_type == "m.room.member":
-        raise forbidden("Use the membership endpoints to change membership")
+        if state_key != who.user_id:
+            raise forbidden("Use the membership endpoints to change membership")
+        return ok({"event_id": await server.membership.set_own_member_profile(room_id, who.user_id, body)})
     await server.rooms.require_joined(room_id, who.user_id)
     ev = await server.rooms.create_event(room_id, who.user_id, event_type, body, state_key=state_key)
     return ok({"event_id": ev.event_id})

@@ -1,7 +1,13 @@
-"""Membership changes: join, invite, leave, kick, ban, unban, forget."""
+"""Membership changes: join, invite, leave, kick, ban, unban, forget; profile changes into rooms.
+
+A profile change reaches every room the user is joined to as a new member event, sent in the
+background one room after another; changes made while a round runs are folded into one more round.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, Protocol
 
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
@@ -11,6 +17,9 @@ from homeserver.rooms import Rooms
 from storage.store import Store
 
 MAX_REASON = 1024
+PROFILE_KEYS = ("displayname", "avatar_url")
+
+log = logging.getLogger("whispr.membership")
 
 
 def _reason(reason: object) -> dict[str, Any]:
@@ -42,6 +51,8 @@ class Membership:
         self._rooms = rooms
         self._store = store
         self.remote: RemoteMembership | None = None
+        self._profile_rounds: dict[str, asyncio.Task[None]] = {}
+        self._profile_again: set[str] = set()
 
     async def profile_content(self, user_id: str) -> dict[str, Any]:
         profile = await self._store.profiles.get(user_id)
@@ -157,6 +168,56 @@ class Membership:
         new = "ban" if membership == "ban" else "leave"
         await self._rooms.create_event(room_id, sender, "m.room.member", {"membership": new, **_reason(reason)},
                                        state_key=target)
+
+    async def set_own_member_profile(self, room_id: str, user_id: str, content: dict[str, Any]) -> str:
+        """A per-room display name or avatar: the user's own member event, same membership."""
+        current = await self._rooms.state_event(room_id, "m.room.member", user_id)
+        if current is None or current.membership != "join" or content.get("membership") != "join":
+            raise forbidden("Only your own display name and avatar can be set here, not the membership")
+        for key in PROFILE_KEYS:
+            if key in content and content[key] is not None and not isinstance(content[key], str):
+                raise bad_json(f"{key} must be a string")
+        event = await self._rooms.create_event(room_id, user_id, "m.room.member", content, state_key=user_id)
+        return event.event_id
+
+    def profile_changed(self, user_id: str) -> None:
+        """Start (or fold into the running) round that sends the new profile into the user's rooms."""
+        if user_id in self._profile_rounds:
+            self._profile_again.add(user_id)
+            return
+        self._profile_rounds[user_id] = asyncio.create_task(self._profile_round(user_id))
+
+    async def _profile_round(self, user_id: str) -> None:
+        try:
+            while True:
+                self._profile_again.discard(user_id)
+                profile = await self.profile_content(user_id)
+                for room_id, (membership, _) in (await self.rooms_of(user_id)).items():
+                    if membership == "join":
+                        await self._update_member_profile(room_id, user_id, profile)
+                if user_id not in self._profile_again:
+                    return
+        finally:
+            self._profile_rounds.pop(user_id, None)
+
+    async def _update_member_profile(self, room_id: str, user_id: str, profile: dict[str, Any]) -> None:
+        current = await self._rooms.state_event(room_id, "m.room.member", user_id)
+        if current is None or current.membership != "join":
+            return
+        content = {k: v for k, v in current.content.items() if k not in PROFILE_KEYS and k != "reason"}
+        content.update(profile)
+        if content == current.content:
+            return
+        try:
+            await self._rooms.create_event(room_id, user_id, "m.room.member", content, state_key=user_id)
+        except MatrixError as e:  # e.g. the room forbids member changes now: skip it, keep going
+            log.info("profile update of %s not sent to %s: %s", user_id, room_id, e)
+
+    async def close(self) -> None:
+        tasks = list(self._profile_rounds.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def forget(self, room_id: str, user_id: str) -> None:
         current = await self._rooms.membership(room_id, user_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Protocol
 
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.ids import parse_user_id
@@ -19,10 +19,17 @@ _MXC = re.compile(r"^mxc://[A-Za-z0-9.\-:\[\]]+/[A-Za-z0-9_\-]+$")
 _FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 
 
+class ProfileListener(Protocol):
+    """Told when a user's display name or avatar changed (membership sends it into their rooms)."""
+
+    def profile_changed(self, user_id: str) -> None: ...
+
+
 class Profiles:
-    def __init__(self, store: Store, server_name: str) -> None:
+    def __init__(self, store: Store, server_name: str, listener: ProfileListener | None = None) -> None:
         self._store = store
         self._server_name = server_name
+        self._listener = listener
 
     async def get(self, user_id: str) -> dict[str, Any]:
         _, server = parse_user_id(user_id)
@@ -49,10 +56,12 @@ class Profiles:
             if value is not None and (not isinstance(value, str) or len(value) > MAX_DISPLAYNAME):
                 raise bad_json(f"displayname must be a string of at most {MAX_DISPLAYNAME} characters")
             await self._store.profiles.set_displayname(user_id, value)
+            self._changed(user_id)
         elif key == "avatar_url":
             if value is not None and (not isinstance(value, str) or not _MXC.match(value)):
                 raise bad_json("avatar_url must be an mxc:// URI")
             await self._store.profiles.set_avatar_url(user_id, value)
+            self._changed(user_id)
         elif key == BIO_FIELD:
             if value is not None and (not isinstance(value, str) or len(value) > MAX_BIO):
                 raise bad_json(f"{BIO_FIELD} must be a string of at most {MAX_BIO} characters")
@@ -63,3 +72,7 @@ class Profiles:
             if len(json.dumps(value)) > MAX_CUSTOM_FIELD_BYTES:
                 raise MatrixError(400, "M_PROFILE_TOO_LARGE", "this profile field is too large")
             await self._store.profiles.set_field(user_id, key, value)
+
+    def _changed(self, user_id: str) -> None:
+        if self._listener is not None:
+            self._listener.profile_changed(user_id)

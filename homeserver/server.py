@@ -97,7 +97,7 @@ class HomeServer:
             accounts=accounts, uia=InteractiveAuth(ephemeral),
             emails=EmailVerifier(store, mailer, config.public_baseurl, config.registration.unverified_email_ttl_s),
             login=LoginService(config.login, accounts, store, ephemeral, mailer, totp, limiter),
-            totp=totp, profiles=Profiles(store, config.server_name), notifier=notifier, typing=typing,
+            totp=totp, profiles=Profiles(store, config.server_name, membership), notifier=notifier, typing=typing,
             rooms=rooms, membership=membership,
             chats=Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),
                         room_data),
@@ -135,6 +135,7 @@ class HomeServer:
         if self.federation is not None:
             await self.federation.close()
             await self.federation.client.close()
+        await self.membership.close()
         await self.media.close()
         self.typing.close()
         await self.notifier.close()

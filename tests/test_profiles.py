@@ -58,3 +58,56 @@ async def test_cannot_edit_someone_else_and_unknown_user(client: Any) -> None:
     assert resp.status == 404 and (await resp.json())["errcode"] == "M_NOT_FOUND"
     resp = await client.get(f"{V3}/profile/not-a-user-id")
     assert resp.status == 400
+
+
+async def _member_events(user: Any, since: str | None, room: str, who: str) -> tuple[list[dict[str, Any]], str]:
+    body = await user.sync(since, timeout=2000)
+    section = body["rooms"]["join"].get(room, {})
+    events = [e for e in section.get("timeline", {}).get("events", [])
+              if e["type"] == "m.room.member" and e["state_key"] == who]
+    return events, body["next_batch"]
+
+
+async def test_profile_changes_reach_every_joined_room(client: Any) -> None:
+    from tests.rooms_helpers import User
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    rooms = [await alice.create_room(preset="public_chat") for _ in range(2)]
+    for room in rooms:
+        await bob.call("POST", f"/join/{room}")
+    left = await alice.create_room(preset="public_chat")
+    await alice.call("POST", f"/rooms/{left}/leave")
+    since = (await bob.sync())["next_batch"]
+    await alice.call("PUT", f"/profile/{alice.user_id}/displayname", json={"displayname": "Alice A."})
+    await alice.call("PUT", f"/profile/{alice.user_id}/avatar_url", json={"avatar_url": "mxc://test.local/av1"})
+    for room in rooms:
+        state = {}
+        for _ in range(20):  # the updates go out in the background
+            state = await alice.call("GET", f"/rooms/{room}/state/m.room.member/{alice.user_id}")
+            if state.get("avatar_url") == "mxc://test.local/av1":
+                break
+            import asyncio
+            await asyncio.sleep(0.05)
+        assert state == {"membership": "join", "displayname": "Alice A.", "avatar_url": "mxc://test.local/av1"}
+    seen, _ = await _member_events(bob, since, rooms[0], alice.user_id)
+    assert seen and seen[-1]["content"]["displayname"] == "Alice A."
+    assert seen[-1]["unsigned"]["prev_content"]["membership"] == "join"
+    # Not in a room she left.
+    left_state = await alice.call("GET", f"/rooms/{left}/state/m.room.member/{alice.user_id}")
+    assert left_state["membership"] == "leave" and "avatar_url" not in left_state
+
+
+async def test_per_room_display_name(client: Any) -> None:
+    from tests.rooms_helpers import User
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(preset="public_chat")
+    await bob.call("POST", f"/join/{room}")
+    member = f"/rooms/{room}/state/m.room.member/{alice.user_id}"
+    await alice.call("PUT", member, json={"membership": "join", "displayname": "Alice here"})
+    assert (await bob.call("GET", member))["displayname"] == "Alice here"
+    # Membership itself is not changed this way, nor another user's member event.
+    body = await alice.call("PUT", member, expect=403, json={"membership": "leave"})
+    assert body["errcode"] == "M_FORBIDDEN"
+    await alice.call("PUT", f"/rooms/{room}/state/m.room.member/{bob.user_id}", expect=403,
+                     json={"membership": "join", "displayname": "Not Bob"})
+    await alice.call("PUT", member, expect=400, json={"membership": "join", "displayname": 5})
+    assert (await bob.call("GET", member))["displayname"] == "Alice here"
