@@ -378,7 +378,7 @@ async def query_profile(request: web.Request, origin: str) -> web.Response:
 
 
 async def query_directory(request: web.Request, origin: str) -> web.Response:
-    return web.json_response(await hs(request).directory.resolve(request.query.get("room_alias", "")))
+    return web.json_response(await hs(request).directory.resolve_local(request.query.get("room_alias", "")))
 
 
 async def user_devices(request: web.Request, origin: str) -> web.Response:

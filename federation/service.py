@@ -102,6 +102,19 @@ class Federation:
             raise MatrixError(502, "M_UNKNOWN", f"{server} answered without a room ID")
         return room_id, [s for s in servers if isinstance(s, str)] or [server]
 
+    async def query_profile(self, user_id: str) -> dict[str, Any]:
+        """A remote user's profile (string fields only, as a client may show them)."""
+        server = server_of(user_id)
+        try:
+            body = await self.client.get_json(server, "/_matrix/federation/v1/query/profile", {"user_id": user_id})
+        except Exception as e:
+            if getattr(e, "status", None) == 404:
+                raise not_found("Profile not found") from None
+            raise MatrixError(502, "M_UNKNOWN", f"Could not ask {server} for the profile: {e}") from None
+        if not isinstance(body, dict):
+            raise MatrixError(502, "M_UNKNOWN", f"{server} answered with a malformed profile")
+        return {k: v for k, v in body.items() if isinstance(k, str) and isinstance(v, str) and len(v) <= 4096}
+
     # --- inbound EDUs ------------------------------------------------------------------
 
     async def receive_edu(self, origin: str, edu: Any) -> None:

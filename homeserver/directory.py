@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.rooms import Rooms
@@ -11,11 +11,18 @@ from storage.store import Store
 MAX_ALIAS_LENGTH = 255
 
 
+class RemoteAliases(Protocol):
+    """Aliases of other servers (federation's /query/directory): (room ID, servers); raises MatrixError."""
+
+    async def resolve_alias(self, alias: str) -> tuple[str, list[str]]: ...
+
+
 class Directory:
     def __init__(self, rooms: Rooms, store: Store, server_name: str) -> None:
         self._rooms = rooms
         self._store = store
         self._server_name = server_name
+        self.remote: RemoteAliases | None = None
 
     def _check_alias(self, alias: str) -> None:
         if not alias.startswith("#") or ":" not in alias or len(alias) > MAX_ALIAS_LENGTH \
@@ -33,6 +40,17 @@ class Directory:
             raise MatrixError(409, "M_UNKNOWN", "Room alias already exists")
 
     async def resolve(self, alias: str) -> dict[str, Any]:
+        """Any alias: ours from the database, another server's over federation."""
+        self._check_alias(alias)
+        if not alias.endswith(":" + self._server_name):
+            if self.remote is None:
+                raise not_found("Room alias not found")
+            room_id, servers = await self.remote.resolve_alias(alias)
+            return {"room_id": room_id, "servers": servers}
+        return await self.resolve_local(alias)
+
+    async def resolve_local(self, alias: str) -> dict[str, Any]:
+        """One of this server's aliases (what other servers may ask us)."""
         self._check_alias(alias)
         found = await self._store.rooms.get_alias(alias)
         if found is None:

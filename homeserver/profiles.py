@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections import OrderedDict
 from typing import Any, Protocol
 
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
@@ -17,6 +19,9 @@ MAX_CUSTOM_FIELD_BYTES = 4096
 _MXC = re.compile(r"^mxc://[A-Za-z0-9.\-:\[\]]+/[A-Za-z0-9_\-]+$")
 # Custom field names: Java-package-style namespaces, as the spec asks.
 _FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
+# Other servers' profiles are kept this long, so a client rendering a room asks each peer once.
+REMOTE_PROFILE_TTL_S = 60.0
+REMOTE_PROFILE_CACHE_SIZE = 10_000
 
 
 class ProfileListener(Protocol):
@@ -25,15 +30,25 @@ class ProfileListener(Protocol):
     def profile_changed(self, user_id: str) -> None: ...
 
 
+class RemoteProfiles(Protocol):
+    """Profiles of users on other servers (federation's /query/profile); raises MatrixError."""
+
+    async def query_profile(self, user_id: str) -> dict[str, Any]: ...
+
+
 class Profiles:
     def __init__(self, store: Store, server_name: str, listener: ProfileListener | None = None) -> None:
         self._store = store
         self._server_name = server_name
         self._listener = listener
+        self.remote: RemoteProfiles | None = None
+        self._remote_cache: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
 
     async def get(self, user_id: str) -> dict[str, Any]:
         _, server = parse_user_id(user_id)
-        profile = await self._store.profiles.get(user_id) if server == self._server_name else None
+        if server != self._server_name:
+            return await self._remote_profile(user_id)
+        profile = await self._store.profiles.get(user_id)
         if profile is None:
             raise not_found("Profile not found")
         body: dict[str, Any] = dict(profile.fields)
@@ -42,6 +57,19 @@ class Profiles:
         if profile.avatar_url is not None:
             body["avatar_url"] = profile.avatar_url
         return body
+
+    async def _remote_profile(self, user_id: str) -> dict[str, Any]:
+        cached = self._remote_cache.get(user_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return dict(cached[1])
+        if self.remote is None:
+            raise not_found("Profile not found")
+        body = await self.remote.query_profile(user_id)
+        self._remote_cache.pop(user_id, None)
+        self._remote_cache[user_id] = (time.monotonic() + REMOTE_PROFILE_TTL_S, body)
+        if len(self._remote_cache) > REMOTE_PROFILE_CACHE_SIZE:
+            self._remote_cache.popitem(last=False)
+        return dict(body)
 
     async def get_field(self, user_id: str, key: str) -> dict[str, Any]:
         body = await self.get(user_id)

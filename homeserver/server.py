@@ -128,6 +128,8 @@ class HomeServer:
             config.federation.destination_max_retry_ms)
         await self.federation.start()
         self.timeline.remote = self.federation.backfiller
+        self.profiles.remote = self.federation
+        self.directory.remote = self.federation
         from federation.media import FederationMediaSource
         self.media.remote = FederationMediaSource(client)
 

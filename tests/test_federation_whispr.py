@@ -314,3 +314,36 @@ def restart(server: RunningServer) -> None:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     server.pid = server.process.pid
     wait_ready(server.base_url, server.process, 60, server.log_path)
+
+
+async def test_remote_profiles_aliases_and_profile_changes(pair: tuple[RunningServer, RunningServer]) -> None:
+    """Profiles and aliases of the other server are looked up over federation; a profile change
+    reaches the rooms a user shares with the other server."""
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        await alice.call("PUT", f"/profile/{alice.user_id}/displayname", json={"displayname": "Alice of A"})
+        assert await bob.call("GET", f"/profile/{alice.user_id}") == {"displayname": "Alice of A"}
+        assert await bob.call("GET", f"/profile/{alice.user_id}/displayname") == {"displayname": "Alice of A"}
+        missing = await bob.call("GET", f"/profile/{alice.user_id}/avatar_url", expect=404)
+        assert missing["errcode"] == "M_NOT_FOUND"
+        nobody = a.server_name
+        assert (await bob.call("GET", f"/profile/@nobody:{nobody}", expect=404))["errcode"] == "M_NOT_FOUND"
+
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat",
+                                                              "room_alias_name": "lobby"}))["room_id"]
+        alias = f"#lobby:{a.server_name}"
+        found = await bob.call("GET", f"/directory/room/{alias.replace('#', '%23')}")
+        assert found["room_id"] == room and a.server_name in found["servers"]
+        unknown = await bob.call("GET", f"/directory/room/%23nothing:{a.server_name}", expect=404)
+        assert unknown["errcode"] == "M_NOT_FOUND"
+
+        await bob.call("POST", f"/join/{alias.replace('#', '%23')}")
+        await alice.sync_until(membership_in_timeline(room, bob.user_id, "join"))
+        await alice.call("PUT", f"/profile/{alice.user_id}/displayname", json={"displayname": "Alice, renamed"})
+
+        def renamed(body: dict[str, Any]) -> bool:
+            events = body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])
+            return any(e["type"] == "m.room.member" and e["state_key"] == alice.user_id
+                       and e["content"].get("displayname") == "Alice, renamed" for e in events)
+        await bob.sync_until(renamed)
