@@ -137,6 +137,13 @@ class RoomsConfig:
 
 
 @dataclass
+class UserDirectoryConfig:
+    # false: a search finds the users who share a room with the searcher or are joined to a
+    # public room (Synapse's default); true: every local user.
+    search_all_users: bool = False
+
+
+@dataclass
 class LimitsConfig:
     max_request_body_bytes: int = 1024 * 1024
 
@@ -228,6 +235,7 @@ class Config:
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
 
     @property
     def data_path(self) -> Path:
