@@ -45,6 +45,8 @@ def client_address(peer: str | None, forwarded_for: Iterable[str], trusted_proxi
     """The client's IP address for rate limits and device records."""
     if not peer:
         return "unknown"
+    if not trusted_proxies:
+        return peer
     networks = _networks(trusted_proxies)
     current = parse_address(peer)
     if current is None or not _trusted(current, networks):
