@@ -25,7 +25,7 @@ async def change_password(request: web.Request) -> web.Response:
 
     async def password(auth: dict[str, Any]) -> dict[str, Any]:
         await server.limiter.check("login", client_ip(request))
-        user = await server.accounts.check_password(auth)
+        user = await server.login.check_password(auth, client_ip(request))
         if who is None or user.user_id != who.user_id:
             raise forbidden("Invalid username or password")
         return {"user_id": user.user_id}

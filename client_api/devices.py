@@ -40,7 +40,7 @@ async def _delete(request: web.Request, device_ids: list[str], auth: object) -> 
 
     async def password(a: dict[str, Any]) -> dict[str, Any]:
         await server.limiter.check("login", client_ip(request))
-        user = await server.accounts.check_password(a)
+        user = await server.login.check_password(a, client_ip(request))
         if user.user_id != who.user_id:
             raise forbidden("Invalid username or password")
         return {}

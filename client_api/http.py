@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from client_api.forwarded import client_address
 from homeserver.accounts import Requester
 from homeserver.errors import MatrixError
 from homeserver.server import HomeServer
@@ -61,4 +62,6 @@ async def requester(request: web.Request) -> Requester:
 
 
 def client_ip(request: web.Request) -> str:
-    return request.remote or "unknown"
+    """The client's address: behind a trusted reverse proxy, from its X-Forwarded-For."""
+    return client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
+                          tuple(hs(request).config.listen.trusted_proxies))

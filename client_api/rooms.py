@@ -168,14 +168,15 @@ async def members(request: web.Request) -> web.Response:
     who = await requester(request)
     server = hs(request)
     room_id = request.match_info["room_id"]
-    await server.timeline.visible_upto(room_id, who.user_id)
-    state = await server.rooms.current_state(room_id)
+    # The spec: current members while joined, the members as of the leave (or ban) after it.
+    state = await server.timeline.visible_state(room_id, who.user_id)
+    found = await server.rooms.get_events(eid for key, eid in state.items() if key[0] == "m.room.member")
     membership = request.query.get("membership")
     not_membership = request.query.get("not_membership")
     room, version = await server.rooms.require_room(room_id)
     now = now_ms()
-    chunk = [client_event(e, version, now) for k, e in state.items() if k[0] == "m.room.member"
-             and (membership is None or e.membership == membership)
+    chunk = [client_event(e, version, now) for e in found.values()
+             if (membership is None or e.membership == membership)
              and (not_membership is None or e.membership != not_membership)]
     return ok({"chunk": chunk})
 

@@ -37,6 +37,15 @@ class Requester:
 
 
 @dataclass(frozen=True)
+class LoginTarget:
+    """What a login identifier names: the local user it resolves to (None: no such account), and
+    `key`, the same for every spelling of that identifier, known or not (per-account rate limits)."""
+
+    user_id: str | None
+    key: str
+
+
+@dataclass(frozen=True)
 class Session:
     user_id: str
     device_id: str
@@ -140,8 +149,8 @@ class Accounts:
 
     # --- password checks ---------------------------------------------
 
-    async def resolve_identifier(self, body: dict[str, Any]) -> str | None:
-        """The user ID a login identifier names (m.id.user or m.id.thirdparty email), if any."""
+    async def resolve_identifier(self, body: dict[str, Any]) -> LoginTarget:
+        """What a login identifier (m.id.user or m.id.thirdparty email) names."""
         identifier = body.get("identifier")
         if identifier is None and isinstance(body.get("user"), str):  # deprecated top-level form
             identifier = {"type": "m.id.user", "user": body["user"]}
@@ -153,25 +162,24 @@ class Accounts:
             if not isinstance(user, str) or not user:
                 raise bad_json("identifier.user must be a string")
             if user.startswith("@"):
-                return user if user.endswith(":" + self.server_name) else None
-            return user_id_for(user.lower(), self.server_name)
+                return LoginTarget(user if user.endswith(":" + self.server_name) else None, user)
+            user_id = user_id_for(user.lower(), self.server_name)
+            return LoginTarget(user_id, user_id)
         if kind == "m.id.thirdparty":
             if identifier.get("medium") != "email":
                 raise MatrixError(400, "M_UNRECOGNIZED", "Only the email medium is supported")
-            threepid = await self._store.threepids.get("email", normalise_email(identifier.get("address")))
-            if threepid is None or threepid.validated_ts is None:
-                return None
-            return threepid.user_id
+            address = normalise_email(identifier.get("address"))
+            threepid = await self._store.threepids.get("email", address)
+            verified = threepid is not None and threepid.validated_ts is not None
+            return LoginTarget(threepid.user_id if verified and threepid else None, "email:" + address)
         raise MatrixError(400, "M_UNRECOGNIZED", f"Unknown identifier type {kind!r}")
 
-    async def check_password(self, body: dict[str, Any]) -> User:
-        """Resolve the identifier and check the password, or raise 403 M_FORBIDDEN."""
-        password = body.get("password")
-        if not isinstance(password, str):
-            raise bad_json("password must be a string")
-        user_id = await self.resolve_identifier(body)
-        user = await self._store.users.get(user_id) if user_id else None
-        if user is None or user.deactivated or not await self._hasher.verify(user.password_hash, password):
+    async def verify_login(self, target: LoginTarget, password: str) -> User:
+        """The user a login names if the password is theirs, else 403 M_FORBIDDEN. The hash is
+        checked whatever the account (unknown, deactivated): no answer comes faster than another."""
+        user = await self._store.users.get(target.user_id) if target.user_id else None
+        matches = await self._hasher.verify(user.password_hash if user is not None else None, password)
+        if user is None or user.deactivated or not matches:
             raise forbidden("Invalid username or password")
         return user
 

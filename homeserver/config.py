@@ -33,6 +33,9 @@ class ConfigError(Exception):
 class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 8008
+    # Reverse proxies (CIDRs) whose X-Forwarded-For is believed: behind them the client address
+    # is the rightmost hop that is not one of them. Empty: the header is ignored.
+    trusted_proxies: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -121,6 +124,8 @@ class RateLimitsConfig:
     register: BucketConfig = field(default_factory=lambda: BucketConfig(0.17, 5))
     login: BucketConfig = field(default_factory=lambda: BucketConfig(0.5, 10))
     login_failed: BucketConfig = field(default_factory=lambda: BucketConfig(0.17, 5))
+    # Failed password checks per account, whatever the address (Synapse's rc_login.failed_attempts).
+    login_failed_account: BucketConfig = field(default_factory=lambda: BucketConfig(0.17, 3))
     otp: BucketConfig = field(default_factory=lambda: BucketConfig(0.2, 10))
     email: BucketConfig = field(default_factory=lambda: BucketConfig(0.1, 5))
     message: BucketConfig = field(default_factory=lambda: BucketConfig(10.0, 50))
@@ -134,6 +139,13 @@ class RateLimitsConfig:
 class RoomsConfig:
     # Room version of new rooms unless the client asks for another.
     default_version: str = "10"
+
+
+@dataclass
+class UserDirectoryConfig:
+    # false: a search finds the users who share a room with the searcher or are joined to a
+    # public room (Synapse's default); true: every local user.
+    search_all_users: bool = False
 
 
 @dataclass
@@ -228,6 +240,7 @@ class Config:
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
 
     @property
     def data_path(self) -> Path:
@@ -369,6 +382,11 @@ def _validate(config: Config) -> None:
         raise ConfigError("database.url: required when database.engine is postgres")
     if config.limits.max_request_body_bytes < 1024:
         raise ConfigError("limits.max_request_body_bytes: must be at least 1024")
+    for i, cidr in enumerate(config.listen.trusted_proxies):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"listen.trusted_proxies[{i}]: {cidr!r} is not a CIDR range") from None
     fed = config.federation
     for i, cidr in enumerate(fed.allowed_private_ranges):
         try:

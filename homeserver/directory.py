@@ -9,6 +9,8 @@ from homeserver.rooms import Rooms
 from storage.store import Store
 
 MAX_ALIAS_LENGTH = 255
+DEFAULT_USER_SEARCH_LIMIT = 10  # the spec's default
+MAX_USER_SEARCH_LIMIT = 50
 
 
 class RemoteAliases(Protocol):
@@ -18,11 +20,12 @@ class RemoteAliases(Protocol):
 
 
 class Directory:
-    def __init__(self, rooms: Rooms, store: Store, server_name: str) -> None:
+    def __init__(self, rooms: Rooms, store: Store, server_name: str, search_all_users: bool = False) -> None:
         self._rooms = rooms
         self._store = store
         self._server_name = server_name
         self.remote: RemoteAliases | None = None
+        self._search_all_users = search_all_users
 
     def _check_alias(self, alias: str) -> None:
         if not alias.startswith("#") or ":" not in alias or len(alias) > MAX_ALIAS_LENGTH \
@@ -131,10 +134,13 @@ class Directory:
         if not isinstance(term, str):
             raise bad_json("search_term must be a string")
         if limit is None:
-            limit = 10
+            limit = DEFAULT_USER_SEARCH_LIMIT
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise bad_json("limit must be a non-negative integer")
-        rows = await self._store.rooms.search_users(term, min(limit, 50) + 1)
+        limit = min(limit, MAX_USER_SEARCH_LIMIT)
+        # One row more than asked tells whether the results were cut short.
+        rows = await self._store.rooms.search_users(term, limit + 1,
+                                                    None if self._search_all_users else user_id)
         results = [{"user_id": r["user_id"], "display_name": r["displayname"], "avatar_url": r["avatar_url"]}
                    for r in rows]
         return {"results": results[:limit], "limited": len(results) > limit}

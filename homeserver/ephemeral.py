@@ -24,7 +24,8 @@ class Ephemeral(Protocol):
         ...
 
     async def take(self, key: str, rate: float, burst: int, cost: float = 1.0) -> float:
-        """Token bucket: take `cost` tokens; 0 if allowed, else seconds until it would be."""
+        """Token bucket: take `cost` tokens; 0 if allowed, else seconds until it would be.
+        A negative cost gives tokens back (never beyond `burst` once the bucket refills)."""
         ...
 
     async def close(self) -> None: ...

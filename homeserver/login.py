@@ -67,12 +67,7 @@ class LoginService:
         want_refresh = body.get("refresh_token") is True
 
         await self._limiter.check("login", ip)
-        try:
-            user = await self._accounts.check_password(body)
-        except MatrixError as e:
-            if e.status == 403:
-                await self._limiter.check("login_failed", ip)
-            raise
+        user = await self.check_password(body, ip)
         steps = self._steps(user, forced_email=kind == LOGIN_EMAIL_OTP)
         if not steps:
             return await self._accounts.create_session(user.user_id, device_id, display_name, want_refresh)
@@ -83,6 +78,31 @@ class LoginService:
             await self._mail_code(user, state)
         await self._save(session_id, state)
         raise self._challenge(session_id, state)
+
+    async def check_password(self, body: dict[str, Any], ip: str) -> User:
+        """The password check of /login and of UIA, under the failed-attempt limits per address and
+        per account (429 once either is used up, right password or not). Both are taken before the
+        check, so concurrent guesses cannot overrun them, and given back unless the password was
+        wrong: only failures count."""
+        password = body.get("password")
+        if not isinstance(password, str):
+            raise bad_json("password must be a string")
+        target = await self._accounts.resolve_identifier(body)
+        taken: list[tuple[str, str]] = []
+        wrong = False
+        try:
+            for action, key in (("login_failed", ip), ("login_failed_account", target.key)):
+                await self._limiter.check(action, key)
+                taken.append((action, key))
+            try:
+                return await self._accounts.verify_login(target, password)
+            except MatrixError as e:
+                wrong = e.status == 403
+                raise
+        finally:
+            if not wrong:
+                for action, key in taken:
+                    await self._limiter.give_back(action, key)
 
     def _steps(self, user: User, forced_email: bool) -> list[str]:
         steps = []

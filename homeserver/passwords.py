@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from concurrent.futures import Executor
 
 import nacl.exceptions
@@ -20,6 +21,7 @@ class PasswordHasher:
         self._executor = executor
         self._opslimit = max(config.argon2_opslimit, nacl.pwhash.argon2id.OPSLIMIT_MIN)
         self._memlimit = max(config.argon2_memlimit_kib * 1024, nacl.pwhash.argon2id.MEMLIMIT_MIN)
+        self._dummy_hash: bytes | None = None
 
     def check_strength(self, password: object) -> str:
         if not isinstance(password, str):
@@ -38,11 +40,27 @@ class PasswordHasher:
         return hashed.decode()
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
-        if not password_hash or not isinstance(password, str) or len(password.encode()) > MAX_PASSWORD_BYTES:
+        """Check a password. Without a hash (no such account) a dummy one of the same cost is
+        checked instead, so that an unknown account answers as slowly as a wrong password."""
+        if not isinstance(password, str) or len(password.encode()) > MAX_PASSWORD_BYTES:
             return False
+        if not password_hash:
+            await self._check(await self._dummy(), password)
+            return False
+        return await self._check(password_hash.encode(), password)
+
+    async def _check(self, password_hash: bytes, password: str) -> bool:
         loop = asyncio.get_running_loop()
         try:
             return bool(await loop.run_in_executor(
-                self._executor, nacl.pwhash.verify, password_hash.encode(), password.encode()))
+                self._executor, nacl.pwhash.verify, password_hash, password.encode()))
         except nacl.exceptions.InvalidkeyError:
             return False
+
+    async def _dummy(self) -> bytes:
+        """A hash of a random password with the configured cost, made on first use."""
+        if self._dummy_hash is None:
+            loop = asyncio.get_running_loop()
+            self._dummy_hash = await loop.run_in_executor(
+                self._executor, nacl.pwhash.argon2id.str, secrets.token_bytes(32), self._opslimit, self._memlimit)
+        return self._dummy_hash

@@ -28,3 +28,10 @@ class RateLimiter:
         wait = await self._store.take(f"{action}:{key}", bucket.per_second, bucket.burst, cost)
         if wait > 0:
             raise limit_exceeded(int(math.ceil(wait * 1000)) if math.isfinite(wait) else 3_600_000)
+
+    async def give_back(self, action: str, key: str, cost: float = 1.0) -> None:
+        """Return what check took, for an attempt that turned out not to count (a good password)."""
+        if not self._config.enabled:
+            return
+        bucket = self.bucket(action)
+        await self._store.take(f"{action}:{key}", bucket.per_second, bucket.burst, -cost)

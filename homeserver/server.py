@@ -103,7 +103,8 @@ class HomeServer:
                         room_data),
             sync=sync, timeline=Timeline(rooms, store, sync.current_token, visibility), visibility=visibility,
             room_data=room_data,
-            directory=Directory(rooms, store, config.server_name), filters=Filters(store), executor=executor,
+            directory=Directory(rooms, store, config.server_name, config.user_directory.search_all_users),
+            filters=Filters(store), executor=executor,
             media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor))
         await hs.media.start()
         if config.federation.enabled:

@@ -565,12 +565,27 @@ class RoomStore:
 
     # --- user directory ------------------------------------------------------
 
-    async def search_users(self, term: str, limit: int) -> list[Row]:
-        like = f"%{term.lower()}%"
-        return await self.db.fetchall(
-            "SELECT u.user_id, p.displayname, p.avatar_url FROM users u JOIN profiles p ON p.user_id = u.user_id"
-            " WHERE u.deactivated = 0 AND (LOWER(u.user_id) LIKE ? OR LOWER(COALESCE(p.displayname, '')) LIKE ?)"
-            " ORDER BY u.user_id LIMIT ?", like, like, limit)
+    async def search_users(self, term: str, limit: int, searcher: str | None) -> list[Row]:
+        """Local users whose ID or display name contains `term`, by user ID. With a `searcher`, only
+        those joined to a room the searcher is joined to, or to a room whose join rule is public."""
+        like = "%" + term.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        sql = ("SELECT u.user_id, p.displayname, p.avatar_url FROM users u JOIN profiles p ON p.user_id = u.user_id"
+               " WHERE u.deactivated = 0 AND (LOWER(u.user_id) LIKE ? ESCAPE '\\'"
+               " OR LOWER(COALESCE(p.displayname, '')) LIKE ? ESCAPE '\\')")
+        args: list[Any] = [like, like]
+        if searcher is not None:
+            # The join rule is read from the event itself: searches are rare next to state changes,
+            # so no column is kept up to date on every write for them.
+            join_rule = ("json_extract(e.json, '$.content.join_rule')" if self.db.engine == "sqlite"
+                         else "(e.json::json -> 'content' ->> 'join_rule')")
+            sql += (" AND u.user_id IN (SELECT m.state_key FROM current_state m"
+                    " WHERE m.type = 'm.room.member' AND m.membership = 'join' AND (m.room_id IN ("
+                    "SELECT s.room_id FROM current_state s WHERE s.type = 'm.room.member' AND s.state_key = ?"
+                    " AND s.membership = 'join') OR m.room_id IN ("
+                    "SELECT j.room_id FROM current_state j JOIN events e ON e.event_id = j.event_id"
+                    f" WHERE j.type = 'm.room.join_rules' AND j.state_key = '' AND {join_rule} = 'public')))")
+            args.append(searcher)
+        return await self.db.fetchall(sql + " ORDER BY u.user_id LIMIT ?", *args, limit)
 
 
 async def _extend_and_redact(tx: Connection, event: Event, prev_extremities: Sequence[str]) -> None:

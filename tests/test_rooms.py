@@ -172,6 +172,8 @@ async def test_account_data_filters_and_user_directory(client: Any) -> None:
     got = await alice.call("GET", f"/user/{alice.user_id}/filter/{fid['filter_id']}")
     assert got == {"room": {"timeline": {"limit": 3}}}
     await alice.call("POST", f"/user/{alice.user_id}/filter", expect=400, json={"room": {"timeline": {"limit": "x"}}})
+    await alice.create_room(preset="private_chat", invite=[bob.user_id])
+    await bob.call("POST", f"/join/{(await bob.sync())['rooms']['invite'].popitem()[0]}")
     found = await alice.call("POST", "/user_directory/search", json={"search_term": "bo"})
     assert [r["user_id"] for r in found["results"]] == [bob.user_id]
 
