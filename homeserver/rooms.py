@@ -193,6 +193,10 @@ class Rooms:
             return {}
         return await self._store.rooms.state_map(groups[1] if after else groups[0])
 
+    async def forward_extremities(self, room_id: str) -> list[str]:
+        """The room's latest events, which nothing held follows yet (where gap filling stops)."""
+        return await self._store.rooms.forward_extremities(room_id)
+
     async def membership(self, room_id: str, user_id: str) -> str | None:
         ev = await self.state_event(room_id, "m.room.member", user_id)
         return None if ev is None else ev.membership

@@ -1,0 +1,143 @@
+"""Receipt of federation input that once failed or slipped through: gaps in a peer's history,
+invites from servers, invite room state in both directions, profile queries.
+
+A hand-built peer (tests/test_federation_forged.py `Peer`) talks to a running Whispr, on SQLite
+and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bench.servers import PostgresAdmin, RunningServer, free_port, start_whispr
+from federation.client import FederationError
+from homeserver.event_crypto import compute_event_id, sign_event
+from homeserver.room_versions import ROOM_V10, RoomVersion
+from tests.conftest import POSTGRES_URL, need
+from tests.test_federation_forged import Peer
+from tests.test_federation_whispr import Client, federation_config
+
+
+class ReceiptPeer(Peer):
+    """A peer that serves the events it holds (get_missing_events, event) and takes invites."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.held: dict[str, dict[str, Any]] = {}  # event ID -> PDU, served on request
+        self.missing_requests: list[dict[str, Any]] = []
+        self.invites: list[dict[str, Any]] = []  # bodies of the invites we were sent
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/_matrix/federation/v1/get_missing_events/{room}", self._missing)
+        app.router.add_get("/_matrix/federation/v1/event/{event_id}", self._event)
+        app.router.add_put("/_matrix/federation/v2/invite/{room}/{event_id}", self._invite)
+
+    def hold(self, pdu: dict[str, Any], version: RoomVersion = ROOM_V10) -> str:
+        event_id = compute_event_id(pdu, version)
+        self.held[event_id] = pdu
+        return event_id
+
+    async def _missing(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.missing_requests.append(body)
+        earliest = set(body.get("earliest_events", []))
+        return web.json_response({"events": [p for i, p in self.held.items() if i not in earliest]})
+
+    async def _event(self, request: web.Request) -> web.Response:
+        pdu = self.held.get(request.match_info["event_id"])
+        if pdu is None:
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "no such event"}, status=404)
+        return web.json_response({"origin": self.name, "origin_server_ts": int(time.time() * 1000), "pdus": [pdu]})
+
+    async def _invite(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.invites.append(body)
+        return web.json_response({"event": sign_event(body["event"], self.name, self.key, ROOM_V10)})
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def setup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[RunningServer, ReceiptPeer]]:
+    engine: dict[str, Any] = {}
+    if request.param == "postgres":
+        need(POSTGRES_URL, "postgres")
+        engine = {"db": "postgres", "pg": PostgresAdmin(POSTGRES_URL)}
+    peer = ReceiptPeer(tmp_path)
+    await peer.start()
+    try:
+        server = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{free_port()}",
+                                         extra_config=federation_config(), **engine)
+    except BaseException:
+        await peer.close()
+        raise
+    try:
+        yield server, peer
+    finally:
+        await asyncio.to_thread(server.stop)
+        await peer.close()
+
+
+async def join_room(peer: Peer, server: RunningServer, room: str, user: str) -> tuple[dict[str, Any], str]:
+    """The peer's user joins a room on the server the way any server does: (join PDU, its ID)."""
+    template = await peer.client.get_json(server.server_name, f"/_matrix/federation/v1/make_join/{room}/{user}",
+                                          {"ver": ["10"]})
+    join = {k: v for k, v in template["event"].items() if k != "origin"}
+    join["origin_server_ts"] = int(time.time() * 1000)
+    join = sign_event(join, peer.name, peer.key, ROOM_V10)
+    join_id = compute_event_id(join, ROOM_V10)
+    await peer.client.put_json(server.server_name, f"/_matrix/federation/v2/send_join/{room}/{join_id}", join)
+    return join, join_id
+
+
+async def room_state(client: Client, room: str) -> dict[tuple[str, str], str]:
+    return {(e["type"], e["state_key"]): e["event_id"] for e in await client.call("GET", f"/rooms/{room}/state")}
+
+
+async def test_a_gap_in_a_peers_history_is_fetched(setup: tuple[RunningServer, ReceiptPeer]) -> None:
+    """A PDU whose prev event this server never saw: the transaction answers 200, the missing
+    event is asked for with get_missing_events, and both are accepted. When the peer cannot give
+    the missing event, that PDU alone gets an error, still in a 200."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        mallory = f"@mallory:{peer.name}"
+        join, join_id = await join_room(peer, server, room, mallory)
+        state = await room_state(alice, room)
+        auth = [state[("m.room.create", "")], state[("m.room.power_levels", "")], join_id]
+        text = {"msgtype": "m.text"}
+
+        first = peer.event(room, mallory, "m.room.message", {**text, "body": "unseen"}, [join_id], auth,
+                           join["depth"] + 1)
+        first_id = peer.hold(first)
+        second = peer.event(room, mallory, "m.room.message", {**text, "body": "after the gap"}, [first_id], auth,
+                            join["depth"] + 2)
+        second_id = compute_event_id(second, ROOM_V10)
+        result = await peer.send(server.server_name, [second], "gap1")
+        assert result["pdus"] == {second_id: {}}
+        assert len(peer.missing_requests) == 1
+        asked = peer.missing_requests[0]
+        assert asked["latest_events"] == [second_id] and join_id in asked["earliest_events"]
+        chunk = (await alice.call("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "10"}))["chunk"]
+        assert [e["content"].get("body") for e in chunk[:2]] == ["after the gap", "unseen"]
+
+        # A prev event the peer cannot give: an error for that PDU only, in a 200.
+        lost = peer.event(room, mallory, "m.room.message", {**text, "body": "lost"}, [second_id], auth,
+                          join["depth"] + 3)
+        lost_id = compute_event_id(lost, ROOM_V10)
+        orphan = peer.event(room, mallory, "m.room.message", {**text, "body": "orphan"}, [lost_id], auth,
+                            join["depth"] + 4)
+        orphan_id = compute_event_id(orphan, ROOM_V10)
+        fine = peer.event(room, mallory, "m.room.message", {**text, "body": "fine"}, [second_id], auth,
+                          join["depth"] + 3)
+        fine_id = compute_event_id(fine, ROOM_V10)
+        result = await peer.send(server.server_name, [orphan, fine], "gap2")
+        assert result["pdus"][orphan_id].get("error") and result["pdus"][fine_id] == {}
+        await alice.call("GET", f"/rooms/{room}/event/{orphan_id}", expect=404)
+        assert (await alice.call("GET", f"/rooms/{room}/event/{fine_id}"))["content"]["body"] == "fine"
