@@ -291,9 +291,8 @@ async def query_profile(request: web.Request, origin: str) -> web.Response:
     profile = await server.profiles.get(user_id)
     field = request.query.get("field")
     if field:
-        if field not in profile:
-            raise not_found("No such profile field")
-        return web.json_response({field: profile[field]})
+        # A known user without that field: 200 without it (as the spec and Synapse answer).
+        return web.json_response({field: profile[field]} if field in profile else {})
     return web.json_response(profile)
 
 

@@ -141,3 +141,20 @@ async def test_a_gap_in_a_peers_history_is_fetched(setup: tuple[RunningServer, R
         assert result["pdus"][orphan_id].get("error") and result["pdus"][fine_id] == {}
         await alice.call("GET", f"/rooms/{room}/event/{orphan_id}", expect=404)
         assert (await alice.call("GET", f"/rooms/{room}/event/{fine_id}"))["content"]["body"] == "fine"
+
+
+async def test_profile_query_for_a_field_not_set(setup: tuple[RunningServer, ReceiptPeer]) -> None:
+    """A user without an avatar: 200 without avatar_url (the spec, Synapse); an unknown user: 404."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        path = "/_matrix/federation/v1/query/profile"
+        assert (await peer.client.get_json(server.server_name, path, {"user_id": alice.user_id,
+                                                                       "field": "avatar_url"})).get("avatar_url") is None
+        await alice.call("PUT", f"/profile/{alice.user_id}/displayname", json={"displayname": "Alice"})
+        assert await peer.client.get_json(server.server_name, path, {"user_id": alice.user_id,
+                                                                      "field": "displayname"}) == {"displayname": "Alice"}
+        with pytest.raises(FederationError) as err:
+            await peer.client.get_json(server.server_name, path, {"user_id": f"@nobody:{server.server_name}",
+                                                                   "field": "avatar_url"})
+        assert err.value.status == 404 and err.value.errcode == "M_NOT_FOUND"
