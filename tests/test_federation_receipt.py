@@ -158,3 +158,78 @@ async def test_profile_query_for_a_field_not_set(setup: tuple[RunningServer, Rec
             await peer.client.get_json(server.server_name, path, {"user_id": f"@nobody:{server.server_name}",
                                                                    "field": "avatar_url"})
         assert err.value.status == 404 and err.value.errcode == "M_NOT_FOUND"
+
+
+async def send_invite(peer: Peer, server: RunningServer, pdu: dict[str, Any], version: RoomVersion = ROOM_V10,
+                      invite_room_state: list[Any] | None = None) -> dict[str, Any]:
+    event_id = compute_event_id(pdu, version)
+    return await peer.client.put_json(
+        server.server_name, f"/_matrix/federation/v2/invite/{pdu['room_id']}/{event_id}",
+        {"event": pdu, "room_version": version.identifier, "invite_room_state": invite_room_state or []})
+
+
+async def test_an_invite_from_a_server_with_nobody_in_the_room_is_refused(
+        setup: tuple[RunningServer, ReceiptPeer]) -> None:
+    """A peer with no member in a private room invites its former and banned members: 403, and
+    the forged member events reach no timeline, no state and no invitee's /sync."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice, bob, carol, dave = [await Client.register(session, server, n) for n in ("alice", "bob", "carol", "dave")]
+        room = (await alice.call("POST", "/createRoom", json={"preset": "private_chat", "room_version": "10"}))["room_id"]
+        for member in (bob, carol, dave):
+            await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": member.user_id})
+            await member.call("POST", f"/join/{room}", json={})
+        await dave.call("POST", f"/rooms/{room}/leave", json={})
+        await alice.call("POST", f"/rooms/{room}/ban", json={"user_id": carol.user_id})
+        state = await room_state(alice, room)
+        latest = (await alice.call("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "1"}))["chunk"][0]
+        base = [state[("m.room.create", "")], state[("m.room.power_levels", "")], state[("m.room.join_rules", "")]]
+        mallory = f"@mallory:{peer.name}"
+        forged = {"membership": "invite", "displayname": "FORGED", "reason": "forged by a stranger"}
+
+        # The inviter's membership missing from the auth events, then a forged join the rules refuse.
+        bare = peer.event(room, mallory, "m.room.member", forged, [latest["event_id"]], base, 100,
+                          state_key=dave.user_id)
+        fake_join = peer.event(room, mallory, "m.room.member", {"membership": "join"}, [latest["event_id"]], base,
+                               100, state_key=mallory)
+        with_join = peer.event(room, mallory, "m.room.member", forged, [peer.hold(fake_join)],
+                               base + [compute_event_id(fake_join, ROOM_V10)], 101, state_key=carol.user_id)
+        for pdu in (bare, with_join):
+            with pytest.raises(FederationError) as err:
+                await send_invite(peer, server, pdu, invite_room_state=[
+                    {"type": "m.room.name", "state_key": "", "sender": mallory, "content": {"name": "FORGED"}}])
+            assert err.value.status == 403 and err.value.errcode == "M_FORBIDDEN"
+
+        assert await room_state(alice, room) == state
+        for member in (alice, bob):
+            chunk = (await member.call("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "50"}))["chunk"]
+            assert all(e["sender"] != mallory for e in chunk)
+            timeline = (await member.call("GET", "/sync"))["rooms"]["join"][room]["timeline"]["events"]
+            assert all(e["sender"] != mallory for e in timeline)
+        for member in (carol, dave):
+            assert room not in (await member.call("GET", "/sync"))["rooms"]["invite"]
+
+
+async def test_an_invite_from_a_joined_member_of_another_server(setup: tuple[RunningServer, ReceiptPeer]) -> None:
+    """The same endpoint lets a joined member of another server invite with the invite level:
+    the invite is an event of the room, seen by its members and the invitee."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice, carol = await Client.register(session, server, "alice"), await Client.register(session, server, "carol")
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        mallory = f"@mallory:{peer.name}"
+        join, join_id = await join_room(peer, server, room, mallory)
+        state = await room_state(alice, room)
+        auth = [state[("m.room.create", "")], state[("m.room.power_levels", "")], state[("m.room.join_rules", "")],
+                join_id]
+        pdu = peer.event(room, mallory, "m.room.member", {"membership": "invite"}, [join_id], auth,
+                         join["depth"] + 1, state_key=carol.user_id)
+        signed = (await send_invite(peer, server, pdu))["event"]
+        assert server.server_name in signed["signatures"] and peer.name in signed["signatures"]
+        invite_id = compute_event_id(pdu, ROOM_V10)
+        assert (await room_state(alice, room))[("m.room.member", carol.user_id)] == invite_id
+        invite = (await carol.call("GET", "/sync"))["rooms"]["invite"][room]["invite_state"]["events"]
+        assert {"type": "m.room.join_rules", "state_key": "", "sender": alice.user_id,
+                "content": {"join_rule": "public"}} in invite
+        await carol.call("POST", f"/join/{room}", json={})
+        assert (await room_state(alice, room))[("m.room.member", carol.user_id)] != invite_id
