@@ -10,6 +10,7 @@ from aiohttp import web
 
 from client_api.http import hs
 from federation.ingest import PduRejected, server_of
+from federation.remote_rooms import received_invite_state
 from homeserver.auth_rules import AuthError, check_auth
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
@@ -200,9 +201,9 @@ async def invite(request: web.Request, origin: str) -> web.Response:
     if held:
         await _accept_invite_event(request, origin, signed, version)
     else:
-        invite_state = body.get("invite_room_state") if isinstance(body.get("invite_room_state"), list) else []
+        invite_state = received_invite_state(body.get("invite_room_state"), signed, version)
         await server.rooms.record_outside_membership(signed, version.identifier,
-                                                     {"invite_room_state": invite_state[:50]})
+                                                     {"invite_room_state": invite_state})
     return web.json_response({"event": signed.pdu})
 
 

@@ -18,8 +18,10 @@ from aiohttp import web
 
 from bench.servers import PostgresAdmin, RunningServer, free_port, start_whispr
 from federation.client import FederationError
+from homeserver.client_events import stripped_state
 from homeserver.event_crypto import compute_event_id, sign_event
-from homeserver.room_versions import ROOM_V10, RoomVersion
+from homeserver.events import Event
+from homeserver.room_versions import KNOWN_ROOM_VERSIONS, ROOM_V10, ROOM_V12, RoomVersion
 from tests.conftest import POSTGRES_URL, need
 from tests.test_federation_forged import Peer
 from tests.test_federation_whispr import Client, federation_config
@@ -59,7 +61,8 @@ class ReceiptPeer(Peer):
     async def _invite(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.invites.append(body)
-        return web.json_response({"event": sign_event(body["event"], self.name, self.key, ROOM_V10)})
+        version = KNOWN_ROOM_VERSIONS[body["room_version"]]
+        return web.json_response({"event": sign_event(body["event"], self.name, self.key, version)})
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -233,3 +236,104 @@ async def test_an_invite_from_a_joined_member_of_another_server(setup: tuple[Run
                 "content": {"join_rule": "public"}} in invite
         await carol.call("POST", f"/join/{room}", json={})
         assert (await room_state(alice, room))[("m.room.member", carol.user_id)] != invite_id
+
+
+def peer_room(peer: Peer, version: RoomVersion) -> tuple[str, list[dict[str, Any]]]:
+    """A room of the peer's own, never shared with the server under test: (room ID, its state PDUs)."""
+    owner = f"@peter:{peer.name}"
+    pdus: list[dict[str, Any]] = []
+    room = f"!preview:{peer.name}"
+
+    def add(etype: str, content: dict[str, Any], state_key: str = "") -> None:
+        prev = [compute_event_id(pdus[-1], version)] if pdus else []
+        auth = [compute_event_id(p, version) for p in pdus[:2]
+                if version.create_event_in_auth_events or p["type"] != "m.room.create"]
+        pdu: dict[str, Any] = {"sender": owner, "type": etype, "state_key": state_key, "content": content,
+                               "prev_events": prev, "auth_events": auth, "depth": len(pdus) + 1,
+                               "origin_server_ts": int(time.time() * 1000)}
+        if pdus or not version.room_id_from_create_event:
+            pdu["room_id"] = room
+        pdus.append(sign_event(pdu, peer.name, peer.key, version))
+
+    add("m.room.create", {"creator": owner, "room_version": version.identifier} if version.create_event_in_auth_events
+        else {"room_version": version.identifier})
+    if version.room_id_from_create_event:
+        room = "!" + compute_event_id(pdus[0], version)[1:]
+    add("m.room.member", {"membership": "join"}, owner)
+    add("m.room.power_levels", {"users": {owner: 100}})
+    add("m.room.join_rules", {"join_rule": "invite"})
+    add("m.room.name", {"name": "Preview"})
+    add("m.room.topic", {"topic": "what the invitee sees"})
+    add("m.room.history_visibility", {"history_visibility": "shared"})  # not a preview type
+    return room, pdus
+
+
+@pytest.mark.parametrize("version", [ROOM_V10, ROOM_V12], ids=["v10", "v12"])
+async def test_the_invite_state_a_server_sends_is_shown(setup: tuple[RunningServer, ReceiptPeer],
+                                                        version: RoomVersion) -> None:
+    """An invite to a room on another server shows the invitee the room as that server described
+    it (stripped events, or full PDUs in v12): name, topic, join rules, create event, inviter;
+    junk and events of other rooms are dropped."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        carol = await Client.register(session, server, "carol")
+        await carol.sync_until(lambda _: True)
+        room, pdus = peer_room(peer, version)
+        owner = pdus[0]["sender"]
+        invite = {"room_id": room, "sender": owner, "type": "m.room.member", "state_key": carol.user_id,
+                  "content": {"membership": "invite"}, "prev_events": [compute_event_id(pdus[-1], version)],
+                  "auth_events": [compute_event_id(p, version) for p in pdus[1:4]], "depth": len(pdus) + 1,
+                  "origin_server_ts": int(time.time() * 1000)}
+        invite = sign_event(invite, peer.name, peer.key, version)
+        full = version is ROOM_V12
+        sent = [p if full else stripped_state(Event(compute_event_id(p, version), p)) for p in pdus]
+        _, others = peer_room(peer, ROOM_V12)
+        junk: list[Any] = ["junk", 7, None, {"type": "m.room.name"}, {**stripped_state(Event("$x", pdus[4])), "content": "x"},
+                           {"type": "m.room.member", "state_key": carol.user_id, "sender": owner,
+                            "content": {"membership": "join"}}]
+        if full:  # full PDUs of another room, a create event among them
+            junk += [others[0], others[4]]
+        await send_invite(peer, server, invite, version, junk + sent)
+
+        body = await carol.sync_until(lambda b: room in b["rooms"]["invite"])
+        shown = body["rooms"]["invite"][room]["invite_state"]["events"]
+        assert all(set(e) == {"type", "state_key", "sender", "content"} for e in shown)
+        by_key = {(e["type"], e["state_key"]): e for e in shown}
+        assert set(by_key) == {("m.room.create", ""), ("m.room.member", owner), ("m.room.join_rules", ""),
+                               ("m.room.name", ""), ("m.room.topic", ""), ("m.room.member", carol.user_id)}
+        assert by_key[("m.room.name", "")]["content"] == {"name": "Preview"}
+        assert by_key[("m.room.create", "")]["content"]["room_version"] == version.identifier
+        assert by_key[("m.room.member", carol.user_id)]["content"]["membership"] == "invite"
+        assert len(shown) == len(by_key)
+        # The same on a first sync.
+        first = (await carol.call("GET", "/sync"))["rooms"]["invite"][room]["invite_state"]["events"]
+        assert sorted(map(str, first)) == sorted(map(str, shown))
+
+
+@pytest.mark.parametrize("version", [ROOM_V10, ROOM_V12], ids=["v10", "v12"])
+async def test_invites_we_send_carry_the_room_state(setup: tuple[RunningServer, ReceiptPeer],
+                                                    version: RoomVersion) -> None:
+    """Inviting a user of another server sends invite_room_state with the create event: full PDUs,
+    as stored and signed, in room version 12 (MSC4311); stripped events before it."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        room = (await alice.call("POST", "/createRoom", json={"preset": "private_chat", "name": "Ours",
+                                                              "room_version": version.identifier}))["room_id"]
+        await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": f"@xavier:{peer.name}"})
+        [body] = peer.invites
+        assert body["room_version"] == version.identifier
+        state = await room_state(alice, room)
+        sent = body["invite_room_state"]
+        keys = {(e["type"], e["state_key"]) for e in sent}
+        assert {("m.room.create", ""), ("m.room.name", ""), ("m.room.join_rules", ""),
+                ("m.room.member", alice.user_id)} <= keys
+        if version is ROOM_V12:
+            for pdu in sent:
+                assert {"auth_events", "prev_events", "depth", "hashes", "signatures"} <= set(pdu)
+                assert server.server_name in pdu["signatures"]
+                assert compute_event_id(pdu, version) == state[(pdu["type"], pdu["state_key"])]
+            create = next(p for p in sent if p["type"] == "m.room.create")
+            assert "!" + compute_event_id(create, version)[1:] == room
+        else:
+            assert all(set(e) == {"type", "state_key", "sender", "content"} for e in sent)
