@@ -337,3 +337,24 @@ async def test_invites_we_send_carry_the_room_state(setup: tuple[RunningServer, 
             assert "!" + compute_event_id(create, version)[1:] == room
         else:
             assert all(set(e) == {"type", "state_key", "sender", "content"} for e in sent)
+
+
+async def test_a_pdu_that_fails_here_fails_alone(setup: tuple[RunningServer, ReceiptPeer]) -> None:
+    """A PDU that breaks something of ours (a depth no database column holds) gets its own error in a
+    200; the transaction's other PDUs are accepted and nothing is retried."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        mallory = f"@mallory:{peer.name}"
+        join, join_id = await join_room(peer, server, room, mallory)
+        state = await room_state(alice, room)
+        auth = [state[("m.room.create", "")], state[("m.room.power_levels", "")], join_id]
+        deep = peer.event(room, mallory, "m.room.message", {"msgtype": "m.text", "body": "deep"}, [join_id], auth,
+                          2**70)
+        fine = peer.event(room, mallory, "m.room.message", {"msgtype": "m.text", "body": "fine"}, [join_id], auth,
+                          join["depth"] + 1)
+        result = await peer.send(server.server_name, [deep, fine], "deep1")
+        assert result["pdus"][compute_event_id(deep, ROOM_V10)].get("error")
+        assert result["pdus"][compute_event_id(fine, ROOM_V10)] == {}
+        await alice.call("GET", f"/rooms/{room}/event/{compute_event_id(deep, ROOM_V10)}", expect=404)
