@@ -98,6 +98,10 @@ async def join_room(peer: Peer, server: RunningServer, room: str, user: str) -> 
     return join, join_id
 
 
+async def create_room(client: Client, preset: str, version: str = "10") -> str:
+    return (await client.call("POST", "/createRoom", json={"preset": preset, "room_version": version}))["room_id"]
+
+
 async def room_state(client: Client, room: str) -> dict[tuple[str, str], str]:
     return {(e["type"], e["state_key"]): e["event_id"] for e in await client.call("GET", f"/rooms/{room}/state")}
 
@@ -109,7 +113,7 @@ async def test_a_gap_in_a_peers_history_is_fetched(setup: tuple[RunningServer, R
     server, peer = setup
     async with aiohttp.ClientSession() as session:
         alice = await Client.register(session, server, "alice")
-        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        room = await create_room(alice, "public_chat")
         mallory = f"@mallory:{peer.name}"
         join, join_id = await join_room(peer, server, room, mallory)
         state = await room_state(alice, room)
@@ -152,11 +156,11 @@ async def test_profile_query_for_a_field_not_set(setup: tuple[RunningServer, Rec
     async with aiohttp.ClientSession() as session:
         alice = await Client.register(session, server, "alice")
         path = "/_matrix/federation/v1/query/profile"
-        assert (await peer.client.get_json(server.server_name, path, {"user_id": alice.user_id,
-                                                                       "field": "avatar_url"})).get("avatar_url") is None
+        asked = await peer.client.get_json(server.server_name, path, {"user_id": alice.user_id, "field": "avatar_url"})
+        assert asked.get("avatar_url") is None
         await alice.call("PUT", f"/profile/{alice.user_id}/displayname", json={"displayname": "Alice"})
-        assert await peer.client.get_json(server.server_name, path, {"user_id": alice.user_id,
-                                                                      "field": "displayname"}) == {"displayname": "Alice"}
+        asked = await peer.client.get_json(server.server_name, path, {"user_id": alice.user_id, "field": "displayname"})
+        assert asked == {"displayname": "Alice"}
         with pytest.raises(FederationError) as err:
             await peer.client.get_json(server.server_name, path, {"user_id": f"@nobody:{server.server_name}",
                                                                    "field": "avatar_url"})
@@ -178,7 +182,7 @@ async def test_an_invite_from_a_server_with_nobody_in_the_room_is_refused(
     server, peer = setup
     async with aiohttp.ClientSession() as session:
         alice, bob, carol, dave = [await Client.register(session, server, n) for n in ("alice", "bob", "carol", "dave")]
-        room = (await alice.call("POST", "/createRoom", json={"preset": "private_chat", "room_version": "10"}))["room_id"]
+        room = await create_room(alice, "private_chat")
         for member in (bob, carol, dave):
             await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": member.user_id})
             await member.call("POST", f"/join/{room}", json={})
@@ -219,7 +223,7 @@ async def test_an_invite_from_a_joined_member_of_another_server(setup: tuple[Run
     server, peer = setup
     async with aiohttp.ClientSession() as session:
         alice, carol = await Client.register(session, server, "alice"), await Client.register(session, server, "carol")
-        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        room = await create_room(alice, "public_chat")
         mallory = f"@mallory:{peer.name}"
         join, join_id = await join_room(peer, server, room, mallory)
         state = await room_state(alice, room)
@@ -288,7 +292,8 @@ async def test_the_invite_state_a_server_sends_is_shown(setup: tuple[RunningServ
         full = version is ROOM_V12
         sent = [p if full else stripped_state(Event(compute_event_id(p, version), p)) for p in pdus]
         _, others = peer_room(peer, ROOM_V12)
-        junk: list[Any] = ["junk", 7, None, {"type": "m.room.name"}, {**stripped_state(Event("$x", pdus[4])), "content": "x"},
+        junk: list[Any] = ["junk", 7, None, {"type": "m.room.name"},
+                           {**stripped_state(Event("$x", pdus[4])), "content": "x"},
                            {"type": "m.room.member", "state_key": carol.user_id, "sender": owner,
                             "content": {"membership": "join"}}]
         if full:  # full PDUs of another room, a create event among them
@@ -345,7 +350,7 @@ async def test_a_pdu_that_fails_here_fails_alone(setup: tuple[RunningServer, Rec
     server, peer = setup
     async with aiohttp.ClientSession() as session:
         alice = await Client.register(session, server, "alice")
-        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        room = await create_room(alice, "public_chat")
         mallory = f"@mallory:{peer.name}"
         join, join_id = await join_room(peer, server, room, mallory)
         state = await room_state(alice, room)
