@@ -11,12 +11,13 @@ from aiohttp import web
 
 from client_api.http import hs
 from federation.ingest import PduRejected, server_of
+from federation.remote_rooms import received_invite_state
 from homeserver.auth_rules import AuthError, check_auth
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, not_found
 from homeserver.event_crypto import compute_event_id, sign_event
 from homeserver.events import Event
-from homeserver.room_versions import get_room_version
+from homeserver.room_versions import RoomVersion, get_room_version
 
 log = logging.getLogger("whispr.federation.endpoints")
 
@@ -245,13 +246,18 @@ async def send_membership(request: web.Request, origin: str, membership: str) ->
 
 
 async def invite(request: web.Request, origin: str) -> web.Response:
+    """Another server invites one of our users. In a room this server is in, the invite is an
+    event of the room, checked like any PDU; elsewhere it is only the invitee's pending invite."""
     server = hs(request)
     room_id, event_id = request.match_info["room_id"], request.match_info["event_id"]
     await _require_acl(request, room_id, origin)
     body = await _body(request)
     if not isinstance(body, dict) or not isinstance(body.get("event"), dict):
         raise bad_json("The body needs the invite event")
-    version = get_room_version(str(body.get("room_version", "1")))
+    room = await server.rooms.room(room_id)
+    held = room is not None and room.current_group is not None
+    version = await server.rooms.room_version(room_id) if held else get_room_version(
+        str(body.get("room_version", "1")))
     if version is None:
         raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "This server does not support that room version",
                           room_version=str(body.get("room_version")))
@@ -260,18 +266,36 @@ async def invite(request: web.Request, origin: str) -> web.Response:
     except PduRejected as e:
         raise bad_json(f"bad invite event: {e}") from None
     target = event.state_key or ""
-    if event.event_id != event_id or event.room_id != room_id or event.membership != "invite" \
-            or server_of(event.sender) != origin or server_of(target) != server.config.server_name:
+    if event.event_id != event_id or event.room_id != room_id or event.type != "m.room.member" \
+            or event.membership != "invite" or server_of(event.sender) != origin \
+            or server_of(target) != server.config.server_name:
         raise bad_json("not an invite of one of our users from your server")
     if await server.store.users.get(target) is None:
         raise not_found("Unknown user")
     if await server.rooms.membership(room_id, target) == "join":
         raise forbidden("The user is already in the room")
-    signed = sign_event(event.pdu, server.config.server_name, server.rooms.signing_key, version)
-    invite_state = body.get("invite_room_state") if isinstance(body.get("invite_room_state"), list) else []
-    await server.rooms.record_outside_membership(Event(event_id, signed), version.identifier,
-                                                 {"invite_room_state": invite_state[:50]})
-    return web.json_response({"event": signed})
+    signed = Event(event_id, sign_event(event.pdu, server.config.server_name, server.rooms.signing_key, version))
+    if held:
+        await _accept_invite_event(request, origin, signed, version)
+    else:
+        invite_state = received_invite_state(body.get("invite_room_state"), signed, version)
+        await server.rooms.record_outside_membership(signed, version.identifier,
+                                                     {"invite_room_state": invite_state})
+    return web.json_response({"event": signed.pdu})
+
+
+async def _accept_invite_event(request: web.Request, origin: str, event: Event, version: RoomVersion) -> None:
+    """An invite into a room we hold passes the auth rules against its auth events, the state
+    before it and the current state (inviter of the origin, joined, with the invite level), or
+    is refused with 403; a refused invite is kept as rejected or soft-failed, never as accepted."""
+    server = hs(request)
+    async with server.rooms.lock(event.room_id):
+        error = await server.federation.ingester.process(origin, event, version)
+        stored = await server.rooms.get_event(event.event_id)
+    if error or stored is None or stored.rejected or stored.unsigned.get("_soft_failed") \
+            or stored.unsigned.get("_outlier"):
+        log.warning("refused an invite %s from %s: %s", event.event_id, origin, error or "not allowed now")
+        raise forbidden(f"The invite was refused: {error or 'not allowed by the current state'}")
 
 
 async def _state_before(request: web.Request, origin: str) -> tuple[dict[Any, str], list[Event]]:
@@ -371,9 +395,8 @@ async def query_profile(request: web.Request, origin: str) -> web.Response:
     profile = await server.profiles.get(user_id)
     field = request.query.get("field")
     if field:
-        if field not in profile:
-            raise not_found("No such profile field")
-        return web.json_response({field: profile[field]})
+        # A known user without that field: 200 without it (as the spec and Synapse answer).
+        return web.json_response({field: profile[field]} if field in profile else {})
     return web.json_response(profile)
 
 

@@ -99,7 +99,25 @@ class Ingester:
         return Event(compute_event_id(pdu, version), pdu)
 
     async def receive(self, origin: str, pdu: Any) -> tuple[str, str | None]:
-        """Process one PDU of a transaction: (its event ID, None if accepted else why not)."""
+        """Process one PDU of a transaction: (its event ID, None if accepted else why not).
+
+        A failure of our own while processing one PDU is that PDU's error, logged: it must not
+        fail the whole transaction, which the peer would then retry forever."""
+        try:
+            return await self._receive(origin, pdu)
+        except Exception:
+            log.exception("failed to process a PDU from %s", origin)
+            return await self._event_id_of(pdu), "internal error while processing the event"
+
+    async def _event_id_of(self, pdu: Any) -> str:
+        """The event ID a PDU claims to have, or "" when it cannot be told."""
+        try:
+            version = await self._rooms.room_version(pdu["room_id"])
+            return compute_event_id(pdu, version) if version is not None else ""
+        except Exception:
+            return ""
+
+    async def _receive(self, origin: str, pdu: Any) -> tuple[str, str | None]:
         room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
         version = await self._rooms.room_version(room_id) if isinstance(room_id, str) else None
         room = await self._rooms.room(room_id) if version is not None else None

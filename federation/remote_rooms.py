@@ -12,7 +12,7 @@ from urllib.parse import quote
 from typing import Any
 
 from homeserver.auth_rules import AuthError, check_auth
-from homeserver.client_events import stripped_state
+from homeserver.client_events import stripped_from_json, stripped_state
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, forbidden, not_found
 from homeserver.event_crypto import compute_event_id, sign_event
@@ -28,6 +28,38 @@ log = logging.getLogger("whispr.federation.rooms")
 
 INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                       "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
+MAX_INVITE_STATE = 50
+
+
+def full_pdus_in_invite_state(version: RoomVersion) -> bool:
+    """MSC4311: from room version 12, invite_room_state holds full PDUs (the create event among them)."""
+    return version.room_id_from_create_event
+
+
+def received_invite_state(raw: Any, invite: Event, version: RoomVersion) -> list[dict[str, Any]]:
+    """The invite_room_state another server sent, as stripped events for the invitee's sync:
+    stripped events or full PDUs of the room's preview types and members, junk dropped. A PDU
+    must be of the invite's room (in v12, a create event must hash to the room ID)."""
+    kept: dict[StateKey, dict[str, Any]] = {}
+    for item in raw[:MAX_INVITE_STATE] if isinstance(raw, list) else []:
+        stripped = stripped_from_json(item)
+        if stripped is None or stripped["type"] not in (*INVITE_STATE_TYPES, "m.room.member"):
+            continue
+        if stripped["type"] == "m.room.member" and stripped["state_key"] == invite.state_key:
+            continue  # the invitee's membership is the invite itself
+        if ("hashes" in item or "signatures" in item) and not _pdu_of_room(item, invite.room_id, version):
+            continue
+        kept.setdefault((stripped["type"], stripped["state_key"]), stripped)
+    return list(kept.values())
+
+
+def _pdu_of_room(pdu: dict[str, Any], room_id: str, version: RoomVersion) -> bool:
+    if pdu.get("type") == "m.room.create" and version.room_id_from_create_event:
+        try:
+            return "!" + compute_event_id(pdu, version)[1:] == room_id
+        except Exception:  # not hashable as a PDU
+            return False
+    return pdu.get("room_id") == room_id
 
 
 class FederationClientLike(FederationRequests):
@@ -152,9 +184,11 @@ class RemoteRooms:
         version = await self._rooms.room_version(event.room_id)
         assert version is not None
         state = await self._rooms.current_state(event.room_id)
-        invite_state = [stripped_state(e) for k, e in state.items() if k[0] in INVITE_STATE_TYPES]
+        shown = [e for k, e in state.items() if k[0] in INVITE_STATE_TYPES]
         if ("m.room.member", event.sender) in state:
-            invite_state.append(stripped_state(state[("m.room.member", event.sender)]))
+            shown.append(state[("m.room.member", event.sender)])
+        full = full_pdus_in_invite_state(version)
+        invite_state = [e.pdu if full else stripped_state(e) for e in shown]
         try:
             resp = await self._client.put_json(
                 destination, f"/_matrix/federation/v2/invite/{q(event.room_id)}/{q(event.event_id)}",

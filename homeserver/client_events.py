@@ -40,3 +40,15 @@ def client_event(ev: Event, version: RoomVersion | None, now: int, *, device: tu
 def stripped_state(ev: Event) -> dict[str, Any]:
     """The short form of state shown with invites."""
     return {"type": ev.type, "state_key": ev.state_key, "content": ev.content, "sender": ev.sender}
+
+
+def stripped_from_json(raw: Any) -> dict[str, Any] | None:
+    """The stripped form of a state event received as JSON (stripped already, or a full PDU);
+    None when it lacks the shape (type, state_key and sender strings, a content object)."""
+    if not isinstance(raw, dict):
+        return None
+    etype, state_key, sender, content = raw.get("type"), raw.get("state_key"), raw.get("sender"), raw.get("content")
+    if not (isinstance(etype, str) and isinstance(state_key, str) and isinstance(sender, str)
+            and isinstance(content, dict)):
+        return None
+    return {"type": etype, "state_key": state_key, "content": content, "sender": sender}

@@ -193,6 +193,10 @@ class Rooms:
             return {}
         return await self._store.rooms.state_map(groups[1] if after else groups[0])
 
+    async def forward_extremities(self, room_id: str) -> list[str]:
+        """The room's latest events, which nothing held follows yet (where gap filling stops)."""
+        return await self._store.rooms.forward_extremities(room_id)
+
     async def membership(self, room_id: str, user_id: str) -> str | None:
         ev = await self.state_event(room_id, "m.room.member", user_id)
         return None if ev is None else ev.membership
@@ -401,7 +405,11 @@ class Rooms:
     async def record_outside_membership(self, event: Event, room_version: str,
                                         unsigned: dict[str, Any] | None = None) -> None:
         """A local user's membership in a room this server is not in (an invite from another
-        server, or its rejection): recorded for that user's syncs, who are woken."""
+        server, or its rejection): recorded for that user's syncs, who are woken. Never for a room
+        this server holds, whose state only takes events that pass the auth rules."""
+        room = await self._store.rooms.get_room(event.room_id)
+        if room is not None and room.current_group is not None:
+            raise forbidden("This server is in that room: its memberships are events of the room")
         stream = await self._store.rooms.record_invite(event, room_version, now_ms(), unsigned)
         await self._notifier.notify(stream, event.room_id, [event.state_key] if event.state_key else [])
 

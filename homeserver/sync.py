@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from homeserver.accounts import Requester
-from homeserver.client_events import client_event, stripped_state
+from homeserver.client_events import client_event, stripped_from_json, stripped_state
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError
 from homeserver.events import Event
@@ -343,6 +343,11 @@ class SyncService:
         state = await self._rooms.current_state(room_id)
         events = [stripped_state(e) for k, e in state.items() if k[0] in INVITE_STATE_TYPES]
         invite = await self._rooms.get_event(member_event_id)
+        if not state and invite is not None:
+            # A room this server is not in: the state the inviting server sent with the invite.
+            received = invite.unsigned.get("invite_room_state")
+            events = [e for e in map(stripped_from_json, received if isinstance(received, list) else [])
+                      if e is not None]
         if invite is not None:
             events.append(stripped_state(invite))
         return {"invite_state": {"events": events}}

@@ -320,7 +320,9 @@ class RoomStore:
 
     async def record_invite(self, event: Event, room_version: str, ts: int,
                             unsigned: dict[str, Any] | None = None) -> int:
-        """An invite to a room we are not in: the invitee's membership row, visible to sync."""
+        """An invite to a room we are not in (or its rejection): the invitee's membership row,
+        visible to their sync. The event is an outlier, outside any timeline, but takes a
+        positive position so that the invitee's sync reports it."""
         async with self.db.transaction() as tx:
             await tx.execute(
                 "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?, ?, ?, ?)"
@@ -328,7 +330,7 @@ class RoomStore:
             stream = await next_stream(tx)
             await tx.execute(
                 "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
-                " json, unsigned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                " json, unsigned, outlier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (event_id) DO NOTHING",
                 stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
                 event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")),
                 json.dumps(unsigned) if unsigned else None)
@@ -519,9 +521,11 @@ class RoomStore:
         return [r["state_key"] for r in rows]
 
     async def membership_changes(self, user_id: str, after: int, upto: int) -> list[Event]:
+        """The user's accepted membership events in (after, upto]; the only outliers at positive
+        positions are memberships in rooms we are not in (record_invite), which count."""
         rows = await self.db.fetchall(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE type = 'm.room.member' AND state_key = ?"
-            " AND stream > ? AND stream <= ? AND rejected IS NULL AND outlier = 0 AND soft_failed = 0"
+            " AND stream > ? AND stream <= ? AND rejected IS NULL AND soft_failed = 0"
             " ORDER BY stream", user_id, after, upto)
         return [event_from_row(r) for r in rows]
 

@@ -54,7 +54,9 @@ async def story(owner: Client, guest: Client, version: str, messages: int = 20) 
     room = (await owner.call("POST", "/createRoom", json={"preset": "private_chat", "room_version": version,
                                                           "name": f"v{version}"}))["room_id"]
     await owner.call("POST", f"/rooms/{room}/invite", json={"user_id": guest.user_id})
-    await guest.sync_until(lambda body: room in body["rooms"]["invite"])
+    invited = await guest.sync_until(lambda body: room in body["rooms"]["invite"])
+    shown = {e["type"]: e for e in invited["rooms"]["invite"][room]["invite_state"]["events"]}
+    assert shown["m.room.name"]["content"] == {"name": f"v{version}"} and "m.room.create" in shown
     await guest.call("POST", f"/join/{room}")
     await owner.sync_until(membership_in_timeline(room, guest.user_id, "join"))
     for i in range(messages):
