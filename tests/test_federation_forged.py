@@ -18,7 +18,7 @@ from aiohttp import web
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 
-from bench.servers import PostgresAdmin, RunningServer, free_port, start_whispr
+from bench.servers import DbEngine, PostgresAdmin, RunningServer, free_port, start_whispr
 from federation.client import FederationClient, FederationError
 from federation.listener import generate_self_signed_cert
 from homeserver.config import FederationConfig
@@ -216,9 +216,10 @@ class HistoryPeer(Peer):
             prev, depth = [ids[name]], depth + 1
 
         def ev(etype: str, content: dict[str, Any], auth: list[str], state_key: str | None = None,
-               sender: str | None = None, key: Any = None) -> dict[str, Any]:
-            return self.event(self.room, sender or self.owner, etype, content, prev, list(auth), depth + 1,
-                              state_key=state_key, key=key)
+               sender: str | None = None, key: Any = None, signer: Peer | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+            return (signer or self).event(self.room, sender or self.owner, etype, content, prev, list(auth),
+                                          depth + 1, state_key=state_key, key=key, extra=extra)
 
         add("create", ev("m.room.create", {"creator": self.owner, "room_version": "10"}, [], ""), True)
         add("member", ev("m.room.member", {"membership": "join"}, [ids["create"]], self.owner), True)
@@ -230,6 +231,7 @@ class HistoryPeer(Peer):
         add("rules", ev("m.room.join_rules", {"join_rule": "public"}, base, ""), True)
         for i in range(5):
             add(f"m{i}", ev("m.room.message", {"msgtype": "m.text", "body": f"m{i}"}, base))
+        self.more_history(add, ev, ids)
         tampered = ev("m.room.message", {"msgtype": "m.text", "body": "original"}, base)
         add("tampered", tampered)
         tampered["content"] = {"msgtype": "m.text", "body": "changed in transit"}
@@ -241,6 +243,9 @@ class HistoryPeer(Peer):
         self.join_prev, self.join_depth, self.join_auth = prev, depth + 1, [ids["create"], ids["levels"],
                                                                            ids["rules"]]
         return ids
+
+    def more_history(self, add: Any, ev: Any, ids: dict[str, str]) -> None:
+        """More events after the five messages, for subclasses: add(name, pdu), ev(...) builds one."""
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/_matrix/federation/v1/make_join/{room}/{user}", self._make_join)
@@ -437,3 +442,54 @@ async def test_received_redactions_apply_only_where_the_rules_allow(two_peers: t
         for event_id, body in ((there, "in the other room"), (later[0], "later in the other room")):
             seen = await alice.call("GET", f"/rooms/{elsewhere.room}/event/{event_id}")
             assert seen["content"]["body"] == body and "redacted_because" not in seen["unsigned"]
+
+
+class RedactedHistoryPeer(HistoryPeer):
+    """History with two redactions in it: one by the room's admin, one by a level-0 user of another
+    server (`other`, whose key server runs too)."""
+
+    def __init__(self, tmp: Path, other: Peer) -> None:
+        super().__init__(tmp)
+        self.other = other
+
+    def more_history(self, add: Any, ev: Any, ids: dict[str, str]) -> None:
+        eve = f"@eve:{self.other.name}"
+        base = [ids["create"], ids["levels"]]
+        add("eve", ev("m.room.member", {"membership": "join"}, base + [ids["rules"]], eve, sender=eve,
+                      signer=self.other))
+        add("by_admin", ev("m.room.redaction", {}, base + [ids["member"]], extra={"redacts": ids["m1"]}))
+        add("by_eve", ev("m.room.redaction", {}, base + [ids["eve"]], sender=eve, signer=self.other,
+                         extra={"redacts": ids["m2"]}))
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+async def test_backfilled_redactions_apply_only_where_the_rules_allow(tmp_path: Path, db: DbEngine) -> None:
+    """History fetched over /backfill: the admin's redaction applies, that of a level-0 user of
+    another server is kept but not applied (both arrive before their targets, newest first)."""
+    if db == "postgres":
+        need(POSTGRES_URL, "postgres")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    other = Peer(tmp_path / "two")
+    peer = RedactedHistoryPeer(tmp_path / "one", other)
+    await other.start()
+    await peer.start()
+    ids = peer.build()
+    server = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{free_port()}", db=db,
+                                     pg=PostgresAdmin(POSTGRES_URL) if db == "postgres" else None,
+                                     extra_config=federation_config())
+    try:
+        async with aiohttp.ClientSession() as session:
+            bob = await Client.register(session, server, "bob")
+            await bob.call("POST", f"/join/{peer.room}", params={"server_name": peer.name}, json={})
+            shown = {e["event_id"]: e for e in await page_back(bob, peer.room, 4)}
+            assert shown[ids["by_eve"]]["redacts"] == ids["m2"]
+            assert shown[ids["m1"]]["content"] == {}
+            assert shown[ids["m1"]]["unsigned"]["redacted_because"]["event_id"] == ids["by_admin"]
+            assert shown[ids["m2"]]["content"]["body"] == "m2" and "redacted_because" not in shown[ids["m2"]]["unsigned"]
+            seen = await bob.call("GET", f"/rooms/{peer.room}/event/{ids['m2']}")
+            assert seen["content"]["body"] == "m2"
+    finally:
+        await asyncio.to_thread(server.stop)
+        await peer.close()
+        await other.close()
