@@ -367,8 +367,8 @@ class Rooms:
                                         ) -> tuple[str | None, HeldRedaction | None]:
         """What a received (accepted) redaction does: the target it is applied to, if held and the
         rules allow it; else, for a target not held yet, what to check when it arrives. Judged with
-        the state before the redaction (not its listed auth events, which may cite an older power
-        levels event)."""
+        `state_before`, the state before the redaction, rather than its listed auth events, which
+        may cite an older power levels event (backfill, where that state is unknown, has only those)."""
         target_id = redaction.redaction_target(version)
         if target_id is None:
             return None, None
@@ -489,8 +489,8 @@ class Rooms:
 
         The state before a backfilled event is not known: a redaction is judged with its own auth events."""
         redacts, held = None, None
-        version = await self.room_version(event.room_id)
-        if event.type == "m.room.redaction" and version is not None:
+        version = await self.room_version(event.room_id) if event.type == "m.room.redaction" else None
+        if version is not None:
             auth = {e.key: e.event_id for e in (await self.get_events(event.auth_event_ids)).values() if e.is_state}
             if not version.create_event_in_auth_events:
                 auth[CREATE] = "$" + event.room_id[1:]  # v12: implied by the room ID
