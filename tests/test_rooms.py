@@ -215,6 +215,8 @@ async def test_redacting_unknown_or_other_rooms_events_is_not_found(client: Any)
     for target in ("$unknown", elsewhere):
         body = await alice.call("PUT", f"/rooms/{room}/redact/{target}/r{target[1:4]}", expect=404, json={})
         assert body["errcode"] == "M_NOT_FOUND"
+    body = await alice.call("PUT", f"/rooms/{room}/state/m.room.redaction/k", expect=404, json={"redacts": elsewhere})
+    assert body["errcode"] == "M_NOT_FOUND"  # a state event of that type is checked the same way
     body = await alice.call("PUT", f"/rooms/{room}/send/m.room.redaction/r9", expect=400, json={"reason": "x"})
     assert body["errcode"] == "M_BAD_JSON"  # a redaction must name its target
     assert (await alice.call("GET", f"/rooms/{other}/event/{elsewhere}"))["content"]["body"] == "in the other room"
