@@ -504,15 +504,30 @@ def _check_level_change(name: str, before: object, after: object, sender_level: 
 
 # ---- applying redactions ------------------------------------------------------------------------
 
+def may_redact_any(sender: str, auth_state: Mapping[StateKey, Event], room_version: RoomVersion) -> bool:
+    """Whether `sender` has the redact level, which lets them redact other users' events."""
+    return user_power_level(sender, auth_state, room_version) >= named_level(auth_state, "redact")
+
+
+def local_redaction_allowed(redaction: Event, target: Event, auth_state: Mapping[StateKey, Event],
+                            room_version: RoomVersion) -> bool:
+    """Whether a local user may redact `target` (Client-Server API): their own event, or anyone's
+    with the redact level; never an event of another room."""
+    if target.room_id != redaction.room_id:
+        return False
+    return target.sender == redaction.sender or may_redact_any(redaction.sender, auth_state, room_version)
+
+
 def redaction_allowed(redaction: Event, target: Event, auth_state: Mapping[StateKey, Event],
                       room_version: RoomVersion) -> bool:
-    """Whether an (already authorised) redaction should actually be applied to `target`.
+    """Whether an (already authorised) received redaction should actually be applied to `target`.
 
     The auth rules never look at the redact level; instead a redaction takes effect only if its
-    sender has the redact level or is on the same server as the redacted event's sender.
+    sender has the redact level or (v3+) is on the same server as the redacted event's sender,
+    and never across rooms. `auth_state` is the state before the redaction.
     """
-    if target.pdu.get("room_id") != redaction.pdu.get("room_id"):
+    if target.room_id != redaction.room_id:
         return False
-    if server_of(redaction.sender) == server_of(target.sender):
+    if room_version.same_server_redactions and server_of(redaction.sender) == server_of(target.sender):
         return True
-    return user_power_level(redaction.sender, auth_state, room_version) >= named_level(auth_state, "redact")
+    return may_redact_any(redaction.sender, auth_state, room_version)

@@ -32,8 +32,9 @@ def client_event(ev: Event, version: RoomVersion | None, now: int, *, device: tu
                            "room_id": ev.room_id, "unsigned": unsigned}
     if "state_key" in pdu:
         out["state_key"] = pdu["state_key"]
-    if ev.type == "m.room.redaction" and ev.redacts:
-        out["redacts"] = ev.redacts  # clients read it top-level in every version
+    target = ev.redaction_target(version) if version is not None else None
+    if target is not None:
+        out["redacts"] = target  # clients read it top-level in every version
     return out
 
 

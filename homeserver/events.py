@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from homeserver.room_versions import RoomVersion
 
 StateKey = tuple[str, str]  # (event type, state_key)
 
@@ -74,10 +77,10 @@ class Event:
         value = self.content.get("membership")
         return value if isinstance(value, str) else None
 
-    @property
-    def redacts(self) -> str | None:
-        """The target of a redaction: in content from v11 on, top-level before."""
+    def redaction_target(self, version: RoomVersion) -> str | None:
+        """The event an m.room.redaction names: under `content` from v11 on, top-level before
+        (the other place is just data in that version)."""
         if self.type != "m.room.redaction":
             return None
-        target = self.content.get("redacts", self.pdu.get("redacts"))
+        target = self.content.get("redacts") if version.redacts_in_content else self.pdu.get("redacts")
         return target if isinstance(target, str) else None

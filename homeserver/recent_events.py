@@ -4,8 +4,8 @@ For each room it keeps every timeline event with a stream position above the
 room's `floor`. Events persisted by this process are appended before their
 notification goes out, and every stream notification is observed: one for an
 event that was not appended here (another worker, an invite recorded by the
-federation endpoints) raises the floor past it, as does a redaction of an event
-held here (the held copy no longer says it is redacted). A reader therefore
+federation endpoints) raises the floor past it, as does an applied redaction of an
+event held here (the held copy no longer says it is redacted). A reader therefore
 gets either the exact answer the database would give, or None and asks the
 database.
 """
@@ -44,8 +44,9 @@ class RecentEvents:
         self._max_rooms = max_rooms
         self._rings: OrderedDict[str, _Ring] = OrderedDict()
 
-    def append(self, event: Event) -> None:
-        """An accepted timeline event this process has just committed (before it notifies)."""
+    def append(self, event: Event, redacted: str | None = None) -> None:
+        """An accepted timeline event this process has just committed (before it notifies);
+        `redacted` is the event it redacted, if it is a redaction that was applied."""
         room_id = event.room_id
         ring = self._rings.get(room_id)
         if ring is None:
@@ -57,10 +58,9 @@ class RecentEvents:
             self._rings.move_to_end(room_id)
         if event.stream <= ring.floor:
             return
-        target = event.redacts
-        if target is not None:
+        if redacted is not None:
             for held in ring.events:
-                if held.event_id == target:
+                if held.event_id == redacted:
                     ring.raise_floor(held.stream)
                     break
         if ring.streams and event.stream < ring.streams[-1]:

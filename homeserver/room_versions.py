@@ -32,6 +32,9 @@ class RoomVersion:
     redaction_rules: RedactionRules
     # v11+: m.room.redaction carries `redacts` in content rather than at the top level.
     redacts_in_content: bool
+    # v3+: a received redaction is applied when its sender is on the server of the target's sender
+    # even without the redact level (the receiving server checks it; the auth rules do not).
+    same_server_redactions: bool
     knock_join_rule: bool
     restricted_join_rule: bool
     knock_restricted_join_rule: bool
@@ -55,6 +58,7 @@ ROOM_V10 = RoomVersion(
     creator_in_create_content=True,
     redaction_rules=RedactionRules.V10,
     redacts_in_content=False,
+    same_server_redactions=True,
     knock_join_rule=True,
     restricted_join_rule=True,
     knock_restricted_join_rule=True,
@@ -69,6 +73,7 @@ ROOM_V11 = RoomVersion(
     creator_in_create_content=False,
     redaction_rules=RedactionRules.V11,
     redacts_in_content=True,
+    same_server_redactions=True,
     knock_join_rule=True,
     restricted_join_rule=True,
     knock_restricted_join_rule=True,
@@ -83,6 +88,7 @@ ROOM_V12 = RoomVersion(
     creator_in_create_content=False,
     redaction_rules=RedactionRules.V11,
     redacts_in_content=True,
+    same_server_redactions=True,
     knock_join_rule=True,
     restricted_join_rule=True,
     knock_restricted_join_rule=True,

@@ -17,7 +17,8 @@ from typing import Any, Awaitable, Callable, Iterable
 from canonicaljson import encode_canonical_json
 from signedjson.key import SigningKey
 
-from homeserver.auth_rules import AuthError, auth_types_for_event, check_auth, server_of
+from homeserver.auth_rules import (AuthError, auth_types_for_event, check_auth, local_redaction_allowed,
+                                   may_redact_any, redaction_allowed, server_of)
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.event_crypto import compute_event_id, sign_event
@@ -27,7 +28,7 @@ from homeserver.recent_events import RecentEvents
 from homeserver.room_versions import RoomVersion, get_room_version
 from homeserver.state_res import resolve_state_v2
 from storage.database import ConstraintViolation
-from storage.rooms import RoomInfo, StateMap, TxnRef
+from storage.rooms import HeldRedaction, RoomInfo, StateMap, TxnRef
 from storage.store import Store
 
 log = logging.getLogger("whispr.rooms")
@@ -38,6 +39,7 @@ EVENT_CACHE_SIZE = 20_000
 SERVERS_CACHE_SIZE = 4_096
 HEADS_CACHE_SIZE = 4_096
 CREATE: StateKey = ("m.room.create", "")
+POWER_LEVELS: StateKey = ("m.room.power_levels", "")
 POWER_LEVEL_INT_KEYS = ("ban", "events_default", "invite", "kick", "redact", "state_default", "users_default")
 
 
@@ -67,6 +69,19 @@ def _check_power_levels(content: dict[str, Any]) -> None:
         value = content.get(key, {})
         if not isinstance(value, dict) or not all(_is_int(v) for v in value.values()):
             raise bad_json(f"power levels {key} must map to integers")
+
+
+def _redacts_where_kept(version: RoomVersion, content: dict[str, Any],
+                        extra: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A local m.room.redaction with its target where its room version keeps it: v10 reads the
+    top-level key, so a target a client gave in content (as v11+ has it) is copied there.
+    400 unless there is one."""
+    if not version.redacts_in_content and "redacts" not in (extra or {}) and isinstance(content.get("redacts"), str):
+        extra = {**(extra or {}), "redacts": content["redacts"]}
+    target = content.get("redacts") if version.redacts_in_content else (extra or {}).get("redacts")
+    if not isinstance(target, str) or not target:
+        raise bad_json("m.room.redaction needs the ID of the event it redacts (redacts)")
+    return extra
 
 
 @dataclass(frozen=True)
@@ -248,14 +263,18 @@ class Rooms:
                 raise forbidden("You are not in this room")  # unknown rooms look the same
             version = get_room_version(room.room_version)
             assert version is not None
+            if event_type == "m.room.redaction":
+                extra = _redacts_where_kept(version, content, extra)
             state = await self._store.rooms.state_map(room.current_group)
             pdu, prev_ids = await self._template(room_id, version, state, sender, event_type, content, state_key,
                                                  extremities)
             pdu.update(extra or {})
             event = await self._sign_and_check(pdu, version, state)
+            redacts = await self._check_local_redaction(event, version, state) \
+                if event_type == "m.room.redaction" else None
             if countersign is not None:
                 event = await countersign(event)
-            return await self._persist(event, room, state, prev_ids, txn, extremities)
+            return await self._persist(event, room, state, prev_ids, txn, extremities, redacts)
 
     async def _head_of(self, room_id: str) -> tuple[RoomInfo | None, list[str]]:
         """The room and its forward extremities; the caller holds the room's lock.
@@ -330,6 +349,45 @@ class Rooms:
             raise forbidden(str(e)) from None
         return event
 
+    async def _levels_state(self, state: StateMap) -> dict[StateKey, Event]:
+        """The create and power levels events of a state: all that judging a redaction reads."""
+        found = await self.get_events(state[k] for k in (CREATE, POWER_LEVELS) if k in state)
+        return {k: found[state[k]] for k in (CREATE, POWER_LEVELS) if k in state and state[k] in found}
+
+    async def _check_local_redaction(self, redaction: Event, version: RoomVersion, state: StateMap) -> str:
+        """The event a local user's (authorised) redaction redacts: 404 unless it is an event of the
+        room, 403 unless it is their own or they have the redact level."""
+        target_id = redaction.redaction_target(version)
+        assert target_id is not None  # _redacts_where_kept made sure
+        target = await self.get_event(target_id)
+        if target is None or target.room_id != redaction.room_id or target.rejected \
+                or target.unsigned.get("_soft_failed"):
+            raise not_found("Event not found")
+        if not local_redaction_allowed(redaction, target, await self._levels_state(state), version):
+            raise forbidden("Redacting other users' events needs the redact power level")
+        return target_id
+
+    async def _judge_received_redaction(self, redaction: Event, version: RoomVersion, state_before: StateMap,
+                                        ) -> tuple[str | None, HeldRedaction | None]:
+        """What a received (accepted) redaction does: the target it is applied to, if held and the
+        rules allow it; else, for a target not held yet, what to check when it arrives. Judged with
+        `state_before`, the state before the redaction, rather than its listed auth events, which
+        may cite an older power levels event (backfill, where that state is unknown, has only those)."""
+        target_id = redaction.redaction_target(version)
+        if target_id is None:
+            return None, None
+        levels = await self._levels_state(state_before)
+        target = await self.get_event(target_id)
+        if target is None:
+            return None, HeldRedaction(redaction.event_id, target_id, redaction.room_id,
+                                       server_of(redaction.sender) if version.same_server_redactions else None,
+                                       may_redact_any(redaction.sender, levels, version))
+        if redaction_allowed(redaction, target, levels, version):
+            return target_id, None
+        log.info("not applying redaction %s of %s by %s: not allowed", redaction.event_id, target_id,
+                 redaction.sender)
+        return None, None
+
     async def _replaced_state(self, event: Event, state: StateMap) -> dict[str, Any]:
         """What clients get in `unsigned` about the state event this one replaces."""
         if not event.is_state or event.key not in state:
@@ -341,18 +399,19 @@ class Rooms:
                 "prev_sender": replaced.sender}
 
     async def _persist(self, event: Event, room: RoomInfo, state: StateMap, prev_ids: list[str],
-                       txn: TxnRef | None, extremities: list[str] | None = None) -> Event:
+                       txn: TxnRef | None, extremities: list[str] | None = None,
+                       redacts: str | None = None) -> Event:
         unsigned = await self._replaced_state(event, state)
         persisted = await self._store.rooms.persist_event(
             event, state_before=room.current_group, before_map=state, prev_extremities=prev_ids, txn=txn,
-            unsigned=unsigned)
+            unsigned=unsigned, redacts=redacts)
         if txn is not None:
             unsigned = {**unsigned, "_txn": [txn.device_id, txn.txn_id]}
         stored = Event(event.event_id, event.pdu, stream=persisted.stream, unsigned=unsigned)
         self._cache(stored)
-        self.recent.append(stored)  # before the notification, which would mark it missing
-        if stored.redacts:
-            self.forget_cached(stored.redacts)
+        self.recent.append(stored, redacts)  # before the notification, which would mark it missing
+        if redacts:
+            self.forget_cached(redacts)
         if extremities is not None and not self._notifier.shared:
             self._heads[room.room_id] = _Head(
                 replace(room, current_group=persisted.state_after, last_stream=persisted.stream),
@@ -387,15 +446,20 @@ class Rooms:
             new_current = await resolve_state_v2(version, [current, after], self.get_event)
         before_group = await self._group_for(event.room_id, state_before)
         unsigned = await self._replaced_state(event, state_before)
+        redacts, held = await self._judge_received_redaction(event, version, state_before) \
+            if event.type == "m.room.redaction" else (None, None)
         persisted = await self._store.rooms.persist_remote_event(
             event, state_before=before_group, before_map=state_before, current_before=current,
-            new_current=new_current, prev_extremities=event.prev_event_ids, unsigned=unsigned)
+            new_current=new_current, prev_extremities=event.prev_event_ids, unsigned=unsigned,
+            redacts=redacts, held=held)
+        if persisted.redacted_by:  # a redaction that came first, and was allowed
+            unsigned = {**unsigned, "redacted_by": persisted.redacted_by}
         stored = Event(event.event_id, event.pdu, stream=persisted.stream, unsigned=unsigned)
         self._cache(stored)
         self._heads.pop(event.room_id, None)
-        self.recent.append(stored)  # before the notification, which would mark it missing
-        if stored.redacts:
-            self.forget_cached(stored.redacts)
+        self.recent.append(stored, redacts)  # before the notification, which would mark it missing
+        if redacts:
+            self.forget_cached(redacts)
         targets = [stored.state_key] if stored.type == "m.room.member" and stored.state_key else []
         if new_current is not None:  # resolution may have changed anyone's membership
             targets += [k[1] for k, v in new_current.items() if k[0] == "m.room.member" and current.get(k) != v]
@@ -429,11 +493,20 @@ class Rooms:
         return await self._store.rooms.new_state_group(room_id, None, {}, state)
 
     async def persist_backfilled(self, event: Event) -> bool:
-        """Store an accepted event of the room's history from another server; False if held already."""
-        stored = await self._store.rooms.persist_backfilled(event) is not None
+        """Store an accepted event of the room's history from another server; False if held already.
+
+        The state before a backfilled event is not known: a redaction is judged with its own auth events."""
+        redacts, held = None, None
+        version = await self.room_version(event.room_id) if event.type == "m.room.redaction" else None
+        if version is not None:
+            auth = {e.key: e.event_id for e in (await self.get_events(event.auth_event_ids)).values() if e.is_state}
+            if not version.create_event_in_auth_events:
+                auth[CREATE] = "$" + event.room_id[1:]  # v12: implied by the room ID
+            redacts, held = await self._judge_received_redaction(event, version, auth)
+        stored = await self._store.rooms.persist_backfilled(event, redacts, held) is not None
         self.forget_cached(event.event_id)
-        if event.redacts:
-            self.forget_cached(event.redacts)
+        if redacts:
+            self.forget_cached(redacts)
         return stored
 
     async def persist_outlier(self, event: Event, rejected: str | None = None, soft_failed: bool = False) -> None:

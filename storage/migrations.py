@@ -269,6 +269,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (origin, txn_id)
         )""",
     )),
+    Migration(6, "received redactions held until their target arrives", (
+        # sender_server is NULL when the room version has no same-server rule; any_sender is 1
+        # when the redaction's sender had the redact level in the state before it.
+        """CREATE TABLE held_redactions (
+            target_id TEXT NOT NULL,
+            redaction_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            sender_server TEXT,
+            any_sender INTEGER NOT NULL,
+            PRIMARY KEY (target_id, redaction_id)
+        )""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -41,6 +41,20 @@ class SendContext:
 class Persisted:
     stream: int
     state_after: int | None
+    redacted_by: str | None = None  # a held redaction applied to the event as it was stored
+
+
+@dataclass(frozen=True)
+class HeldRedaction:
+    """A received redaction whose target is not here yet: applied to the target when it arrives,
+    in the same room, if `any_sender` (its sender had the redact level) or the target's sender is
+    on `sender_server` (None: no same-server rule in the room version)."""
+
+    redaction_id: str
+    target_id: str
+    room_id: str
+    sender_server: str | None
+    any_sender: bool
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,16 @@ def event_from_row(row: Row) -> Event:
 
 
 _EVENT_COLUMNS = "stream, event_id, json, rejected, redacted_by, unsigned, txn_device, txn_id, outlier, soft_failed"
+
+# The redaction held for an event arriving from another server (see HeldRedaction), as a value of
+# its INSERT: no statement of its own. Arguments: event ID, room ID, the event sender's server.
+_HELD_REDACTION = ("(SELECT redaction_id FROM held_redactions WHERE target_id = ? AND room_id = ?"
+                   " AND (any_sender = 1 OR sender_server = ?) ORDER BY redaction_id LIMIT 1)")
+
+
+def _held_args(event: Event) -> tuple[str, str, str]:
+    sender = event.sender
+    return event.event_id, event.room_id, sender.split(":", 1)[1] if ":" in sender else ""
 
 
 class RoomStore:
@@ -121,16 +145,18 @@ class RoomStore:
 
     async def persist_event(self, event: Event, *, state_before: int | None, before_map: StateMap | None,
                             prev_extremities: Sequence[str], txn: TxnRef | None = None,
-                            unsigned: dict[str, Any] | None = None) -> Persisted:
+                            unsigned: dict[str, Any] | None = None, redacts: str | None = None) -> Persisted:
         """Store one accepted event and everything that follows from it, in one transaction.
 
         `before_map` is the full state before the event (from the state cache), so
-        a state event can start a fresh snapshot without reading it back.
+        a state event can start a fresh snapshot without reading it back. `redacts` is the event
+        it redacts, when the caller found the redaction allowed.
         """
         if not event.is_state:
             if self.db.engine == "postgres":
-                return await self._persist_message_pg(event, state_before, prev_extremities, txn, unsigned)
-            return await self._persist_message(event, state_before, prev_extremities, txn, unsigned)
+                return await self._persist_message_pg(event, state_before, prev_extremities, txn, unsigned,
+                                                      redacts)
+            return await self._persist_message(event, state_before, prev_extremities, txn, unsigned, redacts)
         async with self.db.transaction() as tx:
             stream = await next_stream(tx)
             state_after = state_before
@@ -153,11 +179,12 @@ class RoomStore:
                     event.room_id, event.type, event.state_key, event.event_id, event.membership)
             await tx.execute("UPDATE rooms SET last_stream = ?, current_group = ? WHERE room_id = ?",
                              stream, state_after, event.room_id)
-            await _extend_and_redact(tx, event, prev_extremities)
+            await _extend_and_redact(tx, event, prev_extremities, redacts)
         return Persisted(stream, state_after)
 
     async def _persist_message(self, event: Event, state_group: int | None, prev_extremities: Sequence[str],
-                               txn: TxnRef | None, unsigned: dict[str, Any] | None) -> Persisted:
+                               txn: TxnRef | None, unsigned: dict[str, Any] | None,
+                               redacts: str | None) -> Persisted:
         """persist_event for an event that adds no state: every write refers to the new position
         through a subquery and the position is read last, with COMMIT, so that on SQLite the
         whole transaction is one hand-off to the writer thread."""
@@ -174,24 +201,25 @@ class RoomStore:
                 txn.device_id if txn else None, txn.txn_id if txn else None)
             await tx.execute(f"UPDATE rooms SET last_stream = {position}, current_group = ? WHERE room_id = ?",
                              state_group, event.room_id)
-            await _extend_and_redact(tx, event, prev_extremities)
+            await _extend_and_redact(tx, event, prev_extremities, redacts)
             stream = await tx.fetchval_and_commit("SELECT pos FROM stream_counter WHERE name = 'stream'")
         return Persisted(int(stream), state_group)
 
     async def _persist_message_pg(self, event: Event, state_group: int | None, prev_extremities: Sequence[str],
-                                  txn: TxnRef | None, unsigned: dict[str, Any] | None) -> Persisted:
+                                  txn: TxnRef | None, unsigned: dict[str, Any] | None,
+                                  redacts: str | None) -> Persisted:
         """persist_event for an event that adds no state, on PostgreSQL: the same writes as one
         statement of data-modifying CTEs (one round trip, atomic), since the room's lock is held
         meanwhile and round trips are what bound a busy room's messages/s there."""
         redaction = (" , x AS (UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
-                     " AND redacted_by IS NULL)") if event.redacts else ""
+                     " AND redacted_by IS NULL)") if redacts else ""
         args: list[Any] = [
             event.event_id, event.room_id, event.type, event.sender, event.depth, event.origin_server_ts,
             json.dumps(event.pdu, separators=(",", ":")), state_group, state_group,
             json.dumps(unsigned) if unsigned else None, txn.device_id if txn else None, txn.txn_id if txn else None,
             state_group, event.room_id, event.room_id, list(prev_extremities), event.room_id, event.event_id]
-        if event.redacts:
-            args += [event.event_id, event.redacts, event.room_id]
+        if redacts:
+            args += [event.event_id, redacts, event.room_id]
         stream = await self.db.fetchval(
             "WITH s AS (UPDATE stream_counter SET pos = pos + 1 WHERE name = 'stream' RETURNING pos),"
             " e AS (INSERT INTO events (stream, event_id, room_id, type, sender, depth, origin_server_ts,"
@@ -215,13 +243,16 @@ class RoomStore:
                 "UPDATE stream_counter SET pos = pos - 1 WHERE name = 'outlier' RETURNING pos"))
             await tx.execute(
                 "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
-                " json, rejected, outlier, soft_failed, unsigned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f" json, rejected, outlier, soft_failed, unsigned, redacted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                f" ?, ?, ?, ?, {_HELD_REDACTION})",
                 stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
                 event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")), rejected,
-                0 if (rejected or soft_failed) else 1, int(soft_failed), json.dumps(unsigned) if unsigned else None)
+                0 if (rejected or soft_failed) else 1, int(soft_failed), json.dumps(unsigned) if unsigned else None,
+                *_held_args(event))
         return stream
 
-    async def persist_backfilled(self, event: Event) -> int | None:
+    async def persist_backfilled(self, event: Event, redacts: str | None = None,
+                                 held: HeldRedaction | None = None) -> int | None:
         """History fetched from another server (accepted by the caller): a timeline event older
         than all we hold. It takes the next negative position (from the outlier counter), so
         /messages finds it after everything held so far and no sync ever reports it as new.
@@ -240,12 +271,12 @@ class RoomStore:
             else:
                 await tx.execute(
                     "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth,"
-                    " origin_server_ts, json, outlier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                    f" origin_server_ts, json, outlier, redacted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0,"
+                    f" {_HELD_REDACTION})",
                     stream, event.event_id, event.room_id, event.type, event.state_key, event.sender,
-                    event.depth, event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")))
-            if event.redacts:
-                await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
-                                 " AND redacted_by IS NULL", event.event_id, event.redacts, event.room_id)
+                    event.depth, event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")),
+                    *_held_args(event))
+            await _redact(tx, event, redacts, held)
         return stream
 
     async def earliest_timeline_event(self, room_id: str) -> Event | None:
@@ -258,10 +289,13 @@ class RoomStore:
     async def persist_remote_event(self, event: Event, *, state_before: int | None, before_map: StateMap,
                                    current_before: StateMap, new_current: StateMap | None,
                                    prev_extremities: Sequence[str],
-                                   unsigned: dict[str, Any] | None = None) -> Persisted:
+                                   unsigned: dict[str, Any] | None = None, redacts: str | None = None,
+                                   held: HeldRedaction | None = None) -> Persisted:
         """Store an accepted event from another server, whose parents may fork the room.
 
-        `new_current` is the room's resolved state after it (None: the state after the event)."""
+        `new_current` is the room's resolved state after it (None: the state after the event).
+        A redaction is applied to `redacts` (the caller found it allowed) or kept as `held`
+        until its target arrives; a redaction held for this event is applied as it is stored."""
         async with self.db.transaction() as tx:
             stream = await next_stream(tx)
             state_after = state_before
@@ -275,12 +309,13 @@ class RoomStore:
                 delta = {k: v for k, v in new_current.items() if after_map.get(k) != v}
                 current_group = await self._new_group(tx, event.room_id, state_after, after_map, delta)
             current = new_current if new_current is not None else after_map
-            await tx.execute(
+            redacted_by = await tx.fetchval(
                 "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
-                " json, state_before, state_after, unsigned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f" json, state_before, state_after, unsigned, redacted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                f" ?, {_HELD_REDACTION}) RETURNING redacted_by",
                 stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
                 event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")), state_before, state_after,
-                json.dumps(unsigned) if unsigned else None)
+                json.dumps(unsigned) if unsigned else None, *_held_args(event))
             await self._write_current_state(tx, event.room_id, current_before, current)
             await tx.execute("UPDATE rooms SET last_stream = ?, current_group = ? WHERE room_id = ?",
                              stream, current_group, event.room_id)
@@ -289,10 +324,8 @@ class RoomStore:
                                  event.room_id, prev)
             await tx.execute("INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)"
                              " ON CONFLICT DO NOTHING", event.room_id, event.event_id)
-            if event.redacts:
-                await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
-                                 " AND redacted_by IS NULL", event.event_id, event.redacts, event.room_id)
-        return Persisted(stream, state_after)
+            await _redact(tx, event, redacts, held)
+        return Persisted(stream, state_after, redacted_by)
 
     async def _write_current_state(self, tx: Connection, room_id: str, old: StateMap, new: StateMap) -> None:
         changed = {k: v for k, v in new.items() if old.get(k) != v}
@@ -592,15 +625,26 @@ class RoomStore:
         return await self.db.fetchall(sql + " ORDER BY u.user_id LIMIT ?", *args, limit)
 
 
-async def _extend_and_redact(tx: Connection, event: Event, prev_extremities: Sequence[str]) -> None:
+async def _extend_and_redact(tx: Connection, event: Event, prev_extremities: Sequence[str],
+                             redacts: str | None) -> None:
     """A new local event replaces the extremities it follows, and marks what it redacts."""
     for prev in prev_extremities:
         await tx.execute("DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ?", event.room_id, prev)
     await tx.execute("INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)",
                      event.room_id, event.event_id)
-    if event.redacts:
+    await _redact(tx, event, redacts, None)
+
+
+async def _redact(tx: Connection, event: Event, redacts: str | None, held: HeldRedaction | None) -> None:
+    """Mark the event a redaction redacts (never in another room), or hold the redaction for later."""
+    if redacts:
         await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
-                         " AND redacted_by IS NULL", event.event_id, event.redacts, event.room_id)
+                         " AND redacted_by IS NULL", event.event_id, redacts, event.room_id)
+    if held is not None:
+        await tx.execute(
+            "INSERT INTO held_redactions (target_id, redaction_id, room_id, sender_server, any_sender)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            held.target_id, held.redaction_id, held.room_id, held.sender_server, int(held.any_sender))
 
 
 async def next_stream(tx: Connection) -> int:

@@ -18,12 +18,13 @@ from aiohttp import web
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 
-from bench.servers import RunningServer, free_port, start_whispr
+from bench.servers import DbEngine, PostgresAdmin, RunningServer, free_port, start_whispr
 from federation.client import FederationClient, FederationError
 from federation.listener import generate_self_signed_cert
 from homeserver.config import FederationConfig
 from homeserver.event_crypto import compute_event_id, sign_event
-from homeserver.room_versions import ROOM_V10
+from homeserver.room_versions import ROOM_V10, ROOM_V11, RoomVersion
+from tests.conftest import POSTGRES_URL, need
 from tests.test_federation_whispr import Client, federation_config, page_back
 
 
@@ -71,13 +72,25 @@ class Peer:
         return web.json_response({"pdus": {}})
 
     def event(self, room: str, sender: str, etype: str, content: dict[str, Any], prev: list[str],
-              auth: list[str], depth: int, state_key: str | None = None, key: Any = None) -> dict[str, Any]:
+              auth: list[str], depth: int, state_key: str | None = None, key: Any = None,
+              version: RoomVersion = ROOM_V10, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         pdu: dict[str, Any] = {"room_id": room, "sender": sender, "type": etype, "content": content,
                                "prev_events": prev, "auth_events": auth, "depth": depth,
-                               "origin_server_ts": int(time.time() * 1000)}
+                               "origin_server_ts": int(time.time() * 1000), **(extra or {})}
         if state_key is not None:
             pdu["state_key"] = state_key
-        return sign_event(pdu, self.name, key or self.key, ROOM_V10)
+        return sign_event(pdu, self.name, key or self.key, version)
+
+    async def join(self, destination: str, room: str, user: str, version: RoomVersion = ROOM_V10) -> str:
+        """Join one of our users to a room on `destination` (make_join, sign, send_join): the join's ID."""
+        template = await self.client.get_json(destination, f"/_matrix/federation/v1/make_join/{room}/{user}",
+                                              {"ver": [version.identifier]})
+        join = {k: v for k, v in template["event"].items() if k != "origin"}
+        join["origin_server_ts"] = int(time.time() * 1000)
+        join = sign_event(join, self.name, self.key, version)
+        join_id = compute_event_id(join, version)
+        await self.client.put_json(destination, f"/_matrix/federation/v2/send_join/{room}/{join_id}", join)
+        return join_id
 
     async def send(self, destination: str, pdus: list[dict[str, Any]], txn: str) -> dict[str, Any]:
         return await self.client.put_json(destination, f"/_matrix/federation/v1/send/{txn}",
@@ -203,9 +216,10 @@ class HistoryPeer(Peer):
             prev, depth = [ids[name]], depth + 1
 
         def ev(etype: str, content: dict[str, Any], auth: list[str], state_key: str | None = None,
-               sender: str | None = None, key: Any = None) -> dict[str, Any]:
-            return self.event(self.room, sender or self.owner, etype, content, prev, list(auth), depth + 1,
-                              state_key=state_key, key=key)
+               sender: str | None = None, key: Any = None, signer: Peer | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+            return (signer or self).event(self.room, sender or self.owner, etype, content, prev, list(auth),
+                                          depth + 1, state_key=state_key, key=key, extra=extra)
 
         add("create", ev("m.room.create", {"creator": self.owner, "room_version": "10"}, [], ""), True)
         add("member", ev("m.room.member", {"membership": "join"}, [ids["create"]], self.owner), True)
@@ -217,6 +231,7 @@ class HistoryPeer(Peer):
         add("rules", ev("m.room.join_rules", {"join_rule": "public"}, base, ""), True)
         for i in range(5):
             add(f"m{i}", ev("m.room.message", {"msgtype": "m.text", "body": f"m{i}"}, base))
+        self.more_history(add, ev, ids)
         tampered = ev("m.room.message", {"msgtype": "m.text", "body": "original"}, base)
         add("tampered", tampered)
         tampered["content"] = {"msgtype": "m.text", "body": "changed in transit"}
@@ -228,6 +243,9 @@ class HistoryPeer(Peer):
         self.join_prev, self.join_depth, self.join_auth = prev, depth + 1, [ids["create"], ids["levels"],
                                                                            ids["rules"]]
         return ids
+
+    def more_history(self, add: Any, ev: Any, ids: dict[str, str]) -> None:
+        """More events after the five messages, for subclasses: add(name, pdu), ev(...) builds one."""
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/_matrix/federation/v1/make_join/{room}/{user}", self._make_join)
@@ -275,3 +293,203 @@ async def test_forged_history_is_never_shown(tmp_path: Path) -> None:
     finally:
         await asyncio.to_thread(server.stop)
         await peer.close()
+
+
+# ---- received redactions ---------------------------------------------------------------------------
+
+class RemoteGraph:
+    """Events the peers make in one room of the server under test, each on the last ones they sent."""
+
+    def __init__(self, room: str, version: RoomVersion, state: dict[tuple[str, str], str]) -> None:
+        self.room, self.version = room, version
+        self.create, self.levels = state[("m.room.create", "")], state[("m.room.power_levels", "")]
+        self.joins: dict[str, str] = {}
+        self.latest: list[str] = []
+        self.depth = 1000
+        self.txns = 0
+
+    async def join(self, peer: Peer, destination: str, user: str) -> None:
+        self.joins[user] = await peer.join(destination, self.room, user, self.version)
+        self.latest = [self.joins[user]]
+
+    def make(self, peer: Peer, sender: str, etype: str, content: dict[str, Any],
+             extra: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        self.depth += 1
+        auth = [self.create] if self.version.create_event_in_auth_events else []
+        pdu = peer.event(self.room, sender, etype, content, list(self.latest),
+                         auth + [self.levels, self.joins[sender]], self.depth, version=self.version, extra=extra)
+        return compute_event_id(pdu, self.version), pdu
+
+    def message(self, peer: Peer, sender: str, body: str) -> tuple[str, dict[str, Any]]:
+        return self.make(peer, sender, "m.room.message", {"msgtype": "m.text", "body": body})
+
+    def redaction(self, peer: Peer, sender: str, target: str, right_key: bool = True) -> tuple[str, dict[str, Any]]:
+        """A redaction naming `target` where its room version keeps `redacts` (or, if not `right_key`, where
+        the other versions do)."""
+        if self.version.redacts_in_content == right_key:
+            return self.make(peer, sender, "m.room.redaction", {"redacts": target})
+        return self.make(peer, sender, "m.room.redaction", {}, extra={"redacts": target})
+
+    async def send(self, peer: Peer, destination: str, made: tuple[str, dict[str, Any]]) -> str:
+        self.txns += 1
+        result = await peer.send(destination, [made[1]], f"{self.room}-{self.txns}")
+        assert result["pdus"][made[0]] == {}, result
+        self.latest = [made[0]]
+        return made[0]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def two_peers(request: pytest.FixtureRequest,
+                    tmp_path: Path) -> AsyncIterator[tuple[RunningServer, Peer, Peer]]:
+    """A Whispr (on each engine) and two hand-built peers."""
+    if request.param == "postgres":
+        need(POSTGRES_URL, "postgres")
+    peers = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        peers.append(Peer(tmp_path / name))
+        await peers[-1].start()
+    server = await asyncio.to_thread(
+        start_whispr, server_name=f"127.0.0.1:{free_port()}", db=request.param,
+        pg=PostgresAdmin(POSTGRES_URL) if request.param == "postgres" else None, extra_config=federation_config())
+    try:
+        yield server, peers[0], peers[1]
+    finally:
+        await asyncio.to_thread(server.stop)
+        for peer in peers:
+            await peer.close()
+
+
+@pytest.mark.parametrize("version", [ROOM_V10, ROOM_V11], ids=["v10", "v11"])
+async def test_received_redactions_apply_only_where_the_rules_allow(two_peers: tuple[RunningServer, Peer, Peer],
+                                                                    version: RoomVersion) -> None:
+    """A received redaction is stored, but applied only if its sender has the redact level or is on the
+    server of the target's sender, in the same room: also when the target arrives after it."""
+    server, peer, other = two_peers
+    dest = server.server_name
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+
+        async def public_room() -> RemoteGraph:
+            room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat",
+                                                                  "room_version": version.identifier}))["room_id"]
+            state = {(e["type"], e["state_key"]): e["event_id"] for e in await alice.call("GET", f"/rooms/{room}/state")}
+            return RemoteGraph(room, version, state)
+
+        graph, elsewhere = await public_room(), await public_room()
+        mallory, trent, eve = f"@mallory:{peer.name}", f"@trent:{peer.name}", f"@eve:{other.name}"
+        for made_by, user in ((peer, mallory), (peer, trent), (other, eve)):
+            await graph.join(made_by, dest, user)
+        await elsewhere.join(peer, dest, mallory)
+        room = graph.room
+        admin_msg = await alice.send(room, "from the admin")
+        graph.latest = [admin_msg]
+        intact: dict[str, str] = {admin_msg: "from the admin"}  # event ID -> body
+        redacted: dict[str, str] = {}  # event ID -> the redaction applied to it
+
+        # A level-0 remote user's redaction of the local admin's message: stored, not applied.
+        red = await graph.send(peer, dest, graph.redaction(peer, mallory, admin_msg))
+        assert (await alice.call("GET", f"/rooms/{room}/event/{red}"))["redacts"] == admin_msg
+        # Of a message by another user of the same server: applied.
+        trent_msg = await graph.send(peer, dest, graph.message(peer, trent, "from trent"))
+        redacted[trent_msg] = await graph.send(peer, dest, graph.redaction(peer, mallory, trent_msg))
+        # `redacts` where another room version keeps it: no redaction at all.
+        kept = await graph.send(peer, dest, graph.message(peer, trent, "kept"))
+        intact[kept] = "kept"
+        await graph.send(peer, dest, graph.redaction(peer, mallory, kept, right_key=False))
+
+        # Redactions arriving before their targets follow the same rules once the target comes.
+        same_server, other_server = graph.message(peer, trent, "early 1"), graph.message(peer, mallory, "early 2")
+        redacted[same_server[0]] = await graph.send(peer, dest, graph.redaction(peer, mallory, same_server[0]))
+        await graph.send(other, dest, graph.redaction(other, eve, other_server[0]))
+        await graph.send(peer, dest, same_server)
+        await graph.send(peer, dest, other_server)
+        intact[other_server[0]] = "early 2"
+
+        # Never across rooms, whether the target is held or comes later.
+        there = await elsewhere.send(peer, dest, elsewhere.message(peer, mallory, "in the other room"))
+        later = elsewhere.message(peer, mallory, "later in the other room")
+        await graph.send(peer, dest, graph.redaction(peer, mallory, there))
+        await graph.send(peer, dest, graph.redaction(peer, mallory, later[0]))
+        await elsewhere.send(peer, dest, later)
+
+        # With the redact level, a user of another server may redact anyone's, even before it arrives.
+        levels = await alice.call("GET", f"/rooms/{room}/state/m.room.power_levels")
+        levels["users"][eve] = 50
+        graph.levels = (await alice.call("PUT", f"/rooms/{room}/state/m.room.power_levels", json=levels))["event_id"]
+        graph.latest = [graph.levels]
+        early = graph.message(peer, mallory, "early 3")
+        redacted[early[0]] = await graph.send(other, dest, graph.redaction(other, eve, early[0]))
+        await graph.send(peer, dest, early)
+        late_admin = await alice.send(room, "later from the admin")
+        graph.latest = [late_admin]
+        redacted[late_admin] = await graph.send(other, dest, graph.redaction(other, eve, late_admin))
+
+        async def check(events: dict[str, dict[str, Any]], where: str) -> None:
+            for event_id, body in intact.items():
+                assert events[event_id]["content"].get("body") == body, (where, body)
+                assert "redacted_because" not in events[event_id]["unsigned"], (where, body)
+            for event_id, red in redacted.items():
+                assert events[event_id]["content"] == {}, (where, events[event_id])
+                assert events[event_id]["unsigned"]["redacted_because"]["event_id"] == red, where
+
+        wanted = list(intact) + list(redacted)
+        await check({e: await alice.call("GET", f"/rooms/{room}/event/{e}") for e in wanted}, "/event")
+        chunk = (await alice.call("GET", f"/rooms/{room}/messages", params={"limit": "100"}))["chunk"]
+        await check({e["event_id"]: e for e in chunk}, "/messages")
+        synced = await alice.call("GET", "/sync", params={"filter": '{"room": {"timeline": {"limit": 100}}}'})
+        await check({e["event_id"]: e for e in synced["rooms"]["join"][room]["timeline"]["events"]}, "/sync")
+        for event_id, body in ((there, "in the other room"), (later[0], "later in the other room")):
+            seen = await alice.call("GET", f"/rooms/{elsewhere.room}/event/{event_id}")
+            assert seen["content"]["body"] == body and "redacted_because" not in seen["unsigned"]
+
+
+class RedactedHistoryPeer(HistoryPeer):
+    """History with two redactions in it: one by the room's admin, one by a level-0 user of another
+    server (`other`, whose key server runs too)."""
+
+    def __init__(self, tmp: Path, other: Peer) -> None:
+        super().__init__(tmp)
+        self.other = other
+
+    def more_history(self, add: Any, ev: Any, ids: dict[str, str]) -> None:
+        eve = f"@eve:{self.other.name}"
+        base = [ids["create"], ids["levels"]]
+        add("eve", ev("m.room.member", {"membership": "join"}, base + [ids["rules"]], eve, sender=eve,
+                      signer=self.other))
+        add("by_admin", ev("m.room.redaction", {}, base + [ids["member"]], extra={"redacts": ids["m1"]}))
+        add("by_eve", ev("m.room.redaction", {}, base + [ids["eve"]], sender=eve, signer=self.other,
+                         extra={"redacts": ids["m2"]}))
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+async def test_backfilled_redactions_apply_only_where_the_rules_allow(tmp_path: Path, db: DbEngine) -> None:
+    """History fetched over /backfill: the admin's redaction applies, that of a level-0 user of
+    another server is kept but not applied (both arrive before their targets, newest first)."""
+    if db == "postgres":
+        need(POSTGRES_URL, "postgres")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    other = Peer(tmp_path / "two")
+    peer = RedactedHistoryPeer(tmp_path / "one", other)
+    await other.start()
+    await peer.start()
+    ids = peer.build()
+    server = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{free_port()}", db=db,
+                                     pg=PostgresAdmin(POSTGRES_URL) if db == "postgres" else None,
+                                     extra_config=federation_config())
+    try:
+        async with aiohttp.ClientSession() as session:
+            bob = await Client.register(session, server, "bob")
+            await bob.call("POST", f"/join/{peer.room}", params={"server_name": peer.name}, json={})
+            shown = {e["event_id"]: e for e in await page_back(bob, peer.room, 4)}
+            assert shown[ids["by_eve"]]["redacts"] == ids["m2"]
+            assert shown[ids["m1"]]["content"] == {}
+            assert shown[ids["m1"]]["unsigned"]["redacted_because"]["event_id"] == ids["by_admin"]
+            assert shown[ids["m2"]]["content"]["body"] == "m2" and "redacted_because" not in shown[ids["m2"]]["unsigned"]
+            seen = await bob.call("GET", f"/rooms/{peer.room}/event/{ids['m2']}")
+            assert seen["content"]["body"] == "m2"
+    finally:
+        await asyncio.to_thread(server.stop)
+        await peer.close()
+        await other.close()

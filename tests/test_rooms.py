@@ -6,6 +6,8 @@ import asyncio
 
 from typing import Any
 
+import pytest
+
 from tests.rooms_helpers import User
 
 
@@ -160,6 +162,64 @@ async def test_redaction_context_and_event(client: Any) -> None:
     assert [e["event_id"] for e in ctx["events_after"]] == [ids[3], ids[4]]
     assert any(e["type"] == "m.room.create" for e in ctx["state"])
     await alice.call("GET", f"/rooms/{room}/event/$nope", expect=404)
+
+
+def _timeline(sync: dict[str, Any], room: str) -> dict[str, dict[str, Any]]:
+    events = sync["rooms"]["join"][room]["timeline"]["events"]
+    return {e["event_id"]: e for e in events}
+
+
+@pytest.mark.parametrize("version", ["10", "11", "12"])
+async def test_redacting_others_events_needs_the_redact_level(client: Any, version: str) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(preset="public_chat", room_version=version)
+    await bob.call("POST", f"/join/{room}")
+    levels = await alice.call("GET", f"/rooms/{room}/state")
+    levels_id = next(e["event_id"] for e in levels if e["type"] == "m.room.power_levels")
+    levels_before = await alice.call("GET", f"/rooms/{room}/state/m.room.power_levels")
+    admin_msg = await alice.send(room, "from the admin")
+
+    # bob (level 0) may redact neither the admin's message nor the power levels, by any route.
+    refused = [await bob.call("PUT", f"/rooms/{room}/redact/{admin_msg}/r1", expect=403, json={}),
+               await bob.call("PUT", f"/rooms/{room}/redact/{levels_id}/r2", expect=403, json={}),
+               await bob.call("PUT", f"/rooms/{room}/send/m.room.redaction/r3", expect=403,
+                              json={"redacts": admin_msg})]
+    assert all(body["errcode"] == "M_FORBIDDEN" for body in refused)
+    for reader in (alice, bob):
+        seen = await reader.call("GET", f"/rooms/{room}/event/{admin_msg}")
+        assert seen["content"]["body"] == "from the admin" and "redacted_because" not in seen["unsigned"]
+        chunk = (await reader.call("GET", f"/rooms/{room}/messages", params={"limit": "50"}))["chunk"]
+        assert not any(e["type"] == "m.room.redaction" for e in chunk)  # nothing was stored
+        assert next(e for e in chunk if e["event_id"] == admin_msg)["content"]["body"] == "from the admin"
+        synced = _timeline(await reader.sync(filter='{"room": {"timeline": {"limit": 50}}}'), room)
+        assert synced[admin_msg]["content"]["body"] == "from the admin"
+    assert await alice.call("GET", f"/rooms/{room}/state/m.room.power_levels") == levels_before
+
+    # One's own events may be redacted at the events level; the admin may redact anyone's.
+    own, others = await bob.send(room, "mine"), await bob.send(room, "rude")
+    since = (await bob.sync())["next_batch"]
+    own_red = await bob.call("PUT", f"/rooms/{room}/redact/{own}/r4", json={})
+    admin_red = await alice.call("PUT", f"/rooms/{room}/redact/{others}/r5", json={"reason": "rude"})
+    synced = _timeline(await bob.sync(since), room)
+    for target, red in ((own, own_red), (others, admin_red)):
+        seen = await bob.call("GET", f"/rooms/{room}/event/{target}")
+        assert seen["content"] == {} and seen["unsigned"]["redacted_because"]["event_id"] == red["event_id"]
+        assert synced[red["event_id"]]["redacts"] == target
+    assert synced[admin_red["event_id"]]["content"].get("reason") == "rude"
+
+
+async def test_redacting_unknown_or_other_rooms_events_is_not_found(client: Any) -> None:
+    alice = await User.new(client, "alice")
+    room, other = await alice.create_room(), await alice.create_room()
+    elsewhere = await alice.send(other, "in the other room")
+    for target in ("$unknown", elsewhere):
+        body = await alice.call("PUT", f"/rooms/{room}/redact/{target}/r{target[1:4]}", expect=404, json={})
+        assert body["errcode"] == "M_NOT_FOUND"
+    body = await alice.call("PUT", f"/rooms/{room}/state/m.room.redaction/k", expect=404, json={"redacts": elsewhere})
+    assert body["errcode"] == "M_NOT_FOUND"  # a state event of that type is checked the same way
+    body = await alice.call("PUT", f"/rooms/{room}/send/m.room.redaction/r9", expect=400, json={"reason": "x"})
+    assert body["errcode"] == "M_BAD_JSON"  # a redaction must name its target
+    assert (await alice.call("GET", f"/rooms/{other}/event/{elsewhere}"))["content"]["body"] == "in the other room"
 
 
 async def test_account_data_filters_and_user_directory(client: Any) -> None:

@@ -18,7 +18,7 @@ LIMIT_50 = json.dumps({"room": {"timeline": {"limit": 50}, "state": {"lazy_load_
 def _ev(stream: int, room: str = "!r:hs", redacts: str | None = None) -> Event:
     pdu: dict[str, Any] = {"room_id": room, "type": "m.room.message", "sender": "@a:hs", "content": {}}
     if redacts:
-        pdu.update(type="m.room.redaction", redacts=redacts)
+        pdu.update(type="m.room.redaction", content={"redacts": redacts})
     return Event(f"$e{stream}", pdu, stream=stream)
 
 
@@ -54,9 +54,11 @@ def test_recent_events_bounded_out_of_order_and_redactions() -> None:
         recent.append(_ev(s))
     assert _ids(recent.between("!r:hs", 1, 4)) == [4, 3, 2]
     assert recent.between("!r:hs", 0, 4) is None  # 1 was dropped to keep 3
-    recent.append(_ev(5, redacts="$e3"))  # the held copy of 3 is stale now
-    assert recent.between("!r:hs", 2, 5) is None
-    assert _ids(recent.between("!r:hs", 3, 5)) == [5, 4]
+    recent.append(_ev(5, redacts="$e3"))  # not applied (refused by the rules): the held copy of 3 stands
+    assert _ids(recent.between("!r:hs", 2, 5)) == [5, 4, 3]
+    recent.append(_ev(6, redacts="$e3"), redacted="$e3")  # applied: the held copy of 3 is stale now
+    assert recent.between("!r:hs", 2, 6) is None
+    assert _ids(recent.between("!r:hs", 3, 6)) == [6, 5, 4]
 
 
 async def test_incremental_sync_shows_a_redaction_of_a_recent_event(client: Any) -> None:
