@@ -6,6 +6,9 @@ from storage.database import Database, Row
 from homeserver.models import MediaRecord
 
 
+_SETTING_FREEZE = "unauthenticated_freeze_ts"
+
+
 def _local(origin: str, row: Row) -> MediaRecord:
     return MediaRecord(origin, row["media_id"], row["content_type"], row["upload_name"], row["size"],
                        row["sha256"], row["created_ts"], bool(row["quarantined"]), user_id=row["user_id"],
@@ -94,6 +97,13 @@ class MediaStore:
         else:
             await self.db.execute("UPDATE remote_media SET quarantined = ? WHERE origin = ? AND media_id = ?",
                                   int(quarantined), record.origin, record.media_id)
+
+    async def unauthenticated_freeze_ts(self, now_ts: int) -> int:
+        """The recorded start of the unauthenticated-media freeze, recording `now_ts` if there is
+        none yet (the first start with the freeze on; several workers agree on one)."""
+        await self.db.execute("INSERT INTO media_settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                              _SETTING_FREEZE, now_ts)
+        return int(await self.db.fetchval("SELECT value FROM media_settings WHERE name = ?", _SETTING_FREEZE))
 
     async def delete(self, record: MediaRecord, local: bool) -> None:
         if local:

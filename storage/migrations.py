@@ -269,6 +269,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (origin, txn_id)
         )""",
     )),
+    Migration(6, "media: the unauthenticated-media freeze time", (
+        # One row per setting; 'unauthenticated_freeze_ts' is recorded on the first start with
+        # media.legacy_unauthenticated_freeze on.
+        """CREATE TABLE media_settings (
+            name TEXT PRIMARY KEY,
+            value BIGINT NOT NULL
+        )""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

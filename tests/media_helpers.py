@@ -64,3 +64,4 @@ async def upload(client: Any, token: str, data: bytes, content_type: str = "appl
 def path_of(mxc: str) -> str:
     """`server/mediaId` of an mxc URI."""
     return mxc[len("mxc://"):]
+

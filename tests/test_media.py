@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import auth, register
-from tests.media_helpers import CREATE, LEGACY, MEDIA, UPLOAD, path_of, upload
+from tests.media_helpers import CREATE, LEGACY, MEDIA, UPLOAD, image_bytes, path_of, upload
 
 
 def stored_files(data_dir: Path) -> list[Path]:
     return [p for p in (data_dir / "media" / "files").rglob("*") if p.is_file()]
 
 
-async def test_upload_and_download_on_every_path(client: Any) -> None:
+async def test_upload_and_download_on_every_path(serve: Any) -> None:
+    client = await serve(media={"legacy_unauthenticated_freeze": False})  # the legacy path serves all
     alice = await register(client, "alice")
     data = b"hello, media \x00\xff" * 1000
     uri = await upload(client, alice["access_token"], data, "text/plain", filename="notes.txt")
@@ -140,3 +142,37 @@ async def test_pending_uploads_are_limited(serve: Any) -> None:
         assert (await client.post(CREATE, headers=h)).status == 200
     resp = await client.post(CREATE, headers=h)
     assert resp.status == 429 and (await resp.json())["errcode"] == "M_LIMIT_EXCEEDED"
+
+
+async def test_legacy_paths_are_frozen_for_media_uploaded_after_the_switch(serve: Any) -> None:
+    # Before the switch (freeze off), an item reachable on the legacy path.
+    before = await serve(media={"legacy_unauthenticated_freeze": False})
+    alice = await register(before, "alice")
+    h = auth(alice["access_token"])
+    old = await upload(before, alice["access_token"], image_bytes("PNG", (200, 100)), "image/png")
+    await before.close()
+    # The first start with the freeze on (the default) records its time.
+    for restart in range(2):
+        client = await serve()
+        if restart == 0:
+            new = await upload(client, alice["access_token"], image_bytes("PNG", (200, 100)), "image/png")
+        for uri, legacy_status in ((old, 200), (new, 404)):
+            for path, params in (("download", {}), ("thumbnail", {"width": "32", "height": "32", "method": "crop"})):
+                resp = await client.get(f"{LEGACY}/{path}/{path_of(uri)}", params=params)
+                assert resp.status == legacy_status, (restart, uri, path)
+                if legacy_status == 404:
+                    assert (await resp.json())["errcode"] == "M_NOT_FOUND"
+                resp = await client.get(f"{MEDIA}/{path}/{path_of(uri)}", params=params, headers=h)
+                assert resp.status == 200, (restart, uri, path)
+        # A pending async upload made after the freeze: not found at once, no waiting for it.
+        pending = (await (await client.post(CREATE, headers=h)).json())["content_uri"]
+        resp = await client.get(f"{LEGACY}/download/{path_of(pending)}", params={"timeout_ms": "5000"})
+        assert resp.status == 404 and (await resp.json())["errcode"] == "M_NOT_FOUND"
+        await client.close()  # the restart must keep the recorded time, not move it past `new`
+
+
+async def test_an_explicit_freeze_time(serve: Any) -> None:
+    client = await serve(media={"legacy_unauthenticated_freeze_ts": int(time.time() * 1000) + 3_600_000})
+    alice = await register(client, "alice")
+    uri = await upload(client, alice["access_token"], b"made before the freeze")
+    assert (await client.get(f"{LEGACY}/download/{path_of(uri)}")).status == 200

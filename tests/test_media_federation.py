@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from bench.servers import REPO_ROOT, RunningServer, deep_merge, free_port, start_whispr
-from tests.media_helpers import MEDIA, UPLOAD, image_bytes, opened, path_of
+from tests.media_helpers import LEGACY, MEDIA, UPLOAD, image_bytes, opened, path_of
 from tests.test_federation_whispr import Client, federation_config
 
 
@@ -66,6 +66,13 @@ async def test_remote_media_is_fetched_cached_and_expires(pair: tuple[RunningSer
         uri = await upload(session, alice, picture, "image/jpeg", "holiday.jpg")
         blob = bytes(range(256)) * 12_000  # ~3 MB, streamed through
         blob_uri = await upload(session, alice, blob, "application/octet-stream", "data.bin")
+
+        # The legacy unauthenticated path fetches nothing from A: anything fetched now would be
+        # newer than the freeze of unauthenticated media (on by default).
+        for path in ("download", "thumbnail"):
+            status, _, body = await get(session, bob, f"{LEGACY}/{path}/{path_of(uri)}", width="32", height="32")
+            assert status == 404 and b"M_NOT_FOUND" in body
+        assert cached_files(b) == []
 
         # Several of bob's requests at once: one fetch from A, every answer complete.
         results = await asyncio.gather(*(get(session, bob, f"{MEDIA}/download/{path_of(blob_uri)}")
