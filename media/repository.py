@@ -282,7 +282,11 @@ class MediaRepository:
             await self.files.commit(written[0])
             await self._store.upsert_remote(record)
         log.info("cached remote media %s (%d bytes)", record.mxc, record.size or 0)
-        return record
+        # Read back: the bytes may be quarantined content under another ID.
+        stored = await self._store.get_remote(origin, media_id)
+        if stored is None or stored.quarantined:
+            raise not_found("No such media")
+        return stored
 
     # -- thumbnails --
 
@@ -360,12 +364,21 @@ class MediaRepository:
         record = await self._store.get_remote(origin, media_id)
         return None if record is None else (record, False)
 
-    async def set_quarantined(self, mxc: str, quarantined: bool = True) -> bool:
+    async def set_quarantined(self, mxc: str, quarantined: bool = True) -> int | None:
+        """Quarantine an item and its bytes, or release both: every item holding the same bytes,
+        now or uploaded or fetched later, follows. None if the item is unknown, else how many
+        other items hold those bytes."""
         found = await self.lookup(mxc)
         if found is None:
-            return False
-        await self._store.set_quarantined(found[0], found[1], quarantined)
-        return True
+            return None
+        record, local = found
+        if quarantined:
+            others = await self._store.quarantine(record, local, now_ms())
+        else:
+            others = await self._store.release(record, local)
+        log.info("%s %s (content %s, %d other item(s) with it)", "quarantined" if quarantined else "released",
+                 mxc, record.sha256, others)
+        return others
 
     async def delete(self, mxc: str) -> bool:
         found = await self.lookup(mxc)

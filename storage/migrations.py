@@ -277,6 +277,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             value BIGINT NOT NULL
         )""",
     )),
+    Migration(7, "media: quarantined content hashes", (
+        # Quarantine holds the bytes, not only the ID: every item (local or remote, present or
+        # future) whose sha256 is listed here is served 404. Items quarantined before bring theirs.
+        """CREATE TABLE quarantined_media_hashes (
+            sha256 TEXT PRIMARY KEY,
+            quarantined_ts BIGINT NOT NULL
+        )""",
+        """INSERT INTO quarantined_media_hashes (sha256, quarantined_ts)
+            SELECT sha256, 0 FROM local_media WHERE quarantined = 1 AND sha256 IS NOT NULL
+            UNION SELECT sha256, 0 FROM remote_media WHERE quarantined = 1""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -121,6 +121,17 @@ async def test_remote_media_is_fetched_cached_and_expires(pair: tuple[RunningSer
         done = await asyncio.to_thread(cli, a, "delete-media", "https://not.mxc/x")
         assert done.returncode == 1
 
+        # Quarantine holds content: bytes quarantined on B (under a local ID) are not served when
+        # they come from A under another ID, not even by the fetch that brings them.
+        banned = image_bytes("PNG", (64, 48))
+        local_copy = await upload(session, bob, banned, "image/png", "copy.png")
+        assert (await asyncio.to_thread(cli, b, "quarantine-media", local_copy)).returncode == 0
+        remote_copy = await upload(session, alice, banned, "image/png", "original.png")
+        status, _, body = await get(session, bob, f"{MEDIA}/download/{path_of(remote_copy)}")
+        assert status == 404 and b"M_NOT_FOUND" in body
+        status, _, body = await get(session, alice, f"{MEDIA}/download/{path_of(remote_copy)}")
+        assert status == 200 and body == banned  # A has quarantined nothing
+
 
 async def test_federation_media_endpoint_needs_a_signed_request(pair: tuple[RunningServer, RunningServer]) -> None:
     a, _ = pair
