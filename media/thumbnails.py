@@ -1,5 +1,9 @@
 """Thumbnails with Pillow: the sizes the spec suggests, `crop` and `scale`, never upscaled.
 
+Only a fixed set of sizes is ever made (the spec's plus a few configured): every request maps
+onto one of them (`choose_spec`), so one image costs a bounded amount of CPU and disk however
+many sizes clients ask for.
+
 The pixel work is in `thumbnail_render`, imported on the first thumbnail only: Pillow costs
 a server that never makes one a few MiB of memory. It is synchronous and CPU-bound: the
 repository runs it on the thread pool. Only JPEG, PNG (APNG), GIF and WebP are decoded: fewer decoders, fewer ways in for a hostile
