@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from client_api.http import hs, ok, requester
+from client_api.http import client_ip, hs, ok, requester
 from homeserver.errors import MatrixError, invalid_param
 from media.headers import download_headers
 
@@ -69,22 +69,24 @@ async def config(request: web.Request) -> web.Response:
     return ok(hs(request).media.public_config())
 
 
-async def _download(request: web.Request, allow_remote: bool) -> web.StreamResponse:
+async def _download(request: web.Request, allow_remote: bool, unauthenticated: bool = False) -> web.StreamResponse:
     media = await hs(request).media.open(
         request.match_info["server_name"], request.match_info["media_id"],
-        timeout_ms=_int_param(request, "timeout_ms"), allow_remote=allow_remote)
+        timeout_ms=_int_param(request, "timeout_ms"), allow_remote=allow_remote, unauthenticated=unauthenticated)
     filename = request.match_info.get("file_name") or media.record.upload_name
     return web.FileResponse(media.path, headers=download_headers(media.record.content_type, filename))
 
 
-async def _thumbnail(request: web.Request, allow_remote: bool) -> web.StreamResponse:
+async def _thumbnail(request: web.Request, allow_remote: bool, requester_key: str,
+                     unauthenticated: bool = False) -> web.StreamResponse:
     width, height = _int_param(request, "width"), _int_param(request, "height")
     if width is None or height is None:
         raise MatrixError(400, "M_MISSING_PARAM", "width and height are required")
     path, content_type = await hs(request).media.thumbnail(
         request.match_info["server_name"], request.match_info["media_id"], width=width, height=height,
         method=request.query.get("method", "scale"), animated=_bool_param(request, "animated", False),
-        timeout_ms=_int_param(request, "timeout_ms"), allow_remote=allow_remote)
+        requester=requester_key, timeout_ms=_int_param(request, "timeout_ms"), allow_remote=allow_remote,
+        unauthenticated=unauthenticated)
     ext = content_type.rsplit("/", 1)[-1].replace("jpeg", "jpg")
     return web.FileResponse(path, headers=download_headers(content_type, f"thumbnail.{ext}"))
 
@@ -95,8 +97,8 @@ async def download_authed(request: web.Request) -> web.StreamResponse:
 
 
 async def thumbnail_authed(request: web.Request) -> web.StreamResponse:
-    await requester(request)
-    return await _thumbnail(request, allow_remote=True)
+    who = await requester(request)
+    return await _thumbnail(request, allow_remote=True, requester_key=who.user_id)
 
 
 def _legacy_allowed(request: web.Request) -> bool:
@@ -106,11 +108,12 @@ def _legacy_allowed(request: web.Request) -> bool:
 
 
 async def download_legacy(request: web.Request) -> web.StreamResponse:
-    return await _download(request, allow_remote=_legacy_allowed(request))
+    return await _download(request, allow_remote=_legacy_allowed(request), unauthenticated=True)
 
 
 async def thumbnail_legacy(request: web.Request) -> web.StreamResponse:
-    return await _thumbnail(request, allow_remote=_legacy_allowed(request))
+    return await _thumbnail(request, allow_remote=_legacy_allowed(request), requester_key=f"ip:{client_ip(request)}",
+                            unauthenticated=True)
 
 
 async def preview_url(request: web.Request) -> web.Response:

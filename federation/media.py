@@ -69,7 +69,7 @@ async def thumbnail(request: web.Request, origin: str) -> web.Response:
     path, content_type = await server.media.thumbnail(
         server.config.server_name, request.match_info["media_id"], width=width, height=height,
         method=request.query.get("method", "scale"), animated=request.query.get("animated") == "true",
-        timeout_ms=_timeout(request), allow_remote=False)
+        requester=f"server:{origin}", timeout_ms=_timeout(request), allow_remote=False)
     return _multipart(path, content_type, content_disposition(content_type, "thumbnail"))
 
 

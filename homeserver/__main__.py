@@ -5,7 +5,8 @@
                                                     (and a self-signed federation TLS pair in data_dir)
     python -m homeserver register-user --config FILE --user NAME [--password PW] [--email ADDR]
     python -m homeserver rotate-signing-key --config FILE
-    python -m homeserver quarantine-media --config FILE [--undo] MXC...   hide media (404) but keep it
+    python -m homeserver quarantine-media --config FILE [--undo] MXC...   hide media (404) but keep it;
+                                                                         by content: same bytes, same fate
     python -m homeserver delete-media --config FILE MXC...                delete media and, unless other
                                                                          items share them, its bytes
 """
@@ -137,13 +138,17 @@ async def _media_admin(args: argparse.Namespace) -> int:
     missing = 0
     try:
         for uri in args.mxc:
+            suffix = ""
             if args.command == "delete-media":
                 done = await repo.delete(uri)
                 verb = "deleted"
             else:
-                done = await repo.set_quarantined(uri, not args.undo)
+                # By content: every other item with the same bytes follows.
+                others = await repo.set_quarantined(uri, not args.undo)
+                done = others is not None
                 verb = "released from quarantine" if args.undo else "quarantined"
-            print(f"{verb} {uri}" if done else f"not found: {uri}")
+                suffix = f" and {others} other item(s) with the same content" if others else ""
+            print(f"{verb} {uri}{suffix}" if done else f"not found: {uri}")
             missing += not done
     finally:
         await db.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import secrets
 import types
 import typing
@@ -193,6 +194,12 @@ class FederationConfig:
     destination_max_retry_ms: int = 3_600_000
 
 
+# media.extra_thumbnail_sizes: how many, and how each is spelt ("640x480-scale").
+MAX_EXTRA_THUMBNAIL_SIZES = 4
+MAX_THUMBNAIL_SIDE = 4096
+THUMBNAIL_SIZE_RE = re.compile(r"(\d{1,5})x(\d{1,5})-(crop|scale)")
+
+
 @dataclass
 class MediaConfig:
     # Directory of the media files (content-addressed) and thumbnails; relative: under data_dir.
@@ -217,6 +224,20 @@ class MediaConfig:
     remote_sweep_interval_s: int = 3600
     # Serve the deprecated unauthenticated /_matrix/media/v3/download|thumbnail paths.
     legacy_unauthenticated_downloads: bool = True
+    # The spec's freeze of unauthenticated media (v1.11, as Synapse's enable_authenticated_media):
+    # media uploaded, or remote media cached, from the freeze on is served only on the
+    # authenticated /_matrix/client/v1/media paths; the legacy paths answer 404 for it and fetch
+    # nothing remote. The freeze time is legacy_unauthenticated_freeze_ts (ms since the epoch),
+    # or, when 0, the first start with the freeze on (recorded in the database, kept after).
+    legacy_unauthenticated_freeze: bool = True
+    legacy_unauthenticated_freeze_ts: int = 0
+    # Thumbnails are made only in the spec's sizes (32x32, 96x96 crop; 320x240, 640x480, 800x600
+    # scale) plus these, each "WIDTHxHEIGHT-crop" or "WIDTHxHEIGHT-scale" (at most 4); any other
+    # request is answered with the nearest of them.
+    extra_thumbnail_sizes: list[str] = field(default_factory=list)
+    # Thumbnail generation (not serving a cached one) per requester: user, IP on the legacy
+    # paths, server over federation.
+    thumbnail_generation_rate: BucketConfig = field(default_factory=lambda: BucketConfig(1.0, 40))
 
 
 @dataclass
@@ -408,6 +429,15 @@ def _validate(config: Config) -> None:
         raise ConfigError("media.max_thumbnail_pixels and media.max_animated_frames: must be positive")
     if media.remote_sweep_interval_s <= 0 or media.remote_cache_ttl_s <= 0:
         raise ConfigError("media.remote_cache_ttl_s and media.remote_sweep_interval_s: must be positive")
+    if len(media.extra_thumbnail_sizes) > MAX_EXTRA_THUMBNAIL_SIZES:
+        raise ConfigError(f"media.extra_thumbnail_sizes: at most {MAX_EXTRA_THUMBNAIL_SIZES} sizes")
+    for i, size in enumerate(media.extra_thumbnail_sizes):
+        match = THUMBNAIL_SIZE_RE.fullmatch(size)
+        if match is None or not all(1 <= int(n) <= MAX_THUMBNAIL_SIDE for n in match.group(1, 2)):
+            raise ConfigError(f"media.extra_thumbnail_sizes[{i}]: {size!r} is not WIDTHxHEIGHT-crop|scale"
+                              f" with sides of 1 to {MAX_THUMBNAIL_SIDE}")
+    if media.legacy_unauthenticated_freeze_ts < 0:
+        raise ConfigError("media.legacy_unauthenticated_freeze_ts: must be 0 (first start) or a time in ms")
     if fed.max_response_bytes < 65536:
         raise ConfigError("federation.max_response_bytes: must be at least 65536")
 

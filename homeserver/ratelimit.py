@@ -20,11 +20,13 @@ class RateLimiter:
             raise KeyError(f"no rate limit named {action!r}")
         return bucket
 
-    async def check(self, action: str, key: str, cost: float = 1.0) -> None:
-        """Take from the bucket for (action, key) or raise 429 M_LIMIT_EXCEEDED."""
+    async def check(self, action: str, key: str, cost: float = 1.0, bucket: BucketConfig | None = None) -> None:
+        """Take from the bucket for (action, key) or raise 429 M_LIMIT_EXCEEDED.
+
+        `bucket` is for limits configured outside `rate_limits` (e.g. media.thumbnail_generation_rate)."""
         if not self._config.enabled:
             return
-        bucket = self.bucket(action)
+        bucket = bucket or self.bucket(action)
         wait = await self._store.take(f"{action}:{key}", bucket.per_second, bucket.burst, cost)
         if wait > 0:
             raise limit_exceeded(int(math.ceil(wait * 1000)) if math.isfinite(wait) else 3_600_000)

@@ -105,7 +105,8 @@ class HomeServer:
             room_data=room_data,
             directory=Directory(rooms, store, config.server_name, config.user_directory.search_all_users),
             filters=Filters(store), executor=executor,
-            media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor))
+            media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
+                                  limiter))
         await hs.media.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)

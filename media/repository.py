@@ -19,11 +19,13 @@ from typing import AsyncIterable, Awaitable, Callable, Protocol
 from homeserver.clock import now_ms
 from homeserver.config import MediaConfig
 from homeserver.errors import MatrixError, forbidden, invalid_param, not_found
+from homeserver.ratelimit import RateLimiter
 from homeserver.models import MediaRecord
 from media.files import MediaFiles, StoredFile, WrittenFile
 from media.headers import clean_content_type, sanitise_filename
 from media.ids import check_media_ref, new_media_id, parse_mxc
-from media.thumbnails import EXTENSIONS, ThumbnailError, ThumbnailSpec, choose_spec, make_thumbnail
+from media.thumbnails import (EXTENSIONS, ThumbnailError, ThumbnailSpec, choose_spec, make_thumbnail,
+                              thumbnail_sizes)
 from storage.media import MediaStore
 
 log = logging.getLogger("whispr.media")
@@ -63,15 +65,25 @@ def too_large(limit: int, status: int = 413) -> MatrixError:
     return MatrixError(status, "M_TOO_LARGE", f"Content is larger than the {limit} bytes allowed")
 
 
+def frozen() -> MatrixError:
+    """Media newer than the freeze, asked for on a legacy unauthenticated path."""
+    return not_found("No such media on this unauthenticated path (media is frozen): use /_matrix/client/v1/media")
+
+
 class MediaRepository:
     def __init__(self, server_name: str, config: MediaConfig, root: Path, store: MediaStore,
-                 executor: Executor) -> None:
+                 executor: Executor, limiter: RateLimiter | None = None) -> None:
         self.server_name = server_name
         self.config = config
         self.files = MediaFiles(root, executor)
         self.remote: RemoteMediaSource | None = None
         self._store = store
         self._executor = executor
+        self._limiter = limiter
+        self._thumbnail_sizes = thumbnail_sizes(config.extra_thumbnail_sizes)
+        # Media created from this time on (ms) is not served on the legacy unauthenticated
+        # paths; None: no freeze. Set by `start`.
+        self.unauthenticated_freeze_ts: int | None = None
         # Downloads waiting for an async upload, woken when it completes in this process.
         self._upload_waiters: dict[str, asyncio.Event] = {}
         # One fetch per remote item and one generation per thumbnail, however many ask at once.
@@ -85,6 +97,11 @@ class MediaRepository:
     # -- lifetime --
 
     async def start(self) -> None:
+        if self.config.legacy_unauthenticated_freeze:
+            # The first start with the freeze on records its time; every later start (and every
+            # worker) reads the same one back, so media from before it keeps its legacy links.
+            self.unauthenticated_freeze_ts = self.config.legacy_unauthenticated_freeze_ts or \
+                await self._store.unauthenticated_freeze_ts(now_ms())
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
@@ -166,25 +183,31 @@ class MediaRepository:
     # -- downloads --
 
     async def open(self, server_name: str, media_id: str, *, timeout_ms: int | None = None,
-                   allow_remote: bool = True) -> MediaFile:
-        """The record and file of an item, fetching remote media first if it is not cached."""
+                   allow_remote: bool = True, unauthenticated: bool = False) -> MediaFile:
+        """The record and file of an item, fetching remote media first if it is not cached.
+
+        `unauthenticated` (the legacy paths): with the freeze on, media created since the freeze
+        is not found, and nothing is fetched from other servers (it would be newer)."""
         check_media_ref(server_name, media_id)
+        frozen_from = self.unauthenticated_freeze_ts if unauthenticated else None
         if server_name == self.server_name:
-            record = await self._local_ready(media_id, timeout_ms)
+            record = await self._local_ready(media_id, timeout_ms, frozen_from)
         elif not allow_remote:
             raise not_found("No such media (remote media not requested)")
         else:
-            record = await self._remote(server_name, media_id, timeout_ms)
+            record = await self._remote(server_name, media_id, timeout_ms, frozen_from)
         assert record.sha256 is not None
         return MediaFile(record, self.files.path(record.sha256))
 
-    async def _local_ready(self, media_id: str, timeout_ms: int | None) -> MediaRecord:
+    async def _local_ready(self, media_id: str, timeout_ms: int | None, frozen_from: int | None) -> MediaRecord:
         wait_ms = min(DEFAULT_WAIT_MS if timeout_ms is None else max(0, timeout_ms), self.config.max_download_wait_ms)
         deadline = time.monotonic() + wait_ms / 1000
         while True:
             record = await self._store.get_local(self.server_name, media_id)
             if record is None or record.quarantined:
                 raise not_found("No such media")
+            if frozen_from is not None and record.created_ts >= frozen_from:
+                raise frozen()
             if not record.pending:
                 return record
             if (record.unused_expires_ts or 0) <= now_ms():
@@ -199,17 +222,22 @@ class MediaRepository:
             except asyncio.TimeoutError:
                 pass
 
-    async def _remote(self, origin: str, media_id: str, timeout_ms: int | None) -> MediaRecord:
+    async def _remote(self, origin: str, media_id: str, timeout_ms: int | None,
+                      frozen_from: int | None = None) -> MediaRecord:
         record = await self._store.get_remote(origin, media_id)
         if record is not None and await self.files.exists(record.sha256 or ""):
             if record.quarantined:
                 raise not_found("No such media")
+            if frozen_from is not None and record.created_ts >= frozen_from:
+                raise frozen()
             now = now_ms()
             if now - (record.last_access_ts or 0) > min(TOUCH_INTERVAL_MS, self.config.remote_cache_ttl_s * 100):
                 await self._store.touch_remote(origin, media_id, now)
             return record
         if record is not None and record.quarantined:
             raise not_found("No such media")
+        if frozen_from is not None:
+            raise frozen()
         if self.remote is None:
             raise not_found("Remote media is not available: federation is off")
         key = (origin, media_id)
@@ -254,41 +282,57 @@ class MediaRepository:
             await self.files.commit(written[0])
             await self._store.upsert_remote(record)
         log.info("cached remote media %s (%d bytes)", record.mxc, record.size or 0)
-        return record
+        # Read back: the bytes may be quarantined content under another ID.
+        stored = await self._store.get_remote(origin, media_id)
+        if stored is None or stored.quarantined:
+            raise not_found("No such media")
+        return stored
 
     # -- thumbnails --
 
     async def thumbnail(self, server_name: str, media_id: str, *, width: int, height: int, method: str,
-                        animated: bool, timeout_ms: int | None = None,
-                        allow_remote: bool = True) -> tuple[Path, str]:
-        """(file, content type) of a thumbnail; for small images the original itself."""
+                        animated: bool, requester: str, timeout_ms: int | None = None,
+                        allow_remote: bool = True, unauthenticated: bool = False) -> tuple[Path, str]:
+        """(file, content type) of a thumbnail; for small images the original itself.
+
+        Only the configured sizes are ever made (`choose_spec`), and making one is rate-limited
+        per `requester` (a user ID, an IP address, a server name); serving a made one is not."""
         if method not in ("crop", "scale"):
             raise invalid_param("method must be crop or scale")
         if width < 1 or height < 1:
             raise invalid_param("width and height must be positive integers")
-        media = await self.open(server_name, media_id, timeout_ms=timeout_ms, allow_remote=allow_remote)
+        media = await self.open(server_name, media_id, timeout_ms=timeout_ms, allow_remote=allow_remote,
+                                unauthenticated=unauthenticated)
         local = server_name == self.server_name
         if (media.record.size or 0) > self.config.max_thumbnail_source_bytes:
             raise MatrixError(413 if local else 502, "M_TOO_LARGE", "Content is too large to thumbnail")
-        spec = choose_spec(width, height, method, animated)  # type: ignore[arg-type]
+        spec = choose_spec(width, height, method, animated, self._thumbnail_sizes)  # type: ignore[arg-type]
         sha = media.record.sha256 or ""
         key = (sha, spec.file_stem)
+        directory = self.files.thumbnail_dir(sha)
         known = self._thumbnail_paths.get(key)
         if known is not None:
             self._thumbnail_paths.move_to_end(key)
             return known
+        loop = asyncio.get_running_loop()
+        if key not in self._thumbnailing:
+            known = await loop.run_in_executor(self._executor, _cached_thumbnail, media.path, directory, spec)
+            if known is not None:
+                self._remember_thumbnail(key, known)
+                return known
+            if self._limiter is not None:
+                await self._limiter.check("thumbnail_generation", requester,
+                                          bucket=self.config.thumbnail_generation_rate)
         pending = self._thumbnailing.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
-        future: asyncio.Future[tuple[Path, str]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[Path, str]] = loop.create_future()
         self._thumbnailing[key] = future
         try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                self._executor, _cached_or_new_thumbnail, media.path, self.files.thumbnail_dir(sha), spec,
+            result = await loop.run_in_executor(
+                self._executor, _cached_or_new_thumbnail, media.path, directory, spec,
                 self.config.max_thumbnail_pixels, self.config.max_animated_frames)
-            self._thumbnail_paths[key] = result
-            if len(self._thumbnail_paths) > THUMBNAIL_PATHS_CACHED:
-                self._thumbnail_paths.popitem(last=False)
+            self._remember_thumbnail(key, result)
             future.set_result(result)
             return result
         except ThumbnailError as e:
@@ -304,6 +348,11 @@ class MediaRepository:
         finally:
             del self._thumbnailing[key]
 
+    def _remember_thumbnail(self, key: tuple[str, str], found: tuple[Path, str]) -> None:
+        self._thumbnail_paths[key] = found
+        if len(self._thumbnail_paths) > THUMBNAIL_PATHS_CACHED:
+            self._thumbnail_paths.popitem(last=False)
+
     # -- administration and expiry --
 
     async def lookup(self, mxc: str) -> tuple[MediaRecord, bool] | None:
@@ -315,12 +364,21 @@ class MediaRepository:
         record = await self._store.get_remote(origin, media_id)
         return None if record is None else (record, False)
 
-    async def set_quarantined(self, mxc: str, quarantined: bool = True) -> bool:
+    async def set_quarantined(self, mxc: str, quarantined: bool = True) -> int | None:
+        """Quarantine an item and its bytes, or release both: every item holding the same bytes,
+        now or uploaded or fetched later, follows. None if the item is unknown, else how many
+        other items hold those bytes."""
         found = await self.lookup(mxc)
         if found is None:
-            return False
-        await self._store.set_quarantined(found[0], found[1], quarantined)
-        return True
+            return None
+        record, local = found
+        if quarantined:
+            others = await self._store.quarantine(record, local, now_ms())
+        else:
+            others = await self._store.release(record, local)
+        log.info("%s %s (content %s, %d other item(s) with it)", "quarantined" if quarantined else "released",
+                 mxc, record.sha256, others)
+        return others
 
     async def delete(self, mxc: str) -> bool:
         found = await self.lookup(mxc)
@@ -364,9 +422,8 @@ class MediaRepository:
                 log.exception("media sweep failed; trying again next interval")
 
 
-def _cached_or_new_thumbnail(source: Path, directory: Path, spec: ThumbnailSpec, max_pixels: int,
-                             max_frames: int) -> tuple[Path, str]:
-    """Runs on the thread pool: a cached thumbnail, else make and cache one."""
+def _cached_thumbnail(source: Path, directory: Path, spec: ThumbnailSpec) -> tuple[Path, str] | None:
+    """Runs on the thread pool: the thumbnail made earlier (by any process), or None."""
     for content_type, ext in EXTENSIONS.items():
         candidate = directory / f"{spec.file_stem}.{ext}"
         if candidate.is_file():
@@ -374,6 +431,16 @@ def _cached_or_new_thumbnail(source: Path, directory: Path, spec: ThumbnailSpec,
     original = directory / f"{spec.file_stem}.original"
     if original.is_file():  # remembers "the original is the answer" and its type
         return source, original.read_text()
+    return None
+
+
+def _cached_or_new_thumbnail(source: Path, directory: Path, spec: ThumbnailSpec, max_pixels: int,
+                             max_frames: int) -> tuple[Path, str]:
+    """Runs on the thread pool: a cached thumbnail, else make and cache one."""
+    cached = _cached_thumbnail(source, directory, spec)
+    if cached is not None:
+        return cached
+    original = directory / f"{spec.file_stem}.original"
     thumb = make_thumbnail(source, spec, max_pixels=max_pixels, max_frames=max_frames)
     directory.mkdir(parents=True, exist_ok=True)
     if thumb.data is None:

@@ -1,5 +1,9 @@
 """Thumbnails with Pillow: the sizes the spec suggests, `crop` and `scale`, never upscaled.
 
+Only a fixed set of sizes is ever made (the spec's plus a few configured): every request maps
+onto one of them (`choose_spec`), so one image costs a bounded amount of CPU and disk however
+many sizes clients ask for.
+
 The pixel work is in `thumbnail_render`, imported on the first thumbnail only: Pillow costs
 a server that never makes one a few MiB of memory. It is synchronous and CPU-bound: the
 repository runs it on the thread pool. Only JPEG, PNG (APNG), GIF and WebP are decoded: fewer decoders, fewer ways in for a hostile
@@ -11,17 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
+
+from homeserver.config import THUMBNAIL_SIZE_RE
 
 Method = Literal["crop", "scale"]
 
-# The spec's recommended thumbnail sizes.
+# The spec's recommended thumbnail sizes (Synapse's default list too).
 STANDARD_SIZES: tuple[tuple[int, int, Method], ...] = (
     (32, 32, "crop"), (96, 96, "crop"), (320, 240, "scale"), (640, 480, "scale"), (800, 600, "scale"))
-# Requests beyond the standard sizes are rounded up to a multiple of this (so a client cannot
-# fill the cache with one thumbnail per pixel) and capped at MAX_SIZE.
-SIZE_STEP = 64
-MAX_SIZE = 4096
 
 FORMAT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
@@ -47,17 +49,32 @@ class ThumbnailSpec:
         return f"{self.width}x{self.height}-{self.method}-{'a' if self.animated else 's'}"
 
 
-def choose_spec(width: int, height: int, method: Method, animated: bool) -> ThumbnailSpec:
-    """The cached size that serves a request: the smallest standard one at least as large."""
-    fits = [(w, h) for w, h, m in STANDARD_SIZES if m == method and w >= width and h >= height]
-    if fits:
-        w, h = min(fits, key=lambda s: s[0] * s[1])
-        return ThumbnailSpec(w, h, method, animated)
+def thumbnail_sizes(extra: list[str]) -> tuple[tuple[int, int, Method], ...]:
+    """The only sizes ever made: the standard ones plus media.extra_thumbnail_sizes (validated)."""
+    sizes = list(STANDARD_SIZES)
+    for text in extra:
+        match = THUMBNAIL_SIZE_RE.fullmatch(text)
+        assert match is not None, text
+        size = (int(match.group(1)), int(match.group(2)), cast(Method, match.group(3)))
+        if size not in sizes:
+            sizes.append(size)
+    return tuple(sizes)
 
-    def round_up(n: int) -> int:
-        return min(MAX_SIZE, -(-n // SIZE_STEP) * SIZE_STEP)
 
-    return ThumbnailSpec(round_up(width), round_up(height), method, animated)
+def choose_spec(width: int, height: int, method: Method, animated: bool,
+                sizes: tuple[tuple[int, int, Method], ...] = STANDARD_SIZES) -> ThumbnailSpec:
+    """The made size that serves a request: of the requested method, the smallest at least as
+    large as asked, else the largest. So each image has at most len(sizes) thumbnails (twice
+    that with animated ones) however many sizes are asked for; the spec lets the server answer
+    with another size than requested."""
+    of_method = [(w, h) for w, h, m in sizes if m == method]
+    fits = [(w, h) for w, h in of_method if w >= width and h >= height]
+    w, h = min(fits, key=_area) if fits else max(of_method, key=_area)
+    return ThumbnailSpec(w, h, method, animated)
+
+
+def _area(size: tuple[int, int]) -> int:
+    return size[0] * size[1]
 
 
 @dataclass(frozen=True)

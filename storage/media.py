@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from storage.database import Database, Row
+from storage.database import Connection, Database, Row
 from homeserver.models import MediaRecord
+
+
+# An item is quarantined by its own flag or by its bytes (quarantined_media_hashes): the
+# second holds every copy of the same content, uploaded or fetched before or after.
+_QUARANTINED = ("(m.quarantined = 1 OR EXISTS (SELECT 1 FROM quarantined_media_hashes q"
+                " WHERE q.sha256 = m.sha256)) AS is_quarantined")
+_SELECT_LOCAL = f"SELECT m.*, {_QUARANTINED} FROM local_media m"
+_SELECT_REMOTE = f"SELECT m.*, {_QUARANTINED} FROM remote_media m"
+_SETTING_FREEZE = "unauthenticated_freeze_ts"
 
 
 def _local(origin: str, row: Row) -> MediaRecord:
     return MediaRecord(origin, row["media_id"], row["content_type"], row["upload_name"], row["size"],
-                       row["sha256"], row["created_ts"], bool(row["quarantined"]), user_id=row["user_id"],
+                       row["sha256"], row["created_ts"], bool(row["is_quarantined"]), user_id=row["user_id"],
                        unused_expires_ts=row["unused_expires_ts"])
 
 
 def _remote(row: Row) -> MediaRecord:
     return MediaRecord(row["origin"], row["media_id"], row["content_type"], row["upload_name"], row["size"],
-                       row["sha256"], row["fetched_ts"], bool(row["quarantined"]),
+                       row["sha256"], row["fetched_ts"], bool(row["is_quarantined"]),
                        last_access_ts=row["last_access_ts"])
 
 
@@ -51,7 +60,7 @@ class MediaStore:
         return row is not None
 
     async def get_local(self, origin: str, media_id: str) -> MediaRecord | None:
-        row = await self.db.fetchone("SELECT * FROM local_media WHERE media_id = ?", media_id)
+        row = await self.db.fetchone(f"{_SELECT_LOCAL} WHERE m.media_id = ?", media_id)
         return None if row is None else _local(origin, row)
 
     async def delete_expired_pending(self, now_ts: int) -> int:
@@ -62,7 +71,7 @@ class MediaStore:
     # -- remote --
 
     async def get_remote(self, origin: str, media_id: str) -> MediaRecord | None:
-        row = await self.db.fetchone("SELECT * FROM remote_media WHERE origin = ? AND media_id = ?",
+        row = await self.db.fetchone(f"{_SELECT_REMOTE} WHERE m.origin = ? AND m.media_id = ?",
                                      origin, media_id)
         return None if row is None else _remote(row)
 
@@ -81,19 +90,55 @@ class MediaStore:
 
     async def unused_remote(self, before_ts: int, limit: int = 500) -> list[MediaRecord]:
         rows = await self.db.fetchall(
-            "SELECT * FROM remote_media WHERE last_access_ts < ? ORDER BY last_access_ts LIMIT ?",
+            f"{_SELECT_REMOTE} WHERE m.last_access_ts < ? ORDER BY m.last_access_ts LIMIT ?",
             before_ts, limit)
         return [_remote(r) for r in rows]
 
     # -- both --
 
-    async def set_quarantined(self, record: MediaRecord, local: bool, quarantined: bool) -> None:
-        if local:
-            await self.db.execute("UPDATE local_media SET quarantined = ? WHERE media_id = ?",
-                                  int(quarantined), record.media_id)
-        else:
-            await self.db.execute("UPDATE remote_media SET quarantined = ? WHERE origin = ? AND media_id = ?",
-                                  int(quarantined), record.origin, record.media_id)
+    async def quarantine(self, record: MediaRecord, local: bool, ts: int) -> int:
+        """Quarantine the item and its bytes; returns how many other items hold the same bytes."""
+        async with self.db.transaction() as tx:
+            if local:
+                await tx.execute("UPDATE local_media SET quarantined = 1 WHERE media_id = ?", record.media_id)
+            else:
+                await tx.execute("UPDATE remote_media SET quarantined = 1 WHERE origin = ? AND media_id = ?",
+                                 record.origin, record.media_id)
+            if record.sha256 is None:  # a pending upload: no bytes yet
+                return 0
+            await tx.execute("INSERT INTO quarantined_media_hashes (sha256, quarantined_ts) VALUES (?, ?)"
+                             " ON CONFLICT (sha256) DO NOTHING", record.sha256, ts)
+            return await self._others_with(tx, record.sha256)
+
+    async def release(self, record: MediaRecord, local: bool) -> int:
+        """Lift the quarantine of the item and of its bytes (so of every item holding them);
+        returns how many other items hold the same bytes."""
+        async with self.db.transaction() as tx:
+            if local:
+                await tx.execute("UPDATE local_media SET quarantined = 0 WHERE media_id = ?", record.media_id)
+            else:
+                await tx.execute("UPDATE remote_media SET quarantined = 0 WHERE origin = ? AND media_id = ?",
+                                 record.origin, record.media_id)
+            if record.sha256 is None:
+                return 0
+            await tx.execute("DELETE FROM quarantined_media_hashes WHERE sha256 = ?", record.sha256)
+            await tx.execute("UPDATE local_media SET quarantined = 0 WHERE sha256 = ?", record.sha256)
+            await tx.execute("UPDATE remote_media SET quarantined = 0 WHERE sha256 = ?", record.sha256)
+            return await self._others_with(tx, record.sha256)
+
+    @staticmethod
+    async def _others_with(conn: Connection, sha256: str) -> int:
+        count = await conn.fetchval(
+            "SELECT (SELECT COUNT(*) FROM local_media WHERE sha256 = ?)"
+            " + (SELECT COUNT(*) FROM remote_media WHERE sha256 = ?)", sha256, sha256)
+        return max(0, int(count or 0) - 1)
+
+    async def unauthenticated_freeze_ts(self, now_ts: int) -> int:
+        """The recorded start of the unauthenticated-media freeze, recording `now_ts` if there is
+        none yet (the first start with the freeze on; several workers agree on one)."""
+        await self.db.execute("INSERT INTO media_settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                              _SETTING_FREEZE, now_ts)
+        return int(await self.db.fetchval("SELECT value FROM media_settings WHERE name = ?", _SETTING_FREEZE))
 
     async def delete(self, record: MediaRecord, local: bool) -> None:
         if local:

@@ -281,6 +281,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (target_id, redaction_id)
         )""",
     )),
+    Migration(7, "media: the unauthenticated-media freeze time", (
+        # One row per setting; 'unauthenticated_freeze_ts' is recorded on the first start with
+        # media.legacy_unauthenticated_freeze on.
+        """CREATE TABLE media_settings (
+            name TEXT PRIMARY KEY,
+            value BIGINT NOT NULL
+        )""",
+    )),
+    Migration(8, "media: quarantined content hashes", (
+        # Quarantine holds the bytes, not only the ID: every item (local or remote, present or
+        # future) whose sha256 is listed here is served 404. Items quarantined before bring theirs.
+        """CREATE TABLE quarantined_media_hashes (
+            sha256 TEXT PRIMARY KEY,
+            quarantined_ts BIGINT NOT NULL
+        )""",
+        """INSERT INTO quarantined_media_hashes (sha256, quarantined_ts)
+            SELECT sha256, 0 FROM local_media WHERE quarantined = 1 AND sha256 IS NOT NULL
+            UNION SELECT sha256, 0 FROM remote_media WHERE quarantined = 1""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 from typing import Any
 
+import yaml
 from PIL import Image
 
+from homeserver.config import Config
 from tests.conftest import auth
 
 UPLOAD = "/_matrix/media/v3/upload"
@@ -64,3 +70,17 @@ async def upload(client: Any, token: str, data: bytes, content_type: str = "appl
 def path_of(mxc: str) -> str:
     """`server/mediaId` of an mxc URI."""
     return mxc[len("mxc://"):]
+
+
+def admin_cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m homeserver COMMAND --config FILE ARGS...`, as an operator runs it beside the server."""
+    command, *rest = args
+    return subprocess.run([sys.executable, "-m", "homeserver", command, "--config", str(config_path), *rest],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def write_config(config: Config, path: Path) -> Path:
+    """The test's config as a YAML file the CLI can load (same database, same media store)."""
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    return path

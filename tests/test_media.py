@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import auth, register
-from tests.media_helpers import CREATE, LEGACY, MEDIA, UPLOAD, path_of, upload
+from tests.media_helpers import CREATE, LEGACY, MEDIA, UPLOAD, admin_cli, image_bytes, path_of, upload, write_config
 
 
 def stored_files(data_dir: Path) -> list[Path]:
     return [p for p in (data_dir / "media" / "files").rglob("*") if p.is_file()]
 
 
-async def test_upload_and_download_on_every_path(client: Any) -> None:
+async def test_upload_and_download_on_every_path(serve: Any) -> None:
+    client = await serve(media={"legacy_unauthenticated_freeze": False})  # the legacy path serves all
     alice = await register(client, "alice")
     data = b"hello, media \x00\xff" * 1000
     uri = await upload(client, alice["access_token"], data, "text/plain", filename="notes.txt")
@@ -140,3 +142,81 @@ async def test_pending_uploads_are_limited(serve: Any) -> None:
         assert (await client.post(CREATE, headers=h)).status == 200
     resp = await client.post(CREATE, headers=h)
     assert resp.status == 429 and (await resp.json())["errcode"] == "M_LIMIT_EXCEEDED"
+
+
+async def test_legacy_paths_are_frozen_for_media_uploaded_after_the_switch(serve: Any) -> None:
+    # Before the switch (freeze off), an item reachable on the legacy path.
+    before = await serve(media={"legacy_unauthenticated_freeze": False})
+    alice = await register(before, "alice")
+    h = auth(alice["access_token"])
+    old = await upload(before, alice["access_token"], image_bytes("PNG", (200, 100)), "image/png")
+    await before.close()
+    # The first start with the freeze on (the default) records its time.
+    for restart in range(2):
+        client = await serve()
+        if restart == 0:
+            new = await upload(client, alice["access_token"], image_bytes("PNG", (200, 100)), "image/png")
+        for uri, legacy_status in ((old, 200), (new, 404)):
+            for path, params in (("download", {}), ("thumbnail", {"width": "32", "height": "32", "method": "crop"})):
+                resp = await client.get(f"{LEGACY}/{path}/{path_of(uri)}", params=params)
+                assert resp.status == legacy_status, (restart, uri, path)
+                if legacy_status == 404:
+                    assert (await resp.json())["errcode"] == "M_NOT_FOUND"
+                resp = await client.get(f"{MEDIA}/{path}/{path_of(uri)}", params=params, headers=h)
+                assert resp.status == 200, (restart, uri, path)
+        # A pending async upload made after the freeze: not found at once, no waiting for it.
+        pending = (await (await client.post(CREATE, headers=h)).json())["content_uri"]
+        resp = await client.get(f"{LEGACY}/download/{path_of(pending)}", params={"timeout_ms": "5000"})
+        assert resp.status == 404 and (await resp.json())["errcode"] == "M_NOT_FOUND"
+        await client.close()  # the restart must keep the recorded time, not move it past `new`
+
+
+async def test_an_explicit_freeze_time(serve: Any) -> None:
+    client = await serve(media={"legacy_unauthenticated_freeze_ts": int(time.time() * 1000) + 3_600_000})
+    alice = await register(client, "alice")
+    uri = await upload(client, alice["access_token"], b"made before the freeze")
+    assert (await client.get(f"{LEGACY}/download/{path_of(uri)}")).status == 200
+
+
+async def test_quarantine_holds_the_content_not_only_the_id(serve: Any, make_config: Any, tmp_path: Path) -> None:
+    client = await serve()
+    config_path = write_config(make_config(), tmp_path / "whispr.yaml")
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    ha, hb = auth(alice["access_token"]), auth(bob["access_token"])
+    bad = image_bytes("PNG", (120, 80))
+    first = await upload(client, alice["access_token"], bad, "image/png", "a.png")
+    second = await upload(client, bob["access_token"], bad, "application/octet-stream", "b.bin")
+    innocent = await upload(client, alice["access_token"], image_bytes("PNG", (80, 120)), "image/png")
+
+    async def status(uri: str) -> tuple[int, int]:
+        download = await client.get(f"{MEDIA}/download/{path_of(uri)}", headers=hb)
+        thumbnail = await client.get(f"{MEDIA}/thumbnail/{path_of(uri)}", headers=hb,
+                                     params={"width": "32", "height": "32", "method": "crop"})
+        for resp in (download, thumbnail):
+            if resp.status == 404:
+                assert (await resp.json())["errcode"] == "M_NOT_FOUND"
+        return download.status, thumbnail.status
+
+    assert await status(second) == (200, 200)  # a thumbnail cached before the quarantine
+    done = await asyncio.to_thread(admin_cli, config_path, "quarantine-media", first)
+    assert done.returncode == 0, done.stderr
+    assert f"quarantined {first} and 1 other item(s) with the same content" in done.stdout
+    # Every item with those bytes is quarantined, thumbnails included; other content is not.
+    assert await status(first) == await status(second) == (404, 404)
+    assert await status(innocent) == (200, 200)
+    # The same bytes uploaded again, directly or async, get an ID (as Synapse) but serve nothing.
+    third = await upload(client, bob["access_token"], bad, "image/png", "again.png")
+    slot = (await (await client.post(CREATE, headers=hb)).json())["content_uri"]
+    resp = await client.put(f"{UPLOAD}/{path_of(slot)}", data=bad, headers={**hb, "Content-Type": "image/png"})
+    assert resp.status == 200
+    assert await status(third) == await status(slot) == (404, 404)
+    # The bytes are kept (quarantine is not deletion): one file for them all.
+    assert hashlib.sha256(bad).hexdigest() in {p.name for p in stored_files(Path(make_config().data_dir))}
+    # --undo on any of them lifts the item and the content: all four are back.
+    done = await asyncio.to_thread(admin_cli, config_path, "quarantine-media", "--undo", third)
+    assert done.returncode == 0, done.stderr
+    assert f"released from quarantine {third} and 3 other item(s) with the same content" in done.stdout
+    for uri in (first, second, third, slot):
+        assert await status(uri) == (200, 200), uri
+    resp = await client.get(f"{MEDIA}/download/{path_of(first)}", headers=ha)
+    assert await resp.read() == bad

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from bench.servers import REPO_ROOT, RunningServer, deep_merge, free_port, start_whispr
-from tests.media_helpers import MEDIA, UPLOAD, image_bytes, opened, path_of
+from tests.media_helpers import LEGACY, MEDIA, UPLOAD, image_bytes, opened, path_of
 from tests.test_federation_whispr import Client, federation_config
 
 
@@ -67,6 +67,13 @@ async def test_remote_media_is_fetched_cached_and_expires(pair: tuple[RunningSer
         blob = bytes(range(256)) * 12_000  # ~3 MB, streamed through
         blob_uri = await upload(session, alice, blob, "application/octet-stream", "data.bin")
 
+        # The legacy unauthenticated path fetches nothing from A: anything fetched now would be
+        # newer than the freeze of unauthenticated media (on by default).
+        for path in ("download", "thumbnail"):
+            status, _, body = await get(session, bob, f"{LEGACY}/{path}/{path_of(uri)}", width="32", height="32")
+            assert status == 404 and b"M_NOT_FOUND" in body
+        assert cached_files(b) == []
+
         # Several of bob's requests at once: one fetch from A, every answer complete.
         results = await asyncio.gather(*(get(session, bob, f"{MEDIA}/download/{path_of(blob_uri)}")
                                          for _ in range(5)))
@@ -113,6 +120,17 @@ async def test_remote_media_is_fetched_cached_and_expires(pair: tuple[RunningSer
         assert done.returncode == 1 and "not found" in done.stdout
         done = await asyncio.to_thread(cli, a, "delete-media", "https://not.mxc/x")
         assert done.returncode == 1
+
+        # Quarantine holds content: bytes quarantined on B (under a local ID) are not served when
+        # they come from A under another ID, not even by the fetch that brings them.
+        banned = image_bytes("PNG", (64, 48))
+        local_copy = await upload(session, bob, banned, "image/png", "copy.png")
+        assert (await asyncio.to_thread(cli, b, "quarantine-media", local_copy)).returncode == 0
+        remote_copy = await upload(session, alice, banned, "image/png", "original.png")
+        status, _, body = await get(session, bob, f"{MEDIA}/download/{path_of(remote_copy)}")
+        assert status == 404 and b"M_NOT_FOUND" in body
+        status, _, body = await get(session, alice, f"{MEDIA}/download/{path_of(remote_copy)}")
+        assert status == 200 and body == banned  # A has quarantined nothing
 
 
 async def test_federation_media_endpoint_needs_a_signed_request(pair: tuple[RunningServer, RunningServer]) -> None:

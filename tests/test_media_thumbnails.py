@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from homeserver.config import ConfigError, load_config
 from tests.conftest import auth, register
 from tests.media_helpers import LEGACY, MEDIA, image_bytes, opened, path_of, png_bomb, upload
 
@@ -34,12 +35,10 @@ async def test_crop_and_scale_of_each_format(client: Any, fmt: str, upload_type:
     resp = await thumb(client, token, uri, 300, 200)
     im = opened(await resp.read())
     assert im.size == (320, 213) and im.width >= 300 and im.height >= 200
-    # beyond the standard sizes: a box rounded up to multiples of 64 (1024x704), the image fit in it
-    resp = await thumb(client, token, uri, 1000, 700)
-    assert opened(await resp.read()).size == (1024, 683)
-    # larger than the original: the original itself, never upscaled
-    resp = await thumb(client, token, uri, 5000, 5000)
-    assert resp.headers["Content-Type"] == upload_type and opened(await resp.read()).size == (1200, 800)
+    # beyond the made sizes: the largest of them (800x600), the image fit in it
+    for width, height in ((1000, 700), (5000, 5000)):
+        resp = await thumb(client, token, uri, width, height)
+        assert resp.headers["Content-Type"] == thumb_type and opened(await resp.read()).size == (800, 533)
 
 
 async def test_small_images_are_not_upscaled(client: Any) -> None:
@@ -78,7 +77,7 @@ async def test_animated_thumbnails(client: Any) -> None:
 
 
 async def test_thumbnails_are_cached_on_disk(serve: Any, make_config: Any) -> None:
-    client = await serve()
+    client = await serve(media={"legacy_unauthenticated_freeze": False})
     data_dir = Path(make_config().data_dir)
     alice = await register(client, "alice")
     token = alice["access_token"]
@@ -118,3 +117,71 @@ async def test_refusals(serve: Any) -> None:
     resp = await client.get(f"{MEDIA}/thumbnail/test.local/nothing", headers=auth(token),
                             params={"width": "32", "height": "32"})
     assert resp.status == 404 and (await resp.json())["errcode"] == "M_NOT_FOUND"
+
+
+def thumbnail_files(data_dir: Path) -> list[Path]:
+    return [p for p in (data_dir / "media" / "thumbnails").rglob("*") if p.is_file()]
+
+
+async def test_only_the_configured_sizes_are_ever_made(serve: Any, make_config: Any) -> None:
+    client = await serve(media={"extra_thumbnail_sizes": ["1000x750-scale"]})
+    data_dir = Path(make_config().data_dir)
+    alice = await register(client, "alice")
+    token = alice["access_token"]
+    uri = await upload(client, token, image_bytes("JPEG", (1200, 800)), "image/jpeg")
+    # 50 distinct sizes and methods, as an attacker would ask for them...
+    for i in range(50):
+        method = "crop" if i % 2 else "scale"
+        resp = await thumb(client, token, uri, 8 + i * 41, 5 + i * 29, method)
+        assert resp.status == 200, await resp.text()
+        im = opened(await resp.read())
+        if method == "crop":
+            assert im.size in ((32, 32), (96, 96))
+        else:
+            assert max(im.size) <= 1000
+    # ...make at most one file per configured size: the spec's five and the extra one.
+    made = {p.name.split(".")[0] for p in thumbnail_files(data_dir)}
+    assert len(thumbnail_files(data_dir)) == len(made) <= 6
+    assert made <= {"32x32-crop-s", "96x96-crop-s", "320x240-scale-s", "640x480-scale-s", "800x600-scale-s",
+                    "1000x750-scale-s"}
+    # The nearest made size answers: the smallest of the method at least as large, else the largest.
+    resp = await thumb(client, token, uri, 900, 700)
+    assert opened(await resp.read()).size == (1000, 667)
+    resp = await thumb(client, token, uri, 3000, 3000)
+    assert opened(await resp.read()).size == (1000, 667)
+    resp = await thumb(client, token, uri, 500, 500, "crop")
+    assert opened(await resp.read()).size == (96, 96)
+
+
+async def test_making_thumbnails_is_rate_limited_per_requester(serve: Any) -> None:
+    client = await serve(rate_limits={"enabled": True},
+                         media={"thumbnail_generation_rate": {"per_second": 0.001, "burst": 2},
+                                "legacy_unauthenticated_freeze": False})
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    uri = await upload(client, alice["access_token"], image_bytes("PNG", (400, 300)), "image/png")
+    for width in (32, 96):
+        assert (await thumb(client, alice["access_token"], uri, width, width, "crop")).status == 200
+    resp = await thumb(client, alice["access_token"], uri, 320, 240)  # a third size to make
+    assert resp.status == 429, resp.status
+    body = await resp.json()
+    assert body["errcode"] == "M_LIMIT_EXCEEDED" and body["retry_after_ms"] > 0
+    # Made thumbnails are served whatever the bucket holds, for any request that maps to them.
+    for width, height in ((32, 32), (30, 20), (90, 90)):
+        assert (await thumb(client, alice["access_token"], uri, width, height, "crop")).status == 200
+    # Another user has a bucket of their own.
+    assert (await thumb(client, bob["access_token"], uri, 320, 240)).status == 200
+    # Without a token (the legacy path): limited per IP address.
+    for params, expected in (({"width": "640", "height": "480"}, 200), ({"width": "800", "height": "600"}, 200),
+                             ({"width": "32", "height": "32", "method": "crop", "animated": "true"}, 429),
+                             ({"width": "320", "height": "240"}, 200)):
+        resp = await client.get(f"{LEGACY}/thumbnail/{path_of(uri)}", params=params)
+        assert resp.status == expected, (params, resp.status)
+
+
+def test_extra_thumbnail_sizes_are_checked_and_bounded() -> None:
+    config = load_config(None, environ={"WHISPR_MEDIA__EXTRA_THUMBNAIL_SIZES": "1280x960-scale,200x200-crop"})
+    assert config.media.extra_thumbnail_sizes == ["1280x960-scale", "200x200-crop"]
+    for bad in (["big"], ["0x10-crop"], ["100x100-stretch"], ["5000x10-scale"],
+                [f"{n}x{n}-crop" for n in range(100, 105)]):  # one more than allowed
+        with pytest.raises(ConfigError, match="extra_thumbnail_sizes"):
+            load_config(None, environ={}, overrides={"media": {"extra_thumbnail_sizes": bad}})

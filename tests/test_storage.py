@@ -148,3 +148,22 @@ async def test_sqlite_uses_wal(tmp_path: Path) -> None:
         assert (await db.fetchval("PRAGMA journal_mode")).lower() == "wal"
     finally:
         await db.close()
+
+
+async def test_items_quarantined_before_the_content_quarantine_bring_their_content(db_args: dict[str, Any]) -> None:
+    """The migration that adds quarantine by content marks the bytes of items quarantined before it."""
+    hashes = next(m for m in MIGRATIONS if m.description == "media: quarantined content hashes")
+    db = await open_database(**db_args, migrate=False)
+    try:
+        await run_migrations(db, tuple(m for m in MIGRATIONS if m.version < hashes.version))
+        for media_id, sha, quarantined in (("a", "aaa", 1), ("b", "aaa", 0), ("c", "ccc", 0)):
+            await db.execute("INSERT INTO local_media (media_id, user_id, sha256, created_ts, quarantined)"
+                             " VALUES (?, '@u:x', ?, 0, ?)", media_id, sha, quarantined)
+        await db.execute("INSERT INTO remote_media (origin, media_id, content_type, size, sha256, fetched_ts,"
+                         " last_access_ts, quarantined) VALUES ('o', 'r', 't', 1, 'rrr', 0, 0, 1)")
+        await run_migrations(db)
+        store = Store(db)
+        assert [(await store.media.get_local("x", m)).quarantined for m in "abc"] == [True, True, False]  # type: ignore[union-attr]
+        assert (await store.media.get_remote("o", "r")).quarantined  # type: ignore[union-attr]
+    finally:
+        await db.close()
