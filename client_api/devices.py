@@ -6,7 +6,7 @@ from aiohttp import web
 
 from client_api.http import CLIENT_V3, client_ip, hs, json_body, ok, requester
 from homeserver.errors import bad_json, forbidden, not_found
-from homeserver.models import Device
+from homeserver.accounts.models import Device
 
 
 def _device_json(d: Device) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from client_api.forwarded import client_address
-from homeserver.accounts import Requester
+from homeserver.accounts.accounts import Requester
 from homeserver.errors import MatrixError
 from homeserver.server import HomeServer
 

@@ -5,7 +5,7 @@ from typing import Any
 from aiohttp import web
 
 from client_api.http import CLIENT_V3, client_ip, hs, json_body, ok
-from homeserver.accounts import check_device_params
+from homeserver.accounts.accounts import check_device_params
 from homeserver.errors import MatrixError, forbidden
 
 

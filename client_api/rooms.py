@@ -8,11 +8,11 @@ from typing import Any
 from aiohttp import web
 
 from client_api.http import CLIENT_V3, hs, json_body, ok, requester
-from homeserver.client_events import client_event
+from homeserver.events.client_format import client_event
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.filters import EventFilter, parse_event_filter
-from homeserver.room_versions import get_room_version
+from homeserver.sync.filters import EventFilter, parse_event_filter
+from homeserver.events.room_versions import get_room_version
 from storage.rooms import TxnRef
 
 R = f"{CLIENT_V3}/rooms/{{room_id}}"

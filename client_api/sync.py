@@ -15,7 +15,7 @@ from aiohttp_sse import sse_response
 
 from client_api.http import CLIENT_V3, WHISPR, hs, ok, requester
 from homeserver.errors import MatrixError
-from homeserver.sync import SyncToken
+from homeserver.sync.sync import SyncToken
 
 SSE_HEARTBEAT_S = 15.0
 SSE_POLL_TIMEOUT_MS = 30_000

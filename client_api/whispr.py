@@ -7,10 +7,10 @@ per-user email-code opt-in, and TOTP enrollment.
 from aiohttp import web
 
 from client_api.http import WHISPR, client_ip, hs, json_body, ok, requester
-from homeserver.accounts import check_device_params
-from homeserver.email_verification import check_client_secret
+from homeserver.accounts.accounts import check_device_params
+from homeserver.accounts.email_verification import check_client_secret
 from homeserver.errors import MatrixError, bad_json, forbidden
-from homeserver.ids import normalise_email
+from homeserver.events.ids import normalise_email
 
 
 async def signup(request: web.Request) -> web.Response:

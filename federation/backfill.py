@@ -14,9 +14,9 @@ import time
 from typing import Any
 from urllib.parse import quote
 
-from homeserver.auth_rules import server_of
-from homeserver.events import Event
-from homeserver.rooms import Rooms
+from homeserver.events.auth_rules import server_of
+from homeserver.events.event import Event
+from homeserver.rooms.rooms import Rooms
 from federation.ingest import FederationRequests, Ingester, PduRejected
 from storage.store import Store
 

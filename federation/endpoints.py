@@ -12,12 +12,12 @@ from aiohttp import web
 from client_api.http import hs
 from federation.ingest import PduRejected, server_of
 from federation.remote_rooms import received_invite_state
-from homeserver.auth_rules import AuthError, check_auth
+from homeserver.events.auth_rules import AuthError, check_auth
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, not_found
-from homeserver.event_crypto import compute_event_id, sign_event
-from homeserver.events import Event
-from homeserver.room_versions import RoomVersion, get_room_version
+from homeserver.events.crypto import compute_event_id, sign_event
+from homeserver.events.event import Event
+from homeserver.events.room_versions import RoomVersion, get_room_version
 
 log = logging.getLogger("whispr.federation.endpoints")
 

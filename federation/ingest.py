@@ -17,13 +17,13 @@ from typing import Any, Protocol
 
 from canonicaljson import encode_canonical_json
 
-from homeserver.auth_rules import AuthError, auth_types_for_event, check_auth, check_auth_events
-from homeserver.event_crypto import check_content_hash, compute_event_id
-from homeserver.events import Event, StateKey
-from homeserver.redaction import redact
-from homeserver.room_versions import RoomVersion
-from homeserver.rooms import MAX_PDU_BYTES, Rooms
-from homeserver.state_res import resolve_state_v2
+from homeserver.events.auth_rules import AuthError, auth_types_for_event, check_auth, check_auth_events
+from homeserver.events.crypto import check_content_hash, compute_event_id
+from homeserver.events.event import Event, StateKey
+from homeserver.events.redaction import redact
+from homeserver.events.room_versions import RoomVersion
+from homeserver.rooms.rooms import MAX_PDU_BYTES, Rooms
+from homeserver.events.state_res import resolve_state_v2
 
 q = partial(quote, safe="")  # IDs as path segments
 

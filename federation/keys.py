@@ -37,8 +37,8 @@ from signedjson.types import SigningKey, VerifyKey
 
 from homeserver.clock import now_ms
 from homeserver.config import Config
-from homeserver.event_crypto import EventSignatureError, verify_event_signature
-from homeserver.room_versions import RoomVersion
+from homeserver.events.crypto import EventSignatureError, verify_event_signature
+from homeserver.events.room_versions import RoomVersion
 from storage.server_keys import ServerKey, ServerKeyStore
 
 log = logging.getLogger("whispr.federation.keys")

@@ -11,14 +11,14 @@ from functools import partial
 from urllib.parse import quote
 from typing import Any
 
-from homeserver.auth_rules import AuthError, check_auth
-from homeserver.client_events import stripped_from_json, stripped_state
+from homeserver.events.auth_rules import AuthError, check_auth
+from homeserver.events.client_format import stripped_from_json, stripped_state
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, forbidden, not_found
-from homeserver.event_crypto import compute_event_id, sign_event
-from homeserver.events import Event, StateKey
-from homeserver.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
-from homeserver.rooms import Rooms
+from homeserver.events.crypto import compute_event_id, sign_event
+from homeserver.events.event import Event, StateKey
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
+from homeserver.rooms.rooms import Rooms
 from federation.ingest import FederationRequests, Ingester, PduRejected, SignatureChecker, server_of
 from storage.store import Store
 

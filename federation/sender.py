@@ -14,7 +14,7 @@ import logging
 from typing import Any, Iterable, Protocol
 
 from homeserver.clock import now_ms
-from homeserver.events import Event
+from homeserver.events.event import Event
 from storage.store import Store
 
 log = logging.getLogger("whispr.federation.sender")

@@ -15,12 +15,12 @@ from federation.ingest import Ingester, server_of
 from federation.remote_rooms import RemoteRooms
 from federation.sender import FederationSender
 from homeserver.errors import MatrixError, not_found
-from homeserver.events import Event
-from homeserver.membership import Membership
-from homeserver.room_data import RoomData
-from homeserver.rooms import Rooms
-from homeserver.server_acl import ServerAcls
-from homeserver.typing_state import Typing
+from homeserver.events.event import Event
+from homeserver.rooms.membership import Membership
+from homeserver.rooms.room_data import RoomData
+from homeserver.rooms.rooms import Rooms
+from homeserver.rooms.server_acl import ServerAcls
+from homeserver.sync.typing_state import Typing
 from storage.store import Store
 
 q = partial(quote, safe="")  # IDs as path segments

@@ -1,1 +1,1 @@
-"""Whispr homeserver: config, app assembly, CLI, and the domain."""
+"""Whispr homeserver: the shell (config, app assembly, CLI) and the domain in sub-packages."""

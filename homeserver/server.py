@@ -7,30 +7,30 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.accounts import Accounts
-from homeserver.chats import Chats
+from homeserver.accounts.accounts import Accounts
+from homeserver.rooms.chats import Chats
 from homeserver.config import Config, ensure_secrets
-from homeserver.directory import Directory
-from homeserver.email_verification import EmailVerifier
+from homeserver.rooms.directory import Directory
+from homeserver.accounts.email_verification import EmailVerifier
 from homeserver.ephemeral import Ephemeral, make_ephemeral
-from homeserver.event_crypto import load_or_create_signing_key
-from homeserver.filters import Filters
-from homeserver.login import LoginService
-from homeserver.mailer import Mailer
-from homeserver.membership import Membership
-from homeserver.notifier import Notifier, make_notifier
-from homeserver.passwords import PasswordHasher
-from homeserver.profiles import Profiles
+from homeserver.events.crypto import load_or_create_signing_key
+from homeserver.sync.filters import Filters
+from homeserver.accounts.login import LoginService
+from homeserver.accounts.mailer import Mailer
+from homeserver.rooms.membership import Membership
+from homeserver.sync.notifier import Notifier, make_notifier
+from homeserver.accounts.passwords import PasswordHasher
+from homeserver.accounts.profiles import Profiles
 from homeserver.ratelimit import RateLimiter
-from homeserver.room_creation import RoomCreator
-from homeserver.room_data import RoomData
-from homeserver.rooms import Rooms
-from homeserver.sync import SyncService
-from homeserver.timeline import Timeline
-from homeserver.visibility import HistoryVisibility
-from homeserver.totp import Totp
-from homeserver.typing_state import Typing
-from homeserver.uia import InteractiveAuth
+from homeserver.rooms.creation import RoomCreator
+from homeserver.rooms.room_data import RoomData
+from homeserver.rooms.rooms import Rooms
+from homeserver.sync.sync import SyncService
+from homeserver.rooms.timeline import Timeline
+from homeserver.rooms.visibility import HistoryVisibility
+from homeserver.accounts.totp import Totp
+from homeserver.sync.typing_state import Typing
+from homeserver.accounts.uia import InteractiveAuth
 from media.repository import MediaRepository
 from storage import Store, open_database
 

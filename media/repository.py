@@ -20,7 +20,7 @@ from homeserver.clock import now_ms
 from homeserver.config import MediaConfig
 from homeserver.errors import MatrixError, forbidden, invalid_param, not_found
 from homeserver.ratelimit import RateLimiter
-from homeserver.models import MediaRecord
+from homeserver.accounts.models import MediaRecord
 from media.files import MediaFiles, StoredFile, WrittenFile
 from media.headers import clean_content_type, sanitise_filename
 from media.ids import check_media_ref, new_media_id, parse_mxc

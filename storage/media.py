@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from storage.database import Connection, Database, Row
-from homeserver.models import MediaRecord
+from homeserver.accounts.models import MediaRecord
 
 
 # An item is quarantined by its own flag or by its bytes (quarantined_media_hashes): the

@@ -7,7 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from homeserver.events import Event, StateKey
+from homeserver.events.event import Event, StateKey
 from storage.database import Connection, Database, Row
 
 # A group stores only what changed since its parent; after this many links a

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from homeserver.models import Device, EmailValidation, Profile, RefreshToken, Threepid, User
+from homeserver.accounts.models import Device, EmailValidation, Profile, RefreshToken, Threepid, User
 from storage.database import Database, Row
 from storage.federation import FederationStore
 from storage.media import MediaStore

@@ -11,10 +11,10 @@ from typing import Any, Mapping
 
 from signedjson.key import decode_signing_key_base64
 
-from homeserver.auth_rules import auth_types_for_event, check_auth
-from homeserver.event_crypto import compute_event_id, sign_event
-from homeserver.events import Event, StateKey
-from homeserver.room_versions import ROOM_V11, RoomVersion
+from homeserver.events.auth_rules import auth_types_for_event, check_auth
+from homeserver.events.crypto import compute_event_id, sign_event
+from homeserver.events.event import Event, StateKey
+from homeserver.events.room_versions import ROOM_V11, RoomVersion
 
 SERVER = "example.org"
 # Any fixed seed will do; fixed keeps event IDs (and therefore tie-breaks) reproducible.

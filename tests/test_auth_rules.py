@@ -9,12 +9,12 @@ import pytest
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 
-from homeserver.auth_rules import (
+from homeserver.events.auth_rules import (
     CREATE_KEY, JOIN_RULES_KEY, POWER_LEVELS_KEY, AuthError, auth_types_for_event, check_auth,
     check_auth_events, redaction_allowed, user_power_level,
 )
-from homeserver.events import Event
-from homeserver.room_versions import ROOM_V10, ROOM_V11, ROOM_V12
+from homeserver.events.event import Event
+from homeserver.events.room_versions import ROOM_V10, ROOM_V11, ROOM_V12
 from tests.event_graph import ALICE, BOB, CHARLIE, EVE, SERVER, ZARA, Branch, RoomGraph, new_room
 
 

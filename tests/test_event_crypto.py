@@ -12,12 +12,12 @@ from canonicaljson import encode_canonical_json
 from signedjson.key import decode_signing_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 
-from homeserver.event_crypto import (
+from homeserver.events.crypto import (
     EventSignatureError, check_content_hash, compute_content_hash, compute_event_id, key_id,
     load_or_create_signing_key, room_id_for_create_event, sign_event, verify_event_signature,
 )
-from homeserver.redaction import redact
-from homeserver.room_versions import (
+from homeserver.events.redaction import redact
+from homeserver.events.room_versions import (
     KNOWN_ROOM_VERSIONS, ROOM_V10, ROOM_V11, ROOM_V12, RedactionRules, StateResAlgorithm,
     get_room_version,
 )

@@ -14,8 +14,8 @@ import pytest
 from bench.servers import PostgresAdmin, RunningServer, free_port, start_whispr
 from federation.client import FederationClient, FederationError
 from homeserver.config import FederationConfig
-from homeserver.event_crypto import compute_event_id, sign_event
-from homeserver.room_versions import ROOM_V10
+from homeserver.events.crypto import compute_event_id, sign_event
+from homeserver.events.room_versions import ROOM_V10
 from tests.conftest import POSTGRES_URL, need
 from tests.test_federation_forged import Peer
 from tests.test_federation_whispr import Client, federation_config

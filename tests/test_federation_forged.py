@@ -22,8 +22,8 @@ from bench.servers import DbEngine, PostgresAdmin, RunningServer, free_port, sta
 from federation.client import FederationClient, FederationError
 from federation.listener import generate_self_signed_cert
 from homeserver.config import FederationConfig
-from homeserver.event_crypto import compute_event_id, sign_event
-from homeserver.room_versions import ROOM_V10, ROOM_V11, RoomVersion
+from homeserver.events.crypto import compute_event_id, sign_event
+from homeserver.events.room_versions import ROOM_V10, ROOM_V11, RoomVersion
 from tests.conftest import POSTGRES_URL, need
 from tests.test_federation_whispr import Client, federation_config, page_back
 

@@ -36,8 +36,8 @@ from federation.listener import make_federation_app, ssl_context
 from federation.request_auth import authenticate_request
 from homeserver.clock import now_ms
 from homeserver.config import Config, load_config
-from homeserver.event_crypto import load_or_create_signing_key, sign_event
-from homeserver.room_versions import ROOM_V10
+from homeserver.events.crypto import load_or_create_signing_key, sign_event
+from homeserver.events.room_versions import ROOM_V10
 from storage.database import open_database
 from storage.server_keys import ServerKeyStore
 from tests.conftest import POSTGRES_URL, fresh_postgres_database, need

@@ -18,10 +18,10 @@ from aiohttp import web
 
 from bench.servers import PostgresAdmin, RunningServer, free_port, start_whispr
 from federation.client import FederationError
-from homeserver.client_events import stripped_state
-from homeserver.event_crypto import compute_event_id, sign_event
-from homeserver.events import Event
-from homeserver.room_versions import KNOWN_ROOM_VERSIONS, ROOM_V10, ROOM_V12, RoomVersion
+from homeserver.events.client_format import stripped_state
+from homeserver.events.crypto import compute_event_id, sign_event
+from homeserver.events.event import Event
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, ROOM_V10, ROOM_V12, RoomVersion
 from tests.conftest import POSTGRES_URL, need
 from tests.test_federation_forged import Peer
 from tests.test_federation_whispr import Client, federation_config

@@ -17,7 +17,7 @@ import pytest
 from bench.servers import REPO_ROOT, PostgresAdmin, RunningServer, free_port, start_whispr, wait_ready
 from federation.client import FederationClient
 from homeserver.config import FederationConfig
-from homeserver.event_crypto import load_or_create_signing_key
+from homeserver.events.crypto import load_or_create_signing_key
 from tests.conftest import POSTGRES_URL, need
 
 V3 = "/_matrix/client/v3"
@@ -251,6 +251,7 @@ async def test_history_from_before_the_join_is_backfilled(pair: tuple[RunningSer
         await bob.call("POST", f"/join/{room}")
         await bob.send(room, "hi all")
         body = await bob.sync_until(lambda body: room in body["rooms"]["join"])
+        assert await alice.collect_messages(room, 1) == ["hi all"]  # A has it too before both page back
 
         seen_on_a = await page_back(alice, room, 50)
         seen_on_b = await page_back(bob, room, 7)

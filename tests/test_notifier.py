@@ -7,8 +7,8 @@ import secrets
 
 import pytest
 
-from homeserver import notifier as notifier_module
-from homeserver.notifier import Notifier, RedisNotifier
+from homeserver.sync import notifier as notifier_module
+from homeserver.sync.notifier import Notifier, RedisNotifier
 from tests.conftest import REDIS_URL, need
 
 

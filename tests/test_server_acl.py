@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from homeserver.server_acl import ServerAcl, host_of
+from homeserver.rooms.server_acl import ServerAcl, host_of
 
 
 def acl(**content: object) -> ServerAcl:

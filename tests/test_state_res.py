@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from homeserver.auth_rules import CREATE_KEY, JOIN_RULES_KEY, POWER_LEVELS_KEY
-from homeserver.events import StateKey
-from homeserver.room_versions import ROOM_V10, ROOM_V11, ROOM_V12, RoomVersion
-from homeserver.state_res import AuthGraphCycleError, _Resolver, is_power_event, resolve_state_v2, split_state
+from homeserver.events.auth_rules import CREATE_KEY, JOIN_RULES_KEY, POWER_LEVELS_KEY
+from homeserver.events.event import StateKey
+from homeserver.events.room_versions import ROOM_V10, ROOM_V11, ROOM_V12, RoomVersion
+from homeserver.events.state_res import AuthGraphCycleError, _Resolver, is_power_event, resolve_state_v2, split_state
 from tests.event_graph import ALICE, BOB, CHARLIE, ZARA, Branch, new_room
 
 TOPIC: StateKey = ("m.room.topic", "")
@@ -335,7 +335,7 @@ async def test_missing_events_are_left_out() -> None:
 
 
 async def test_auth_cycle_is_reported() -> None:
-    from homeserver.events import Event
+    from homeserver.events.event import Event
     looped = {
         "$a": Event("$a", {"type": "m.room.power_levels", "state_key": "", "sender": ALICE,
                            "content": {}, "auth_events": ["$b"]}),

@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from homeserver.models import Device, RefreshToken, Threepid, User
+from homeserver.accounts.models import Device, RefreshToken, Threepid, User
 from storage import Store, open_database
 from storage.database import ConstraintViolation, DatabaseError
 from storage.migrations import LATEST_VERSION, MIGRATIONS, Migration, current_version, run_migrations

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from homeserver.events import Event
-from homeserver.recent_events import RecentEvents
+from homeserver.events.event import Event
+from homeserver.rooms.recent_events import RecentEvents
 from tests.rooms_helpers import User
 
 LIMIT_50 = json.dumps({"room": {"timeline": {"limit": 50}, "state": {"lazy_load_members": True}}})

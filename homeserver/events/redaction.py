@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from homeserver.room_versions import RedactionRules, RoomVersion
+from homeserver.events.room_versions import RedactionRules, RoomVersion
 
 _TOP_LEVEL_V11 = frozenset({
     "event_id", "type", "room_id", "sender", "state_key", "content", "hashes", "signatures",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.events import Event
-from homeserver.redaction import redact
-from homeserver.room_versions import RoomVersion
+from homeserver.events.event import Event
+from homeserver.events.redaction import redact
+from homeserver.events.room_versions import RoomVersion
 
 
 def client_event(ev: Event, version: RoomVersion | None, now: int, *, device: tuple[str, str] | None = None,

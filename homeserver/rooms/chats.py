@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.membership import Membership
-from homeserver.room_creation import RoomCreator
-from homeserver.room_data import RoomData
-from homeserver.rooms import Rooms
+from homeserver.rooms.membership import Membership
+from homeserver.rooms.creation import RoomCreator
+from homeserver.rooms.room_data import RoomData
+from homeserver.rooms.rooms import Rooms
 
 
 class Chats:

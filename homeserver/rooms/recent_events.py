@@ -15,7 +15,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import OrderedDict
 
-from homeserver.events import Event
+from homeserver.events.event import Event
 
 EVENTS_PER_ROOM = 100
 MAX_ROOMS = 1024

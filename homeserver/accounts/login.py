@@ -14,17 +14,17 @@ import logging
 import secrets
 from typing import Any
 
-from homeserver.accounts import Accounts, Session, check_device_params
+from homeserver.accounts.accounts import Accounts, Session, check_device_params
 from homeserver.clock import now_ms
 from homeserver.config import LoginConfig
-from homeserver.email_verification import new_code
+from homeserver.accounts.email_verification import new_code
 from homeserver.ephemeral import Ephemeral
 from homeserver.errors import MatrixError, bad_json, forbidden, limit_exceeded
-from homeserver.mailer import Mailer
-from homeserver.models import User
+from homeserver.accounts.mailer import Mailer
+from homeserver.accounts.models import User
 from homeserver.ratelimit import RateLimiter
-from homeserver.tokens import digest
-from homeserver.totp import Totp
+from homeserver.accounts.tokens import digest
+from homeserver.accounts.totp import Totp
 from storage.store import Store
 
 log = logging.getLogger("whispr.login")

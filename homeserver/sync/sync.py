@@ -13,16 +13,16 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.accounts import Requester
-from homeserver.client_events import client_event, stripped_from_json, stripped_state
+from homeserver.accounts.accounts import Requester
+from homeserver.events.client_format import client_event, stripped_from_json, stripped_state
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError
-from homeserver.events import Event
-from homeserver.filters import SyncFilter
-from homeserver.notifier import Notifier
-from homeserver.rooms import Rooms
-from homeserver.visibility import HistoryVisibility
-from homeserver.typing_state import Typing
+from homeserver.events.event import Event
+from homeserver.sync.filters import SyncFilter
+from homeserver.sync.notifier import Notifier
+from homeserver.rooms.rooms import Rooms
+from homeserver.rooms.visibility import HistoryVisibility
+from homeserver.sync.typing_state import Typing
 from storage.store import Store
 from storage.user_data import AccountData
 

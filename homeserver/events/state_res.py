@@ -16,12 +16,12 @@ import heapq
 import math
 from typing import Awaitable, Callable, Collection, Mapping, Sequence
 
-from homeserver.auth_rules import (
+from homeserver.events.auth_rules import (
     CREATE_KEY, POWER_LEVELS_KEY, AuthError, PowerLevel, auth_types_for_event, check_auth,
     user_power_level,
 )
-from homeserver.events import Event, StateKey
-from homeserver.room_versions import RoomVersion, StateResAlgorithm
+from homeserver.events.event import Event, StateKey
+from homeserver.events.room_versions import RoomVersion, StateResAlgorithm
 
 GetEvent = Callable[[str], Awaitable[Event | None]]
 # Returns the auth chain (not including the given events themselves) of a set of events.

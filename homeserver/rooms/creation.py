@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from homeserver.errors import MatrixError, bad_json
-from homeserver.ids import parse_user_id
-from homeserver.membership import Membership
-from homeserver.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
-from homeserver.rooms import Rooms
+from homeserver.events.ids import parse_user_id
+from homeserver.rooms.membership import Membership
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
+from homeserver.rooms.rooms import Rooms
 from storage.store import Store
 
 PRESETS = ("private_chat", "public_chat", "trusted_private_chat")

@@ -10,13 +10,13 @@ from typing import Any
 
 from homeserver.clock import now_ms
 from homeserver.config import Config
-from homeserver.email_verification import release_stale_claim
+from homeserver.accounts.email_verification import release_stale_claim
 from homeserver.errors import MatrixError, bad_json, forbidden, unknown_token
-from homeserver.ids import normalise_email, user_id_for, validate_localpart
-from homeserver.models import Device, RefreshToken, Threepid, User
-from homeserver.notifier import Notifier
-from homeserver.passwords import PasswordHasher
-from homeserver.tokens import TokenCodec, digest, new_refresh_token, new_token_id
+from homeserver.events.ids import normalise_email, user_id_for, validate_localpart
+from homeserver.accounts.models import Device, RefreshToken, Threepid, User
+from homeserver.sync.notifier import Notifier
+from homeserver.accounts.passwords import PasswordHasher
+from homeserver.accounts.tokens import TokenCodec, digest, new_refresh_token, new_token_id
 from storage.store import Store
 
 log = logging.getLogger("whispr.accounts")

@@ -10,7 +10,7 @@ import pyotp
 
 from homeserver.ephemeral import Ephemeral
 from homeserver.errors import MatrixError, bad_json
-from homeserver.tokens import digest
+from homeserver.accounts.tokens import digest
 from storage.store import Store
 
 RECOVERY_CODES = 10

@@ -20,8 +20,8 @@ from signedjson.key import generate_signing_key, read_signing_keys, write_signin
 from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
 from signedjson.types import SigningKey, VerifyKey
 
-from homeserver.redaction import redact
-from homeserver.room_versions import RoomVersion
+from homeserver.events.redaction import redact
+from homeserver.events.room_versions import RoomVersion
 
 
 class EventSignatureError(Exception):

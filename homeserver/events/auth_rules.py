@@ -22,9 +22,9 @@ from canonicaljson import encode_canonical_json
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from homeserver.event_crypto import decode_base64
-from homeserver.events import Event, StateKey
-from homeserver.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.crypto import decode_base64
+from homeserver.events.event import Event, StateKey
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 
 CREATE_KEY: StateKey = ("m.room.create", "")
 POWER_LEVELS_KEY: StateKey = ("m.room.power_levels", "")

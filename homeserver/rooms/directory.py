@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.rooms import Rooms
+from homeserver.rooms.rooms import Rooms
 from storage.store import Store
 
 MAX_ALIAS_LENGTH = 255

@@ -6,8 +6,8 @@ from typing import Any, Awaitable, Callable
 
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.notifier import Notifier
-from homeserver.rooms import Rooms
+from homeserver.sync.notifier import Notifier
+from homeserver.rooms.rooms import Rooms
 from storage.store import Store
 
 RECEIPT_TYPES = ("m.read", "m.read.private")

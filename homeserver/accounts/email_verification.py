@@ -17,10 +17,10 @@ import pyotp
 
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, invalid_param
-from homeserver.ids import normalise_email
-from homeserver.mailer import Mailer
-from homeserver.models import EmailValidation
-from homeserver.tokens import digest
+from homeserver.events.ids import normalise_email
+from homeserver.accounts.mailer import Mailer
+from homeserver.accounts.models import EmailValidation
+from homeserver.accounts.tokens import digest
 from storage.store import Store
 
 log = logging.getLogger("whispr.email")

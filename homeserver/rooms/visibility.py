@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.auth_rules import server_of
-from homeserver.events import Event
-from homeserver.redaction import redact
-from homeserver.room_versions import RoomVersion
-from homeserver.rooms import Rooms
+from homeserver.events.auth_rules import server_of
+from homeserver.events.event import Event
+from homeserver.events.redaction import redact
+from homeserver.events.room_versions import RoomVersion
+from homeserver.rooms.rooms import Rooms
 from storage.store import Store
 
 # Most permissive first.

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from typing import Any, Protocol
 
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.ids import parse_user_id
+from homeserver.events.ids import parse_user_id
 from storage.store import Store
 
 BIO_FIELD = "org.whispr.bio"

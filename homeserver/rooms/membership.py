@@ -11,9 +11,9 @@ import logging
 from typing import Any, Protocol
 
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.events import Event
-from homeserver.ids import parse_user_id
-from homeserver.rooms import Rooms
+from homeserver.events.event import Event
+from homeserver.events.ids import parse_user_id
+from homeserver.rooms.rooms import Rooms
 from storage.store import Store
 
 MAX_REASON = 1024

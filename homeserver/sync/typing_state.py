@@ -10,7 +10,7 @@ import asyncio
 from typing import Any, Awaitable, Callable
 
 from homeserver.clock import now_ms
-from homeserver.notifier import Notifier
+from homeserver.sync.notifier import Notifier
 
 MAX_TIMEOUT_MS = 120_000
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from homeserver.errors import forbidden
-from homeserver.events import StateKey
-from homeserver.rooms import Rooms
+from homeserver.events.event import StateKey
+from homeserver.rooms.rooms import Rooms
 
 ACL: StateKey = ("m.room.server_acl", "")
 ACL_CACHE_SIZE = 1024

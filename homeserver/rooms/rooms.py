@@ -17,16 +17,16 @@ from typing import Any, Awaitable, Callable, Iterable
 from canonicaljson import encode_canonical_json
 from signedjson.key import SigningKey
 
-from homeserver.auth_rules import (AuthError, auth_types_for_event, check_auth, local_redaction_allowed,
+from homeserver.events.auth_rules import (AuthError, auth_types_for_event, check_auth, local_redaction_allowed,
                                    may_redact_any, redaction_allowed, server_of)
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.event_crypto import compute_event_id, sign_event
-from homeserver.events import Event, StateKey
-from homeserver.notifier import Notifier
-from homeserver.recent_events import RecentEvents
-from homeserver.room_versions import RoomVersion, get_room_version
-from homeserver.state_res import resolve_state_v2
+from homeserver.events.crypto import compute_event_id, sign_event
+from homeserver.events.event import Event, StateKey
+from homeserver.sync.notifier import Notifier
+from homeserver.rooms.recent_events import RecentEvents
+from homeserver.events.room_versions import RoomVersion, get_room_version
+from homeserver.events.state_res import resolve_state_v2
 from storage.database import ConstraintViolation
 from storage.rooms import HeldRedaction, RoomInfo, StateMap, TxnRef
 from storage.store import Store

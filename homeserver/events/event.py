@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from homeserver.room_versions import RoomVersion
+    from homeserver.events.room_versions import RoomVersion
 
 StateKey = tuple[str, str]  # (event type, state_key)
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from homeserver.accounts import Requester
-from homeserver.client_events import client_event
+from homeserver.accounts.accounts import Requester
+from homeserver.events.client_format import client_event
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.events import Event, StateKey
-from homeserver.filters import EventFilter
-from homeserver.room_versions import get_room_version
-from homeserver.rooms import Rooms
-from homeserver.sync import SyncToken
-from homeserver.visibility import HistoryVisibility
+from homeserver.events.event import Event, StateKey
+from homeserver.sync.filters import EventFilter
+from homeserver.events.room_versions import get_room_version
+from homeserver.rooms.rooms import Rooms
+from homeserver.sync.sync import SyncToken
+from homeserver.rooms.visibility import HistoryVisibility
 from storage.store import Store
 
 MAX_LIMIT = 1000

@@ -1,0 +1,1 @@
+"""Accounts: registration, passwords, tokens, login steps, UIA, email verification, TOTP, mail, profiles."""

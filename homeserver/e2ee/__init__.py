@@ -1,0 +1,1 @@
+"""End-to-end encryption: device keys, one-time keys, to-device messages, cross-signing, key backup."""

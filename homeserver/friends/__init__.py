@@ -1,0 +1,1 @@
+"""Friends (Whispr's social layer): requests, acceptance, the friend list."""

@@ -1,0 +1,1 @@
+"""Presence: online, unavailable, offline."""

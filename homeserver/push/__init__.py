@@ -1,0 +1,1 @@
+"""Push: push rules, notification counts, push gateways."""

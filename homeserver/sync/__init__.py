@@ -1,0 +1,1 @@
+"""Sync: /sync and its notifier, filters, typing."""
