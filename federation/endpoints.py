@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from client_api.access_log import REQUESTER
 from client_api.http import hs
 from federation.ingest import PduRejected, server_of
 from homeserver.auth_rules import AuthError, check_auth
@@ -15,6 +15,7 @@ from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.event_crypto import sign_event
 from homeserver.events import Event
+from homeserver.json_input import parse_json
 from homeserver.room_versions import get_room_version
 
 log = logging.getLogger("whispr.federation.endpoints")
@@ -33,6 +34,7 @@ def authed(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResp
     async def wrapped(request: web.Request) -> web.StreamResponse:
         server = hs(request)
         origin = await server.federation.authenticate(request)
+        request[REQUESTER] = origin  # for the access log
         await server.limiter.check("federation", origin)
         await server.federation.sender.peer_contacted(origin)
         return await handler(request, origin)
@@ -40,10 +42,7 @@ def authed(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResp
 
 
 async def _body(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.read())
-    except ValueError:
-        raise MatrixError(400, "M_NOT_JSON", "Content is not valid JSON") from None
+    return parse_json(await request.read(), safe_integers=False)
 
 
 async def _require_server_in_room(request: web.Request, room_id: str, origin: str) -> None:

@@ -20,6 +20,7 @@ from canonicaljson import encode_canonical_json
 from homeserver.auth_rules import AuthError, auth_types_for_event, check_auth, check_auth_events
 from homeserver.event_crypto import check_content_hash, compute_event_id
 from homeserver.events import Event, StateKey
+from homeserver.json_input import non_canonical_reason
 from homeserver.redaction import redact
 from homeserver.room_versions import RoomVersion
 from homeserver.rooms import MAX_PDU_BYTES, Rooms
@@ -68,6 +69,9 @@ def check_format(pdu: Any, version: RoomVersion) -> None:
         raise PduRejected("too many prev_events or auth_events")
     if "state_key" in pdu and not isinstance(pdu["state_key"], str):
         raise PduRejected("state_key must be a string")
+    reason = non_canonical_reason(pdu)
+    if reason is not None:
+        raise PduRejected(f"PDU is not canonical JSON: {reason}")
     if len(encode_canonical_json(pdu)) > MAX_PDU_BYTES:
         raise PduRejected("PDU is larger than 65536 bytes")
 

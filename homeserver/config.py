@@ -139,6 +139,10 @@ class RoomsConfig:
 @dataclass
 class LimitsConfig:
     max_request_body_bytes: int = 1024 * 1024
+    # Both listeners: a request head (line and headers) must arrive within this time of its
+    # first byte, and a request body may not stall (no bytes at all) for longer than this.
+    header_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
 
 
 @dataclass
@@ -214,6 +218,8 @@ class Config:
     public_baseurl: str = "http://127.0.0.1:8008"
     data_dir: str = "./data"
     log_level: str = "INFO"
+    # One line per request on the `whispr.access` logger (both listeners); tokens are redacted.
+    access_log: bool = True
     listen: ListenConfig = field(default_factory=ListenConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -369,6 +375,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("database.url: required when database.engine is postgres")
     if config.limits.max_request_body_bytes < 1024:
         raise ConfigError("limits.max_request_body_bytes: must be at least 1024")
+    if config.limits.header_timeout_s <= 0 or config.limits.body_timeout_s <= 0:
+        raise ConfigError("limits.header_timeout_s and limits.body_timeout_s: must be positive")
     fed = config.federation
     for i, cidr in enumerate(fed.allowed_private_ranges):
         try:

@@ -22,6 +22,7 @@ from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.event_crypto import compute_event_id, sign_event
 from homeserver.events import Event, StateKey
+from homeserver.json_input import non_canonical_reason
 from homeserver.notifier import Notifier
 from homeserver.recent_events import RecentEvents
 from homeserver.room_versions import RoomVersion, get_room_version
@@ -310,6 +311,9 @@ class Rooms:
         return await self._persist(event, room, {}, [], None)
 
     async def _sign_and_check(self, pdu: dict[str, Any], version: RoomVersion, state: StateMap) -> Event:
+        reason = non_canonical_reason(pdu["content"])  # other servers would refuse it, or drift
+        if reason is not None:
+            raise bad_json(f"Event content is not canonical JSON: {reason}")
         signed = sign_event(pdu, self.server_name, self._key, version)
         if len(encode_canonical_json(signed)) > MAX_PDU_BYTES:
             raise MatrixError(413, "M_TOO_LARGE", f"event is larger than {MAX_PDU_BYTES} bytes")
