@@ -124,8 +124,8 @@ class MatrixRequestHandler(RequestHandler):
             log.debug("client went away during %s %s", request.method, request.path)
             response = error_response(400, "M_UNKNOWN", "Connection lost")
         elif isinstance(exc, LineTooLong):
-            line = exc.args[0] if exc.args and isinstance(exc.args[0], bytes) else b""
-            if line.startswith((b"/", b"http:", b"https:")):
+            line = bytes(exc.args[0]) if exc.args and isinstance(exc.args[0], (bytes, bytearray)) else b""
+            if line.startswith((b"/", b"http:", b"https:")):  # the request target, not a header
                 response = error_response(414, "M_TOO_LARGE", "Request URI is too long")
             else:
                 response = error_response(431, "M_TOO_LARGE", "Request header is too large")
