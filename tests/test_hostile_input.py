@@ -10,10 +10,16 @@ import asyncio
 import logging
 from typing import Any
 
+import aiohttp
 import pytest
 
+from bench.servers import free_port
+from homeserver.event_crypto import compute_event_id, sign_event
 from homeserver.json_input import MAX_JSON_DEPTH, MAX_SAFE_INTEGER
+from homeserver.room_versions import ROOM_V10
 from tests.rooms_helpers import V3, User
+from tests.test_federation_forged import Peer
+from tests.test_federation_whispr import federation_config
 
 
 async def _matrix_error(resp: Any, status: int, errcode: str) -> None:
@@ -139,3 +145,114 @@ async def test_access_log_can_be_turned_off(serve: Any, caplog: pytest.LogCaptur
     with caplog.at_level(logging.INFO, logger="whispr.access"):
         assert (await client.get("/_matrix/client/versions")).status == 200
     assert not [r for r in caplog.records if r.name == "whispr.access"]
+
+
+# ---- the federation listener -----------------------------------------------------------------
+
+@pytest.fixture
+async def federated(serve: Any, tmp_path: Any) -> Any:
+    """This app with its federation listener on a loopback port, and a hand-built peer server."""
+    port = free_port()
+    client = await serve(server_name=f"127.0.0.1:{port}", federation={
+        **federation_config()["federation"], "enabled": True, "listen": {"port": port}})
+    peer = Peer(tmp_path)
+    await peer.start()
+    yield client, peer, f"127.0.0.1:{port}"
+    await peer.close()
+
+
+async def test_federation_nested_body_is_m_bad_json_before_the_signature(federated: Any) -> None:
+    _client, peer, ours = federated
+    header = f'X-Matrix origin="{peer.name}",destination="{ours}",key="ed25519:p1",sig="AAAA"'
+    async with aiohttp.ClientSession() as session:
+        for body in (b"[" * 100_000, _nested(MAX_JSON_DEPTH + 1), rb'{"pdus": [], "edus": [], "x": "\udc00"}'):
+            resp = await session.put(f"https://{ours}/_matrix/federation/v1/send/t1", data=body, ssl=False,
+                                     headers={"Authorization": header, "Content-Type": "application/json"})
+            await _matrix_error(resp, 400, "M_BAD_JSON")
+        resp = await session.get(f"https://{ours}/_matrix/federation/v1/" + "a" * 9000, ssl=False)
+        await _matrix_error(resp, 414, "M_TOO_LARGE")
+
+
+async def test_federation_pdus_outside_canonical_json_are_dropped(federated: Any,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    client, peer, ours = federated
+    alice = await User.new(client, "alice")
+    room = await alice.create_room(preset="public_chat", room_version="10")
+    mallory = f"@mallory:{peer.name}"
+    template = await peer.client.get_json(ours, f"/_matrix/federation/v1/make_join/{room}/{mallory}", {"ver": ["10"]})
+    join = sign_event({k: v for k, v in template["event"].items() if k != "origin"}, peer.name, peer.key, ROOM_V10)
+    join_id = compute_event_id(join, ROOM_V10)
+    await peer.client.put_json(ours, f"/_matrix/federation/v2/send_join/{room}/{join_id}", join)
+    state = {(e["type"], e["state_key"]): e["event_id"] for e in await alice.call("GET", f"/rooms/{room}/state")}
+    auth_ids = [state[("m.room.create", "")], state[("m.room.power_levels", "")], join_id]
+
+    def message(content: dict[str, Any], depth: int) -> dict[str, Any]:
+        return peer.event(room, mallory, "m.room.message", {"msgtype": "m.text", "body": "n", **content},
+                          [join_id], auth_ids, join["depth"] + depth)
+
+    big, floating, fine = message({"n": 2**60}, 1), message({"n": 0.5}, 2), message({"n": MAX_SAFE_INTEGER}, 3)
+    with caplog.at_level(logging.INFO, logger="whispr.access"):
+        result = await peer.send(ours, [big, floating, fine], "t-numbers")
+    ids = [compute_event_id(e, ROOM_V10) for e in (big, floating, fine)]
+    assert "canonical JSON" in result["pdus"][ids[0]]["error"]
+    assert "canonical JSON" in result["pdus"][ids[1]]["error"]
+    assert result["pdus"][ids[2]] == {}
+    for dropped in ids[:2]:
+        await alice.call("GET", f"/rooms/{room}/event/{dropped}", expect=404)
+    assert (await alice.call("GET", f"/rooms/{room}/event/{ids[2]}"))["content"]["n"] == MAX_SAFE_INTEGER
+    lines = [r.getMessage() for r in caplog.records if r.name == "whispr.access"]
+    assert any(line.startswith("PUT /_matrix/federation/v1/send/t-numbers 200 ") and f" {peer.name} " in line
+               for line in lines), lines
+
+
+# ---- item 11: slow clients --------------------------------------------------------------------
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """What the server sent before it closed the connection, which must happen within `seconds`."""
+    return await asyncio.wait_for(reader.read(), seconds)
+
+
+async def test_a_slow_request_head_is_cut_off(serve: Any) -> None:
+    client = await serve(limits={"header_timeout_s": 1.0})
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n")
+
+    async def trickle() -> None:
+        for i in range(40):  # a header line every 0.25 s: never idle, never done
+            await asyncio.sleep(0.25)
+            writer.write(b"X-Slow-%d: y\r\n" % i)
+
+    dripping = asyncio.create_task(trickle())
+    started = asyncio.get_running_loop().time()
+    try:
+        assert await _closed_within(reader, 5) == b""
+    finally:
+        dripping.cancel()
+        writer.close()
+    assert asyncio.get_running_loop().time() - started < 3
+    # A request sent at an ordinary pace is answered.
+    assert (await client.get("/_matrix/client/versions")).status == 200
+
+
+async def test_a_stalled_request_body_is_cut_off(serve: Any) -> None:
+    client = await serve(limits={"body_timeout_s": 0.5})
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100\r\n\r\n{\"type\": ")
+    started = asyncio.get_running_loop().time()
+    try:
+        await _closed_within(reader, 5)
+    finally:
+        writer.close()
+    assert asyncio.get_running_loop().time() - started < 3
+    # A body that keeps coming, slower than the timeout in total, is read to its end.
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    body = b'{"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "nobody"}, "password": "x"}'
+    writer.write(b"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+    for i in range(0, len(body), 25):
+        writer.write(body[i:i + 25])
+        await asyncio.sleep(0.2)
+    answer = await _closed_within(reader, 10)
+    writer.close()
+    assert answer.split(b" ", 2)[1] == b"403" and b"M_FORBIDDEN" in answer, answer
