@@ -44,6 +44,9 @@ class DatabaseConfig:
     url: str = ""
     pool_min: int = 2
     pool_max: int = 10
+    # SQLite durability: FULL (an acknowledged write survives power loss) or NORMAL (faster
+    # commits; a power cut or OS crash may lose the last ones, the database stays intact).
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
 @dataclass
