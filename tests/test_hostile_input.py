@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from bench.servers import free_port
+from homeserver import typing_state
 from homeserver.event_crypto import compute_event_id, sign_event
 from homeserver.json_input import MAX_JSON_DEPTH, MAX_SAFE_INTEGER
 from homeserver.room_versions import ROOM_V10
@@ -256,3 +257,21 @@ async def test_a_stalled_request_body_is_cut_off(serve: Any) -> None:
     answer = await _closed_within(reader, 10)
     writer.close()
     assert answer.split(b" ", 2)[1] == b"403" and b"M_FORBIDDEN" in answer, answer
+
+
+async def test_typing_timeout_is_clamped(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typing notice with a timeout of years ends at typing_state.MAX_TIMEOUT_MS (shortened here)."""
+    monkeypatch.setattr(typing_state, "MAX_TIMEOUT_MS", 400)
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(preset="public_chat")
+    await bob.call("POST", f"/join/{room}")
+    since = (await bob.sync())["next_batch"]
+    for timeout in (10**15, MAX_SAFE_INTEGER):
+        await alice.call("PUT", f"/rooms/{room}/typing/{alice.user_id}", json={"typing": True, "timeout": timeout})
+        body = await bob.sync(since)
+        assert {"type": "m.typing", "content": {"user_ids": [alice.user_id]}} in \
+            body["rooms"]["join"][room]["ephemeral"]["events"]
+        body = await bob.sync(body["next_batch"], timeout=5000)  # woken when the notice expires
+        assert {"type": "m.typing", "content": {"user_ids": []}} in \
+            body["rooms"]["join"][room]["ephemeral"]["events"]
+        since = body["next_batch"]
