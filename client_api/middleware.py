@@ -60,9 +60,9 @@ async def matrix_errors(request: web.Request, handler: Handler) -> web.StreamRes
         if e.status < 400:
             raise
         return error_response(e.status, "M_UNKNOWN", e.reason)
-    except ConnectionResetError:
-        raise  # the client is gone (or was cut off as too slow): nobody to answer, nothing to log
-    except Exception:
+    except Exception as e:
+        if isinstance(e, ConnectionResetError) and (request.transport is None or request.transport.is_closing()):
+            raise  # our client is gone (or was cut off as too slow): nobody to answer, nothing to log
         rid = request_id(request)
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
         return error_response(500, "M_UNKNOWN", f"Internal server error (request {rid})")

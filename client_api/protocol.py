@@ -121,8 +121,9 @@ class MatrixRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("Response is sent already, cannot send the error")
         if isinstance(exc, ConnectionError):
-            log.debug("client went away during %s %s", request.method, request.path)
-            response = error_response(400, "M_UNKNOWN", "Connection lost")
+            # Never sent: the connection is gone. 408 is what the access log shows for it.
+            log.debug("connection lost during %s %s", request.method, request.path)
+            response = error_response(408, "M_UNKNOWN", "Connection closed before the request was read")
         elif isinstance(exc, LineTooLong):
             line = bytes(exc.args[0]) if exc.args and isinstance(exc.args[0], (bytes, bytearray)) else b""
             if line.startswith((b"/", b"http:", b"https:")):  # the request target, not a header
