@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from client_api.forwarded import client_address
 from homeserver.accounts.accounts import Requester
+from client_api.access_log import REQUESTER
 from homeserver.errors import MatrixError
+from homeserver.json_input import parse_json
 from homeserver.server import HomeServer
 
 HS = web.AppKey("homeserver", HomeServer)
@@ -21,20 +22,13 @@ def hs(request: web.Request) -> HomeServer:
     return request.app[HS]
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip():
         if allow_empty:
             return {}
         raise MatrixError(400, "M_NOT_JSON", "Request body is empty; a JSON object was expected")
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError):
-        raise MatrixError(400, "M_NOT_JSON", "Content is not valid JSON") from None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise MatrixError(400, "M_BAD_JSON", "Content must be a JSON object")
     return body
@@ -58,7 +52,9 @@ async def requester(request: web.Request) -> Requester:
     token = access_token(request)
     if not token:
         raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
-    return await hs(request).accounts.authenticate(token, client_ip(request))
+    who = await hs(request).accounts.authenticate(token, client_ip(request))
+    request[REQUESTER] = who.user_id  # for the access log
+    return who
 
 
 def client_ip(request: web.Request) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 from typing import Awaitable, Callable
@@ -21,7 +22,21 @@ CORS_HEADERS = {
 }
 
 
-def _error(status: int, errcode: str, error: str, **extra: object) -> web.Response:
+# Request IDs: this process's random prefix and a counter (cheap enough for every request).
+_REQUEST_ID_PREFIX = secrets.token_hex(3)
+_request_numbers = itertools.count(1)
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+def request_id(request: web.BaseRequest) -> str:
+    """This request's ID for the logs (the access log line and any error), made on first use."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        rid = request[REQUEST_ID] = f"{_REQUEST_ID_PREFIX}-{next(_request_numbers)}"
+    return rid
+
+
+def error_response(status: int, errcode: str, error: str, **extra: object) -> web.Response:
     return web.json_response({"errcode": errcode, "error": error, **extra}, status=status, headers=CORS_HEADERS)
 
 
@@ -36,18 +51,20 @@ async def matrix_errors(request: web.Request, handler: Handler) -> web.StreamRes
     except UIARequired as e:
         return web.json_response(e.body, status=401, headers=CORS_HEADERS)
     except web.HTTPNotFound:
-        return _error(404, "M_UNRECOGNIZED", "Unrecognized request")
+        return error_response(404, "M_UNRECOGNIZED", "Unrecognized request")
     except web.HTTPMethodNotAllowed:
-        return _error(405, "M_UNRECOGNIZED", "Method not allowed for this endpoint")
+        return error_response(405, "M_UNRECOGNIZED", "Method not allowed for this endpoint")
     except web.HTTPRequestEntityTooLarge:
-        return _error(413, "M_TOO_LARGE", "Request body is too large")
+        return error_response(413, "M_TOO_LARGE", "Request body is too large")
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return _error(e.status, "M_UNKNOWN", e.reason)
-    except Exception:
-        request_id = secrets.token_hex(6)
-        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, request_id)
-        return _error(500, "M_UNKNOWN", f"Internal server error (request {request_id})")
+        return error_response(e.status, "M_UNKNOWN", e.reason)
+    except Exception as e:
+        if isinstance(e, ConnectionResetError) and (request.transport is None or request.transport.is_closing()):
+            raise  # our client is gone (or was cut off as too slow): nobody to answer, nothing to log
+        rid = request_id(request)
+        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
+        return error_response(500, "M_UNKNOWN", f"Internal server error (request {rid})")
     response.headers.update(CORS_HEADERS)
     return response

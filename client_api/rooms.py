@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +12,7 @@ from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.sync.filters import EventFilter, parse_event_filter
 from homeserver.events.room_versions import get_room_version
+from homeserver.json_input import parse_json
 from storage.rooms import TxnRef
 
 R = f"{CLIENT_V3}/rooms/{{room_id}}"
@@ -32,10 +32,7 @@ def _event_filter(request: web.Request) -> EventFilter:
     raw = request.query.get("filter")
     if not raw:
         return EventFilter()
-    try:
-        return parse_event_filter(json.loads(raw), "filter")
-    except ValueError:
-        raise MatrixError(400, "M_NOT_JSON", "filter is not valid JSON") from None
+    return parse_event_filter(parse_json(raw.encode("utf-8", "surrogatepass")), "filter")
 
 
 async def create_room(request: web.Request) -> web.Response:

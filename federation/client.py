@@ -45,6 +45,8 @@ from yarl import URL
 
 from federation.request_auth import ServerName, is_server_name, parse_server_name, sign_request
 from homeserver.config import FederationConfig
+from homeserver.errors import MatrixError
+from homeserver.json_input import parse_json
 
 __all__ = [
     "DestinationRefused", "FederationClient", "FederationClientError", "FederationError",
@@ -438,9 +440,9 @@ class FederationClient:
             except aiohttp.ClientError as e:
                 raise FederationUnreachable(f"{method} {destination}{path}: {e}") from None
             status = resp.status
-        try:
-            parsed = json.loads(raw) if raw.strip() else None
-        except (ValueError, UnicodeDecodeError):
+        try:  # a peer's answer is hostile input too: bounded like any request body
+            parsed = parse_json(raw, safe_integers=False) if raw.strip() else None
+        except MatrixError:
             parsed = None
             if 200 <= status < 300:
                 raise FederationUnreachable(f"{method} {destination}{path}: the answer is not JSON") from None

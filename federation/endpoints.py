@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from client_api.access_log import REQUESTER
 from client_api.http import hs
 from federation.ingest import PduRejected, server_of
 from federation.remote_rooms import received_invite_state
@@ -18,6 +18,7 @@ from homeserver.errors import MatrixError, bad_json, forbidden, invalid_param, m
 from homeserver.events.crypto import compute_event_id, sign_event
 from homeserver.events.event import Event
 from homeserver.events.room_versions import RoomVersion, get_room_version
+from homeserver.json_input import parse_json
 
 log = logging.getLogger("whispr.federation.endpoints")
 
@@ -44,6 +45,7 @@ def authed(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResp
     async def wrapped(request: web.Request) -> web.StreamResponse:
         server = hs(request)
         origin = await server.federation.authenticate(request)
+        request[REQUESTER] = origin  # for the access log
         await server.limiter.check("federation", origin)
         await server.federation.sender.peer_contacted(origin)
         return await handler(request, origin)
@@ -51,10 +53,7 @@ def authed(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResp
 
 
 async def _body(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.read())
-    except ValueError:
-        raise MatrixError(400, "M_NOT_JSON", "Content is not valid JSON") from None
+    return parse_json(await request.read(), safe_integers=False)
 
 
 def _in_range(name: str, value: int, minimum: int, maximum: int) -> int:

@@ -24,6 +24,7 @@ from homeserver.events.redaction import redact
 from homeserver.events.room_versions import RoomVersion
 from homeserver.rooms.rooms import MAX_PDU_BYTES, Rooms
 from homeserver.events.state_res import resolve_state_v2
+from homeserver.json_input import non_canonical_reason
 
 q = partial(quote, safe="")  # IDs as path segments
 
@@ -68,6 +69,9 @@ def check_format(pdu: Any, version: RoomVersion) -> None:
         raise PduRejected("too many prev_events or auth_events")
     if "state_key" in pdu and not isinstance(pdu["state_key"], str):
         raise PduRejected("state_key must be a string")
+    reason = non_canonical_reason(pdu)
+    if reason is not None:
+        raise PduRejected(f"PDU is not canonical JSON: {reason}")
     if len(encode_canonical_json(pdu)) > MAX_PDU_BYTES:
         raise PduRejected("PDU is larger than 65536 bytes")
 

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable, Protocol, Sequence
 from aiohttp import web
 
 from client_api.middleware import matrix_errors
+from client_api.protocol import ConnectionLimits, MatrixAppRunner
 from federation.keys import KeyRing
 from federation.request_auth import is_server_name, parse_server_name
 from homeserver.config import Config, ConfigError
@@ -242,7 +243,7 @@ async def start_federation_listener(hs: FederationState,
     for setup in setups:
         setup(app)
     context = ssl_context(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = MatrixAppRunner(app, ConnectionLimits.from_config(config), handle_signals=False)
     await runner.setup()
     host, port = config.federation.listen.host, federation_port(config)
     try:

@@ -13,7 +13,6 @@ client imports this module.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from signedjson.types import SigningKey
 
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError
+from homeserver.json_input import parse_json
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -181,17 +181,13 @@ def _unauthorized(error: str) -> MatrixError:
     return MatrixError(401, "M_UNAUTHORIZED", error)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 async def authenticate_request(request: "web.Request", keyring: "KeyRing", our_server_name: str) -> str:
     """Verify the request's X-Matrix signature; return the origin server name.
 
     Raises MatrixError 401 M_UNAUTHORIZED when the header is missing or malformed, names
     another destination, or the signature does not verify with the origin's key; 400
-    M_NOT_JSON when a body is present but not JSON. The body is read here (aiohttp keeps it,
-    so handlers can read it again).
+    M_NOT_JSON / M_BAD_JSON when a body is present but not JSON we take (homeserver.json_input).
+    The body is read here (aiohttp keeps it, so handlers can read it again).
     """
     from federation.keys import KeyUnavailable, SignatureError
 
@@ -201,10 +197,7 @@ async def authenticate_request(request: "web.Request", keyring: "KeyRing", our_s
     raw = await request.read()
     content: Any | None = None
     if raw.strip():
-        try:
-            content = json.loads(raw, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError):
-            raise MatrixError(400, "M_NOT_JSON", "Content is not valid JSON") from None
+        content = parse_json(raw, safe_integers=False)  # bounded before anything walks it
     uri = request.raw_path  # path and query exactly as received, still percent-encoded
     # Every header must be well-formed, for us, and from the same origin before any is checked.
     candidates: list[tuple[str, str, str]] = []

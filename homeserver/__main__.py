@@ -34,6 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from client_api.protocol import serve_app
     from homeserver.app import make_app
 
     # uvloop: about 1.4x the messages/s of the default loop on the send path (bench/).
@@ -42,7 +43,10 @@ def _run(args: argparse.Namespace) -> int:
     app.on_startup.append(_settle_heap)
     logging.getLogger("whispr").info("listening on http://%s:%d as %s", config.listen.host,
                                      config.listen.port, config.server_name)
-    web.run_app(app, host=config.listen.host, port=config.listen.port, print=None, access_log=None)
+    try:
+        asyncio.run(serve_app(app, config))
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
     return 0
 
 

@@ -48,6 +48,9 @@ class DatabaseConfig:
     url: str = ""
     pool_min: int = 2
     pool_max: int = 10
+    # SQLite durability: FULL (an acknowledged write survives power loss) or NORMAL (faster
+    # commits; a power cut or OS crash may lose the last ones, the database stays intact).
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
 @dataclass
@@ -152,6 +155,10 @@ class UserDirectoryConfig:
 @dataclass
 class LimitsConfig:
     max_request_body_bytes: int = 1024 * 1024
+    # Both listeners: a request head (line and headers) must arrive within this time of its
+    # first byte, and a request body may not stall (no bytes at all) for longer than this.
+    header_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
 
 
 @dataclass
@@ -247,6 +254,8 @@ class Config:
     public_baseurl: str = "http://127.0.0.1:8008"
     data_dir: str = "./data"
     log_level: str = "INFO"
+    # One line per request on the `whispr.access` logger (both listeners); tokens are redacted.
+    access_log: bool = True
     listen: ListenConfig = field(default_factory=ListenConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -408,6 +417,8 @@ def _validate(config: Config) -> None:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise ConfigError(f"listen.trusted_proxies[{i}]: {cidr!r} is not a CIDR range") from None
+    if config.limits.header_timeout_s <= 0 or config.limits.body_timeout_s <= 0:
+        raise ConfigError("limits.header_timeout_s and limits.body_timeout_s: must be positive")
     fed = config.federation
     for i, cidr in enumerate(fed.allowed_private_ranges):
         try:

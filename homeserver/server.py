@@ -72,7 +72,8 @@ class HomeServer:
         ensure_secrets(config)
         db = await open_database(
             config.database.engine, path=str(config.sqlite_path()), url=config.database.url,
-            pool_min=config.database.pool_min, pool_max=config.database.pool_max)
+            pool_min=config.database.pool_min, pool_max=config.database.pool_max,
+            sqlite_synchronous=config.database.sqlite_synchronous)
         store = Store(db)
         prefix = config.redis.key_prefix or f"whispr:{config.server_name}:"
         ephemeral = make_ephemeral(config.redis.url, prefix=prefix)

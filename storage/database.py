@@ -50,13 +50,13 @@ class ConstraintViolation(Exception):
     """A write broke a uniqueness or other integrity constraint; nothing of it was kept."""
 
 
-async def open_database(engine: str, *, path: str = "", url: str = "",
-                        pool_min: int = 2, pool_max: int = 10, migrate: bool = True) -> Database:
+async def open_database(engine: str, *, path: str = "", url: str = "", pool_min: int = 2, pool_max: int = 10,
+                        migrate: bool = True, sqlite_synchronous: str = "FULL") -> Database:
     """Open an engine and bring its schema up to date."""
     db: Database
     if engine == "sqlite":
         from storage.sqlite import SqliteDatabase
-        db = await SqliteDatabase.open(path)
+        db = await SqliteDatabase.open(path, synchronous=sqlite_synchronous)
     elif engine == "postgres":
         from storage.postgres import PostgresDatabase
         db = await PostgresDatabase.open(url, pool_min=pool_min, pool_max=pool_max)

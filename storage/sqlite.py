@@ -24,10 +24,12 @@ T = TypeVar("T")
 
 _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
-    "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=5000",
 )
+# FULL syncs the WAL at every commit, so an acknowledged write survives power loss; NORMAL syncs
+# only at checkpoints (faster; a crash of the machine may lose the last commits, never corrupts).
+SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 
 
 def _fetchone(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Row | None:
@@ -70,14 +72,16 @@ class _ThreadConn:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: str) -> "_ThreadConn":
+    async def open(cls, path: str, synchronous: str) -> "_ThreadConn":
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}")
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whispr-sqlite")
 
         def connect() -> sqlite3.Connection:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves.
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
-            for pragma in _PRAGMAS:
+            for pragma in (*_PRAGMAS, f"PRAGMA synchronous={synchronous}"):
                 conn.execute(pragma).close()
             return conn
 
@@ -189,10 +193,10 @@ class SqliteDatabase:
         return next(self._next_reader)
 
     @classmethod
-    async def open(cls, path: str, readers: int = 3) -> "SqliteDatabase":
+    async def open(cls, path: str, readers: int = 3, synchronous: str = "FULL") -> "SqliteDatabase":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        writer = await _ThreadConn.open(path)  # first: it switches the file to WAL
-        return cls(writer, [await _ThreadConn.open(path) for _ in range(readers)])
+        writer = await _ThreadConn.open(path, synchronous)  # first: it switches the file to WAL
+        return cls(writer, [await _ThreadConn.open(path, synchronous) for _ in range(readers)])
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

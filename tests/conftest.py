@@ -17,8 +17,10 @@ from typing import Any, AsyncIterator, Callable
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 
+from client_api.protocol import ConnectionLimits, MatrixAppRunner
 from homeserver.app import make_app
 from homeserver.config import Config, load_config
 
@@ -153,11 +155,23 @@ def make_config(tmp_path: Path, backend: dict[str, Any]) -> Callable[..., Config
     return build
 
 
+class WhisprTestServer(TestServer):
+    """aiohttp's TestServer with the connections both listeners use (client_api.protocol)."""
+
+    def __init__(self, app: Any, config: Config) -> None:
+        super().__init__(app)
+        self.config = config
+
+    async def _make_runner(self, **kwargs: Any) -> MatrixAppRunner:
+        return MatrixAppRunner(self.app, ConnectionLimits.from_config(self.config), **kwargs)
+
+
 @pytest.fixture
 def serve(aiohttp_client: Any, make_config: Callable[..., Config]) -> Callable[..., Any]:
     """Start the real app on a loopback port; returns an aiohttp TestClient."""
     async def start(**overrides: Any) -> Any:
-        return await aiohttp_client(make_app(make_config(**overrides)))
+        config = make_config(**overrides)
+        return await aiohttp_client(WhisprTestServer(make_app(config), config))
     return start
 
 

@@ -312,3 +312,17 @@ async def test_client_works_without_explicit_start_and_restarts(
     await client.start()
     await client.get_json(f"localhost:{target.port}", "/_matrix/x")
     assert len(target.paths) == 2
+
+
+async def test_hostile_answers_are_not_json(targets: Callable[..., Awaitable[Target]],
+                                            make_client: Callable[..., FederationClient]) -> None:
+    """A peer's answer goes through the same JSON bounds as a request body (homeserver.json_input)."""
+    def routes(app: web.Application) -> None:
+        answers("/deep", b"[" * 100_000, content_type="application/json")(app)
+        answers("/surrogate", b'{"a": "\\ud800"}', content_type="application/json")(app)
+
+    target = await targets("localhost", routes=routes)
+    client = make_client()
+    for path in ("/deep", "/surrogate"):
+        with pytest.raises(FederationUnreachable, match="not JSON"):
+            await client.get_json(f"localhost:{target.port}", path)

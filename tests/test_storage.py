@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from homeserver.accounts.models import Device, RefreshToken, Threepid, User
+from homeserver.config import ConfigError, load_config
 from storage import Store, open_database
 from storage.database import ConstraintViolation, DatabaseError
 from storage.migrations import LATEST_VERSION, MIGRATIONS, Migration, current_version, run_migrations
@@ -167,3 +168,20 @@ async def test_items_quarantined_before_the_content_quarantine_bring_their_conte
         assert (await store.media.get_remote("o", "r")).quarantined  # type: ignore[union-attr]
     finally:
         await db.close()
+
+
+async def test_sqlite_syncs_every_commit_unless_configured(tmp_path: Path) -> None:
+    """synchronous=FULL (2) by default, on the writer and every reader; NORMAL (1) when asked."""
+    for mode, expected in ((None, 2), ("NORMAL", 1), ("FULL", 2)):
+        config = load_config(None, environ={}, overrides={
+            "data_dir": str(tmp_path / f"d-{mode}"), **({"database": {"sqlite_synchronous": mode}} if mode else {})})
+        db = await open_database("sqlite", path=str(config.sqlite_path()),
+                                 sqlite_synchronous=config.database.sqlite_synchronous)
+        try:
+            async with db.transaction() as tx:
+                assert await tx.fetchval("PRAGMA synchronous") == expected
+            assert {await db.fetchval("PRAGMA synchronous") for _ in range(6)} == {expected}
+        finally:
+            await db.close()
+    with pytest.raises(ConfigError):
+        load_config(None, environ={}, overrides={"database": {"sqlite_synchronous": "OFF"}})

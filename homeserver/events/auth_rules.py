@@ -131,11 +131,16 @@ def named_level(auth_state: Mapping[StateKey, Event], name: str) -> int:
 
 
 def required_power_level(event: Event, auth_state: Mapping[StateKey, Event]) -> int:
+    return level_to_send(event.type, event.is_state, auth_state)
+
+
+def level_to_send(event_type: str, is_state: bool, auth_state: Mapping[StateKey, Event]) -> int:
+    """The power level needed to send an event of `event_type` (a state event if `is_state`)."""
     content = _pl_content(auth_state)
     events = content.get("events")
-    if isinstance(events, dict) and _is_int(events.get(event.type)):
-        return events[event.type]
-    return _pl_value(content, "state_default" if event.is_state else "events_default")
+    if isinstance(events, dict) and _is_int(events.get(event_type)):
+        return events[event_type]
+    return _pl_value(content, "state_default" if is_state else "events_default")
 
 
 # ---- auth events selection ----------------------------------------------------------------------

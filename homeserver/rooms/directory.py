@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from homeserver.events.auth_rules import CREATE_KEY, POWER_LEVELS_KEY, level_to_send, user_power_level
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.rooms.rooms import Rooms
 from storage.store import Store
@@ -71,13 +72,18 @@ class Directory:
         await self._store.rooms.delete_alias(alias)
 
     async def _may_manage(self, room_id: str, user_id: str) -> bool:
-        levels = await self._rooms.state_event(room_id, "m.room.power_levels")
-        if levels is None or await self._rooms.membership(room_id, user_id) != "join":
+        """A joined member who may set the canonical alias, by the room version's power rules (so a
+        v12 creator, who has no entry in the power levels, outranks everyone)."""
+        version = await self._rooms.room_version(room_id)
+        if version is None or await self._rooms.membership(room_id, user_id) != "join":
             return False
-        content = levels.content
-        mine = content.get("users", {}).get(user_id, content.get("users_default", 0))
-        needed = content.get("events", {}).get("m.room.canonical_alias", content.get("state_default", 50))
-        return mine >= needed
+        auth_state = {}
+        for key in (CREATE_KEY, POWER_LEVELS_KEY):
+            event = await self._rooms.state_event(room_id, key[0], key[1])
+            if event is not None:
+                auth_state[key] = event
+        mine = user_power_level(user_id, auth_state, version)
+        return mine >= level_to_send("m.room.canonical_alias", True, auth_state)
 
     async def aliases(self, user_id: str, room_id: str) -> list[str]:
         await self._rooms.require_joined(room_id, user_id)

@@ -27,6 +27,7 @@ from homeserver.sync.notifier import Notifier
 from homeserver.rooms.recent_events import RecentEvents
 from homeserver.events.room_versions import RoomVersion, get_room_version
 from homeserver.events.state_res import resolve_state_v2
+from homeserver.json_input import non_canonical_reason
 from storage.database import ConstraintViolation
 from storage.rooms import HeldRedaction, RoomInfo, StateMap, TxnRef
 from storage.store import Store
@@ -333,6 +334,9 @@ class Rooms:
         return await self._persist(event, room, {}, [], None)
 
     async def _sign_and_check(self, pdu: dict[str, Any], version: RoomVersion, state: StateMap) -> Event:
+        reason = non_canonical_reason(pdu["content"])  # other servers would refuse it, or drift
+        if reason is not None:
+            raise bad_json(f"Event content is not canonical JSON: {reason}")
         signed = sign_event(pdu, self.server_name, self._key, version)
         if len(encode_canonical_json(signed)) > MAX_PDU_BYTES:
             raise MatrixError(413, "M_TOO_LARGE", f"event is larger than {MAX_PDU_BYTES} bytes")
