@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
+import nio
+
 from tests.conftest import auth, register
 from tests.rooms_helpers import User
+from tests.test_nio_client import PASSWORD, backend_env, server_url  # noqa: F401 (fixtures)
 
 V3 = "/_matrix/client/v3"
 
@@ -92,3 +96,116 @@ async def test_room_tags_are_room_account_data_delivered_in_sync(client: Any) ->
         assert (await alice.call("PUT", f"{tags}/u.x", json=bad, expect=400))["errcode"] == "M_BAD_JSON"
     err = await alice.call("PUT", f"{tags}/u.x", data=b"[1]", expect=400)
     assert err["errcode"] == "M_BAD_JSON"
+
+
+# ==== registration ===============================================================================
+
+async def post_register(client: Any, body: dict[str, Any], status: int) -> dict[str, Any]:
+    resp = await client.post(f"{V3}/register", json=body)
+    assert resp.status == status, await resp.text()
+    return await resp.json()
+
+
+async def test_register_as_element_starts_it(client: Any) -> None:
+    # Element's first call: no parameters, no auth: the flows and a session, not a 400.
+    first = await post_register(client, {}, 401)
+    assert first["flows"] == [{"stages": ["m.login.dummy"]}] and first["session"] and first["completed"] == []
+    assert first["params"] == {}
+    reg = await post_register(client, {"username": "elle", "password": "correct horse",
+                                       "initial_device_display_name": "Element Web",
+                                       "auth": {"type": "m.login.dummy", "session": first["session"]}}, 200)
+    assert reg["user_id"] == "@elle:test.local" and reg["access_token"]
+    resp = await client.get(f"{V3}/devices", headers=auth(reg["access_token"]))
+    assert [d["display_name"] for d in (await resp.json())["devices"]] == ["Element Web"]
+
+
+async def test_register_session_keeps_the_first_requests_parameters(client: Any) -> None:
+    first = await post_register(client, {"username": "kept", "password": "correct horse", "device_id": "KEPTDEV",
+                                         "initial_device_display_name": "Phone", "refresh_token": True}, 401)
+    # The follow-up carries only auth.
+    done = {"auth": {"type": "m.login.dummy", "session": first["session"]}}
+    reg = await post_register(client, done, 200)
+    assert reg["user_id"] == "@kept:test.local" and reg["device_id"] == "KEPTDEV"
+    assert reg["refresh_token"] and reg["expires_in_ms"] > 0
+    resp = await client.get(f"{V3}/devices", headers=auth(reg["access_token"]))
+    assert [(d["device_id"], d["display_name"]) for d in (await resp.json())["devices"]] == [("KEPTDEV", "Phone")]
+    resp = await client.post(f"{V3}/login", json={"type": "m.login.password", "password": "correct horse",
+                                                  "identifier": {"type": "m.id.user", "user": "kept"}})
+    assert resp.status == 200  # the remembered password is the account's
+
+    # A completed session's request, retried, gets the same answer (and creates nothing).
+    assert await post_register(client, done, 200) == reg
+    assert await post_register(client, {**done, "username": "other"}, 200) == reg
+    resp = await client.get(f"{V3}/account/whoami", headers=auth(reg["access_token"]))
+    assert (await resp.json())["user_id"] == "@kept:test.local"
+
+    # inhibit_login is remembered too.
+    first = await post_register(client, {"username": "quiet", "password": "correct horse",
+                                         "inhibit_login": True}, 401)
+    reg = await post_register(client, {"auth": {"type": "m.login.dummy", "session": first["session"]}}, 200)
+    assert reg == {"user_id": "@quiet:test.local", "home_server": "test.local"}
+
+    # No password anywhere in the round: a clear error once the stages are done.
+    first = await post_register(client, {}, 401)
+    err = await post_register(client, {"auth": {"type": "m.login.dummy", "session": first["session"]}}, 400)
+    assert err["errcode"] == "M_MISSING_PARAM"
+    # Bad parameters are refused at once, before any stage.
+    for bad, errcode in (({"inhibit_login": "yes"}, "M_BAD_JSON"), ({"password": "short"}, "M_WEAK_PASSWORD"),
+                         ({"username": "kept"}, "M_USER_IN_USE"), ({"username": "Kept"}, "M_INVALID_USERNAME")):
+        assert (await post_register(client, bad, 400))["errcode"] == errcode
+    # A session made elsewhere (another endpoint's) is not a registration session.
+    err = await post_register(client, {"username": "x1", "password": "correct horse",
+                                       "auth": {"type": "m.login.dummy", "session": "made-up"}}, 400)
+    assert err["errcode"] == "M_UNKNOWN"
+
+
+async def test_register_available_username_rules_and_reserved_names(serve: Any) -> None:
+    client = await serve(registration={"reserved_localparts": ["admin", "staff"]})
+    await register(client, "taken")
+
+    async def available(name: str, status: int) -> dict[str, Any]:
+        resp = await client.get(f"{V3}/register/available", params={"username": name})
+        assert resp.status == status, (name, await resp.text())
+        return await resp.json()
+
+    assert await available("free", 200) == {"available": True}
+    assert await available("a.b_c=d-e/f+0", 200) == {"available": True}  # the spec's whole grammar
+    assert (await available("taken", 400))["errcode"] == "M_USER_IN_USE"
+    longest = "x" * (255 - len("@:test.local"))
+    assert await available(longest, 200) == {"available": True}
+    for bad in ("Upper", "sp ace", "caf\u00e9", "colon:", "", longest + "x"):
+        assert (await available(bad, 400))["errcode"] == "M_INVALID_USERNAME", bad
+    resp = await client.get(f"{V3}/register/available")
+    assert resp.status == 400 and (await resp.json())["errcode"] == "M_INVALID_USERNAME"
+    for reserved in ("admin", "staff"):
+        assert (await available(reserved, 400))["errcode"] == "M_INVALID_USERNAME"
+        err = await post_register(client, {"username": reserved, "password": "correct horse"}, 400)
+        assert err["errcode"] == "M_INVALID_USERNAME" and "reserved" in err["error"]
+    # A name not on this server's list is free.
+    assert await available("root", 200) == {"available": True}
+
+
+async def test_nio_registers_interactively_and_sees_reserved_and_taken_names(server_url: str) -> None:
+    first, again, reserved, user = (nio.AsyncClient(server_url, "nio_ui") for _ in range(4))
+    try:
+        # Step one as Element makes it (nio always sends a stage): `{}` gets the flows and a session.
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{server_url}/_matrix/client/v3/register", json={}) as resp:
+                assert resp.status == 401
+                session = (await resp.json())["session"]
+        # Step two: the stage done with the parameters (nio expects flows in any answer of
+        # register_interactive, so it reads the success as an error: the login below proves it).
+        await first.register_interactive("nio_ui", PASSWORD, {"type": "m.login.dummy", "session": session},
+                                         device_name="nio")
+        login = await user.login(PASSWORD, device_name="nio login")
+        assert isinstance(login, nio.LoginResponse) and login.user_id.startswith("@nio_ui:"), login
+
+        taken = await again.register("nio_ui", PASSWORD)
+        assert isinstance(taken, nio.responses.RegisterErrorResponse) and taken.status_code == "M_USER_IN_USE", taken
+        # The sample config reserves "admin".
+        refused = await reserved.register("admin", PASSWORD)
+        assert isinstance(refused, nio.responses.RegisterErrorResponse), refused
+        assert refused.status_code == "M_INVALID_USERNAME", refused
+    finally:
+        for c in (first, again, reserved, user):
+            await c.close()
