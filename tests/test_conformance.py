@@ -209,3 +209,25 @@ async def test_nio_registers_interactively_and_sees_reserved_and_taken_names(ser
     finally:
         for c in (first, again, reserved, user):
             await c.close()
+
+
+async def test_register_with_email_the_last_request_carries_only_auth(serve: Any, smtp: Any) -> None:
+    from tests.test_email_verification import new_secret, request_register_token, submit_code
+
+    client = await serve(smtp_port=smtp.port, registration={"require_email_verification": True})
+    first = await post_register(client, {}, 401)
+    assert first["flows"] == [{"stages": ["m.login.email.identity"]}]
+    session = first["session"]
+    # Element sends the parameters with the session, then polls with the stage only.
+    second = await post_register(client, {"username": "mel", "password": "correct horse",
+                                          "auth": {"session": session}}, 401)
+    assert second["session"] == session and second["completed"] == []
+    secret = new_secret()
+    sid = (await (await request_register_token(client, "mel@example.org", secret)).json())["sid"]
+    assert (await submit_code(client, sid, secret, smtp.code_for("mel@example.org"))).status == 200
+    stage = {"auth": {"type": "m.login.email.identity", "session": session,
+                      "threepid_creds": {"sid": sid, "client_secret": secret}}}
+    reg = await post_register(client, stage, 200)
+    assert reg["user_id"] == "@mel:test.local"
+    # The retry (the mailed token is spent by now) answers the same.
+    assert await post_register(client, stage, 200) == reg
