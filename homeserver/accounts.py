@@ -178,8 +178,10 @@ class Accounts:
             raise bad_json("password must be a string")
         user_id = await self.resolve_identifier(body)
         user = await self._store.users.get(user_id) if user_id else None
-        if user is None or user.deactivated or not await self._hasher.verify(user.password_hash, password):
+        if user is None or not await self._hasher.verify(user.password_hash, password):
             raise forbidden("Invalid username or password")
+        if user.deactivated:  # said only to whoever knows the password
+            raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
         return user
 
     async def get_user(self, user_id: str) -> User | None:

@@ -10,6 +10,7 @@ from typing import Any
 from homeserver.accounts import Accounts
 from homeserver.chats import Chats
 from homeserver.config import Config, ensure_secrets
+from homeserver.deactivation import Deactivation
 from homeserver.directory import Directory
 from homeserver.email_verification import EmailVerifier
 from homeserver.ephemeral import Ephemeral, make_ephemeral
@@ -19,6 +20,7 @@ from homeserver.login import LoginService
 from homeserver.mailer import Mailer
 from homeserver.membership import Membership
 from homeserver.notifier import Notifier, make_notifier
+from homeserver.openid import OpenId
 from homeserver.passwords import PasswordHasher
 from homeserver.profiles import Profiles
 from homeserver.ratelimit import RateLimiter
@@ -63,6 +65,8 @@ class HomeServer:
     filters: Filters
     executor: ThreadPoolExecutor
     media: MediaRepository
+    deactivation: Deactivation
+    openid: OpenId
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -104,7 +108,8 @@ class HomeServer:
             sync=sync, timeline=Timeline(rooms, store, sync.current_token, visibility), visibility=visibility,
             room_data=room_data,
             directory=Directory(rooms, store, config.server_name), filters=Filters(store), executor=executor,
-            media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor))
+            media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor),
+            deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name))
         await hs.media.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)

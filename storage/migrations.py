@@ -269,6 +269,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (origin, txn_id)
         )""",
     )),
+    Migration(6, "OpenID tokens (hashed, expiring)", (
+        """CREATE TABLE openid_tokens (
+            token_hash TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(user_id),
+            expires_ts BIGINT NOT NULL
+        )""",
+        "CREATE INDEX openid_tokens_user ON openid_tokens (user_id, expires_ts)",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -9,7 +9,9 @@ from typing import Any
 import aiohttp
 import nio
 
+from bench.servers import RunningServer
 from tests.conftest import auth, register
+from tests.test_federation_whispr import membership_in_timeline, pair, users_on_both  # noqa: F401 (fixture)
 from tests.rooms_helpers import User
 from tests.test_nio_client import PASSWORD, backend_env, server_url  # noqa: F401 (fixtures)
 
@@ -231,3 +233,145 @@ async def test_register_with_email_the_last_request_carries_only_auth(serve: Any
     assert reg["user_id"] == "@mel:test.local"
     # The retry (the mailed token is spent by now) answers the same.
     assert await post_register(client, stage, 200) == reg
+
+
+# ==== account deactivation =======================================================================
+
+async def deactivate(client: Any, token: str, user: str, password: str = "correct horse", **body: Any) -> Any:
+    first = await client.post(f"{V3}/account/deactivate", headers=auth(token), json=body)
+    assert first.status == 401, await first.text()
+    flows = (await first.json())["flows"]
+    assert flows == [{"stages": ["m.login.password"]}]
+    return await client.post(f"{V3}/account/deactivate", headers=auth(token), json={**body, "auth": {
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password,
+        "session": (await first.json())["session"]}})
+
+
+async def test_deactivate_with_erase_leaves_rooms_revokes_everything_and_keeps_the_name(client: Any) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    await alice.call("PUT", f"/profile/{alice.user_id}/displayname", json={"displayname": "Alice A."})
+    await alice.call("PUT", f"/profile/{alice.user_id}/avatar_url", json={"avatar_url": "mxc://test.local/abc"})
+    await alice.call("PUT", f"/profile/{alice.user_id}/org.whispr.bio", json={"org.whispr.bio": "hello"})
+    own = await alice.create_room()
+    await alice.call("POST", f"/rooms/{own}/invite", json={"user_id": bob.user_id})
+    await bob.call("POST", f"/join/{own}")
+    bobs = await bob.create_room(preset="public_chat")
+    await alice.call("POST", f"/join/{bobs}")
+    invited = await bob.create_room(invite=[alice.user_id])
+    resp = await client.post(f"{V3}/login", json={"type": "m.login.password", "password": "correct horse",
+                                                  "identifier": {"type": "m.id.user", "user": "alice"},
+                                                  "refresh_token": True})
+    second = await resp.json()
+    openid = await alice.call("POST", f"/user/{alice.user_id}/openid/request_token", json={})
+    since = (await bob.sync())["next_batch"]
+
+    # Without the password, or with a wrong one: not deactivated.
+    resp = await deactivate(client, alice.token, "alice", password="wrong password")
+    assert resp.status == 401 and (await resp.json())["errcode"] == "M_FORBIDDEN"
+    resp = await client.post(f"{V3}/account/deactivate", headers=alice.h, json={"erase": "yes"})
+    assert resp.status == 400 and (await resp.json())["errcode"] == "M_BAD_JSON"
+    # Someone else's password does not deactivate alice.
+    resp = await deactivate(client, alice.token, "bob")
+    assert resp.status == 401 and (await resp.json())["errcode"] == "M_FORBIDDEN"
+    await alice.call("GET", "/account/whoami")
+
+    resp = await deactivate(client, alice.token, "alice", erase=True)
+    assert resp.status == 200 and await resp.json() == {"id_server_unbind_result": "no-support"}
+
+    # Every token is dead: both devices' access tokens, the refresh token.
+    for token in (alice.token, second["access_token"]):
+        resp = await client.get(f"{V3}/account/whoami", headers=auth(token))
+        assert resp.status == 401 and (await resp.json())["errcode"] == "M_UNKNOWN_TOKEN"
+    resp = await client.post(f"{V3}/refresh", json={"refresh_token": second["refresh_token"]})
+    assert resp.status == 401 and (await resp.json())["errcode"] == "M_UNKNOWN_TOKEN"
+    # Login: deactivated (for whoever has the password), the name never given again.
+    resp = await client.post(f"{V3}/login", json={"type": "m.login.password", "password": "correct horse",
+                                                  "identifier": {"type": "m.id.user", "user": "alice"}})
+    assert resp.status == 403 and (await resp.json())["errcode"] == "M_USER_DEACTIVATED"
+    resp = await client.post(f"{V3}/login", json={"type": "m.login.password", "password": "wrong password",
+                                                  "identifier": {"type": "m.id.user", "user": "alice"}})
+    assert resp.status == 403 and (await resp.json())["errcode"] == "M_FORBIDDEN"
+    resp = await client.post(f"{V3}/register", json={"username": "alice", "password": "correct horse"})
+    assert resp.status == 400 and (await resp.json())["errcode"] == "M_USER_IN_USE"
+    resp = await client.get(f"{V3}/register/available", params={"username": "alice"})
+    assert resp.status == 400 and (await resp.json())["errcode"] == "M_USER_IN_USE"
+
+    # Out of every room (joined, own, invited), with the leave events sent.
+    for room in (own, bobs, invited):
+        member = await bob.call("GET", f"/rooms/{room}/state/m.room.member/{alice.user_id}")
+        assert member["membership"] == "leave", room
+    body = await bob.sync(since)
+    for room in (own, bobs):
+        events = body["rooms"]["join"][room]["timeline"]["events"]
+        assert [e["content"]["membership"] for e in events if e.get("state_key") == alice.user_id] == ["leave"]
+    # The profile is erased; the user directory no longer finds alice.
+    assert await bob.call("GET", f"/profile/{alice.user_id}") == {}
+    found = await bob.call("POST", "/user_directory/search", json={"search_term": "alice"})
+    assert found["results"] == []
+    # The OpenID token is gone with the rest (the federation endpoint is tested with two servers).
+    assert openid["access_token"]
+
+
+async def test_deactivate_without_erase_keeps_the_profile(client: Any) -> None:
+    carol, dan = await User.new(client, "carol"), await User.new(client, "dan")
+    await carol.call("PUT", f"/profile/{carol.user_id}/displayname", json={"displayname": "Carol C."})
+    resp = await deactivate(client, carol.token, carol.user_id)  # identified by the full user ID
+    assert resp.status == 200, await resp.text()
+    assert await dan.call("GET", f"/profile/{carol.user_id}") == {"displayname": "Carol C."}
+    resp = await client.post(f"{V3}/account/deactivate", json={})
+    assert resp.status == 401 and (await resp.json())["errcode"] == "M_MISSING_TOKEN"
+
+
+# ==== OpenID =====================================================================================
+
+async def test_openid_request_token_shape_and_only_for_yourself(client: Any) -> None:
+    erin, fay = await User.new(client, "erin"), await User.new(client, "fay")
+    token = await erin.call("POST", f"/user/{erin.user_id}/openid/request_token", json={})
+    assert token["token_type"] == "Bearer" and token["matrix_server_name"] == "test.local"
+    assert token["expires_in"] == 3600 and len(token["access_token"]) >= 32
+    again = await erin.call("POST", f"/user/{erin.user_id}/openid/request_token", json={})
+    assert again["access_token"] != token["access_token"]
+    err = await fay.call("POST", f"/user/{erin.user_id}/openid/request_token", json={}, expect=403)
+    assert err["errcode"] == "M_FORBIDDEN"
+    # The OpenID token is not an access token.
+    resp = await client.get(f"{V3}/account/whoami", headers=auth(token["access_token"]))
+    assert resp.status == 401 and (await resp.json())["errcode"] == "M_UNKNOWN_TOKEN"
+    # The spec's method is POST.
+    resp = await client.get(f"{V3}/user/{erin.user_id}/openid/request_token", headers=erin.h)
+    assert resp.status == 405 and (await resp.json())["errcode"] == "M_UNRECOGNIZED"
+
+
+# ==== over federation: two Whispr servers ========================================================
+
+async def test_openid_userinfo_and_deactivation_over_federation(
+        pair: tuple[RunningServer, RunningServer]) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        room = (await bob.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
+        await alice.call("POST", f"/join/{room}")
+        await bob.sync_until(membership_in_timeline(room, alice.user_id, "join"))
+
+        # A widget hands alice's OpenID token to its backend, which asks alice's server.
+        token = await alice.call("POST", f"/user/{alice.user_id}/openid/request_token", json={})
+        assert token["matrix_server_name"] == a.server_name
+        userinfo = f"https://{a.server_name}/_matrix/federation/v1/openid/userinfo"
+
+        async def ask(access_token: str | None) -> tuple[int, dict[str, Any]]:
+            params = {} if access_token is None else {"access_token": access_token}
+            async with session.get(userinfo, params=params, ssl=False) as resp:
+                return resp.status, await resp.json()
+
+        assert await ask(token["access_token"]) == (200, {"sub": alice.user_id})
+        for bad in ("wot_made-up", "", None):
+            status, body = await ask(bad)
+            assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN", bad
+
+        # Deactivated: the leave reaches the other server's room, the OpenID token dies.
+        first = await alice.call("POST", "/account/deactivate", json={}, expect=401)
+        await alice.call("POST", "/account/deactivate", json={"erase": True, "auth": {
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.user_id},
+            "password": "long enough pw", "session": first["session"]}})
+        await bob.sync_until(membership_in_timeline(room, alice.user_id, "leave"))
+        status, body = await ask(token["access_token"])
+        assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN"
