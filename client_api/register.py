@@ -56,6 +56,11 @@ async def register(request: web.Request) -> web.Response:
         return {"email": await server.emails.consume(auth.get("threepid_creds"), "register")}
 
     auth = body.get("auth")
+    earlier = await server.uia.answered(auth, REGISTER_BIND)
+    if earlier is not None:
+        # A retry of a completed registration, maybe with the whole first body (its username
+        # is taken by now, by this very registration): the same answer.
+        return ok(earlier)
     if not isinstance(auth, dict) or auth.get("session") is None:
         # The first call of a UIA round (also when it already carries a stage, as
         # matrix-nio sends m.login.dummy without a session); counts against the register bucket.
@@ -64,7 +69,7 @@ async def register(request: web.Request) -> web.Response:
     done = await server.uia.run_remembering(auth, flows, {"m.login.dummy": dummy, "m.login.email.identity": email},
                                             given, bind=REGISTER_BIND)
     if done.response is not None:
-        return ok(done.response)  # a retry of a completed registration
+        return ok(done.response)  # answered between our look above and now
     params = done.request
     if "password_hash" not in params:
         raise MatrixError(400, "M_MISSING_PARAM", "password is required")

@@ -59,6 +59,17 @@ class InteractiveAuth:
         """
         return await self._advance(auth, flows, checkers, {}, bind, request)
 
+    async def answered(self, auth: object, bind: str) -> dict[str, Any] | None:
+        """The answer already given to the request of `auth`'s session, if it was completed and answered."""
+        session_id = auth.get("session") if isinstance(auth, dict) else None
+        if not isinstance(session_id, str):
+            return None
+        session = await self._store.get(f"uia:{session_id}")
+        if session is None or session.get("bind") != bind:
+            return None
+        response: dict[str, Any] | None = session.get("response")
+        return response
+
     async def finish(self, session_id: str, response: dict[str, Any]) -> None:
         """Record the answer to a completed session's request, for retries."""
         key = f"uia:{session_id}"

@@ -10,6 +10,7 @@ import aiohttp
 import nio
 
 from bench.servers import RunningServer
+from homeserver.room_versions import KNOWN_ROOM_VERSIONS
 from tests.conftest import auth, register
 from tests.test_federation_whispr import membership_in_timeline, pair, users_on_both  # noqa: F401 (fixture)
 from tests.rooms_helpers import User
@@ -28,8 +29,10 @@ async def test_capabilities_follow_config_and_the_endpoints_served(serve: Any) -
     resp = await client.get(f"{V3}/capabilities", headers=auth(token))
     assert resp.status == 200
     caps = (await resp.json())["capabilities"]
-    assert caps["m.room_versions"] == {"default": "11",
-                                       "available": {"10": "stable", "11": "stable", "12": "stable"}}
+    versions = caps["m.room_versions"]
+    assert versions["default"] == "11"
+    assert versions["available"] == {v: "stable" for v in KNOWN_ROOM_VERSIONS}
+    assert {"10", "11", "12"} <= versions["available"].keys()
     assert caps["m.change_password"] == {"enabled": True}
     assert caps["m.set_displayname"] == {"enabled": True}
     assert caps["m.set_avatar_url"] == {"enabled": True}
@@ -42,6 +45,9 @@ async def test_capabilities_follow_config_and_the_endpoints_served(serve: Any) -
     for path in ("/_matrix/client/v1/login/get_token", f"{V3}/account/3pid/add", f"{V3}/account/3pid/delete"):
         resp = await client.post(path, headers=auth(token), json={})
         assert resp.status == 404, path
+    for version in ("10", "11", "12"):
+        resp = await client.post(f"{V3}/createRoom", headers=auth(token), json={"room_version": version})
+        assert resp.status == 200, version
     # The default room version is what createRoom uses.
     resp = await client.post(f"{V3}/createRoom", headers=auth(token), json={})
     room_id = (await resp.json())["room_id"]
@@ -137,6 +143,8 @@ async def test_register_session_keeps_the_first_requests_parameters(client: Any)
 
     # A completed session's request, retried, gets the same answer (and creates nothing).
     assert await post_register(client, done, 200) == reg
+    assert await post_register(client, {**done, "username": "kept", "password": "correct horse",
+                                        "device_id": "KEPTDEV", "refresh_token": True}, 200) == reg
     assert await post_register(client, {**done, "username": "other"}, 200) == reg
     resp = await client.get(f"{V3}/account/whoami", headers=auth(reg["access_token"]))
     assert (await resp.json())["user_id"] == "@kept:test.local"
