@@ -80,8 +80,7 @@ class InteractiveAuth:
     async def _advance(self, auth: object, flows: list[list[str]], checkers: dict[str, StageChecker],
                        params: dict[str, Any], bind: str, request: dict[str, Any] | None) -> Completed:
         if auth is None:
-            session_id = await self._new_session(bind, request)
-            raise UIARequired(self._body(flows, params, session_id, []))
+            raise UIARequired(self._body(flows, params, await self._new_session(bind, request), []))
         if not isinstance(auth, dict):
             raise bad_json("auth must be an object")
         session_id = auth.get("session")

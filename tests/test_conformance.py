@@ -12,8 +12,8 @@ import nio
 from bench.servers import RunningServer
 from homeserver.room_versions import KNOWN_ROOM_VERSIONS
 from tests.conftest import auth, register
-from tests.test_federation_whispr import membership_in_timeline, pair, users_on_both  # noqa: F401 (fixture)
 from tests.rooms_helpers import User
+from tests.test_federation_whispr import membership_in_timeline, pair, users_on_both  # noqa: F401 (fixture)
 from tests.test_nio_client import PASSWORD, backend_env, server_url  # noqa: F401 (fixtures)
 
 V3 = "/_matrix/client/v3"
