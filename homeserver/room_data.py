@@ -102,15 +102,24 @@ class RoomData:
             raise MatrixError(413, "M_TOO_LARGE", "tag is too large")
         if await self._rooms.room(room_id) is None:
             raise MatrixError(400, "M_INVALID_PARAM", "Unknown room")
-        tags = (await self.tags(requester, user_id, room_id))["tags"]
-        await self._put(user_id, room_id, TAG_TYPE, {"tags": {**tags, tag: info}})
+        await self._update_tags(user_id, room_id, lambda tags: {**tags, tag: info})
 
     async def remove_tag(self, requester: str, user_id: str, room_id: str, tag: str) -> None:
         if requester != user_id:
             raise forbidden("You cannot untag rooms for another user")
-        tags = (await self.tags(requester, user_id, room_id))["tags"]
-        if tag in tags:
-            await self._put(user_id, room_id, TAG_TYPE, {"tags": {k: v for k, v in tags.items() if k != tag}})
+        if tag in (await self.tags(requester, user_id, room_id))["tags"]:
+            await self._update_tags(user_id, room_id, lambda tags: {k: v for k, v in tags.items() if k != tag})
+
+    async def _update_tags(self, user_id: str, room_id: str,
+                           change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Read-modify-write of m.tag in one transaction: concurrent changes (Element moves a room
+        between tags with a DELETE and a PUT at once) are all kept."""
+        def apply(content: dict[str, Any] | None) -> dict[str, Any]:
+            tags = (content or {}).get("tags")
+            return {**(content or {}), "tags": change(tags if isinstance(tags, dict) else {})}
+
+        stream = await self._store.user_data.update_account_data(user_id, room_id, TAG_TYPE, apply)
+        await self._notifier.notify(stream, None, [user_id])
 
     async def add_direct_room(self, user_id: str, other: str, room_id: str) -> None:
         """Record a DM in m.direct (Whispr keeps it for its users; clients may too)."""

@@ -383,3 +383,14 @@ async def test_openid_userinfo_and_deactivation_over_federation(
         await bob.sync_until(membership_in_timeline(room, alice.user_id, "leave"))
         status, body = await ask(token["access_token"])
         assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN"
+
+
+async def test_concurrent_tag_changes_are_all_kept(client: Any) -> None:
+    """Element moves a room between tags with a DELETE and a PUT at once: neither may be lost."""
+    alice = await User.new(client, "alice")
+    room = await alice.create_room()
+    tags = f"/user/{alice.user_id}/rooms/{room}/tags"
+    await alice.call("PUT", f"{tags}/m.favourite", json={})
+    await asyncio.gather(alice.call("DELETE", f"{tags}/m.favourite"),
+                         *(alice.call("PUT", f"{tags}/u.t{i}", json={"order": i / 20}) for i in range(20)))
+    assert await alice.call("GET", tags) == {"tags": {f"u.t{i}": {"order": i / 20} for i in range(20)}}
