@@ -1,4 +1,4 @@
-"""whoami, password change and reset, the account's email addresses."""
+"""whoami, password change and reset, the account's email addresses, deactivation, OpenID tokens."""
 
 from typing import Any
 
@@ -47,6 +47,34 @@ async def change_password(request: web.Request) -> web.Response:
     return ok()
 
 
+async def deactivate(request: web.Request) -> web.Response:
+    """Behind the account's password; `erase` also clears the profile."""
+    server = hs(request)
+    who = await requester(request)
+    body = await json_body(request, allow_empty=True)
+    erase = body.get("erase", False)
+    if not isinstance(erase, bool):
+        raise bad_json("erase must be a boolean")
+
+    async def password(auth: dict[str, Any]) -> dict[str, Any]:
+        user = await server.login.check_password(auth, client_ip(request))
+        if user.user_id != who.user_id:
+            raise forbidden("Invalid username or password")
+        return {}
+
+    await server.uia.run(body.get("auth"), [["m.login.password"]], {"m.login.password": password},
+                         bind=f"deactivate:{who.user_id}")
+    await server.deactivation.deactivate(who.user_id, erase)
+    # We bind no addresses at identity servers, so there is nothing to unbind there.
+    return ok({"id_server_unbind_result": "no-support"})
+
+
+async def openid_request_token(request: web.Request) -> web.Response:
+    who = await requester(request)
+    await json_body(request, allow_empty=True)  # `{}` by the spec; nothing in it is used
+    return ok(await hs(request).openid.request_token(who.user_id, request.match_info["user_id"]))
+
+
 async def password_email_request_token(request: web.Request) -> web.Response:
     server = hs(request)
     body = await json_body(request)
@@ -70,3 +98,5 @@ def setup(app: web.Application) -> None:
     app.router.add_post(f"{CLIENT_V3}/account/password", change_password)
     app.router.add_post(f"{CLIENT_V3}/account/password/email/requestToken", password_email_request_token)
     app.router.add_get(f"{CLIENT_V3}/account/3pid", threepids)
+    app.router.add_post(f"{CLIENT_V3}/account/deactivate", deactivate)
+    app.router.add_post(f"{CLIENT_V3}/user/{{user_id}}/openid/request_token", openid_request_token)

@@ -6,24 +6,45 @@ from aiohttp import web
 
 from client_api.http import CLIENT_V3, client_ip, hs, json_body, ok
 from homeserver.accounts.accounts import check_device_params
-from homeserver.errors import MatrixError, forbidden
+from homeserver.errors import MatrixError, forbidden, bad_json
+from homeserver.server import HomeServer
+
+# Registration sessions are for registration only.
+REGISTER_BIND = "register"
+
+
+async def _given_parameters(server: HomeServer, body: dict[str, Any]) -> dict[str, Any]:
+    """The registration parameters this request gives, checked; the password as its hash."""
+    given: dict[str, Any] = {}
+    if body.get("username") is not None:
+        given["username"] = await server.accounts.check_available(body["username"])
+    device_id, display_name = check_device_params(body.get("device_id"), body.get("initial_device_display_name"))
+    if device_id is not None:
+        given["device_id"] = device_id
+    if display_name is not None:
+        given["initial_device_display_name"] = display_name
+    for flag in ("inhibit_login", "refresh_token"):
+        if body.get(flag) is not None:
+            if not isinstance(body[flag], bool):
+                raise bad_json(f"{flag} must be a boolean")
+            given[flag] = body[flag]
+    if body.get("password") is not None:
+        password = server.accounts.hasher.check_strength(body["password"])
+        given["password_hash"] = await server.accounts.hasher.hash(password)
+    return given
 
 
 async def register(request: web.Request) -> web.Response:
+    """Register through UIA; the session keeps the parameters (Element's first call is `{}`)."""
     server = hs(request)
     if not server.config.registration.enabled:
         raise forbidden("Registration is disabled on this server")
-    body = await json_body(request)
+    body = await json_body(request, allow_empty=True)
     kind = request.query.get("kind", "user")
     if kind == "guest":
         raise forbidden("Guest access is disabled")
     if kind != "user":
         raise MatrixError(400, "M_INVALID_PARAM", "kind must be user or guest")
-    username = body.get("username")
-    if username is not None:
-        username = await server.accounts.check_available(username)
-    device_id, display_name = check_device_params(body.get("device_id"), body.get("initial_device_display_name"))
-    server.accounts.hasher.check_strength(body.get("password"))
 
     require_email = server.config.registration.require_email_verification
     flows = [["m.login.email.identity"]] if require_email else [["m.login.dummy"]]
@@ -35,19 +56,36 @@ async def register(request: web.Request) -> web.Response:
         return {"email": await server.emails.consume(auth.get("threepid_creds"), "register")}
 
     auth = body.get("auth")
+    earlier = await server.uia.answered(auth, REGISTER_BIND)
+    if earlier is not None:
+        # A retry of a completed registration, maybe with the whole first body (its username
+        # is taken by now, by this very registration): the same answer.
+        return ok(earlier)
     if not isinstance(auth, dict) or auth.get("session") is None:
         # The first call of a UIA round (also when it already carries a stage, as
         # matrix-nio sends m.login.dummy without a session); counts against the register bucket.
         await server.limiter.check("register", client_ip(request))
-    results = await server.uia.run(auth, flows, {"m.login.dummy": dummy, "m.login.email.identity": email})
-    address = results.get("m.login.email.identity", {}).get("email")
-    user = await server.accounts.create_user(username, body.get("password"), email=address,
-                                             email_validated=address is not None)
-    if body.get("inhibit_login") is True:
-        return ok({"user_id": user.user_id, "home_server": server.config.server_name})
-    session = await server.accounts.create_session(user.user_id, device_id, display_name,
-                                                   body.get("refresh_token") is True)
-    return ok(session.to_json(server.config.server_name))
+    given = await _given_parameters(server, body)
+    done = await server.uia.run_remembering(auth, flows, {"m.login.dummy": dummy, "m.login.email.identity": email},
+                                            given, bind=REGISTER_BIND)
+    if done.response is not None:
+        return ok(done.response)  # answered between our look above and now
+    params = done.request
+    if "password_hash" not in params:
+        raise MatrixError(400, "M_MISSING_PARAM", "password is required")
+    address = done.results.get("m.login.email.identity", {}).get("email")
+    user = await server.accounts.create_user(params.get("username"), None, email=address,
+                                             email_validated=address is not None,
+                                             password_hash=params["password_hash"])
+    if params.get("inhibit_login") is True:
+        response = {"user_id": user.user_id, "home_server": server.config.server_name}
+    else:
+        session = await server.accounts.create_session(user.user_id, params.get("device_id"),
+                                                       params.get("initial_device_display_name"),
+                                                       params.get("refresh_token") is True)
+        response = session.to_json(server.config.server_name)
+    await server.uia.finish(done.session, response)
+    return ok(response)
 
 
 async def available(request: web.Request) -> web.Response:

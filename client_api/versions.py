@@ -1,8 +1,17 @@
-"""GET /_matrix/client/versions: spec versions and Whispr's feature flags."""
+"""What the server supports: GET /_matrix/client/versions (spec versions, Whispr's feature flags)
+and GET /capabilities (what a user may do here).
+
+Each capability must be honest: a client hides a feature when it is false and offers it when it
+is true, so a capability is true only where the endpoint behind it exists and the config allows it.
+"""
+
+from typing import Any
 
 from aiohttp import web
 
-from client_api.http import ok
+from client_api.http import CLIENT_V3, hs, ok, requester
+from homeserver.config import Config
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 
 SPEC_VERSIONS = ["v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"]
 UNSTABLE_FEATURES = {
@@ -17,5 +26,29 @@ async def versions(_request: web.Request) -> web.Response:
     return ok({"versions": SPEC_VERSIONS, "unstable_features": UNSTABLE_FEATURES})
 
 
+def capabilities_for(config: Config) -> dict[str, Any]:
+    return {
+        "m.change_password": {"enabled": True},  # POST /account/password
+        "m.room_versions": {
+            "default": config.rooms.default_version,
+            "available": {identifier: "stable" for identifier in KNOWN_ROOM_VERSIONS},
+        },
+        "m.set_displayname": {"enabled": True},  # PUT /profile/{userId}/displayname
+        "m.set_avatar_url": {"enabled": True},  # PUT /profile/{userId}/avatar_url
+        # Addresses are read-only over the standard API (no POST /account/3pid/add or /delete).
+        "m.3pid_changes": {"enabled": False},
+        # No POST /login/get_token.
+        "m.get_login_token": {"enabled": False},
+        # PUT /profile/{userId}/{keyName} takes namespaced custom fields.
+        "m.profile_fields": {"enabled": True},
+    }
+
+
+async def capabilities(request: web.Request) -> web.Response:
+    await requester(request)
+    return ok({"capabilities": capabilities_for(hs(request).config)})
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get("/_matrix/client/versions", versions)
+    app.router.add_get(f"{CLIENT_V3}/capabilities", capabilities)

@@ -1,4 +1,5 @@
-"""Inbound Server-Server API endpoints (/_matrix/federation/...). Every request is X-Matrix authenticated."""
+"""Inbound Server-Server API endpoints (/_matrix/federation/...). Every request is X-Matrix authenticated,
+but for `openid/userinfo`, which third parties (not servers) call with the user's OpenID token."""
 
 from __future__ import annotations
 
@@ -410,8 +411,13 @@ async def user_devices(request: web.Request, origin: str) -> web.Response:
     return web.json_response({"user_id": user_id, "stream_id": 0, "devices": []})
 
 
+async def openid_userinfo(request: web.Request) -> web.Response:
+    return web.json_response({"sub": await hs(request).openid.userinfo(request.query.get("access_token"))})
+
+
 def setup(app: web.Application) -> None:
     r = app.router
+    r.add_get(f"{F1}/openid/userinfo", openid_userinfo)
     r.add_put(f"{F1}/send/{{txn_id}}", authed(send_transaction))
     r.add_get(f"{F1}/make_join/{{room_id}}/{{user_id}}", authed(lambda q, o: make_membership(q, o, "join")))
     r.add_put(f"{F2}/send_join/{{room_id}}/{{event_id}}", authed(lambda q, o: send_membership(q, o, "join")))

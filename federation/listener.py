@@ -118,6 +118,9 @@ def make_federation_app(hs_getter: Callable[[], FederationState], *,
     app[HS_GETTER] = hs_getter
     app.router.add_get("/_matrix/federation/v1/version", version)
     app.router.add_get("/_matrix/key/v2/server", key_server)
+    # Deprecated form with a key ID, still asked by older servers and tools: the spec has the
+    # server answer with all its keys whatever the ID, so it is the same document.
+    app.router.add_get("/_matrix/key/v2/server/{key_id}", key_server)
     app.router.add_get("/_matrix/key/v2/query/{server_name}", key_query_get)
     app.router.add_post("/_matrix/key/v2/query", key_query_post)
     return app

@@ -111,7 +111,8 @@ async def _register(args: argparse.Namespace) -> int:
     password = args.password or getpass.getpass("Password: ")
     hs = await HomeServer.start(config)
     try:
-        user = await hs.accounts.create_user(args.user, password, email=args.email, email_validated=True)
+        user = await hs.accounts.create_user(args.user, password, email=args.email, email_validated=True,
+                                             allow_reserved=True)
     except MatrixError as e:
         print(f"error: {e.errcode}: {e.error}", file=sys.stderr)
         return 1

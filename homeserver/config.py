@@ -67,6 +67,10 @@ class SecretsConfig:
     jwt_secret: str = ""
 
 
+DEFAULT_RESERVED_LOCALPARTS = ("admin", "administrator", "root", "abuse", "postmaster", "security", "support",
+                               "whispr")
+
+
 @dataclass
 class RegistrationConfig:
     enabled: bool = True
@@ -75,6 +79,8 @@ class RegistrationConfig:
     # An address given at sign-up and not verified within this time no longer blocks it:
     # another account may claim it (the first one loses it).
     unverified_email_ttl_s: int = 86_400
+    # Localparts nobody may register over the API (M_INVALID_USERNAME); the CLI still may.
+    reserved_localparts: list[str] = field(default_factory=lambda: list(DEFAULT_RESERVED_LOCALPARTS))
 
 
 @dataclass

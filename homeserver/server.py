@@ -21,6 +21,8 @@ from homeserver.rooms.membership import Membership
 from homeserver.sync.notifier import Notifier, make_notifier
 from homeserver.accounts.passwords import PasswordHasher
 from homeserver.accounts.profiles import Profiles
+from homeserver.accounts.deactivation import Deactivation
+from homeserver.accounts.openid import OpenId
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreator
 from homeserver.rooms.room_data import RoomData
@@ -63,6 +65,8 @@ class HomeServer:
     filters: Filters
     executor: ThreadPoolExecutor
     media: MediaRepository
+    deactivation: Deactivation
+    openid: OpenId
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -107,7 +111,8 @@ class HomeServer:
             directory=Directory(rooms, store, config.server_name, config.user_directory.search_all_users),
             filters=Filters(store), executor=executor,
             media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
-                                  limiter))
+                                  limiter),
+            deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name))
         await hs.media.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)

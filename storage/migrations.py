@@ -300,6 +300,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             SELECT sha256, 0 FROM local_media WHERE quarantined = 1 AND sha256 IS NOT NULL
             UNION SELECT sha256, 0 FROM remote_media WHERE quarantined = 1""",
     )),
+    Migration(9, "OpenID tokens (hashed, expiring)", (
+        """CREATE TABLE openid_tokens (
+            token_hash TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(user_id),
+            expires_ts BIGINT NOT NULL
+        )""",
+        "CREATE INDEX openid_tokens_user ON openid_tokens (user_id, expires_ts)",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -9,6 +9,7 @@ from homeserver.accounts.models import Device, EmailValidation, Profile, Refresh
 from storage.database import Database, Row
 from storage.federation import FederationStore
 from storage.media import MediaStore
+from storage.openid import OpenIdStore
 from storage.rooms import RoomStore
 from storage.server_keys import ServerKeyStore
 from storage.user_data import UserDataStore
@@ -58,6 +59,9 @@ class UserStore:
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         await self.db.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", password_hash, user_id)
+
+    async def set_deactivated(self, user_id: str) -> None:
+        await self.db.execute("UPDATE users SET deactivated = 1 WHERE user_id = ?", user_id)
 
     async def set_email_otp(self, user_id: str, enabled: bool) -> None:
         await self.db.execute("UPDATE users SET email_otp_enabled = ? WHERE user_id = ?", int(enabled), user_id)
@@ -165,6 +169,9 @@ class ThreepidStore:
         rows = await self.db.fetchall("SELECT * FROM threepids WHERE user_id = ? ORDER BY added_ts", user_id)
         return [Threepid(r["medium"], r["address"], r["user_id"], r["validated_ts"], r["added_ts"]) for r in rows]
 
+    async def delete_for_user(self, user_id: str) -> None:
+        await self.db.execute("DELETE FROM threepids WHERE user_id = ?", user_id)
+
     async def release_unverified(self, medium: str, address: str, added_before: int) -> str | None:
         """Drop a claim on an address that was never verified and is older than `added_before`;
         the account that held it, or None."""
@@ -237,6 +244,11 @@ class ProfileStore:
     async def set_avatar_url(self, user_id: str, value: str | None) -> None:
         await self.db.execute("UPDATE profiles SET avatar_url = ? WHERE user_id = ?", value, user_id)
 
+    async def erase(self, user_id: str) -> None:
+        """Clear the display name, avatar and every custom field."""
+        await self.db.execute("UPDATE profiles SET displayname = NULL, avatar_url = NULL, fields = '{}'"
+                              " WHERE user_id = ?", user_id)
+
     async def set_field(self, user_id: str, key: str, value: Any) -> None:
         """Set (or with None, remove) one custom field, read-modify-write in a transaction."""
         async with self.db.transaction() as tx:
@@ -287,6 +299,7 @@ class Store:
         self.federation = FederationStore(db)
         self.server_keys = ServerKeyStore(db)
         self.media = MediaStore(db)
+        self.openid = OpenIdStore(db)
 
     async def close(self) -> None:
         await self.db.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from storage.database import Database
 from storage.rooms import next_stream
@@ -79,6 +79,24 @@ class UserDataStore:
     async def put_account_data(self, user_id: str, room_id: str, data_type: str, content: dict[str, Any]) -> int:
         async with self.db.transaction() as tx:
             stream = await next_stream(tx)
+            await tx.execute(
+                "INSERT INTO account_data (user_id, room_id, type, content, stream) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content,"
+                " stream = excluded.stream", user_id, room_id, data_type, json.dumps(content), stream)
+        return stream
+
+    async def update_account_data(self, user_id: str, room_id: str, data_type: str,
+                                  change: Callable[[dict[str, Any] | None], dict[str, Any]]) -> int:
+        """Replace the content with `change(current)`, read and written in one transaction.
+
+        The stream position is taken first: its row lock (PostgreSQL) or the write lock (SQLite)
+        orders concurrent updates, so each reads what the one before wrote and none is lost.
+        """
+        async with self.db.transaction() as tx:
+            stream = await next_stream(tx)
+            raw = await tx.fetchval("SELECT content FROM account_data WHERE user_id = ? AND room_id = ? AND type = ?",
+                                    user_id, room_id, data_type)
+            content = change(None if raw is None else json.loads(raw))
             await tx.execute(
                 "INSERT INTO account_data (user_id, room_id, type, content, stream) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content,"

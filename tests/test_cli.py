@@ -97,6 +97,10 @@ async def test_register_user_then_log_in_over_http(tmp_path: Path) -> None:
     weak = cli("register-user", "--config", str(config), "--user", "carol", "--password", "short",
                env=env, cwd=tmp_path)
     assert weak.returncode == 1 and "M_WEAK_PASSWORD" in weak.stderr, weak.stderr
+    # a name reserved from /register (registration.reserved_localparts) is the operator's to give
+    admin = cli("register-user", "--config", str(config), "--user", "admin", "--password", PASSWORD,
+                env=env, cwd=tmp_path)
+    assert admin.returncode == 0 and "registered @admin:localhost:8448" in admin.stdout, admin.stderr
 
     async with start_server(config, env, tmp_path / "server.log") as url:
         status, body = await http_login(url, "bob")

@@ -317,6 +317,15 @@ async def test_key_publication_is_self_signed_and_verifiable(tmp_path: Path, pki
                 assert resp.status == 200
                 assert resp.content_type == "application/json"
                 doc = await resp.json()
+            # The deprecated form with a key ID (older servers and tools): the same signed
+            # document, whichever key ID is named (the spec says all keys are returned).
+            for key_id_path in (f"ed25519:{key.version}", "ed25519:other"):
+                async with http.get(f"https://127.0.0.1:{port}/_matrix/key/v2/server/{key_id_path}",
+                                    ssl=insecure) as resp:
+                    assert resp.status == 200 and resp.content_type == "application/json"
+                    by_id = await resp.json()
+                verify_signed_json(by_id, "keys.test", get_verify_key(key))
+                assert by_id["verify_keys"].keys() == {f"ed25519:{key.version}"}
             async with http.get(f"https://127.0.0.1:{port}/_matrix/federation/v1/version", ssl=insecure) as resp:
                 assert (await resp.json())["server"]["name"] == "Whispr"
             async with http.get(f"https://127.0.0.1:{port}/_matrix/federation/v1/nothing", ssl=insecure) as resp:

@@ -106,25 +106,32 @@ class Accounts:
 
     # --- registration -------------------------------------------------
 
-    async def check_available(self, localpart: object) -> str:
+    async def check_available(self, localpart: object, allow_reserved: bool = False) -> str:
         name = validate_localpart(localpart, self.server_name)
+        if not allow_reserved and name in self._config.registration.reserved_localparts:
+            raise MatrixError(400, "M_INVALID_USERNAME", "This user ID is reserved")
         if await self._store.users.exists(user_id_for(name, self.server_name)):
             raise MatrixError(400, "M_USER_IN_USE", "This user ID is already taken")
         return name
 
     async def create_user(self, localpart: object, password: object, email: str | None = None,
-                          email_validated: bool = False) -> User:
-        """Create an account; an email, if given, is attached (validated or not)."""
+                          email_validated: bool = False, *, password_hash: str | None = None,
+                          allow_reserved: bool = False) -> User:
+        """Create an account; an email, if given, is attached (validated or not).
+
+        `password_hash` (of a password already checked) stands in for `password`.
+        """
         if localpart is None:
             localpart = await self._free_localpart()
-        name = await self.check_available(localpart)
-        pw = self._hasher.check_strength(password)
+        name = await self.check_available(localpart, allow_reserved)
+        if password_hash is None:
+            password_hash = await self._hasher.hash(self._hasher.check_strength(password))
         address = normalise_email(email) if email is not None else None
         if address is not None:
             await release_stale_claim(self._store, address, self._config.registration.unverified_email_ttl_s)
         if address is not None and await self._store.threepids.get("email", address) is not None:
             raise MatrixError(400, "M_THREEPID_IN_USE", "This email address is already registered")
-        user = User(user_id_for(name, self.server_name), name, await self._hasher.hash(pw), now_ms())
+        user = User(user_id_for(name, self.server_name), name, password_hash, now_ms())
         if not await self._store.users.create(user):
             raise MatrixError(400, "M_USER_IN_USE", "This user ID is already taken")
         if address is not None:
@@ -179,8 +186,10 @@ class Accounts:
         checked whatever the account (unknown, deactivated): no answer comes faster than another."""
         user = await self._store.users.get(target.user_id) if target.user_id else None
         matches = await self._hasher.verify(user.password_hash if user is not None else None, password)
-        if user is None or user.deactivated or not matches:
+        if user is None or not matches:
             raise forbidden("Invalid username or password")
+        if user.deactivated:  # said only to whoever knows the password
+            raise MatrixError(403, "M_USER_DEACTIVATED", "This account has been deactivated")
         return user
 
     async def get_user(self, user_id: str) -> User | None:

@@ -97,7 +97,7 @@ class LoginService:
             try:
                 return await self._accounts.verify_login(target, password)
             except MatrixError as e:
-                wrong = e.status == 403
+                wrong = e.errcode == "M_FORBIDDEN"
                 raise
         finally:
             if not wrong:

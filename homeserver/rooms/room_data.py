@@ -14,6 +14,9 @@ RECEIPT_TYPES = ("m.read", "m.read.private")
 MAX_ACCOUNT_DATA_BYTES = 65_536
 # Types the server manages itself; clients use the dedicated endpoints.
 SERVER_MANAGED = ("m.fully_read", "m.push_rules")
+# Room tags live in the room account data of this type, as {"tags": {tag: {"order": n}}}.
+TAG_TYPE = "m.tag"
+MAX_TAG_BYTES = 255
 
 
 class RoomData:
@@ -79,6 +82,44 @@ class RoomData:
         if content is None:
             raise not_found("No account data of that type")
         return content
+
+    async def tags(self, requester: str, user_id: str, room_id: str) -> dict[str, Any]:
+        if requester != user_id:
+            raise forbidden("You cannot read another user's tags")
+        content = await self._store.user_data.get_account_data(user_id, room_id, TAG_TYPE) or {}
+        tags = content.get("tags")
+        return {"tags": tags if isinstance(tags, dict) else {}}
+
+    async def set_tag(self, requester: str, user_id: str, room_id: str, tag: str, info: dict[str, Any]) -> None:
+        if requester != user_id:
+            raise forbidden("You cannot tag rooms for another user")
+        if len(tag.encode()) > MAX_TAG_BYTES:
+            raise MatrixError(400, "M_INVALID_PARAM", f"A tag is at most {MAX_TAG_BYTES} bytes")
+        order = info.get("order")
+        if order is not None and (isinstance(order, bool) or not isinstance(order, (int, float))):
+            raise bad_json("order must be a number")
+        if len(str(info)) > MAX_ACCOUNT_DATA_BYTES:
+            raise MatrixError(413, "M_TOO_LARGE", "tag is too large")
+        if await self._rooms.room(room_id) is None:
+            raise MatrixError(400, "M_INVALID_PARAM", "Unknown room")
+        await self._update_tags(user_id, room_id, lambda tags: {**tags, tag: info})
+
+    async def remove_tag(self, requester: str, user_id: str, room_id: str, tag: str) -> None:
+        if requester != user_id:
+            raise forbidden("You cannot untag rooms for another user")
+        if tag in (await self.tags(requester, user_id, room_id))["tags"]:
+            await self._update_tags(user_id, room_id, lambda tags: {k: v for k, v in tags.items() if k != tag})
+
+    async def _update_tags(self, user_id: str, room_id: str,
+                           change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Read-modify-write of m.tag in one transaction: concurrent changes (Element moves a room
+        between tags with a DELETE and a PUT at once) are all kept."""
+        def apply(content: dict[str, Any] | None) -> dict[str, Any]:
+            tags = (content or {}).get("tags")
+            return {**(content or {}), "tags": change(tags if isinstance(tags, dict) else {})}
+
+        stream = await self._store.user_data.update_account_data(user_id, room_id, TAG_TYPE, apply)
+        await self._notifier.notify(stream, None, [user_id])
 
     async def add_direct_room(self, user_id: str, other: str, room_id: str) -> None:
         """Record a DM in m.direct (Whispr keeps it for its users; clients may too)."""

@@ -119,6 +119,8 @@ class SyncService:
             for ev in await self._store.rooms.membership_changes(user_id, s, upto.stream):
                 changes[ev.room_id] = ev  # the last change in the range wins
         data = await self._store.user_data.account_data_since(user_id, s, upto.stream) if user_changed else []
+        # Room account data (tags, ...) alone is a change of the room for this user.
+        rooms_with_data = {d.room_id for d in data if d.room_id}
         forgotten = await self._store.rooms.forgotten(user_id) if since is None or changes else set()
         joined, invited, left = {}, {}, {}
         now = now_ms()
@@ -128,7 +130,8 @@ class SyncService:
                 continue
             if membership == "join":
                 newly = since is None or room_id in changes
-                if not newly and not full_state and not self._room_changed(room_id, since):
+                if (not newly and not full_state and room_id not in rooms_with_data
+                        and not self._room_changed(room_id, since)):
                     continue
                 room_data = [d for d in data if d.room_id == room_id]
                 body = await self._joined_room(who, room_id, member_event_id, since, upto, newly or full_state,
