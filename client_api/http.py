@@ -1,41 +1,21 @@
-"""Shared request helpers for the handlers: the app key, JSON bodies, auth."""
+"""Request helpers of the client face: access tokens, the requester, the client's address; and
+the helpers both faces share (homeserver/web/requests.py), so handlers import one module."""
 
 from __future__ import annotations
 
-from typing import Any
 
 from aiohttp import web
 
 from client_api.forwarded import client_address
 from homeserver.accounts.accounts import Requester
-from client_api.access_log import REQUESTER
+from homeserver.web.access_log import REQUESTER
 from homeserver.errors import MatrixError
-from homeserver.json_input import parse_json
-from homeserver.server import HomeServer
+from homeserver.web.requests import HS, hs, json_body, ok
 
-HS = web.AppKey("homeserver", HomeServer)
+__all__ = ["CLIENT_V3", "HS", "WHISPR", "access_token", "client_ip", "hs", "json_body", "ok", "requester"]
+
 CLIENT_V3 = "/_matrix/client/v3"
 WHISPR = "/_matrix/client/unstable/org.whispr"
-
-
-def hs(request: web.Request) -> HomeServer:
-    return request.app[HS]
-
-
-async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        if allow_empty:
-            return {}
-        raise MatrixError(400, "M_NOT_JSON", "Request body is empty; a JSON object was expected")
-    body = parse_json(raw)
-    if not isinstance(body, dict):
-        raise MatrixError(400, "M_BAD_JSON", "Content must be a JSON object")
-    return body
-
-
-def ok(body: Any = None, status: int = 200) -> web.Response:
-    return web.json_response({} if body is None else body, status=status)
 
 
 def access_token(request: web.Request) -> str | None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from client_api.http import client_ip, hs, ok, requester
-from homeserver.errors import MatrixError, invalid_param
+from homeserver.errors import MatrixError
+from homeserver.web.media_files import download, download_legacy, legacy_allowed
+from homeserver.web.requests import bool_param, int_param
 from media.headers import download_headers
 
 MEDIA_V3 = "/_matrix/media/v3"
@@ -16,25 +18,6 @@ CLIENT_MEDIA = "/_matrix/client/v1/media"
 
 def _content_length(request: web.Request) -> int | None:
     return request.content_length
-
-
-def _int_param(request: web.Request, name: str, default: int | None = None) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise invalid_param(f"{name} must be an integer") from None
-
-
-def _bool_param(request: web.Request, name: str, default: bool) -> bool:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if raw not in ("true", "false"):
-        raise invalid_param(f"{name} must be true or false")
-    return raw == "true"
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -69,23 +52,15 @@ async def config(request: web.Request) -> web.Response:
     return ok(hs(request).media.public_config())
 
 
-async def _download(request: web.Request, allow_remote: bool, unauthenticated: bool = False) -> web.StreamResponse:
-    media = await hs(request).media.open(
-        request.match_info["server_name"], request.match_info["media_id"],
-        timeout_ms=_int_param(request, "timeout_ms"), allow_remote=allow_remote, unauthenticated=unauthenticated)
-    filename = request.match_info.get("file_name") or media.record.upload_name
-    return web.FileResponse(media.path, headers=download_headers(media.record.content_type, filename))
-
-
 async def _thumbnail(request: web.Request, allow_remote: bool, requester_key: str,
                      unauthenticated: bool = False) -> web.StreamResponse:
-    width, height = _int_param(request, "width"), _int_param(request, "height")
+    width, height = int_param(request, "width"), int_param(request, "height")
     if width is None or height is None:
         raise MatrixError(400, "M_MISSING_PARAM", "width and height are required")
     path, content_type = await hs(request).media.thumbnail(
         request.match_info["server_name"], request.match_info["media_id"], width=width, height=height,
-        method=request.query.get("method", "scale"), animated=_bool_param(request, "animated", False),
-        requester=requester_key, timeout_ms=_int_param(request, "timeout_ms"), allow_remote=allow_remote,
+        method=request.query.get("method", "scale"), animated=bool_param(request, "animated", False),
+        requester=requester_key, timeout_ms=int_param(request, "timeout_ms"), allow_remote=allow_remote,
         unauthenticated=unauthenticated)
     ext = content_type.rsplit("/", 1)[-1].replace("jpeg", "jpg")
     return web.FileResponse(path, headers=download_headers(content_type, f"thumbnail.{ext}"))
@@ -93,7 +68,7 @@ async def _thumbnail(request: web.Request, allow_remote: bool, requester_key: st
 
 async def download_authed(request: web.Request) -> web.StreamResponse:
     await requester(request)
-    return await _download(request, allow_remote=True)
+    return await download(request, allow_remote=True)
 
 
 async def thumbnail_authed(request: web.Request) -> web.StreamResponse:
@@ -101,18 +76,8 @@ async def thumbnail_authed(request: web.Request) -> web.StreamResponse:
     return await _thumbnail(request, allow_remote=True, requester_key=who.user_id)
 
 
-def _legacy_allowed(request: web.Request) -> bool:
-    if not hs(request).config.media.legacy_unauthenticated_downloads:
-        raise MatrixError(404, "M_NOT_FOUND", "Unauthenticated media is disabled: use /_matrix/client/v1/media")
-    return _bool_param(request, "allow_remote", True)
-
-
-async def download_legacy(request: web.Request) -> web.StreamResponse:
-    return await _download(request, allow_remote=_legacy_allowed(request), unauthenticated=True)
-
-
 async def thumbnail_legacy(request: web.Request) -> web.StreamResponse:
-    return await _thumbnail(request, allow_remote=_legacy_allowed(request), requester_key=f"ip:{client_ip(request)}",
+    return await _thumbnail(request, allow_remote=legacy_allowed(request), requester_key=f"ip:{client_ip(request)}",
                             unauthenticated=True)
 
 
@@ -129,11 +94,11 @@ def setup(app: web.Application) -> None:
     r.add_put(f"{MEDIA_V3}/upload/{{server_name}}/{{media_id}}", upload_to)
     r.add_get(f"{MEDIA_V3}/config", config)
     r.add_get(f"{CLIENT_MEDIA}/config", config)
-    for prefix, download, thumbnail in ((CLIENT_MEDIA, download_authed, thumbnail_authed),
-                                        (MEDIA_V3, download_legacy, thumbnail_legacy)):
-        r.add_get(f"{prefix}/download/{{server_name}}/{{media_id}}", download)
-        r.add_get(f"{prefix}/download/{{server_name}}/{{media_id}}/{{file_name}}", download)
-        r.add_get(f"{prefix}/thumbnail/{{server_name}}/{{media_id}}", thumbnail)
+    for prefix, get_file, get_thumbnail in ((CLIENT_MEDIA, download_authed, thumbnail_authed),
+                                            (MEDIA_V3, download_legacy, thumbnail_legacy)):
+        r.add_get(f"{prefix}/download/{{server_name}}/{{media_id}}", get_file)
+        r.add_get(f"{prefix}/download/{{server_name}}/{{media_id}}/{{file_name}}", get_file)
+        r.add_get(f"{prefix}/thumbnail/{{server_name}}/{{media_id}}", get_thumbnail)
     r.add_get(f"{CLIENT_MEDIA}/preview_url", preview_url)
     r.add_get(f"{MEDIA_V3}/preview_url", preview_url)
 

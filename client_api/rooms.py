@@ -9,23 +9,13 @@ from aiohttp import web
 from client_api.http import CLIENT_V3, hs, json_body, ok, requester
 from homeserver.events.client_format import client_event
 from homeserver.clock import now_ms
-from homeserver.errors import MatrixError, bad_json, forbidden, not_found
+from homeserver.errors import bad_json, forbidden, not_found
 from homeserver.sync.filters import EventFilter, parse_event_filter
-from homeserver.events.room_versions import get_room_version
 from homeserver.json_input import parse_json
+from homeserver.web.requests import int_param
 from storage.rooms import TxnRef
 
 R = f"{CLIENT_V3}/rooms/{{room_id}}"
-
-
-def _int_param(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise MatrixError(400, "M_INVALID_PARAM", f"{name} must be an integer") from None
 
 
 def _event_filter(request: web.Request) -> EventFilter:
@@ -199,13 +189,13 @@ async def messages(request: web.Request) -> web.Response:
     who = await requester(request)
     return ok(await hs(request).timeline.messages(
         who, request.match_info["room_id"], request.query.get("from"), request.query.get("dir", "b"),
-        _int_param(request, "limit", 10), _event_filter(request)))
+        int_param(request, "limit", 10), _event_filter(request)))
 
 
 async def context(request: web.Request) -> web.Response:
     who = await requester(request)
     return ok(await hs(request).timeline.context(
-        who, request.match_info["room_id"], request.match_info["event_id"], _int_param(request, "limit", 10),
+        who, request.match_info["room_id"], request.match_info["event_id"], int_param(request, "limit", 10),
         _event_filter(request)))
 
 

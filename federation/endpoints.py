@@ -9,8 +9,8 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from client_api.access_log import REQUESTER
-from client_api.http import hs
+from homeserver.web.access_log import REQUESTER
+from homeserver.web.requests import hs
 from federation.ingest import PduRejected, server_of
 from federation.remote_rooms import received_invite_state
 from homeserver.events.auth_rules import AuthError, check_auth

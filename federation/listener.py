@@ -19,8 +19,8 @@ from typing import Any, AsyncIterator, Callable, Protocol, Sequence
 
 from aiohttp import web
 
-from client_api.middleware import matrix_errors
-from client_api.protocol import ConnectionLimits, MatrixAppRunner
+from homeserver.web.error_middleware import matrix_errors
+from homeserver.web.protocol import ConnectionLimits, MatrixAppRunner
 from federation.keys import KeyRing
 from federation.request_auth import is_server_name, parse_server_name
 from homeserver.config import Config, ConfigError
@@ -83,7 +83,7 @@ async def key_query_get(request: web.Request) -> web.Response:
 
 
 async def key_query_post(request: web.Request) -> web.Response:
-    from client_api.http import json_body
+    from homeserver.web.requests import json_body
 
     body = await json_body(request)
     server_keys = body.get("server_keys")
@@ -130,7 +130,7 @@ def make_federation_app(hs_getter: Callable[[], FederationState], *,
 
 async def well_known_server(request: web.Request) -> web.Response:
     """`{"m.server": federation.well_known_server}`, for the client listener."""
-    from client_api.http import hs
+    from homeserver.web.requests import hs
 
     delegated = hs(request).config.federation.well_known_server
     if not delegated:
@@ -235,10 +235,10 @@ async def start_federation_listener(hs: FederationState,
     """Serve the federation app over TLS on federation.listen; returns the runner (`await runner.cleanup()`).
 
     Each of `setups` adds routes to the app (e.g. `federation.endpoints.setup`); the app also
-    carries the HomeServer under `client_api.http.HS`, so handlers written for the client app's
+    carries the HomeServer under `homeserver.web.requests.HS`, so handlers written for the client app's
     `hs(request)` work unchanged.
     """
-    from client_api.http import HS
+    from homeserver.web.requests import HS
 
     config = hs.config
     app = make_federation_app(lambda: hs, client_max_size=config.federation.max_transaction_bytes)
@@ -263,7 +263,7 @@ def federation_listener_ctx(*setups: Callable[[web.Application], None]
     """A `cleanup_ctx` entry for the client app: starts the federation listener once the
     HomeServer is up (append it after the HomeServer's own lifetime), stops it on shutdown."""
     async def listener(app: web.Application) -> AsyncIterator[None]:
-        from client_api.http import HS
+        from homeserver.web.requests import HS
 
         runner = await start_federation_listener(app[HS], *setups)  # type: ignore[arg-type]
         try:

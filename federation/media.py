@@ -18,7 +18,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
-from client_api.http import hs
+from homeserver.web.requests import hs
 from federation.client import FederationClient, FederationClientError, FederationError
 from homeserver.errors import MatrixError, invalid_param, not_found
 from media.headers import content_disposition
@@ -79,7 +79,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get(f"{F1}/media/download/{{media_id}}", authed(download))
     app.router.add_get(f"{F1}/media/thumbnail/{{media_id}}", authed(thumbnail))
     # Servers that predate authenticated media fetch through the old unauthenticated path.
-    from client_api.media import download_legacy
+    from homeserver.web.media_files import download_legacy
     app.router.add_get("/_matrix/media/v3/download/{server_name}/{media_id}", download_legacy)
 
 

@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from client_api.protocol import serve_app
+    from homeserver.web.protocol import serve_app
     from homeserver.app import make_app
 
     # uvloop: about 1.4x the messages/s of the default loop on the send path (bench/).

@@ -8,8 +8,8 @@ from aiohttp import web
 
 from client_api import (account, devices, directory, login, media, profile, register, rooms, sync, user_data,
                         versions, wellknown, whispr)
-from client_api.http import HS
-from client_api.middleware import matrix_errors
+from homeserver.web.requests import HS
+from homeserver.web.error_middleware import matrix_errors
 from homeserver.config import Config
 from homeserver.server import HomeServer
 

@@ -20,7 +20,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from aiosmtpd.controller import Controller
 
-from client_api.protocol import ConnectionLimits, MatrixAppRunner
+from homeserver.web.protocol import ConnectionLimits, MatrixAppRunner
 from homeserver.app import make_app
 from homeserver.config import Config, load_config
 
@@ -156,7 +156,7 @@ def make_config(tmp_path: Path, backend: dict[str, Any]) -> Callable[..., Config
 
 
 class WhisprTestServer(TestServer):
-    """aiohttp's TestServer with the connections both listeners use (client_api.protocol)."""
+    """aiohttp's TestServer with the connections both listeners use (homeserver.web.protocol)."""
 
     def __init__(self, app: Any, config: Config) -> None:
         super().__init__(app)

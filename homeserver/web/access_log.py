@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from client_api.middleware import request_id
+from homeserver.web.error_middleware import request_id
 
 access_logger = logging.getLogger("whispr.access")
 

@@ -20,8 +20,8 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from client_api.access_log import AccessLogger, access_logger
-from client_api.middleware import error_response, request_id
+from homeserver.web.access_log import AccessLogger, access_logger
+from homeserver.web.error_middleware import error_response, request_id
 from homeserver.config import Config
 
 log = logging.getLogger("whispr.http")
