@@ -11,7 +11,6 @@ from homeserver.events.client_format import client_event
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.sync.filters import EventFilter, parse_event_filter
-from homeserver.events.room_versions import get_room_version
 from homeserver.json_input import parse_json
 from storage.rooms import TxnRef
 

@@ -164,9 +164,9 @@ class RoomStore:
                 state_after = await self._new_group(tx, event.room_id, state_before, before_map or {},
                                                     {event.key: event.event_id})
             await tx.execute(
-                f"INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
-                f" json, state_before, state_after, unsigned, txn_device, txn_id)"
-                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
+                " json, state_before, state_after, unsigned, txn_device, txn_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
                 event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")), state_before, state_after,
                 json.dumps(unsigned) if unsigned else None,
