@@ -490,7 +490,8 @@ class RoomStore:
     async def room_events(self, room_id: str, *, after: int | None = None, before: int | None = None,
                           limit: int = 10, backwards: bool = True) -> list[Event]:
         """Events of a room in stream order with after < stream <= before; newest first if `backwards`."""
-        clauses, args = ["room_id = ?", "rejected IS NULL", "outlier = 0", "soft_failed = 0"], [room_id]
+        clauses = ["room_id = ?", "rejected IS NULL", "outlier = 0", "soft_failed = 0"]
+        args: list[Any] = [room_id]
         if after is not None:
             clauses.append("stream > ?")
             args.append(after)
