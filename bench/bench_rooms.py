@@ -828,7 +828,8 @@ def _cell(v: float, digits: int, note: str = "") -> str:
     return _fmt(v, digits) + (note if v == v else "")
 
 
-def _targets(rows: list[Row], w: Side | None, s: Side | None, args: argparse.Namespace) -> list[tuple[str, str, bool | None]]:
+def _targets(rows: list[Row], w: Side | None, s: Side | None,
+             args: argparse.Namespace) -> list[tuple[str, str, bool | None]]:
     by = {r.name: r for r in rows}
 
     def ratio(prefix: str) -> float:
@@ -913,8 +914,8 @@ def report(sides: list[Side], args: argparse.Namespace, load_before: tuple[float
             continue
         how = "W/S" if r.higher_better else "S/W"
         ratio = "–" if r.ratio != r.ratio else f"{r.ratio:.2f}× ({how})"
-        lines.append(f"| {r.name} | {_cell(r.whispr, r.unit_digits)} | {_cell(r.synapse, r.unit_digits, r.synapse_note)} "
-                     f"| {ratio} |")
+        lines.append(f"| {r.name} | {_cell(r.whispr, r.unit_digits)} "
+                     f"| {_cell(r.synapse, r.unit_digits, r.synapse_note)} | {ratio} |")
     lines += ["", "↑ higher is better, ↓ lower is better. The ratio is Whispr ÷ Synapse for ↑ rows and "
               "Synapse ÷ Whispr for ↓ rows, so above 1 always means Whispr is better. Throughput, CPU and "
               "memory are medians over rounds, except memory per waiting client: the first round's, since later "
@@ -931,7 +932,7 @@ def report(sides: list[Side], args: argparse.Namespace, load_before: tuple[float
         thr = lambda p: p.phase.throughput  # noqa: E731
         cpu = lambda p: p.cpu_ms_per_op()  # noqa: E731
         ccpu = lambda p: 1000 * p.client_cpu_s / p.phase.ok if p.phase.ok else NAN  # noqa: E731
-        lines += ["", f"### The floor: an empty aiohttp handler (uvloop, returns `{{}}`) under the same loads", "",
+        lines += ["", "### The floor: an empty aiohttp handler (uvloop, returns `{}`) under the same loads", "",
                   f"| | sequential (1 client) | concurrent ({args.senders} clients) |", "| --- | ---: | ---: |",
                   f"| empty handler, requests/s | {_fmt(fl('seq', thr, f))} | {_fmt(fl('conc', thr, f))} |",
                   f"| Whispr send, messages/s | {_fmt(fl('seq', thr, w))} | {_fmt(fl('conc', thr, w))} |",
@@ -941,7 +942,8 @@ def report(sides: list[Side], args: argparse.Namespace, load_before: tuple[float
                   f"| {_fmt(_ratio(fl('conc', thr, s), fl('conc', thr, f), True), 3)} |",
                   f"| empty handler: server CPU per request, ms | {_fmt(fl('seq', cpu, f), 3)} "
                   f"| {_fmt(fl('conc', cpu, f), 3)} |",
-                  f"| Whispr: server CPU per message, ms | {_fmt(fl('seq', cpu, w), 3)} | {_fmt(fl('conc', cpu, w), 3)} |",
+                  f"| Whispr: server CPU per message, ms | {_fmt(fl('seq', cpu, w), 3)} "
+                  f"| {_fmt(fl('conc', cpu, w), 3)} |",
                   f"| load client CPU per request (floor), ms | {_fmt(fl('seq', ccpu, f), 3)} "
                   f"| {_fmt(fl('conc', ccpu, f), 3)} |",
                   f"| load client CPU per message (Whispr), ms | {_fmt(fl('seq', ccpu, w), 3)} "

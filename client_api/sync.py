@@ -45,8 +45,9 @@ async def sync_stream(request: web.Request) -> web.StreamResponse:
     raw = request.headers.get("Last-Event-ID") or request.query.get("since")
     since = SyncToken.parse(raw) if raw else None
     filt = await server.filters.resolve(who.user_id, request.query.get("filter"))
-    async with sse_response(request, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}) as resp:
-        resp.ping_interval = SSE_HEARTBEAT_S  # comments keep proxies from closing an idle stream
+    # The heartbeat's comments keep proxies from closing an idle stream.
+    async with sse_response(request, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                            ping_interval=SSE_HEARTBEAT_S) as resp:
         while resp.is_connected():
             result = await server.sync.sync(who, since, SSE_POLL_TIMEOUT_MS if since else 0, False, filt)
             if not result.empty or since is None:

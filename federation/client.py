@@ -376,8 +376,9 @@ class FederationClient:
         if auth:
             send_headers["Authorization"] = sign_request(self.server_name, destination, method, uri, body,
                                                          self._signing_key)
-        client_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=self._config.connect_timeout_s) \
-            if timeout is not None else None
+        # No timeout argument at all (not None) leaves the session's own timeout in force.
+        timeout_arg: dict[str, Any] = {} if timeout is None else {
+            "timeout": aiohttp.ClientTimeout(total=timeout, sock_connect=self._config.connect_timeout_s)}
         response: aiohttp.ClientResponse | None = None
         problem = "no address"
         for ip in ips:
@@ -385,7 +386,7 @@ class FederationClient:
             try:
                 response = await session.request(
                     method, url, data=data, headers=send_headers, server_hostname=target.tls_server_name,
-                    allow_redirects=False, **({"timeout": client_timeout} if client_timeout else {}))
+                    allow_redirects=False, **timeout_arg)
                 break
             except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
                 problem = f"TLS: {e}"
@@ -417,11 +418,12 @@ class FederationClient:
         path = (target.path or "/") + (f"?{target.query}" if target.query else "")
         request_url = URL(f"{target.scheme}://{_url_host(ips[0])}:{port}{path}", encoded=True)
         server_hostname = None if _is_ip(target.hostname) or target.scheme == "http" else target.hostname
+        hostname_arg: dict[str, Any] = {"server_hostname": server_hostname} if server_hostname else {}
         try:
             response = await session.get(
                 request_url, headers={"Host": host_header}, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=self._config.connect_timeout_s),
-                **({"server_hostname": server_hostname} if server_hostname else {}))
+                **hostname_arg)
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise FederationUnreachable(f"GET {url}: {e}") from None
         try:

@@ -123,7 +123,9 @@ class Ingester:
 
     async def _receive(self, origin: str, pdu: Any) -> tuple[str, str | None]:
         room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
-        version = await self._rooms.room_version(room_id) if isinstance(room_id, str) else None
+        if not isinstance(room_id, str):
+            return "", "this server is not in that room"
+        version = await self._rooms.room_version(room_id)
         room = await self._rooms.room(room_id) if version is not None else None
         if version is None or room is None or room.current_group is None:
             return "", "this server is not in that room"
@@ -223,7 +225,8 @@ class Ingester:
 
     async def _fetch_outliers(self, origin: str, room_id: str, event_ids: list[str], version: RoomVersion) -> None:
         """Fetch events (and, recursively, their auth events) and store them as checked outliers."""
-        queue, seen, fetched = list(event_ids), set(event_ids), []
+        queue, seen = list(event_ids), set(event_ids)
+        fetched: list[Event] = []
         while queue and len(fetched) < MAX_FETCHED_AUTH:
             event_id = queue.pop()
             try:

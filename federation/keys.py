@@ -26,7 +26,7 @@ import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, TypeGuard
 
 import yaml
 from canonicaljson import encode_canonical_json
@@ -155,7 +155,7 @@ def rotate_signing_key(data_dir: Path, now: int | None = None) -> tuple[str | No
 
 # ---- key documents ------------------------------------------------------------------------------
 
-def _int(value: Any) -> bool:
+def _int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -358,7 +358,7 @@ class KeyRing:
         signed `obj` with a key valid at `at_ts`."""
         def check(verify_key: VerifyKey) -> None:
             try:
-                verify_signed_json(obj, server_name, verify_key)
+                verify_signed_json(dict(obj), server_name, verify_key)
             except SignatureVerifyException as e:
                 raise SignatureError(str(e)) from None
 

@@ -40,7 +40,7 @@ class FederationState(Protocol):
     keyring: KeyRing
 
 
-HS_GETTER = web.AppKey("federation_hs_getter", Callable[[], Any])
+HS_GETTER: web.AppKey[Callable[[], Any]] = web.AppKey("federation_hs_getter")
 
 
 def _server_version() -> str:
@@ -242,7 +242,7 @@ async def start_federation_listener(hs: FederationState,
 
     config = hs.config
     app = make_federation_app(lambda: hs, client_max_size=config.federation.max_transaction_bytes)
-    app[HS] = hs  # type: ignore[assignment]
+    app[HS] = hs  # type: ignore[misc]  # the HomeServer, typed here as the FederationState it offers
     for setup in setups:
         setup(app)
     context = ssl_context(config)
@@ -265,7 +265,7 @@ def federation_listener_ctx(*setups: Callable[[web.Application], None]
     async def listener(app: web.Application) -> AsyncIterator[None]:
         from homeserver.web.requests import HS
 
-        runner = await start_federation_listener(app[HS], *setups)  # type: ignore[arg-type]
+        runner = await start_federation_listener(app[HS], *setups)
         try:
             yield
         finally:

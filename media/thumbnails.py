@@ -6,9 +6,9 @@ many sizes clients ask for.
 
 The pixel work is in `thumbnail_render`, imported on the first thumbnail only: Pillow costs
 a server that never makes one a few MiB of memory. It is synchronous and CPU-bound: the
-repository runs it on the thread pool. Only JPEG, PNG (APNG), GIF and WebP are decoded: fewer decoders, fewer ways in for a hostile
-file. The pixel count is read from the header and checked before any pixel is decoded, which
-is what keeps decompression bombs out.
+repository runs it on the thread pool. Only JPEG, PNG (APNG), GIF and WebP are decoded: fewer
+decoders, fewer ways in for a hostile file. The pixel count is read from the header and checked
+before any pixel is decoded, which is what keeps decompression bombs out.
 """
 
 from __future__ import annotations

@@ -7,9 +7,13 @@ INTEGER, ON CONFLICT, RETURNING); each engine adapts placeholders itself.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
-Row = Mapping[str, Any]
+
+class Row(Protocol):
+    """A result row, as both engines give it (sqlite3.Row, asyncpg.Record): by column name or position."""
+
+    def __getitem__(self, key: str | int, /) -> Any: ...
 
 
 class Connection(Protocol):

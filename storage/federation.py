@@ -60,8 +60,8 @@ class FederationStore:
     async def set_retry(self, destination: str, interval_ms: int, retry_at_ts: int, success_ts: int | None) -> None:
         await self.db.execute(
             "INSERT INTO federation_destinations (destination, retry_interval_ms, retry_at_ts, last_success_ts)"
-            " VALUES (?, ?, ?, ?) ON CONFLICT (destination) DO UPDATE SET retry_interval_ms = excluded.retry_interval_ms,"
-            " retry_at_ts = excluded.retry_at_ts,"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (destination) DO UPDATE SET"
+            " retry_interval_ms = excluded.retry_interval_ms, retry_at_ts = excluded.retry_at_ts,"
             " last_success_ts = COALESCE(excluded.last_success_ts, federation_destinations.last_success_ts)",
             destination, interval_ms, retry_at_ts, success_ts)
 

@@ -164,9 +164,9 @@ class RoomStore:
                 state_after = await self._new_group(tx, event.room_id, state_before, before_map or {},
                                                     {event.key: event.event_id})
             await tx.execute(
-                f"INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
-                f" json, state_before, state_after, unsigned, txn_device, txn_id)"
-                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
+                " json, state_before, state_after, unsigned, txn_device, txn_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
                 event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")), state_before, state_after,
                 json.dumps(unsigned) if unsigned else None,
@@ -490,7 +490,8 @@ class RoomStore:
     async def room_events(self, room_id: str, *, after: int | None = None, before: int | None = None,
                           limit: int = 10, backwards: bool = True) -> list[Event]:
         """Events of a room in stream order with after < stream <= before; newest first if `backwards`."""
-        clauses, args = ["room_id = ?", "rejected IS NULL", "outlier = 0", "soft_failed = 0"], [room_id]
+        clauses = ["room_id = ?", "rejected IS NULL", "outlier = 0", "soft_failed = 0"]
+        args: list[Any] = [room_id]
         if after is not None:
             clauses.append("stream > ?")
             args.append(after)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 from typing import Any
 
@@ -108,14 +109,15 @@ class DeviceStore:
             "UPDATE devices SET last_seen_ts = ?, last_seen_ip = ? WHERE user_id = ? AND device_id = ?",
             ts, ip, user_id, device_id)
 
-    async def delete(self, user_id: str, device_ids: list[str]) -> None:
+    # `builtins.list`: in this class `list` is the method above.
+    async def delete(self, user_id: str, device_ids: builtins.list[str]) -> None:
         async with self.db.transaction() as tx:
             for device_id in device_ids:
                 await tx.execute("DELETE FROM devices WHERE user_id = ? AND device_id = ?", user_id, device_id)
                 await tx.execute("DELETE FROM refresh_tokens WHERE user_id = ? AND device_id = ?",
                                  user_id, device_id)
 
-    async def delete_all(self, user_id: str, except_device: str | None = None) -> list[str]:
+    async def delete_all(self, user_id: str, except_device: str | None = None) -> builtins.list[str]:
         """Delete every device of the user but one; return the deleted IDs."""
         rows = await self.db.fetchall("SELECT device_id FROM devices WHERE user_id = ?", user_id)
         gone = [r["device_id"] for r in rows if r["device_id"] != except_device]

@@ -7,10 +7,9 @@ import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 
 from bench.servers import free_port
-from tests.conftest import Mailbox, auth, login
+from tests.conftest import auth, login
 
 V3 = "/_matrix/client/v3"
 WHISPR = "/_matrix/client/unstable/org.whispr"

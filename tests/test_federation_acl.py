@@ -104,7 +104,8 @@ async def test_server_acl_is_enforced(setup: tuple[RunningServer, NamedPeer]) ->
     async with aiohttp.ClientSession() as session:
         alice = await Client.register(session, server, "alice")
         bob = await Client.register(session, server, "bob")
-        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        room = (await alice.call("POST", "/createRoom",
+                                 json={"preset": "public_chat", "room_version": "10"}))["room_id"]
         mallory_join = await join(peer, server, room, mallory)
         message = await alice.send(room, "hello")
         state = {(e["type"], e["state_key"]): e["event_id"] for e in await alice.call("GET", f"/rooms/{room}/state")}
@@ -179,7 +180,8 @@ async def test_federation_numeric_parameters(setup: tuple[RunningServer, NamedPe
     name = server.server_name
     async with aiohttp.ClientSession() as session:
         alice = await Client.register(session, server, "alice")
-        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        room = (await alice.call("POST", "/createRoom",
+                                 json={"preset": "public_chat", "room_version": "10"}))["room_id"]
         await join(peer, server, room, f"@mallory:{peer.name}")
         last = ""
         for i in range(110):

@@ -64,7 +64,8 @@ class Peer:
 
     async def _keys(self, _request: web.Request) -> web.Response:
         doc = {"server_name": self.name, "valid_until_ts": int(time.time() * 1000) + 3_600_000,
-               "verify_keys": {f"ed25519:{self.key.version}": {"key": encode_verify_key_base64(get_verify_key(self.key))}},
+               "verify_keys": {f"ed25519:{self.key.version}":
+                               {"key": encode_verify_key_base64(get_verify_key(self.key))}},
                "old_verify_keys": {}}
         return web.json_response(sign_json(doc, self.name, self.key))
 
@@ -115,7 +116,8 @@ async def test_forged_events_never_count(setup: tuple[RunningServer, Peer]) -> N
     server, peer = setup
     async with aiohttp.ClientSession() as session:
         alice = await Client.register(session, server, "alice")
-        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        room = (await alice.call("POST", "/createRoom",
+                                 json={"preset": "public_chat", "room_version": "10"}))["room_id"]
         mallory = f"@mallory:{peer.name}"
 
         # The peer joins the room the way any server does.
@@ -125,7 +127,8 @@ async def test_forged_events_never_count(setup: tuple[RunningServer, Peer]) -> N
         join["origin_server_ts"] = int(time.time() * 1000)
         join = sign_event(join, peer.name, peer.key, ROOM_V10)
         join_id = compute_event_id(join, ROOM_V10)
-        resp = await peer.client.put_json(server.server_name, f"/_matrix/federation/v2/send_join/{room}/{join_id}", join)
+        resp = await peer.client.put_json(server.server_name,
+                                          f"/_matrix/federation/v2/send_join/{room}/{join_id}", join)
         assert any(e["type"] == "m.room.create" for e in resp["state"])
 
         state = {(e["type"], e["state_key"]): e["event_id"] for e in await alice.call("GET", f"/rooms/{room}/state")}
@@ -373,7 +376,8 @@ async def test_received_redactions_apply_only_where_the_rules_allow(two_peers: t
         async def public_room() -> RemoteGraph:
             room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat",
                                                                   "room_version": version.identifier}))["room_id"]
-            state = {(e["type"], e["state_key"]): e["event_id"] for e in await alice.call("GET", f"/rooms/{room}/state")}
+            state = {(e["type"], e["state_key"]): e["event_id"]
+                     for e in await alice.call("GET", f"/rooms/{room}/state")}
             return RemoteGraph(room, version, state)
 
         graph, elsewhere = await public_room(), await public_room()
@@ -486,7 +490,8 @@ async def test_backfilled_redactions_apply_only_where_the_rules_allow(tmp_path: 
             assert shown[ids["by_eve"]]["redacts"] == ids["m2"]
             assert shown[ids["m1"]]["content"] == {}
             assert shown[ids["m1"]]["unsigned"]["redacted_because"]["event_id"] == ids["by_admin"]
-            assert shown[ids["m2"]]["content"]["body"] == "m2" and "redacted_because" not in shown[ids["m2"]]["unsigned"]
+            assert shown[ids["m2"]]["content"]["body"] == "m2"
+            assert "redacted_because" not in shown[ids["m2"]]["unsigned"]
             seen = await bob.call("GET", f"/rooms/{peer.room}/event/{ids['m2']}")
             assert seen["content"]["body"] == "m2"
     finally:

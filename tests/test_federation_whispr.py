@@ -153,7 +153,8 @@ async def test_whispr_to_whispr_story(pair: tuple[RunningServer, RunningServer])
             for e in body["rooms"]["join"].get(room, {}).get("ephemeral", {}).get("events", [])))
 
         # B's room, public: alice joins it by ID without an invite.
-        room_b = (await bob.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "11"}))["room_id"]
+        room_b = (await bob.call("POST", "/createRoom",
+                                 json={"preset": "public_chat", "room_version": "11"}))["room_id"]
         await alice.call("POST", f"/join/{room_b}")
         await alice.send(room_b, "hello B")
         assert await bob.collect_messages(room_b, 1) == ["hello B"]

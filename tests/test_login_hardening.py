@@ -41,8 +41,8 @@ async def test_unknown_user_costs_as_much_as_a_wrong_password(serve: Any) -> Non
 
 
 def _limits(**buckets: Any) -> dict[str, Any]:
-    return {"enabled": True, "register": UNLIMITED, "login": UNLIMITED, "login_failed": UNLIMITED, "login_failed_account": UNLIMITED,
-            **buckets}
+    return {"enabled": True, "register": UNLIMITED, "login": UNLIMITED, "login_failed": UNLIMITED,
+            "login_failed_account": UNLIMITED, **buckets}
 
 
 async def test_failed_logins_are_limited_per_account(serve: Any) -> None:

@@ -58,7 +58,8 @@ async def test_disposition_follows_a_safe_type_list_and_names_are_sanitised(clie
 async def test_unknown_or_malformed_media_and_missing_auth(client: Any) -> None:
     alice = await register(client, "alice")
     h = auth(alice["access_token"])
-    for path in ("test.local/doesnotexist", "test.local/bad..id", "evil..server/abc", "test.local/a.b", "test.local/a%2Fb"):
+    for path in ("test.local/doesnotexist", "test.local/bad..id", "evil..server/abc", "test.local/a.b",
+                 "test.local/a%2Fb"):
         resp = await client.get(f"{MEDIA}/download/{path}", headers=h)
         assert resp.status == 404 and (await resp.json())["errcode"] == "M_NOT_FOUND", path
     uri = await upload(client, alice["access_token"], b"secret-ish")

@@ -29,8 +29,9 @@ async def pair() -> AsyncIterator[tuple[RunningServer, RunningServer]]:
     a = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{free_port()}",
                                 extra_config=federation_config())
     try:
-        b = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{free_port()}", extra_config=deep_merge(federation_config(), {
-            "media": {"remote_cache_ttl_s": 2, "remote_sweep_interval_s": 1}}))
+        b = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{free_port()}",
+                                    extra_config=deep_merge(federation_config(), {
+                                        "media": {"remote_cache_ttl_s": 2, "remote_sweep_interval_s": 1}}))
     except BaseException:
         a.stop()
         raise

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import aiohttp
 import nio

@@ -251,7 +251,7 @@ def _stale_kick_graph(version: RoomVersion) -> tuple[Branch, dict, dict]:
     base = new_room(version, users=users)
     base.member(CHARLIE, "join")
     zara_join = base.member(ZARA, "join")
-    kick = base.member(ZARA, "leave", sender=CHARLIE)
+    base.member(ZARA, "leave", sender=CHARLIE)
     base.member(CHARLIE, "leave")
     with_kick = dict(base.state)
     without_kick = {**base.state, member(ZARA): zara_join.event_id}

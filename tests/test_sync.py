@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from tests.rooms_helpers import V3, User
+from tests.rooms_helpers import User
 
 
 def timeline(body: dict[str, Any], room: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, TypeGuard, cast
 
 from canonicaljson import encode_canonical_json
 from nacl.exceptions import BadSignatureError
@@ -57,7 +57,7 @@ def is_valid_user_id(value: object) -> bool:
     if not isinstance(value, str) or len(value.encode("utf-8")) > 255:
         return False
     match = _USER_ID.match(value)
-    return bool(match) and bool(_SERVER_NAME.match(match.group("server")))
+    return match is not None and bool(_SERVER_NAME.match(match.group("server")))
 
 
 def server_of(user_id: str) -> str:
@@ -65,7 +65,7 @@ def server_of(user_id: str) -> str:
     return user_id.split(":", 1)[1] if ":" in user_id else ""
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -156,7 +156,9 @@ def auth_types_for_event(pdu_or_event: Event | Mapping[str, Any],
         keys.add(CREATE_KEY)
     if pdu.get("type") != "m.room.member" or not isinstance(pdu.get("state_key"), str):
         return keys
-    content = pdu.get("content") if isinstance(pdu.get("content"), dict) else {}
+    content = pdu.get("content")
+    if not isinstance(content, dict):
+        content = {}
     membership = content.get("membership")
     keys.add(("m.room.member", pdu["state_key"]))
     if membership in ("join", "invite", "knock"):
@@ -281,6 +283,11 @@ def _check_membership(event: Event, auth_state: Mapping[StateKey, Event], create
     check(event, auth_state, create, room_version)
 
 
+def _member_target(event: Event) -> str:
+    """The user a membership event is about: a string, as _check_membership made sure."""
+    return cast(str, event.state_key)
+
+
 def _supported_join_rule(rule: str, room_version: RoomVersion) -> str:
     """Map join rules this room version does not know to '' so they match nothing."""
     supported = {"public", "invite"}
@@ -338,7 +345,7 @@ def _check_join_authoriser(event: Event, auth_state: Mapping[StateKey, Event],
 
 def _check_invite(event: Event, auth_state: Mapping[StateKey, Event], create: Event,
                   room_version: RoomVersion) -> None:
-    target = event.state_key
+    target = _member_target(event)
     if "third_party_invite" in event.content:
         _check_third_party_invite(event, auth_state)
         return
@@ -351,7 +358,7 @@ def _check_invite(event: Event, auth_state: Mapping[StateKey, Event], create: Ev
 
 
 def _check_third_party_invite(event: Event, auth_state: Mapping[StateKey, Event]) -> None:
-    if _membership(auth_state, event.state_key) == "ban":
+    if _membership(auth_state, _member_target(event)) == "ban":
         raise AuthError("invitee is banned")
     tpi = event.content["third_party_invite"]
     signed = tpi.get("signed") if isinstance(tpi, dict) else None
@@ -406,7 +413,7 @@ def _signed_by_any(signed: Mapping[str, Any], public_keys: list[str]) -> bool:
 
 def _check_leave(event: Event, auth_state: Mapping[StateKey, Event], create: Event,
                  room_version: RoomVersion) -> None:
-    target = event.state_key
+    target = _member_target(event)
     if event.sender == target:
         if _membership(auth_state, target) in ("invite", "join", "knock"):
             return
@@ -428,7 +435,7 @@ def _check_ban(event: Event, auth_state: Mapping[StateKey, Event], create: Event
         raise AuthError("sender is not joined to the room")
     sender_level = user_power_level(event.sender, auth_state, room_version)
     if (sender_level >= named_level(auth_state, "ban")
-            and user_power_level(event.state_key, auth_state, room_version) < sender_level):
+            and user_power_level(_member_target(event), auth_state, room_version) < sender_level):
         return
     raise AuthError("sender's power level is too low to ban this user")
 

@@ -27,7 +27,7 @@ class Event:
         room_id = self.pdu.get("room_id")
         if room_id is None and self.pdu.get("type") == "m.room.create":
             return "!" + self.event_id[1:]  # v12: the room ID is the create event's reference hash
-        return room_id  # type: ignore[no-any-return]
+        return room_id  # type: ignore[return-value]
 
     @property
     def type(self) -> str:

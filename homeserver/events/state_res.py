@@ -96,7 +96,7 @@ class _Resolver:
             full |= await self._conflicted_subgraph(conflicted)
         full = {e for e in full if await self._state_event(e) is not None}
 
-        power_events = {e for e in full if is_power_event(self._events[e])}
+        power_events = {e for e in full if is_power_event(self._loaded(e))}
         selected = set(power_events)
         for event_id in power_events:
             selected |= await self.auth_chain(event_id) & full
@@ -112,7 +112,7 @@ class _Resolver:
 
     async def _auth_difference(self, state_sets: Sequence[Mapping[StateKey, str]]) -> set[str]:
         chains = [await self._state_set_chain(s) for s in state_sets]
-        return set().union(*chains) - set.intersection(*chains)
+        return set[str]().union(*chains) - set[str].intersection(*chains)
 
     async def _state_set_chain(self, state_set: Mapping[StateKey, str]) -> set[str]:
         # A set's own events count as reachable from it. This only changes the full conflicted set
@@ -146,7 +146,7 @@ class _Resolver:
         for event_id in event_ids:
             for ancestor in self._chains[event_id] & event_ids:
                 unblocks[ancestor].append(event_id)
-        sort_key = {e: (-await self._sender_power(e), self._events[e].origin_server_ts, e) for e in event_ids}
+        sort_key = {e: (-await self._sender_power(e), self._loaded(e).origin_server_ts, e) for e in event_ids}
         ready = [sort_key[e] for e, count in blockers.items() if count == 0]
         heapq.heapify(ready)
         order: list[str] = []
@@ -185,7 +185,7 @@ class _Resolver:
         for event_id in event_ids:
             pos = await position(await self._power_levels_parent(event_id))
             # Larger position = older mainline ancestor = applied first.
-            keys.append((-pos, self._events[event_id].origin_server_ts, event_id))
+            keys.append((-pos, self._loaded(event_id).origin_server_ts, event_id))
         return [key[2] for key in sorted(keys)]
 
     async def _iterative_auth_checks(self, event_ids: list[str],
@@ -228,7 +228,7 @@ class _Resolver:
 
     async def _sender_power(self, event_id: str) -> PowerLevel:
         """The sender's power level according to the event's own auth events."""
-        event = self._events[event_id]
+        event = self._loaded(event_id)
         auth_state: dict[StateKey, Event] = {}
         for auth_id in event.auth_event_ids:
             auth_event = await self._state_event(auth_id)
@@ -243,6 +243,12 @@ class _Resolver:
         if event_id not in self._events:
             self._events[event_id] = await self._get_event(event_id)
         return self._events[event_id]
+
+    def _loaded(self, event_id: str) -> Event:
+        """An event of the full conflicted set: resolve kept only those it could load."""
+        event = self._events[event_id]
+        assert event is not None
+        return event
 
     async def _state_event(self, event_id: str) -> Event | None:
         event = await self.event(event_id)

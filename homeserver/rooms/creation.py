@@ -114,8 +114,8 @@ class RoomCreator:
                                                      req.visibility == "public")
         room_id = create.room_id
         send = self._rooms.create_event
-        await send(room_id, creator, "m.room.member", {"membership": "join", **await self._membership.profile_content(creator)},
-                   state_key=creator)
+        await send(room_id, creator, "m.room.member",
+                   {"membership": "join", **await self._membership.profile_content(creator)}, state_key=creator)
         await send(room_id, creator, "m.room.power_levels", default_power_levels(creator, req), state_key="")
         if alias is not None:
             if not await self._store.rooms.create_alias(alias, room_id, creator):

@@ -109,7 +109,7 @@ class Directory:
             joined = await self._store.rooms.members(room.room_id, "join")
 
             def get(t: str, key: str) -> Any:
-                ev = state.get((t, ""))
+                ev = state.get((t, ""))  # noqa: B023 (called in this pass only)
                 return ev.content.get(key) if ev is not None else None
 
             entry = {"room_id": room.room_id, "num_joined_members": len(joined),

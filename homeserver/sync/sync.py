@@ -134,10 +134,10 @@ class SyncService:
                         and not self._room_changed(room_id, since)):
                     continue
                 room_data = [d for d in data if d.room_id == room_id]
-                body = await self._joined_room(who, room_id, member_event_id, since, upto, newly or full_state,
-                                               filt, now, room_data)
-                if body is not None:
-                    joined[room_id] = body
+                room_body = await self._joined_room(who, room_id, member_event_id, since, upto,
+                                                    newly or full_state, filt, now, room_data)
+                if room_body is not None:
+                    joined[room_id] = room_body
             elif membership == "invite" and (since is None or room_id in changes):
                 invited[room_id] = await self._invite(room_id, member_event_id)
             elif membership in ("leave", "ban") and room_id not in forgotten and (
@@ -324,7 +324,7 @@ class SyncService:
         """Add the member events of timeline senders this device has not been sent (all of them if
         `redundant`), and remember what it now has. `fresh`: a full sync, which starts over."""
         key = (who.user_id, who.device_id or "", room_id)
-        sent = set() if fresh else self._lazy_sent.pop(key, set())
+        sent: set[str | None] = set() if fresh else set(self._lazy_sent.pop(key, set()))
         have = {e.state_key for e in state if e.type == "m.room.member"}
         have |= {e.state_key for e in timeline if e.type == "m.room.member"}
         missing = {e.sender for e in timeline} - have
