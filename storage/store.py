@@ -303,5 +303,9 @@ class Store:
         self.media = MediaStore(db)
         self.openid = OpenIdStore(db)
 
+    async def ping(self) -> None:
+        """One round trip to the database (health checks); raises if it does not answer."""
+        await self.db.fetchval("SELECT 1")
+
     async def close(self) -> None:
         await self.db.close()

@@ -64,3 +64,12 @@ async def test_cors_preflight(client: Any) -> None:
     resp = await client.options("/_matrix/client/v3/login")
     assert resp.status == 200
     assert resp.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_health_answers_ok_while_the_database_does(client: Any) -> None:
+    resp = await client.get("/health")
+    assert resp.status == 200 and await resp.text() == "OK"
+    from homeserver.web.requests import HS
+    await client.app[HS].store.db.close()  # the database goes away
+    resp = await client.get("/health")
+    assert resp.status == 503 and (await resp.json())["errcode"] == "M_UNKNOWN"
