@@ -79,6 +79,17 @@ class Peer:
             pdu["state_key"] = state_key
         return sign_event(pdu, self.name, key or self.key, ROOM_V10)
 
+    async def join(self, destination: str, room: str, user: str) -> dict[str, Any]:
+        """Join `user` (one of ours) to `room` on `destination` with make_join and send_join; the signed join."""
+        template = await self.client.get_json(destination, f"/_matrix/federation/v1/make_join/{room}/{user}",
+                                              {"ver": ["10"]})
+        join = {k: v for k, v in template["event"].items() if k != "origin"}
+        join["origin_server_ts"] = int(time.time() * 1000)
+        join = sign_event(join, self.name, self.key, ROOM_V10)
+        await self.client.put_json(destination, f"/_matrix/federation/v2/send_join/{room}/"
+                                   f"{compute_event_id(join, ROOM_V10)}", join)
+        return join
+
     async def send(self, destination: str, pdus: list[dict[str, Any]], txn: str) -> dict[str, Any]:
         return await self.client.put_json(destination, f"/_matrix/federation/v1/send/{txn}",
                                           {"origin": self.name, "origin_server_ts": int(time.time() * 1000),
