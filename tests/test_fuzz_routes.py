@@ -44,8 +44,8 @@ from tests.test_federation_forged import Peer
 PENDING_HARD_INPUT: frozenset[str] = frozenset() if os.environ.get("WHISPR_FUZZ_ALL_INPUTS") == "1" else frozenset({
     "deep_nesting",     # [[[[...]]]] beyond the recursion limit (RecursionError)
     "lone_surrogate",   # "\ud800" in JSON strings
-    "huge_int",         # integers beyond +-(2**53 - 1) in bodies and query strings
-    "long_filter_id",   # path and query numbers of 20 or more digits
+    "huge_int",         # integers beyond +-(2**53 - 1) in JSON bodies
+    "long_filter_id",   # filter IDs (path or ?filter=) of 20 or more digits
     "long_url",         # request targets over 8,190 bytes
 })
 
@@ -93,7 +93,7 @@ QUERY_NAMES = (
 _TEXT = st.characters(exclude_categories=("Cs",) if not enabled("lone_surrogate") else ())
 _URL_TEXT = st.characters(exclude_categories=("Cs",))  # a URL cannot carry a lone surrogate
 _INT_BOUND = MAX_SAFE_INT if not enabled("huge_int") else 2**80
-_DIGITS = 19 if not enabled("long_filter_id") else 40
+_LONG_NUMBER = 2**80  # numbers in paths and query strings: past every SQL integer type
 
 
 def _json_scalars() -> st.SearchStrategy[Any]:
@@ -143,7 +143,7 @@ def _path_values() -> st.SearchStrategy[str]:
     return st.one_of(
         st.sampled_from(PLACEHOLDERS), st.sampled_from(PLACEHOLDERS),
         st.text(_URL_TEXT, min_size=1, max_size=30),
-        st.from_regex(rf"\A[0-9]{{1,{_DIGITS}}}\Z"),
+        st.from_regex(r"\A[0-9]{1,40}\Z"),
         st.sampled_from(["..", ".", "%", "%00", "!", "@", "#", "$", ":", "@:", "!room", "#a:b:c", "m.room.member",
                          "m.room.message", "m.fully_read", "m.read", "org.whispr.bio", "displayname", "avatar_url",
                          "-1", "0", "1e3", " ", "a" * 300]),
@@ -153,8 +153,8 @@ def _path_values() -> st.SearchStrategy[str]:
 def _query_values() -> st.SearchStrategy[str]:
     return st.one_of(
         st.text(_URL_TEXT, max_size=20),
-        st.integers(-_INT_BOUND, _INT_BOUND).map(str),
-        st.from_regex(rf"\A-?[0-9]{{1,{_DIGITS}}}\Z"),
+        st.integers(-_LONG_NUMBER, _LONG_NUMBER).map(str),
+        st.from_regex(r"\A-?[0-9]{1,40}\Z"),
         st.sampled_from(PLACEHOLDERS),
         st.sampled_from(["", "true", "false", "b", "f", "-1", "0", "1.5", "{}", "[]", "{\"room\":{}}",
                          "s1_2_3", "t0", "crop", "scale", "10", "join", "invite"]),
@@ -239,13 +239,16 @@ def is_matrix_error(status: int, doc: Any) -> bool:
 
 def build_target(route: Route, request: FuzzRequest, ids: dict[str, str]) -> str:
     """The request target (path and query, percent-encoded) for one generated request."""
-    def real(value: str) -> str:
-        return ids.get(value, value)
+    def real(value: str, name: str) -> str:
+        value = ids.get(value, value)
+        if name in ("filter_id", "filter") and not enabled("long_filter_id") and value.lstrip("-").isdigit():
+            value = value[:19]
+        return value
 
     path = route.template
     for name, value in zip(route.params, request.path_values):
-        path = path.replace("{" + name + "}", quote(real(value), safe=""), 1)
-    query = "&".join(f"{quote(k, safe='')}={quote(real(v), safe='')}" for k, v in request.query)
+        path = path.replace("{" + name + "}", quote(real(value, name), safe=""), 1)
+    query = "&".join(f"{quote(k, safe='')}={quote(real(v, k), safe='')}" for k, v in request.query)
     if request.long_url:
         query += ("&" if query else "") + "pad=" + "a" * 9000
     return path + ("?" + query if query else "")
@@ -396,3 +399,31 @@ async def test_federation_routes_answer_matrix_errors(serve: Callable[..., Any],
         assert_clean(tally)
     finally:
         await peer.close()
+
+
+# ---- what the fuzz found ------------------------------------------------------------------------
+
+async def test_values_the_database_cannot_hold_get_matrix_errors(client: Any) -> None:
+    """PostgreSQL text cannot hold NUL, no engine an integer past 64 bits: a 400, not a 500."""
+    owner = await register(client, "owner")
+    h = auth(owner["access_token"])
+    room = (await (await client.post("/_matrix/client/v3/createRoom", json={}, headers=h)).json())["room_id"]
+    v3 = "/_matrix/client/v3"
+    attempts: list[tuple[str, str, Any]] = [
+        ("PUT", f"{v3}/rooms/{room}/send/m.room.message/a%00b", {"msgtype": "m.text", "body": "x"}),
+        ("PUT", f"{v3}/rooms/%00/send/m.room.message/t1", {"msgtype": "m.text", "body": "x"}),
+        ("GET", f"{v3}/rooms/{room}/event/%00", None),
+        ("PUT", f"{v3}/rooms/{room}/state/m.room.topic/%00", {"topic": "x"}),
+        ("PUT", f"{v3}/profile/{owner['user_id']}/displayname", {"displayname": "a\u0000b"}),
+        ("POST", f"{v3}/createRoom", {"name": "a\u0000b"}),
+        ("POST", f"{v3}/user_directory/search", {"search_term": "a\u0000"}),
+        ("POST", "/_matrix/client/unstable/org.whispr/email/submit_token",
+         {"sid": "a\u0000", "client_secret": "x", "token": "1"}),
+        ("POST", f"{v3}/register/email/requestToken",
+         {"email": "a@example.org", "client_secret": "x", "send_attempt": 2**70}),
+    ]
+    for method, path, body in attempts:
+        resp = await client.request(method, path, json=body, headers=h)
+        doc = await resp.json()
+        assert resp.status < 400 or (resp.status < 500 and isinstance(doc.get("errcode"), str)), \
+            (method, path, resp.status, doc)
