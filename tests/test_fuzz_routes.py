@@ -95,6 +95,8 @@ QUERY_NAMES = (
 # Strings that databases, parsers and path routers tend to trip on.
 HOSTILE_STRINGS = ("\x00", "a\x00b", "\x00" * 3, "%00", "%", "..", "../..", " ", "\t\n", "\u202e", "\ufeff",
                    "\U0001f600", "'", "\"", "\\", "*", "_", "%_", "a" * 1000, "-0", "1e309", "9" * 40)
+LONE_SURROGATES = ("\ud800", "a\udfffb")
+HUGE_INTS = [2**53, -(2**53), 2**63, 2**64, 10**30]
 _TEXT = st.characters(exclude_categories=("Cs",) if not enabled("lone_surrogate") else ())
 _URL_TEXT = st.characters(exclude_categories=("Cs",))  # a URL cannot carry a lone surrogate
 _INT_BOUND = MAX_SAFE_INT if not enabled("huge_int") else 2**80
@@ -112,7 +114,8 @@ def _json_scalars() -> st.SearchStrategy[Any]:
         st.sampled_from(["m.login.dummy", "m.login.password", "m.id.user", "m.room.message", "m.text", "join",
                          "invite", "leave", "ban", "public_chat", "private_chat", "10", "11", "12", "public",
                          "private", "m.room.member", "m.room.create", "$x", "!x:test.local", "@x:test.local"]),
-        st.sampled_from(HOSTILE_STRINGS))
+        st.sampled_from(HOSTILE_STRINGS + (LONE_SURROGATES if enabled("lone_surrogate") else ())),
+        st.sampled_from(HUGE_INTS if enabled("huge_int") else [MAX_SAFE_INT]))
 
 
 def _json_values() -> st.SearchStrategy[Any]:
