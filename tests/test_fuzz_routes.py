@@ -94,7 +94,9 @@ QUERY_NAMES = (
 
 # Strings that databases, parsers and path routers tend to trip on.
 HOSTILE_STRINGS = ("\x00", "a\x00b", "\x00" * 3, "%00", "%", "..", "../..", " ", "\t\n", "\u202e", "\ufeff",
-                   "\U0001f600", "'", "\"", "\\", "*", "_", "%_", "a" * 1000, "-0", "1e309", "9" * 40)
+                   "\U0001f600", "'", "\"", "\\", "*", "_", "%_", "a" * 1000, "-0", "1e309", "9" * 40,
+                   # shaped like identifiers, so they pass the sigil checks and reach the database
+                   "!a\x00:test.local", "@a\x00:test.local", "$a\x00", "#a\x00:test.local", "m.a\x00")
 LONE_SURROGATES = ("\ud800", "a\udfffb")
 HUGE_INTS = [2**53, -(2**53), 2**63, 2**64, 10**30]
 _TEXT = st.characters(exclude_categories=("Cs",) if not enabled("lone_surrogate") else ())
