@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import tempfile
 import threading
@@ -172,13 +173,34 @@ class Fixtures:
         return {n: self.values[n] for n in names if n in self.values}
 
 
+def register(base_url: str, username: str) -> dict[str, Any]:
+    v3 = base_url + "/_matrix/client/v3"
+    body = {"username": username, "password": "fuzzing password"}
+    first = requests.post(v3 + "/register", json=body, timeout=30).json()
+    return requests.post(v3 + "/register", json={**body, "auth": {"type": "m.login.dummy",
+                                                                   "session": first["session"]}}, timeout=30).json()
+
+
+def keep_token(base_url: str, session: requests.Session, fixtures: Fixtures) -> Callable[[], None]:
+    """A check, run after each operation: when the fuzz spent the token (logout...), carry on as a
+    new account in the same room."""
+    accounts = iter(range(1, 1_000_000))
+
+    def check() -> None:
+        who = session.get(base_url + "/_matrix/client/v3/account/whoami", timeout=30)
+        if who.status_code == 401:
+            reg = register(base_url, f"fuzzer{next(accounts)}")
+            session.headers["Authorization"] = f"Bearer {reg['access_token']}"
+            session.post(f"{base_url}/_matrix/client/v3/join/{fixtures.values['roomId']}", json={}, timeout=30)
+            fixtures.values.update(userId=reg["user_id"], deviceId=reg["device_id"])
+
+    return check
+
+
 def prepare(base_url: str, server_name: str, peer: PeerThread) -> tuple[str, Fixtures]:
     """A user with a token, a room (with the peer joined), a message and an upload."""
     v3 = base_url + "/_matrix/client/v3"
-    body = {"username": "fuzzer", "password": "fuzzing password"}
-    first = requests.post(v3 + "/register", json=body, timeout=30).json()
-    reg = requests.post(v3 + "/register", json={**body, "auth": {"type": "m.login.dummy",
-                                                                  "session": first["session"]}}, timeout=30).json()
+    reg = register(base_url, "fuzzer")
     h = {"Authorization": f"Bearer {reg['access_token']}"}
     room = requests.post(v3 + "/createRoom", json={"preset": "public_chat", "room_version": "10",
                                                    "room_alias_name": "fuzz"}, headers=h, timeout=30).json()["room_id"]
@@ -233,12 +255,13 @@ def judge(case: Any, response: requests.Response, figures: Figures) -> None:
         request = response.request
         body = request.body.decode("utf-8", "replace") if isinstance(request.body, bytes) else request.body
         figures.problems.append({"problem": problem, "method": request.method, "url": request.url,
-                                 "body": (body or "")[:500], "status": response.status_code,
+                                 "body": (body or "")[:5000], "status": response.status_code,
                                  "response": response.text[:300]})
 
 
 def fuzz_api(schema: Any, base_url: str, session: requests.Session, fixtures: Fixtures, examples: int,
-             deadline: float, figures: Figures, log: Callable[[str], None]) -> None:
+             deadline: float, figures: Figures, log: Callable[[str], None],
+             after_operation: Callable[[], None] = lambda: None) -> None:
     for result in schema.get_all_operations():
         operation = result.ok()
         if operation is None or time.monotonic() > deadline:
@@ -282,6 +305,7 @@ def fuzz_api(schema: Any, base_url: str, session: requests.Session, fixtures: Fi
             except Exception as e:  # noqa: BLE001 - a generation error of one operation must not end the run
                 log(f"  {operation.label}: generation failed ({type(e).__name__}: {str(e)[:120]})")
         log(f"  {operation.label}: {figures.sent - before} requests")
+        after_operation()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=REPO_ROOT / ".fuzz" / "report.json")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")  # self-signed TLS of the federation listener, schema warnings
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the server below is stopped too
 
     from bench.servers import free_port, start_whispr
 
@@ -322,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                 session.auth = XMatrixAuth(peer.peer, server_name)
             figures = figures_by_api[api] = Figures()
             log(f"{api}: fuzzing {base_url}")
-            fuzz_api(schema, base_url, session, fixtures, args.examples, deadline, figures, log)
+            after = keep_token(base_url, session, fixtures) if api == "client-server" else (lambda: None)
+            fuzz_api(schema, base_url, session, fixtures, args.examples, deadline, figures, log, after)
         if not server.alive():
             log("the server died during the run:\n" + server.log_tail())
     finally:

@@ -48,6 +48,8 @@ class InteractiveAuth:
         results: dict[str, dict[str, Any]] = session["results"]
 
         stage = auth.get("type")
+        if stage is not None and not isinstance(stage, str):
+            raise bad_json("auth.type must be a string")
         if stage is not None:
             allowed = {s for flow in flows for s in flow}
             if stage not in allowed or stage not in checkers:

@@ -562,3 +562,16 @@ async def test_federation_send_answers_malformed_pdus(serve: Callable[..., Any],
         assert_clean(tally)
     finally:
         await peer.close()
+
+
+async def test_auth_stage_of_the_wrong_type_is_bad_json(client: Any) -> None:
+    """A user-interactive auth `type` that is not a string: 400 M_BAD_JSON, not a 500 (found by make fuzz)."""
+    owner = await register(client, "owner")
+    h = auth(owner["access_token"])
+    for stage in ([], {}, 5):
+        for method, path, body in (("DELETE", f"/_matrix/client/v3/devices/{owner['device_id']}", {}),
+                                   ("POST", "/_matrix/client/v3/delete_devices", {"devices": ["x"]}),
+                                   ("POST", "/_matrix/client/v3/account/password", {"new_password": "long enough"})):
+            resp = await client.request(method, path, json={**body, "auth": {"type": stage}}, headers=h)
+            assert resp.status == 400, (method, path, stage, resp.status, await resp.text())
+            assert (await resp.json())["errcode"] == "M_BAD_JSON"
