@@ -261,8 +261,10 @@ async def get_missing_events(request: web.Request, origin: str) -> web.Response:
     body = await _body(request)
     if not isinstance(body, dict):
         raise bad_json("body must be an object")
-    earliest = set(body.get("earliest_events") or [])
-    latest = [e for e in body.get("latest_events") or [] if isinstance(e, str)]
+    earliest_ids, latest_ids = body.get("earliest_events", []), body.get("latest_events", [])
+    if not all(isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in (earliest_ids, latest_ids)):
+        raise bad_json("earliest_events and latest_events must be lists of event IDs")
+    earliest, latest = set(earliest_ids), list(latest_ids)
     limit = min(int(body.get("limit", 10)) if isinstance(body.get("limit", 10), int) else 10, 100)
     found: dict[str, Event] = {}
     frontier = list(latest)

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import quote
 
 import aiohttp
@@ -375,12 +375,26 @@ def signed_headers(peer: Peer, destination: str, method: str, target: str, body:
     return {"Authorization": header}
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-async def test_federation_routes_answer_matrix_errors(serve: Callable[..., Any], tmp_path: Path) -> None:
+@dataclass
+class PeerInRoom:
+    """A federating Whispr (in-process, SQLite) with a room that the hand-built peer's user joined."""
+
+    client: Any  # the client API's TestClient
+    peer: Peer
+    name: str  # our server name, 127.0.0.1:<federation port>
+    room: str
+    owner: dict[str, Any]  # the room creator's registration
+    message: str  # an event ID of the owner's
+    mallory: str  # the peer's user, joined
+    join: dict[str, Any]  # mallory's join PDU
+    ids: dict[str, str]  # placeholder -> real value
+
+
+@pytest.fixture
+async def peer_in_room(serve: Callable[..., Any], tmp_path: Path) -> AsyncIterator[PeerInRoom]:
     peer = Peer(tmp_path)
     await peer.start()
-    port = free_port()
-    name = f"127.0.0.1:{port}"
+    name = f"127.0.0.1:{free_port()}"
     try:
         client = await serve(server_name=name, federation={
             "enabled": True, "verify_tls": False, "allowed_private_ranges": ["127.0.0.0/8"],
@@ -389,28 +403,34 @@ async def test_federation_routes_answer_matrix_errors(serve: Callable[..., Any],
         h = auth(owner["access_token"])
         room = (await (await client.post("/_matrix/client/v3/createRoom", json={
             "preset": "public_chat", "room_version": "10", "room_alias_name": "fuzz"}, headers=h)).json())["room_id"]
-        sent = await (await client.put(f"/_matrix/client/v3/rooms/{room}/send/m.room.message/t1",
-                                       json={"msgtype": "m.text", "body": "hi"}, headers=h)).json()
+        message = (await (await client.put(f"/_matrix/client/v3/rooms/{room}/send/m.room.message/t1",
+                                           json={"msgtype": "m.text", "body": "hi"}, headers=h)).json())["event_id"]
         upload = await (await client.post("/_matrix/media/v3/upload", data=b"GIF89a", headers={
             **h, "Content-Type": "image/gif"})).json()
-        peer_user = f"@mallory:{peer.name}"
-        await peer.join(name, room, peer_user)
-        ids = {"<room>": room, "<owner>": owner["user_id"], "<user>": owner["user_id"], "<event>": sent["event_id"],
+        mallory = f"@mallory:{peer.name}"
+        join = await peer.join(name, room, mallory)
+        ids = {"<room>": room, "<owner>": owner["user_id"], "<user>": owner["user_id"], "<event>": message,
                "<server>": name, "<media>": upload["content_uri"].rsplit("/", 1)[1], "<alias>": f"#fuzz:{name}",
-               "<peer_user>": peer_user, "<peer>": peer.name, "<device>": owner["device_id"], "<filter>": "0"}
-        base = f"https://{name}"
-        tally = Tally()
-        started = time.monotonic()
-        async with aiohttp.ClientSession() as session:
-            for route in federation_routes():
-                for request in generate(len(route.params), EXAMPLES_PER_ROUTE * 2):
-                    target = build_target(route, request, ids)
-                    headers = signed_headers(peer, name, route.method, target, request.body, request.auth)
-                    await fire(session, base, route, target, request.body, headers, tally, ssl=False)
-        print(f"federation fuzz took {time.monotonic() - started:.1f} s")
-        assert_clean(tally)
+               "<peer_user>": mallory, "<peer>": peer.name, "<device>": owner["device_id"], "<filter>": "0"}
+        yield PeerInRoom(client, peer, name, room, owner, message, mallory, join, ids)
     finally:
         await peer.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_federation_routes_answer_matrix_errors(peer_in_room: PeerInRoom) -> None:
+    setup = peer_in_room
+    base = f"https://{setup.name}"
+    tally = Tally()
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        for route in federation_routes():
+            for request in generate(len(route.params), EXAMPLES_PER_ROUTE * 2):
+                target = build_target(route, request, setup.ids)
+                headers = signed_headers(setup.peer, setup.name, route.method, target, request.body, request.auth)
+                await fire(session, base, route, target, request.body, headers, tally, ssl=False)
+    print(f"federation fuzz took {time.monotonic() - started:.1f} s")
+    assert_clean(tally)
 
 
 # ---- what the fuzz found ------------------------------------------------------------------------
@@ -498,70 +518,54 @@ def _apply(pdu: dict[str, Any], mutation: PduMutation, ids: dict[str, str]) -> d
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-async def test_federation_send_answers_malformed_pdus(serve: Callable[..., Any], tmp_path: Path) -> None:
+async def test_federation_send_answers_malformed_pdus(peer_in_room: PeerInRoom) -> None:
     """Valid PDUs of the peer with one to three fields changed (re-signed or not) in /send."""
     from homeserver.event_crypto import sign_event
     from homeserver.room_versions import ROOM_V10
 
-    peer = Peer(tmp_path)
-    await peer.start()
-    name = f"127.0.0.1:{free_port()}"
-    try:
-        client = await serve(server_name=name, federation={
-            "enabled": True, "verify_tls": False, "allowed_private_ranges": ["127.0.0.0/8"],
-            "destination_min_retry_ms": 300, "destination_max_retry_ms": 2000})
-        owner = await register(client, "owner")
-        h = auth(owner["access_token"])
-        room = (await (await client.post("/_matrix/client/v3/createRoom", json={
-            "preset": "public_chat", "room_version": "10"}, headers=h)).json())["room_id"]
-        message = (await (await client.put(f"/_matrix/client/v3/rooms/{room}/send/m.room.message/t1",
-                                           json={"msgtype": "m.text", "body": "hi"}, headers=h)).json())["event_id"]
-        mallory = f"@mallory:{peer.name}"
-        join = await peer.join(name, room, mallory)
-        state = {(e["type"], e["state_key"]): e["event_id"]
-                 for e in await (await client.get(f"/_matrix/client/v3/rooms/{room}/state", headers=h)).json()}
-        auth_ids = [state[("m.room.create", "")], state[("m.room.power_levels", "")], state[("m.room.member", mallory)]]
-        base = {"room_id": room, "sender": mallory, "prev_events": [state[("m.room.member", mallory)]],
-                "auth_events": auth_ids, "depth": join["depth"] + 1, "origin_server_ts": int(time.time() * 1000)}
-        templates = {
-            "message": {**base, "type": "m.room.message", "content": {"msgtype": "m.text", "body": "x"}},
-            "member": {**base, "type": "m.room.member", "state_key": mallory,
-                       "content": {"membership": "join", "displayname": "m"}},
-            "power_levels": {**base, "type": "m.room.power_levels", "state_key": "",
-                             "content": {"users": {mallory: 100}, "users_default": 0}},
-            "redaction": {**base, "type": "m.room.redaction", "redacts": message, "content": {"redacts": message}},
-            "topic": {**base, "type": "m.room.topic", "state_key": "", "content": {"topic": "t"}},
-        }
-        ids = {"<room>": room, "<owner>": owner["user_id"], "<user>": owner["user_id"], "<event>": message,
-               "<server>": name, "<media>": "x", "<alias>": f"#fuzz:{name}", "<peer_user>": mallory,
-               "<peer>": peer.name, "<device>": owner["device_id"], "<filter>": "0"}
-        route = Route("PUT", "/_matrix/federation/v1/send/{txn_id}", ["txn_id"])
-        tally = Tally()
-        async with aiohttp.ClientSession() as session:
-            for n, mutation in enumerate(_mutated_pdus(EXAMPLES_PER_ROUTE * 8)):
-                pdu = _apply(templates[mutation.template], mutation, ids)
-                if mutation.resign:
-                    try:
-                        pdu = sign_event(pdu, peer.name, peer.key, ROOM_V10)
-                    except Exception:  # noqa: BLE001 - not signable (content not an object...): send as is
-                        pass
-                body = json.dumps({"origin": peer.name, "origin_server_ts": int(time.time() * 1000),
-                                   "pdus": [pdu], "edus": []}).encode()
-                target = f"/_matrix/federation/v1/send/mutated{n}"
-                headers = signed_headers(peer, name, "PUT", target, body, "good")
-                status = await fire(session, f"https://{name}", route, target, body, headers, tally, ssl=False)
-                assert status != 401, "the peer's signature was refused"
-            # Whatever was accepted must still be served to the room's members.
-            client_base = str(client.make_url("")).rstrip("/")
-            v3 = "/_matrix/client/v3"
-            for path in (f"{v3}/sync", f"{v3}/rooms/{room}/messages?dir=b&limit=1000", f"{v3}/rooms/{room}/state",
-                         f"{v3}/rooms/{room}/members", f"{v3}/rooms/{room}/context/{message}?limit=100",
-                         f"{v3}/rooms/{room}/joined_members", f"{v3}/publicRooms"):
-                read = Route("GET", path.split("?")[0], [])
-                assert await fire(session, client_base, read, path, None, h, tally) == 200, path
-        assert_clean(tally)
-    finally:
-        await peer.close()
+    setup = peer_in_room
+    client, peer, name, room, mallory, message = (setup.client, setup.peer, setup.name, setup.room, setup.mallory,
+                                                  setup.message)
+    h = auth(setup.owner["access_token"])
+    state = {(e["type"], e["state_key"]): e["event_id"]
+             for e in await (await client.get(f"/_matrix/client/v3/rooms/{room}/state", headers=h)).json()}
+    auth_ids = [state[("m.room.create", "")], state[("m.room.power_levels", "")], state[("m.room.member", mallory)]]
+    base = {"room_id": room, "sender": mallory, "prev_events": [state[("m.room.member", mallory)]],
+            "auth_events": auth_ids, "depth": setup.join["depth"] + 1, "origin_server_ts": int(time.time() * 1000)}
+    templates = {
+        "message": {**base, "type": "m.room.message", "content": {"msgtype": "m.text", "body": "x"}},
+        "member": {**base, "type": "m.room.member", "state_key": mallory,
+                   "content": {"membership": "join", "displayname": "m"}},
+        "power_levels": {**base, "type": "m.room.power_levels", "state_key": "",
+                         "content": {"users": {mallory: 100}, "users_default": 0}},
+        "redaction": {**base, "type": "m.room.redaction", "redacts": message, "content": {"redacts": message}},
+        "topic": {**base, "type": "m.room.topic", "state_key": "", "content": {"topic": "t"}},
+    }
+    route = Route("PUT", "/_matrix/federation/v1/send/{txn_id}", ["txn_id"])
+    tally = Tally()
+    async with aiohttp.ClientSession() as session:
+        for n, mutation in enumerate(_mutated_pdus(EXAMPLES_PER_ROUTE * 8)):
+            pdu = _apply(templates[mutation.template], mutation, setup.ids)
+            if mutation.resign:
+                try:
+                    pdu = sign_event(pdu, peer.name, peer.key, ROOM_V10)
+                except Exception:  # noqa: BLE001 - not signable (content not an object...): send as is
+                    pass
+            body = json.dumps({"origin": peer.name, "origin_server_ts": int(time.time() * 1000),
+                               "pdus": [pdu], "edus": []}).encode()
+            target = f"/_matrix/federation/v1/send/mutated{n}"
+            headers = signed_headers(peer, name, "PUT", target, body, "good")
+            status = await fire(session, f"https://{name}", route, target, body, headers, tally, ssl=False)
+            assert status != 401, "the peer's signature was refused"
+        # Whatever was accepted must still be served to the room's members.
+        client_base = str(client.make_url("")).rstrip("/")
+        v3 = "/_matrix/client/v3"
+        for path in (f"{v3}/sync", f"{v3}/rooms/{room}/messages?dir=b&limit=1000", f"{v3}/rooms/{room}/state",
+                     f"{v3}/rooms/{room}/members", f"{v3}/rooms/{room}/context/{message}?limit=100",
+                     f"{v3}/rooms/{room}/joined_members", f"{v3}/publicRooms"):
+            read = Route("GET", path.split("?")[0], [])
+            assert await fire(session, client_base, read, path, None, h, tally) == 200, path
+    assert_clean(tally)
 
 
 async def test_auth_stage_of_the_wrong_type_is_bad_json(client: Any) -> None:
@@ -575,3 +579,24 @@ async def test_auth_stage_of_the_wrong_type_is_bad_json(client: Any) -> None:
             resp = await client.request(method, path, json={**body, "auth": {"type": stage}}, headers=h)
             assert resp.status == 400, (method, path, stage, resp.status, await resp.text())
             assert (await resp.json())["errcode"] == "M_BAD_JSON"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_get_missing_events_of_the_wrong_shape_is_bad_json(peer_in_room: PeerInRoom) -> None:
+    """earliest_events / latest_events that are not lists of event IDs: 400 M_BAD_JSON, not a 500
+    (found by make fuzz)."""
+    setup = peer_in_room
+    target = f"/_matrix/federation/v1/get_missing_events/{quote(setup.room, safe='')}"
+    bodies = [{"earliest_events": [["$a"]], "latest_events": [setup.message]},
+              {"earliest_events": 5, "latest_events": [setup.message]},
+              {"earliest_events": [], "latest_events": 5},
+              {"earliest_events": [], "latest_events": [{}]}]
+    async with aiohttp.ClientSession() as session:
+        for body in bodies:
+            raw = json.dumps(body).encode()
+            headers = {**signed_headers(setup.peer, setup.name, "POST", target, raw, "good"),
+                       "Content-Type": "application/json"}
+            async with session.post(yarl.URL(f"https://{setup.name}{target}", encoded=True), data=raw,
+                                    headers=headers, ssl=False) as resp:
+                assert resp.status == 400, (body, resp.status, await resp.text())
+                assert (await resp.json())["errcode"] == "M_BAD_JSON"
