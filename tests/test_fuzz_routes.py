@@ -467,7 +467,8 @@ DELETE = object()  # a mutation that removes the field
 PDU_FIELDS = ("type", "content", "sender", "room_id", "prev_events", "auth_events", "depth", "origin_server_ts",
               "state_key", "redacts", "unsigned", "hashes", "signatures", "origin", "membership")
 CONTENT_FIELDS = ("membership", "body", "msgtype", "users", "users_default", "events", "ban", "join_rule",
-                  "m.relates_to", "redacts", "reason", "displayname", "third_party_invite", "join_authorised_via_users_server")
+                  "m.relates_to", "redacts", "reason", "displayname", "third_party_invite",
+                  "join_authorised_via_users_server")
 
 
 @dataclass(frozen=True)
