@@ -54,6 +54,11 @@ class ConstraintViolation(Exception):
     """A write broke a uniqueness or other integrity constraint; nothing of it was kept."""
 
 
+class UnstorableValue(Exception):
+    """A parameter the engine cannot hold (a NUL character in PostgreSQL text, an integer past
+    64 bits): the statement did nothing. It came from the request, so the request is at fault."""
+
+
 async def open_database(engine: str, *, path: str = "", url: str = "", pool_min: int = 2, pool_max: int = 10,
                         migrate: bool = True, sqlite_synchronous: str = "FULL") -> Database:
     """Open an engine and bring its schema up to date."""

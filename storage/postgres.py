@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence
 
 import asyncpg
 
-from storage.database import ConstraintViolation, Row, Transaction
+from storage.database import ConstraintViolation, Row, Transaction, UnstorableValue
 
 
 @lru_cache(maxsize=1024)
@@ -25,6 +25,8 @@ def _constraints() -> Iterator[None]:
         yield
     except asyncpg.IntegrityConstraintViolationError as e:
         raise ConstraintViolation(str(e)) from e
+    except asyncpg.DataError as e:  # SQLSTATE class 22: NUL in text, out-of-range integers...
+        raise UnstorableValue(str(e)) from e
 
 
 class _PgConn:

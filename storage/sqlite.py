@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
-from storage.database import ConstraintViolation, Row, Transaction
+from storage.database import ConstraintViolation, Row, Transaction, UnstorableValue
 
 T = TypeVar("T")
 
@@ -93,6 +93,8 @@ class _ThreadConn:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._conn, *args)
         except sqlite3.IntegrityError as e:
             raise ConstraintViolation(str(e)) from e
+        except OverflowError as e:  # an integer parameter past 64 bits
+            raise UnstorableValue(str(e)) from e
 
     async def execute(self, sql: str, *args: Any) -> None:
         await self.run(_execute, sql, args)

@@ -103,6 +103,8 @@ class InteractiveAuth:
             return Completed(session_id, results, session.get("request", {}), session["response"])
 
         stage = auth.get("type")
+        if stage is not None and not isinstance(stage, str):
+            raise bad_json("auth.type must be a string")
         try:
             if stage is not None:
                 allowed = {s for flow in flows for s in flow}

@@ -10,6 +10,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from homeserver.errors import MatrixError, UIARequired
+from storage.database import UnstorableValue
 
 log = logging.getLogger("whispr.http")
 
@@ -56,6 +57,10 @@ async def matrix_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return error_response(405, "M_UNRECOGNIZED", "Method not allowed for this endpoint")
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, "M_TOO_LARGE", "Request body is too large")
+    except UnstorableValue as e:
+        log.info("refused %s %s: %s", request.method, request.path, e)
+        return error_response(400, "M_INVALID_PARAM", "The request holds a value this server cannot store "
+                      "(a NUL character, or an integer beyond 64 bits)")
     except web.HTTPException as e:
         if e.status < 400:
             raise
