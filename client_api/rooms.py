@@ -13,6 +13,7 @@ from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.sync.filters import EventFilter, parse_event_filter
 from homeserver.events.room_versions import get_room_version
 from homeserver.json_input import parse_json
+from homeserver.rooms.timeline import INITIAL_SYNC_LIMIT
 from storage.rooms import TxnRef
 
 R = f"{CLIENT_V3}/rooms/{{room_id}}"
@@ -214,6 +215,12 @@ async def get_event(request: web.Request) -> web.Response:
     return ok(await hs(request).timeline.event(who, request.match_info["room_id"], request.match_info["event_id"]))
 
 
+async def initial_sync(request: web.Request) -> web.Response:
+    who = await requester(request)
+    return ok(await hs(request).timeline.initial_sync(who, request.match_info["room_id"],
+                                                      _int_param(request, "limit", INITIAL_SYNC_LIMIT)))
+
+
 async def typing(request: web.Request) -> web.Response:
     who = await requester(request)
     server = hs(request)
@@ -279,6 +286,7 @@ def setup(app: web.Application) -> None:
     add.add_get(f"{R}/messages", messages)
     add.add_get(f"{R}/context/{{event_id}}", context)
     add.add_get(f"{R}/event/{{event_id}}", get_event)
+    add.add_get(f"{R}/initialSync", initial_sync)
     add.add_put(f"{R}/typing/{{user_id}}", typing)
     add.add_post(f"{R}/receipt/{{receipt_type}}/{{event_id}}", receipt)
     add.add_post(f"{R}/read_markers", read_markers)
