@@ -48,7 +48,7 @@ async def join(request: web.Request) -> web.Response:
     body = await json_body(request, allow_empty=True)
     target = request.match_info.get("room_id_or_alias") or request.match_info["room_id"]
     via = request.query.getall("server_name", []) + request.query.getall("via", [])
-    room_id = await hs(request).chats.join(target, who.user_id, body.get("reason"), via=via)
+    room_id = await hs(request).chats.join(target, who.user_id, body.get("reason"), via=via, guest=who.is_guest)
     return ok({"room_id": room_id})
 
 

@@ -25,6 +25,7 @@ from homeserver.accounts.deactivation import Deactivation
 from homeserver.accounts.openid import OpenId
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreator
+from homeserver.rooms.guest_access import GuestEviction
 from homeserver.rooms.room_data import RoomData
 from homeserver.rooms.rooms import Rooms
 from homeserver.sync.sync import SyncService
@@ -67,6 +68,7 @@ class HomeServer:
     media: MediaRepository
     deactivation: Deactivation
     openid: OpenId
+    guest_eviction: GuestEviction
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -97,6 +99,8 @@ class HomeServer:
         typing = Typing(notifier)
         visibility = HistoryVisibility(rooms, store)
         sync = SyncService(rooms, store, notifier, typing, visibility)
+        guest_eviction = GuestEviction(rooms, store)
+        rooms.on_stored.append(guest_eviction.observe)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),
@@ -112,7 +116,8 @@ class HomeServer:
             filters=Filters(store), executor=executor,
             media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
                                   limiter),
-            deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name))
+            deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name),
+            guest_eviction=guest_eviction)
         await hs.media.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)
@@ -146,6 +151,7 @@ class HomeServer:
             await self.federation.close()
             await self.federation.client.close()
         await self.membership.close()
+        await self.guest_eviction.close()
         await self.media.close()
         self.typing.close()
         await self.notifier.close()

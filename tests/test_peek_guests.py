@@ -1,4 +1,5 @@
-"""Peeking (room previews of world_readable rooms) and GET /rooms/{roomId}/initialSync, on both engines."""
+"""Peeking (room previews of world_readable rooms), GET /rooms/{roomId}/initialSync, and guest
+accounts (kind=guest, m.room.guest_access, the spec's limited API, upgrading), on both engines."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from typing import Any
 
 import nio
 
-from tests.conftest import register
+from tests.conftest import auth, login, register
 from tests.rooms_helpers import V3, User
+
+GUESTS_ON = {"registration": {"allow_guest_access": True}}
+
 
 def bodies(events: list[dict[str, Any]]) -> list[str]:
     return [e["content"]["body"] for e in events if e["type"] == "m.room.message"]
@@ -120,3 +124,123 @@ async def test_matrix_nio_peeks_into_a_world_readable_room(client: Any) -> None:
         assert isinstance(name, nio.RoomGetStateEventResponse) and name.content["name"] == "lobby"
     finally:
         await peeker.close()
+
+
+# --- guests ------------------------------------------------------------------------------
+
+
+async def guest(client: Any, **body: Any) -> User:
+    resp = await client.post(f"{V3}/register", params={"kind": "guest"}, json=body)
+    assert resp.status == 200, await resp.text()
+    return User(client, await resp.json())
+
+
+async def test_guest_registration_is_off_by_default(client: Any) -> None:
+    resp = await client.post(f"{V3}/register", params={"kind": "guest"}, json={})
+    assert resp.status == 403
+    assert (await resp.json())["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"
+    resp = await client.post(f"{V3}/register", params={"kind": "robot"}, json={})
+    assert resp.status == 400 and (await resp.json())["errcode"] == "M_INVALID_PARAM"
+
+
+async def test_a_guest_account_and_its_limited_api(serve: Any) -> None:
+    client = await serve(**GUESTS_ON)
+    # Everything but the device's display name is ignored: the server picks the names.
+    g = await guest(client, username="chosen", password="ignored", device_id="MINE",
+                    initial_device_display_name="guest phone")
+    assert g.user_id.startswith("@guest_") and g.user_id.endswith(":test.local")
+    assert (await g.call("GET", "/account/whoami"))["is_guest"] is True
+    devices = (await g.call("GET", "/devices"))["devices"]
+    assert [d["display_name"] for d in devices] == ["guest phone"] and devices[0]["device_id"] != "MINE"
+    other = await guest(client)
+    assert other.user_id != g.user_id
+    assert (await login(client, g.user_id, "ignored")).status == 403  # no password
+
+    await g.call("GET", "/sync", params={"timeout": "0"})
+    await g.call("GET", "/capabilities")
+    await g.call("PUT", f"/profile/{g.user_id}/displayname", json={"displayname": "Visitor"})
+    denied = [("POST", "/createRoom", {}), ("PUT", f"/profile/{g.user_id}/avatar_url", {"avatar_url": "mxc://a/b"}),
+              ("PUT", f"/user/{g.user_id}/account_data/x.y", {}), ("POST", f"/user/{g.user_id}/filter", {}),
+              ("POST", "/account/password", {"new_password": "x"}), ("POST", "/account/deactivate", {}),
+              ("POST", "/user_directory/search", {"search_term": "a"}), ("GET", "/account/3pid", None)]
+    for method, path, body in denied:
+        answer = await g.call(method, path, expect=403, json=body)
+        assert answer["errcode"] == "M_GUEST_ACCESS_FORBIDDEN", (method, path)
+
+    alice = await User.new(client, "alice")
+    room, _ = await readable_room(alice)
+    # Peeking works for guests as for anyone; joining needs the room's consent.
+    assert bodies((await g.call("GET", f"/rooms/{room}/initialSync"))["messages"]["chunk"]) == ["one", "two"]
+    assert (await g.call("POST", f"/rooms/{room}/join", expect=403))["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"
+    await alice.call("PUT", f"/rooms/{room}/state/m.room.guest_access", json={"guest_access": "forbidden"})
+    assert (await g.call("POST", f"/join/{room}", expect=403))["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"
+    await alice.call("PUT", f"/rooms/{room}/state/m.room.guest_access", json={"guest_access": "can_join"})
+    await g.call("POST", f"/rooms/{room}/join")
+    member = await alice.call("GET", f"/rooms/{room}/state/m.room.member/{g.user_id}")
+    assert member["membership"] == "join" and member["kind"] == "guest"
+    await g.send(room, "hello from a guest")
+    await g.call("PUT", f"/rooms/{room}/state/m.room.member/{g.user_id}",
+                 json={"membership": "join", "displayname": "Visitor here"})  # state, within the power levels
+    assert (await g.call("POST", f"/rooms/{room}/invite", expect=403, json={"user_id": alice.user_id}))["errcode"] \
+        == "M_GUEST_ACCESS_FORBIDDEN"
+    await g.call("POST", f"/rooms/{room}/leave")
+
+
+async def test_guests_leave_a_room_that_stops_letting_them_in(serve: Any) -> None:
+    client = await serve(**GUESTS_ON)
+    alice, g1, g2 = await User.new(client, "alice"), await guest(client), await guest(client)
+    bob = await User.new(client, "bob")
+    room = await alice.create_room(preset="public_chat")
+    await alice.call("PUT", f"/rooms/{room}/state/m.room.guest_access", json={"guest_access": "can_join"})
+    for member in (g1, g2, bob):
+        await member.call("POST", f"/rooms/{room}/join")
+    await alice.call("PUT", f"/rooms/{room}/state/m.room.guest_access", json={"guest_access": "forbidden"})
+    for _ in range(100):
+        state = await alice.call("GET", f"/rooms/{room}/state")
+        memberships = {e["state_key"]: e["content"]["membership"] for e in state if e["type"] == "m.room.member"}
+        if memberships[g1.user_id] == memberships[g2.user_id] == "leave":
+            break
+        await asyncio.sleep(0.05)
+    assert memberships == {alice.user_id: "join", bob.user_id: "join", g1.user_id: "leave", g2.user_id: "leave"}
+
+
+async def test_a_guest_upgrades_to_a_full_account(serve: Any) -> None:
+    client = await serve(**GUESTS_ON)
+    g = await guest(client)
+    localpart = g.user_id[1:].split(":")[0]
+    alice = await User.new(client, "alice")
+    room = await alice.create_room(preset="public_chat")
+    await alice.call("PUT", f"/rooms/{room}/state/m.room.guest_access", json={"guest_access": "can_join"})
+    await g.call("POST", f"/rooms/{room}/join")
+
+    # Someone else's name, or a token that is not a guest's, is refused.
+    other = await guest(client)
+    for body, code in [({"username": other.user_id[1:].split(":")[0]}, "M_USER_IN_USE"),
+                       ({"username": "free_name"}, "M_INVALID_PARAM")]:
+        resp = await client.post(f"{V3}/register", json={"guest_access_token": g.token, "password": "pw pw pw",
+                                                        "auth": {"type": "m.login.dummy"}, **body})
+        assert resp.status == 400 and (await resp.json())["errcode"] == code, await resp.text()
+    resp = await client.post(f"{V3}/register", json={"guest_access_token": alice.token, "password": "pw pw pw",
+                                                    "auth": {"type": "m.login.dummy"}})
+    assert resp.status == 400 and (await resp.json())["errcode"] == "M_USER_IN_USE"
+
+    # The ordinary flow: a UIA round, whose session keeps the parameters.
+    first = await client.post(f"{V3}/register", json={"guest_access_token": g.token, "username": localpart,
+                                                     "password": "correct horse"})
+    assert first.status == 401
+    session = (await first.json())["session"]
+    done = await client.post(f"{V3}/register", json={"auth": {"type": "m.login.dummy", "session": session}})
+    assert done.status == 200, await done.text()
+    full = await done.json()
+    assert full["user_id"] == g.user_id
+    upgraded = User(client, full)
+    assert (await upgraded.call("GET", "/account/whoami"))["is_guest"] is False
+    await upgraded.create_room()  # the full API
+    assert room in (await upgraded.call("GET", "/joined_rooms"))["joined_rooms"]  # keeps its rooms
+    old = await client.get(f"{V3}/account/whoami", headers=auth(g.token))
+    assert old.status == 401 and (await old.json())["errcode"] == "M_UNKNOWN_TOKEN"
+    assert (await login(client, localpart, "correct horse")).status == 200
+    # Once upgraded, it is no guest any more: the upgrade cannot run twice.
+    again = await client.post(f"{V3}/register", json={"guest_access_token": upgraded.token, "password": "x y z w",
+                                                     "auth": {"type": "m.login.dummy"}})
+    assert again.status == 400 and (await again.json())["errcode"] == "M_USER_IN_USE"
