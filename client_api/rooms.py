@@ -221,6 +221,16 @@ async def initial_sync(request: web.Request) -> web.Response:
                                                       _int_param(request, "limit", INITIAL_SYNC_LIMIT)))
 
 
+async def peek_events(request: web.Request) -> web.Response:
+    """GET /events?room_id=: room previews; the global event stream of old is not served."""
+    who = await requester(request)
+    room_id = request.query.get("room_id")
+    if not room_id:
+        raise MatrixError(400, "M_MISSING_PARAM", "room_id is required")
+    return ok(await hs(request).timeline.peek_events(who, room_id, request.query.get("from"),
+                                                     _int_param(request, "timeout", 0)))
+
+
 async def typing(request: web.Request) -> web.Response:
     who = await requester(request)
     server = hs(request)
@@ -287,6 +297,7 @@ def setup(app: web.Application) -> None:
     add.add_get(f"{R}/context/{{event_id}}", context)
     add.add_get(f"{R}/event/{{event_id}}", get_event)
     add.add_get(f"{R}/initialSync", initial_sync)
+    add.add_get(f"{CLIENT_V3}/events", peek_events)
     add.add_put(f"{R}/typing/{{user_id}}", typing)
     add.add_post(f"{R}/receipt/{{receipt_type}}/{{event_id}}", receipt)
     add.add_post(f"{R}/read_markers", read_markers)

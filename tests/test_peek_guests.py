@@ -107,6 +107,33 @@ async def test_initial_sync_of_members_and_of_those_who_left(client: Any) -> Non
     await bob.call("GET", f"/rooms/{room}/initialSync", params={"limit": "x"}, expect=400)
 
 
+async def test_peek_events_follow_a_world_readable_room(client: Any) -> None:
+    """GET /events?room_id= after /initialSync: how a room preview follows the room (long-polled)."""
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room, _ = await readable_room(alice)
+    end = (await bob.call("GET", f"/rooms/{room}/initialSync"))["messages"]["end"]
+    quiet = await bob.call("GET", "/events", params={"room_id": room, "from": end, "timeout": "0"})
+    assert quiet["chunk"] == [] and quiet["start"] == end
+
+    poll = asyncio.create_task(bob.call("GET", "/events", params={"room_id": room, "from": quiet["end"],
+                                                                  "timeout": "10000"}))
+    await asyncio.sleep(0.2)
+    assert not poll.done()
+    sent = await alice.send(room, "three")
+    woken = await asyncio.wait_for(poll, 5)
+    assert [e["event_id"] for e in woken["chunk"]] == [sent]
+    after = await bob.call("GET", "/events", params={"room_id": room, "from": woken["end"], "timeout": "0"})
+    assert after["chunk"] == []
+
+    # Without `from`: from now on. Other rooms stay closed; room_id is required.
+    assert (await bob.call("GET", "/events", params={"room_id": room, "timeout": "0"}))["chunk"] == []
+    closed = await alice.create_room(preset="public_chat")
+    assert (await bob.call("GET", "/events", params={"room_id": closed}, expect=403))["errcode"] == "M_FORBIDDEN"
+    assert (await bob.call("GET", "/events", expect=400))["errcode"] == "M_MISSING_PARAM"
+    assert (await bob.call("GET", "/events", params={"room_id": room, "timeout": "soon"}, expect=400))["errcode"] \
+        == "M_INVALID_PARAM"
+
+
 async def test_matrix_nio_peeks_into_a_world_readable_room(client: Any) -> None:
     alice = await User.new(client, "alice")
     room, _ = await readable_room(alice)
@@ -171,6 +198,7 @@ async def test_a_guest_account_and_its_limited_api(serve: Any) -> None:
     room, _ = await readable_room(alice)
     # Peeking works for guests as for anyone; joining needs the room's consent.
     assert bodies((await g.call("GET", f"/rooms/{room}/initialSync"))["messages"]["chunk"]) == ["one", "two"]
+    await g.call("GET", "/events", params={"room_id": room, "timeout": "0"})
     assert (await g.call("POST", f"/rooms/{room}/join", expect=403))["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"
     await alice.call("PUT", f"/rooms/{room}/state/m.room.guest_access", json={"guest_access": "forbidden"})
     assert (await g.call("POST", f"/join/{room}", expect=403))["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"

@@ -7,6 +7,8 @@ events the room had made world-readable, and the current state. Others get 403 M
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +28,8 @@ MAX_LIMIT = 1000
 BACKFILL_ROUNDS = 5  # backfill requests one /messages call may make
 JOINED = 2**62  # visible_upto for a member who is in the room now: no upper bound
 INITIAL_SYNC_LIMIT = 10  # the messages /initialSync gives unless `limit` says otherwise
+PEEK_EVENTS_LIMIT = 100  # events one GET /events answer carries at most
+MAX_PEEK_TIMEOUT_MS = 300_000
 WORLD_READABLE = "world_readable"
 
 
@@ -50,13 +54,21 @@ class RemoteHistory(Protocol):
     async def backfill(self, room_id: str, limit: int) -> int: ...
 
 
+class Waiter(Protocol):
+    """What wakes a long poll when a room changes (the sync notifier)."""
+
+    async def wait(self, keys: Iterable[str], timeout: float) -> bool: ...
+
+
 class Timeline:
-    def __init__(self, rooms: Rooms, store: Store, current: Any, visibility: HistoryVisibility) -> None:
+    def __init__(self, rooms: Rooms, store: Store, current: Any, visibility: HistoryVisibility,
+                 waiter: Waiter) -> None:
         self._rooms = rooms
         self._store = store
         self._current = current  # () -> SyncToken
         self.remote: RemoteHistory | None = None
         self._visibility = visibility
+        self._waiter = waiter
 
     async def reading(self, room_id: str, user_id: str) -> Reading:
         """How the user may read the room; 403 M_FORBIDDEN if not at all."""
@@ -210,3 +222,32 @@ class Timeline:
             body["account_data"] = [{"type": d.type, "content": d.content}
                                     for d in await self._store.user_data.room_account_data(who.user_id, room_id)]
         return body
+
+    async def peek_events(self, who: Requester, room_id: str, from_token: str | None,
+                          timeout_ms: int) -> dict[str, Any]:
+        """The room's new events after `from` (by default: now), waiting up to the timeout for some
+        (GET /events?room_id=, how room previews follow a room the user is not in)."""
+        reading = await self.reading(room_id, who.user_id)
+        start = SyncToken.parse(from_token) if from_token else self._current()
+        if start.stream < 0:
+            raise MatrixError(400, "M_INVALID_PARAM", "from is not a token of this stream")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(timeout_ms, 0), MAX_PEEK_TIMEOUT_MS) / 1000
+        after = start.stream
+        while True:
+            now = self._current()
+            upto = min(now.stream, reading.upto)
+            held = await self._store.rooms.room_events(room_id, after=after, before=upto, limit=PEEK_EVENTS_LIMIT,
+                                                       backwards=False)
+            if held:  # read up to here, visible or not
+                after = held[-1].stream if len(held) == PEEK_EVENTS_LIMIT else max(after, upto)
+            else:
+                after = max(after, upto)
+            chunk = await self._visibility.filter(who.user_id, held, joined_now=reading.joined)
+            remaining = deadline - loop.time()
+            if chunk or remaining <= 0 or (not reading.current and upto >= reading.upto):
+                return {"chunk": await self._serialise(who, room_id, chunk), "start": str(start),
+                        "end": str(SyncToken(after, start.typing))}
+            if held or self._current() != now:
+                continue
+            await self._waiter.wait([room_id], remaining)
