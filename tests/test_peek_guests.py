@@ -272,3 +272,28 @@ async def test_a_guest_upgrades_to_a_full_account(serve: Any) -> None:
     again = await client.post(f"{V3}/register", json={"guest_access_token": upgraded.token, "password": "x y z w",
                                                      "auth": {"type": "m.login.dummy"}})
     assert again.status == 400 and (await again.json())["errcode"] == "M_USER_IN_USE"
+
+
+async def test_matrix_nio_as_a_guest(serve: Any) -> None:
+    """A guest's token in a real client: sync, join a room that lets guests in, send; no room creation."""
+    client = await serve(**GUESTS_ON)
+    alice = await User.new(client, "alice")
+    room = await alice.create_room(preset="public_chat")
+    await alice.call("PUT", f"/rooms/{room}/state/m.room.guest_access", json={"guest_access": "can_join"})
+    g = await guest(client)
+    reg = await (await client.get(f"{V3}/account/whoami", headers=auth(g.token))).json()
+    nio_guest = nio.AsyncClient(str(client.server.make_url("")).rstrip("/"), g.user_id)
+    nio_guest.restore_login(g.user_id, reg["device_id"], g.token)
+    try:
+        assert isinstance(await nio_guest.sync(timeout=0), nio.SyncResponse)
+        assert isinstance(await nio_guest.join(room), nio.JoinResponse)
+        sent = await nio_guest.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "hi, guest here"})
+        assert isinstance(sent, nio.RoomSendResponse), sent
+        synced = await nio_guest.sync(timeout=0, sync_filter={"room": {"timeline": {"limit": 20}}})
+        assert isinstance(synced, nio.SyncResponse) and room in nio_guest.rooms
+        refused = await nio_guest.room_create(name="mine")
+        assert isinstance(refused, nio.RoomCreateError) and refused.status_code == "M_GUEST_ACCESS_FORBIDDEN"
+    finally:
+        await nio_guest.close()
+    chunk = (await alice.call("GET", f"/rooms/{room}/messages", params={"dir": "b"}))["chunk"]
+    assert "hi, guest here" in bodies(chunk)

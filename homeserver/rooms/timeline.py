@@ -73,7 +73,7 @@ class Timeline:
     async def reading(self, room_id: str, user_id: str) -> Reading:
         """How the user may read the room; 403 M_FORBIDDEN if not at all."""
         room = await self._rooms.room(room_id)
-        state = await self._rooms.current_state_ids(room_id) if room is not None else {}
+        state = await self._store.rooms.state_map(room.current_group) if room is not None else {}
         if not state:
             raise forbidden("You are not in this room")  # unknown rooms look the same
         member_id = state.get(("m.room.member", user_id))
