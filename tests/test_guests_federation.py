@@ -1,5 +1,5 @@
-"""Guests and rooms of other servers: a guest joins only a room its server is in, and leaves it when a
-change of m.room.guest_access received over federation shuts guests out (two Whispr servers)."""
+"""Guests and rooms of other servers: m.room.guest_access decides joins over federation too, and a
+change of it received over federation makes local guests leave (two Whispr servers)."""
 
 from __future__ import annotations
 
@@ -41,21 +41,35 @@ async def register_guest(session: aiohttp.ClientSession, server: RunningServer) 
     return Client(session, server, body["user_id"], body["access_token"])
 
 
-async def test_a_remote_guest_access_change_makes_local_guests_leave(
-        pair: tuple[RunningServer, RunningServer]) -> None:
+async def test_guests_in_rooms_of_another_server(pair: tuple[RunningServer, RunningServer]) -> None:
+    """A guest of B joins A's room that lets guests in, is refused (and out again) where it does not,
+    and leaves when a change received from A shuts guests out."""
     a, b = pair
     async with aiohttp.ClientSession() as session:
         alice, bob = await Client.register(session, a, "alice"), await Client.register(session, b, "bob")
         room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
         await alice.call("PUT", f"/rooms/{room}/state/m.room.guest_access", json={"guest_access": "can_join"})
+        closed = (await alice.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
+        await alice.call("PUT", f"/rooms/{closed}/state/m.room.guest_access", json={"guest_access": "forbidden"})
 
         guest = await register_guest(session, b)
-        # B is not in the room yet: it cannot tell whether they let guests in.
-        refused = await guest.call("POST", f"/join/{room}", expect=403)
+        # B is in neither room: what they allow shows in the state the join brings.
+        refused = await guest.call("POST", f"/join/{closed}", expect=403)
         assert refused["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"
-        await bob.call("POST", f"/join/{room}")
+        await alice.sync_until(membership_in_timeline(closed, guest.user_id, "leave"))
         await guest.call("POST", f"/join/{room}")
-        await alice.sync_until(membership_in_timeline(room, guest.user_id, "join"))
+        await bob.call("POST", f"/join/{room}")
+        await alice.sync_until(membership_in_timeline(room, bob.user_id, "join"))
+        member = await alice.call("GET", f"/rooms/{room}/state/m.room.member/{guest.user_id}")
+        assert member["membership"] == "join" and member["kind"] == "guest"
+
+        # An invite into a private room that lets guests in is accepted.
+        private = (await alice.call("POST", "/createRoom", json={"preset": "private_chat"}))["room_id"]
+        await alice.call("PUT", f"/rooms/{private}/state/m.room.guest_access", json={"guest_access": "can_join"})
+        await alice.call("POST", f"/rooms/{private}/invite", json={"user_id": guest.user_id})
+        await guest.sync_until(lambda body: private in body["rooms"]["invite"])
+        await guest.call("POST", f"/rooms/{private}/join")
+        await alice.sync_until(membership_in_timeline(private, guest.user_id, "join"))
 
         await alice.call("PUT", f"/rooms/{room}/state/m.room.guest_access", json={"guest_access": "forbidden"})
         await alice.sync_until(membership_in_timeline(room, guest.user_id, "leave"))

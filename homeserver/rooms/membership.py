@@ -87,9 +87,6 @@ class Membership:
         """Join a room; `guest`: the user is a guest, who may join only rooms that let guests in."""
         room_id, servers = await self.resolve_room(room_id_or_alias)
         room = await self._rooms.room(room_id)
-        if guest and (room is None or room.current_group is None):
-            # Whether it lets guests in is known only from inside it.
-            raise guest_forbidden("Guests may join only rooms this server is in")
         if room is None or room.current_group is None:
             if self.remote is None:
                 raise not_found("This server does not know that room")
@@ -100,8 +97,15 @@ class Membership:
                 if ev is not None:
                     candidates.insert(0, _server(ev.sender))
             content = {**await self.profile_content(user_id), **_reason(reason)}
+            if guest:
+                content["kind"] = "guest"
             await self.remote.join(room_id, user_id, [c for c in candidates if c], content)
             await self._store.rooms.unforget(user_id, room_id)
+            if guest and not allows_guests(await self._rooms.state_event(room_id, GUEST_ACCESS_TYPE)):
+                # Whether another server's room lets guests in shows only in the state its join
+                # brought (invites do not carry the setting): out again at once.
+                await self.leave(room_id, user_id)
+                raise guest_forbidden("This room does not let guests join")
             return room_id
         current = await self._rooms.membership(room_id, user_id)
         if current == "join":
