@@ -51,6 +51,7 @@ async def test_a_non_member_reads_a_world_readable_room(client: Any) -> None:
 
     snapshot = await bob.call("GET", f"/rooms/{room}/initialSync")
     assert snapshot["room_id"] == room and "membership" not in snapshot
+    assert snapshot["account_data"] == [] and snapshot["presence"] == [] and snapshot["receipts"] == []
     assert bodies(snapshot["messages"]["chunk"]) == ["one", "two"]
     assert snapshot["visibility"] == "private"  # not in the directory
     assert {e["type"] for e in snapshot["state"]} >= {"m.room.create", "m.room.member", "m.room.name"}
@@ -84,14 +85,19 @@ async def test_initial_sync_of_members_and_of_those_who_left(client: Any) -> Non
     alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
     room = await alice.create_room(preset="public_chat", visibility="public")
     await bob.call("POST", f"/join/{room}")
-    for i in range(5):
-        await alice.send(room, f"m{i}")
+    sent = [await alice.send(room, f"m{i}") for i in range(5)]
     await bob.call("PUT", f"/user/{bob.user_id}/rooms/{room}/tags/u.work", json={"order": 0.5})
+    await bob.call("POST", f"/rooms/{room}/receipt/m.read/{sent[3]}", json={})
+    await alice.call("POST", f"/rooms/{room}/receipt/m.read.private/{sent[4]}", json={})
 
     snapshot = await bob.call("GET", f"/rooms/{room}/initialSync", params={"limit": "3"})
     assert snapshot["membership"] == "join" and snapshot["visibility"] == "public"
     assert bodies(snapshot["messages"]["chunk"]) == ["m2", "m3", "m4"]
     assert {"type": "m.tag", "content": {"tags": {"u.work": {"order": 0.5}}}} in snapshot["account_data"]
+    [receipts] = snapshot["receipts"]  # alice's private receipt is hers alone
+    assert receipts["type"] == "m.receipt" and receipts["room_id"] == room
+    assert list(receipts["content"]) == [sent[3]] and bob.user_id in receipts["content"][sent[3]]["m.read"]
+    assert snapshot["presence"] == []
     earlier = await bob.call("GET", f"/rooms/{room}/messages",
                              params={"dir": "b", "from": snapshot["messages"]["start"], "limit": "2"})
     assert bodies(earlier["chunk"]) == ["m1", "m0"]
@@ -104,6 +110,7 @@ async def test_initial_sync_of_members_and_of_those_who_left(client: Any) -> Non
     assert "after bob left" not in bodies(left["messages"]["chunk"])
     assert bodies(left["messages"]["chunk"])[-1] == "m4"  # the last he saw while there
     assert "m.room.topic" not in {e["type"] for e in left["state"]}
+    assert left["receipts"] == [] and left["presence"] == []
     await bob.call("GET", f"/rooms/{room}/initialSync", params={"limit": "x"}, expect=400)
 
 

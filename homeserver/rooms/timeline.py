@@ -20,6 +20,7 @@ from homeserver.events.event import Event, StateKey
 from homeserver.sync.filters import EventFilter
 from homeserver.events.room_versions import get_room_version
 from homeserver.rooms.rooms import Rooms
+from homeserver.rooms.room_data import receipt_event
 from homeserver.sync.sync import SyncToken
 from homeserver.rooms.visibility import HistoryVisibility
 from storage.store import Store
@@ -216,7 +217,12 @@ class Timeline:
             "state": await self._serialise(who, room_id, sorted(state.values(), key=lambda e: e.stream)),
             "visibility": "public" if room.is_public else "private",
             "account_data": [],
+            "presence": [],
+            "receipts": [],
         }
+        if reading.current:  # receipts as of now; none for those who left
+            receipts = receipt_event(await self._store.user_data.receipts([room_id], 0, now.stream), who.user_id)
+            body["receipts"] = [{**receipts, "room_id": room_id}] if receipts else []
         if reading.membership is not None:
             body["membership"] = reading.membership
             body["account_data"] = [{"type": d.type, "content": d.content}
