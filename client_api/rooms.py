@@ -227,8 +227,8 @@ async def peek_events(request: web.Request) -> web.Response:
     room_id = request.query.get("room_id")
     if not room_id:
         raise MatrixError(400, "M_MISSING_PARAM", "room_id is required")
-    return ok(await hs(request).timeline.peek_events(who, room_id, request.query.get("from"),
-                                                     _int_param(request, "timeout", 0)))
+    return ok(await hs(request).previews.events(who, room_id, request.query.get("from"),
+                                                _int_param(request, "timeout", 0)))
 
 
 async def typing(request: web.Request) -> web.Response:

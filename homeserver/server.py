@@ -26,6 +26,7 @@ from homeserver.accounts.openid import OpenId
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreator
 from homeserver.rooms.guest_access import GuestEviction
+from homeserver.rooms.previews import RoomPreviews
 from homeserver.rooms.room_data import RoomData
 from homeserver.rooms.rooms import Rooms
 from homeserver.sync.sync import SyncService
@@ -69,6 +70,7 @@ class HomeServer:
     deactivation: Deactivation
     openid: OpenId
     guest_eviction: GuestEviction
+    previews: RoomPreviews
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -100,6 +102,7 @@ class HomeServer:
         visibility = HistoryVisibility(rooms, store)
         sync = SyncService(rooms, store, notifier, typing, visibility)
         guest_eviction = GuestEviction(rooms, store)
+        timeline = Timeline(rooms, store, sync.current_token, visibility)
         rooms.on_stored.append(guest_eviction.observe)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
@@ -110,15 +113,14 @@ class HomeServer:
             rooms=rooms, membership=membership,
             chats=Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),
                         room_data),
-            sync=sync, timeline=Timeline(rooms, store, sync.current_token, visibility, notifier),
-            visibility=visibility,
+            sync=sync, timeline=timeline, visibility=visibility,
             room_data=room_data,
             directory=Directory(rooms, store, config.server_name, config.user_directory.search_all_users),
             filters=Filters(store), executor=executor,
             media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
                                   limiter),
             deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name),
-            guest_eviction=guest_eviction)
+            guest_eviction=guest_eviction, previews=RoomPreviews(timeline, visibility, store, notifier, typing))
         await hs.media.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)

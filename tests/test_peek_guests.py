@@ -129,7 +129,16 @@ async def test_peek_events_follow_a_world_readable_room(client: Any) -> None:
     sent = await alice.send(room, "three")
     woken = await asyncio.wait_for(poll, 5)
     assert [e["event_id"] for e in woken["chunk"]] == [sent]
-    after = await bob.call("GET", "/events", params={"room_id": room, "from": woken["end"], "timeout": "0"})
+    # Receipts and typing of the room come the same way.
+    await alice.call("POST", f"/rooms/{room}/receipt/m.read/{sent}", json={})
+    receipt = await bob.call("GET", "/events", params={"room_id": room, "from": woken["end"], "timeout": "5000"})
+    [event] = receipt["chunk"]
+    assert event["type"] == "m.receipt" and event["room_id"] == room
+    assert alice.user_id in event["content"][sent]["m.read"]
+    await alice.call("PUT", f"/rooms/{room}/typing/{alice.user_id}", json={"typing": True, "timeout": 10000})
+    typing = await bob.call("GET", "/events", params={"room_id": room, "from": receipt["end"], "timeout": "5000"})
+    assert typing["chunk"] == [{"type": "m.typing", "room_id": room, "content": {"user_ids": [alice.user_id]}}]
+    after = await bob.call("GET", "/events", params={"room_id": room, "from": typing["end"], "timeout": "0"})
     assert after["chunk"] == []
 
     # Without `from`: from now on. Other rooms stay closed; room_id is required.

@@ -7,8 +7,6 @@ events the room had made world-readable, and the current state. Others get 403 M
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,8 +27,6 @@ MAX_LIMIT = 1000
 BACKFILL_ROUNDS = 5  # backfill requests one /messages call may make
 JOINED = 2**62  # visible_upto for a member who is in the room now: no upper bound
 INITIAL_SYNC_LIMIT = 10  # the messages /initialSync gives unless `limit` says otherwise
-PEEK_EVENTS_LIMIT = 100  # events one GET /events answer carries at most
-MAX_PEEK_TIMEOUT_MS = 300_000
 WORLD_READABLE = "world_readable"
 
 
@@ -55,21 +51,13 @@ class RemoteHistory(Protocol):
     async def backfill(self, room_id: str, limit: int) -> int: ...
 
 
-class Waiter(Protocol):
-    """What wakes a long poll when a room changes (the sync notifier)."""
-
-    async def wait(self, keys: Iterable[str], timeout: float) -> bool: ...
-
-
 class Timeline:
-    def __init__(self, rooms: Rooms, store: Store, current: Any, visibility: HistoryVisibility,
-                 waiter: Waiter) -> None:
+    def __init__(self, rooms: Rooms, store: Store, current: Any, visibility: HistoryVisibility) -> None:
         self._rooms = rooms
         self._store = store
         self._current = current  # () -> SyncToken
         self.remote: RemoteHistory | None = None
         self._visibility = visibility
-        self._waiter = waiter
 
     async def reading(self, room_id: str, user_id: str) -> Reading:
         """How the user may read the room; 403 M_FORBIDDEN if not at all."""
@@ -103,7 +91,7 @@ class Timeline:
             return await self._rooms.current_state_ids(room_id)
         return dict(await self._rooms.state_at_event(reading.member_event_id))
 
-    async def _serialise(self, who: Requester, room_id: str, events: list[Event]) -> list[dict[str, Any]]:
+    async def serialise(self, who: Requester, room_id: str, events: list[Event]) -> list[dict[str, Any]]:
         room = await self._rooms.room(room_id)
         version = get_room_version(room.room_version) if room else None
         redaction_ids = [e.unsigned["redacted_by"] for e in events if e.unsigned.get("redacted_by")]
@@ -117,7 +105,7 @@ class Timeline:
         state = await self._rooms.current_state_ids(room_id)
         ids = [state[("m.room.member", s)] for s in {e.sender for e in events} if ("m.room.member", s) in state]
         found = await self._rooms.get_events(ids)
-        return await self._serialise(who, room_id, [found[i] for i in ids if i in found])
+        return await self.serialise(who, room_id, [found[i] for i in ids if i in found])
 
     async def messages(self, who: Requester, room_id: str, from_token: str | None, direction: str,
                        limit: int, filt: EventFilter) -> dict[str, Any]:
@@ -145,7 +133,7 @@ class Timeline:
             end = SyncToken(events[-1].stream, start.typing) if events else None
         events = await self._visibility.filter(who.user_id, [e for e in events if filt.allows(e.type, e.sender)],
                                                joined_now=reading.joined)
-        body: dict[str, Any] = {"chunk": await self._serialise(who, room_id, events), "start": str(start)}
+        body: dict[str, Any] = {"chunk": await self.serialise(who, room_id, events), "start": str(start)}
         if end is not None:
             body["end"] = str(end)
         if filt.lazy_load_members:
@@ -158,7 +146,7 @@ class Timeline:
         if ev is None or ev.room_id != room_id or ev.rejected or ev.unsigned.get("_soft_failed") \
                 or ev.stream > reading.upto or not await self._visibility.filter(who.user_id, [ev], reading.joined):
             raise not_found("Event not found")
-        return (await self._serialise(who, room_id, [ev]))[0]
+        return (await self.serialise(who, room_id, [ev]))[0]
 
     async def context(self, who: Requester, room_id: str, event_id: str, limit: int,
                       filt: EventFilter) -> dict[str, Any]:
@@ -187,10 +175,10 @@ class Timeline:
         state = await self._rooms.get_events(state_ids.values())
         typing = self._current().typing
         return {
-            "event": (await self._serialise(who, room_id, [ev]))[0],
-            "events_before": await self._serialise(who, room_id, before),
-            "events_after": await self._serialise(who, room_id, after),
-            "state": await self._serialise(who, room_id, sorted(state.values(), key=lambda e: e.stream)),
+            "event": (await self.serialise(who, room_id, [ev]))[0],
+            "events_before": await self.serialise(who, room_id, before),
+            "events_after": await self.serialise(who, room_id, after),
+            "state": await self.serialise(who, room_id, sorted(state.values(), key=lambda e: e.stream)),
             "start": str(SyncToken((before[-1].stream if before else ev.stream) - 1, typing)),
             "end": str(SyncToken(after[-1].stream if after else ev.stream, typing)),
         }
@@ -213,8 +201,8 @@ class Timeline:
         state = await self._rooms.get_events(state_ids.values())
         body: dict[str, Any] = {
             "room_id": room_id,
-            "messages": {"chunk": await self._serialise(who, room_id, chunk), "start": str(start), "end": str(end)},
-            "state": await self._serialise(who, room_id, sorted(state.values(), key=lambda e: e.stream)),
+            "messages": {"chunk": await self.serialise(who, room_id, chunk), "start": str(start), "end": str(end)},
+            "state": await self.serialise(who, room_id, sorted(state.values(), key=lambda e: e.stream)),
             "visibility": "public" if room.is_public else "private",
             "account_data": [],
             "presence": [],
@@ -228,32 +216,3 @@ class Timeline:
             body["account_data"] = [{"type": d.type, "content": d.content}
                                     for d in await self._store.user_data.room_account_data(who.user_id, room_id)]
         return body
-
-    async def peek_events(self, who: Requester, room_id: str, from_token: str | None,
-                          timeout_ms: int) -> dict[str, Any]:
-        """The room's new events after `from` (by default: now), waiting up to the timeout for some
-        (GET /events?room_id=, how room previews follow a room the user is not in)."""
-        reading = await self.reading(room_id, who.user_id)
-        start = SyncToken.parse(from_token) if from_token else self._current()
-        if start.stream < 0:
-            raise MatrixError(400, "M_INVALID_PARAM", "from is not a token of this stream")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(max(timeout_ms, 0), MAX_PEEK_TIMEOUT_MS) / 1000
-        after = start.stream
-        while True:
-            now = self._current()
-            upto = min(now.stream, reading.upto)
-            held = await self._store.rooms.room_events(room_id, after=after, before=upto, limit=PEEK_EVENTS_LIMIT,
-                                                       backwards=False)
-            if held:  # read up to here, visible or not
-                after = held[-1].stream if len(held) == PEEK_EVENTS_LIMIT else max(after, upto)
-            else:
-                after = max(after, upto)
-            chunk = await self._visibility.filter(who.user_id, held, joined_now=reading.joined)
-            remaining = deadline - loop.time()
-            if chunk or remaining <= 0 or (not reading.current and upto >= reading.upto):
-                return {"chunk": await self._serialise(who, room_id, chunk), "start": str(start),
-                        "end": str(SyncToken(after, start.typing))}
-            if held or self._current() != now:
-                continue
-            await self._waiter.wait([room_id], remaining)
