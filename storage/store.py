@@ -68,12 +68,14 @@ class UserStore:
 
     async def guests_among(self, user_ids: list[str]) -> list[str]:
         """Which of these (local) users are guests."""
-        if not user_ids:
-            return []
-        marks = ", ".join("?" for _ in user_ids)
-        rows = await self.db.fetchall(f"SELECT user_id FROM users WHERE is_guest = 1 AND user_id IN ({marks})",
-                                      *user_ids)
-        return [r["user_id"] for r in rows]
+        found: list[str] = []
+        for start in range(0, len(user_ids), 500):  # bounded statements, whatever the room's size
+            chunk = user_ids[start:start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = await self.db.fetchall(f"SELECT user_id FROM users WHERE is_guest = 1 AND user_id IN ({marks})",
+                                          *chunk)
+            found += [r["user_id"] for r in rows]
+        return found
 
     async def set_deactivated(self, user_id: str) -> None:
         await self.db.execute("UPDATE users SET deactivated = 1 WHERE user_id = ?", user_id)

@@ -8,8 +8,11 @@ from typing import Any
 
 import nio
 
+from homeserver.accounts.models import User as Account
+from storage import Store
 from tests.conftest import auth, login, register
 from tests.rooms_helpers import V3, User
+from tests.test_storage import db_args, store  # noqa: F401  (fixtures: the store on both engines)
 
 GUESTS_ON = {"registration": {"allow_guest_access": True}}
 
@@ -313,3 +316,18 @@ async def test_matrix_nio_as_a_guest(serve: Any) -> None:
         await nio_guest.close()
     chunk = (await alice.call("GET", f"/rooms/{room}/messages", params={"dir": "b"}))["chunk"]
     assert "hi, guest here" in bodies(chunk)
+
+
+async def test_guest_records_in_storage(store: Store) -> None:
+    """guests_among answers for a room of any size; upgrade_guest succeeds once, and never for a non-guest."""
+    accounts = [Account(f"@g{i}:test.local", f"g{i}", None, 1, is_guest=i % 300 == 0) for i in range(1200)]
+    for account in accounts:
+        assert await store.users.create(account)
+    guests = [a.user_id for a in accounts if a.is_guest]
+    assert sorted(await store.users.guests_among([a.user_id for a in accounts])) == sorted(guests)
+    assert await store.users.guests_among([]) == []
+    assert await store.users.upgrade_guest(guests[0], "hash")
+    assert not await store.users.upgrade_guest(guests[0], "other hash")
+    assert not await store.users.upgrade_guest(accounts[1].user_id, "hash")
+    upgraded = await store.users.get(guests[0])
+    assert upgraded is not None and not upgraded.is_guest and upgraded.password_hash == "hash"
