@@ -11,6 +11,7 @@ import nio
 from homeserver.accounts.models import User as Account
 from storage import Store
 from tests.conftest import auth, login, register
+from tests.test_email_verification import new_secret, request_register_token, submit_code
 from tests.rooms_helpers import V3, User
 from tests.test_storage import db_args, store  # noqa: F401  (fixtures: the store on both engines)
 
@@ -331,3 +332,24 @@ async def test_guest_records_in_storage(store: Store) -> None:
     assert not await store.users.upgrade_guest(accounts[1].user_id, "hash")
     upgraded = await store.users.get(guests[0])
     assert upgraded is not None and not upgraded.is_guest and upgraded.password_hash == "hash"
+
+
+async def test_a_guest_upgrades_with_a_verified_email(serve: Any, smtp: Any) -> None:
+    """Where registration needs a verified email, so does the upgrade; the address lands on the account."""
+    client = await serve(smtp_port=smtp.port, registration={"require_email_verification": True,
+                                                            "allow_guest_access": True})
+    g = await guest(client)
+    secret = new_secret()
+    sid = (await (await request_register_token(client, "visitor@example.org", secret)).json())["sid"]
+    assert (await submit_code(client, sid, secret, smtp.code_for("visitor@example.org"))).status == 200
+    body = {"guest_access_token": g.token, "password": "correct horse"}
+    first = await client.post(f"{V3}/register", json=body)
+    assert first.status == 401
+    session = (await first.json())["session"]
+    done = await client.post(f"{V3}/register", json={**body, "auth": {
+        "type": "m.login.email.identity", "session": session, "threepid_creds": {"sid": sid, "client_secret": secret}}})
+    assert done.status == 200, await done.text()
+    upgraded = User(client, await done.json())
+    assert upgraded.user_id == g.user_id
+    [address] = (await upgraded.call("GET", "/account/3pid"))["threepids"]
+    assert address["address"] == "visitor@example.org" and address["medium"] == "email"
