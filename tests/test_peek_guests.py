@@ -190,6 +190,13 @@ async def test_guest_registration_is_off_by_default(client: Any) -> None:
     assert resp.status == 400 and (await resp.json())["errcode"] == "M_INVALID_PARAM"
 
 
+async def test_guests_do_not_depend_on_open_registration(serve: Any) -> None:
+    client = await serve(registration={"enabled": False, "allow_guest_access": True})
+    await guest(client)
+    resp = await client.post(f"{V3}/register", json={"username": "someone", "password": "correct horse"})
+    assert resp.status == 403 and (await resp.json())["errcode"] == "M_FORBIDDEN"
+
+
 async def test_a_guest_account_and_its_limited_api(serve: Any) -> None:
     client = await serve(**GUESTS_ON)
     # Everything but the device's display name is ignored: the server picks the names.
