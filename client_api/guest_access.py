@@ -31,6 +31,7 @@ GUEST_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("GET", f"{_C}/rooms/{{}}/members"),
     ("GET", f"{_C}/rooms/{{}}/initialSync"),
     ("GET", f"{_C}/sync"),
+    ("GET", "/_matrix/client/unstable/org.whispr/sync/stream"),  # our /sync as server-sent events
     ("GET", f"{_C}/events"),
     ("GET", f"{_MEDIA}/download/{{}}/{{}}"),
     ("GET", f"{_MEDIA}/download/{{}}/{{}}/{{}}"),

@@ -211,6 +211,9 @@ async def test_a_guest_account_and_its_limited_api(serve: Any) -> None:
     assert (await login(client, g.user_id, "ignored")).status == 403  # no password
 
     await g.call("GET", "/sync", params={"timeout": "0"})
+    stream = await client.get("/_matrix/client/unstable/org.whispr/sync/stream", headers=g.h)
+    assert stream.status == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
+    stream.close()
     await g.call("GET", "/capabilities")
     await g.call("PUT", f"/profile/{g.user_id}/displayname", json={"displayname": "Visitor"})
     denied = [("POST", "/createRoom", {}), ("PUT", f"/profile/{g.user_id}/avatar_url", {"avatar_url": "mxc://a/b"}),
