@@ -25,7 +25,7 @@ from storage.store import Store
 
 MAX_LIMIT = 1000
 BACKFILL_ROUNDS = 5  # backfill requests one /messages call may make
-JOINED = 2**62  # visible_upto for a member who is in the room now: no upper bound
+JOINED = 2**62  # visible_upto with no upper bound: a member in the room now, or a peeker
 INITIAL_SYNC_LIMIT = 10  # the messages /initialSync gives unless `limit` says otherwise
 WORLD_READABLE = "world_readable"
 
