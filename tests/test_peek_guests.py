@@ -11,6 +11,7 @@ import nio
 from homeserver.accounts.models import User as Account
 from storage import Store
 from tests.conftest import auth, login, register
+from tests.js_sdk import run_script
 from tests.test_email_verification import new_secret, request_register_token, submit_code
 from tests.rooms_helpers import V3, User
 from tests.test_storage import db_args, store  # noqa: F401  (fixtures: the store on both engines)
@@ -363,3 +364,21 @@ async def test_a_guest_upgrades_with_a_verified_email(serve: Any, smtp: Any) -> 
     assert upgraded.user_id == g.user_id
     [address] = (await upgraded.call("GET", "/account/3pid"))["threepids"]
     assert address["address"] == "visitor@example.org" and address["medium"] == "email"
+
+
+async def test_element_sdk_as_a_guest_peeks_then_joins(serve: Any) -> None:
+    """matrix-js-sdk: registerGuest, peekInRoom (initialSync, then /events for a live message),
+    joinRoom and send; createRoom refused."""
+    client = await serve(**GUESTS_ON)
+    alice = await User.new(client, "alice")
+    room, _ = await readable_room(alice)
+    await alice.call("PUT", f"/rooms/{room}/state/m.room.guest_access", json={"guest_access": "can_join"})
+    seen = await run_script("peek_and_guest.mjs", str(client.server.make_url("")).rstrip("/"), room, alice.token,
+                            alice.user_id)
+    assert seen["room_name"] == "lobby" and seen["peeked"] == ["one", "two"]
+    assert seen["live"] == ["one", "two", "live"]
+    assert seen["refused"] == "M_GUEST_ACCESS_FORBIDDEN"
+    chunk = (await alice.call("GET", f"/rooms/{room}/messages", params={"dir": "b"}))["chunk"]
+    assert bodies(chunk)[0] == "guest via js"
+    member = await alice.call("GET", f"/rooms/{room}/state/m.room.member/{seen['user_id']}")
+    assert member["membership"] == "join" and member["kind"] == "guest"
