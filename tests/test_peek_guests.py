@@ -253,14 +253,17 @@ async def test_guests_leave_a_room_that_stops_letting_them_in(serve: Any) -> Non
     await alice.call("PUT", f"/rooms/{room}/state/m.room.guest_access", json={"guest_access": "can_join"})
     for member in (g1, g2, bob):
         await member.call("POST", f"/rooms/{room}/join")
+    g3 = await guest(client)
+    await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": g3.user_id})
     await alice.call("PUT", f"/rooms/{room}/state/m.room.guest_access", json={"guest_access": "forbidden"})
     for _ in range(100):
         state = await alice.call("GET", f"/rooms/{room}/state")
         memberships = {e["state_key"]: e["content"]["membership"] for e in state if e["type"] == "m.room.member"}
-        if memberships[g1.user_id] == memberships[g2.user_id] == "leave":
+        if memberships[g1.user_id] == memberships[g2.user_id] == memberships[g3.user_id] == "leave":
             break
         await asyncio.sleep(0.05)
-    assert memberships == {alice.user_id: "join", bob.user_id: "join", g1.user_id: "leave", g2.user_id: "leave"}
+    assert memberships == {alice.user_id: "join", bob.user_id: "join", g1.user_id: "leave", g2.user_id: "leave",
+                           g3.user_id: "leave"}  # the invited guest declined
 
 
 async def test_a_guest_upgrades_to_a_full_account(serve: Any) -> None:

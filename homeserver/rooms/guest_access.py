@@ -2,7 +2,7 @@
 
 A guest may join a room only while its `m.room.guest_access` is `can_join`. When the setting
 changes so that it no longer is (by a local or a received event), this server's guests who are
-joined leave: the spec makes each server enforce this for its own guests, as guests are a local
+joined leave (and those invited decline): the spec makes each server enforce this for its own guests, as guests are a local
 notion other servers know nothing of.
 """
 
@@ -52,8 +52,8 @@ class GuestEviction:
             state = await self._rooms.current_state(room_id)
             if allows_guests(state.get((GUEST_ACCESS_TYPE, ""))):
                 return  # changed back meanwhile
-            local = [key[1] for key, ev in state.items() if key[0] == "m.room.member" and ev.membership == "join"
-                     and server_of(key[1]) == self._rooms.server_name]
+            local = [key[1] for key, ev in state.items() if key[0] == "m.room.member"
+                     and ev.membership in ("join", "invite") and server_of(key[1]) == self._rooms.server_name]
             for user_id in await self._store.users.guests_among(local):
                 try:
                     await self._rooms.create_event(room_id, user_id, "m.room.member", {"membership": "leave"},
