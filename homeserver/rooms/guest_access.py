@@ -2,8 +2,8 @@
 
 A guest may join a room only while its `m.room.guest_access` is `can_join`. When the setting
 changes so that it no longer is (by a local or a received event), this server's guests who are
-joined leave (and those invited decline): the spec makes each server enforce this for its own guests, as guests are a local
-notion other servers know nothing of.
+joined leave (and those invited decline): the spec makes each server enforce this for its own
+guests, as guests are a local notion other servers know nothing of.
 """
 
 from __future__ import annotations
