@@ -10,7 +10,7 @@ from homeserver.errors import bad_json, forbidden
 
 async def whoami(request: web.Request) -> web.Response:
     who = await requester(request)
-    return ok({"user_id": who.user_id, "device_id": who.device_id, "is_guest": False})
+    return ok({"user_id": who.user_id, "device_id": who.device_id, "is_guest": who.is_guest})
 
 
 async def change_password(request: web.Request) -> web.Response:

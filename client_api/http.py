@@ -9,6 +9,7 @@ from aiohttp import web
 from client_api.forwarded import client_address
 from homeserver.accounts.accounts import Requester
 from homeserver.web.access_log import REQUESTER
+from client_api.guest_access import check_guest_may_call
 from homeserver.errors import MatrixError
 from homeserver.web.requests import HS, hs, json_body, ok
 
@@ -34,6 +35,8 @@ async def requester(request: web.Request) -> Requester:
         raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
     who = await hs(request).accounts.authenticate(token, client_ip(request))
     request[REQUESTER] = who.user_id  # for the access log
+    if who.is_guest:
+        check_guest_may_call(request)
     return who
 
 

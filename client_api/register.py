@@ -16,7 +16,15 @@ REGISTER_BIND = "register"
 async def _given_parameters(server: HomeServer, body: dict[str, Any]) -> dict[str, Any]:
     """The registration parameters this request gives, checked; the password as its hash."""
     given: dict[str, Any] = {}
-    if body.get("username") is not None:
+    if body.get("guest_access_token") is not None:
+        # A guest upgrading: it keeps its user ID, which `username` (if given) must be.
+        guest = await server.accounts.guest_of(body["guest_access_token"])
+        username = body.get("username")
+        if username is not None and (not isinstance(username, str) or username.lower() != guest[1:].split(":")[0]):
+            await server.accounts.check_available(username)
+            raise MatrixError(400, "M_INVALID_PARAM", "An upgrading guest keeps its user ID: username must be its own")
+        given["guest_user_id"] = guest
+    elif body.get("username") is not None:
         given["username"] = await server.accounts.check_available(body["username"])
     device_id, display_name = check_device_params(body.get("device_id"), body.get("initial_device_display_name"))
     if device_id is not None:
@@ -37,14 +45,14 @@ async def _given_parameters(server: HomeServer, body: dict[str, Any]) -> dict[st
 async def register(request: web.Request) -> web.Response:
     """Register through UIA; the session keeps the parameters (Element's first call is `{}`)."""
     server = hs(request)
+    kind = request.query.get("kind", "user")
+    if kind == "guest":
+        return await _register_guest(request, server)
+    if kind != "user":
+        raise MatrixError(400, "M_INVALID_PARAM", "kind must be user or guest")
     if not server.config.registration.enabled:
         raise forbidden("Registration is disabled on this server")
     body = await json_body(request, allow_empty=True)
-    kind = request.query.get("kind", "user")
-    if kind == "guest":
-        raise forbidden("Guest access is disabled")
-    if kind != "user":
-        raise MatrixError(400, "M_INVALID_PARAM", "kind must be user or guest")
 
     require_email = server.config.registration.require_email_verification
     flows = [["m.login.email.identity"]] if require_email else [["m.login.dummy"]]
@@ -74,18 +82,33 @@ async def register(request: web.Request) -> web.Response:
     if "password_hash" not in params:
         raise MatrixError(400, "M_MISSING_PARAM", "password is required")
     address = done.results.get("m.login.email.identity", {}).get("email")
-    user = await server.accounts.create_user(params.get("username"), None, email=address,
-                                             email_validated=address is not None,
-                                             password_hash=params["password_hash"])
-    if params.get("inhibit_login") is True:
-        response = {"user_id": user.user_id, "home_server": server.config.server_name}
+    if "guest_user_id" in params:
+        user_id = params["guest_user_id"]
+        await server.accounts.upgrade_guest(user_id, params["password_hash"], email=address)
     else:
-        session = await server.accounts.create_session(user.user_id, params.get("device_id"),
+        user_id = (await server.accounts.create_user(params.get("username"), None, email=address,
+                                                     email_validated=address is not None,
+                                                     password_hash=params["password_hash"])).user_id
+    if params.get("inhibit_login") is True:
+        response = {"user_id": user_id, "home_server": server.config.server_name}
+    else:
+        session = await server.accounts.create_session(user_id, params.get("device_id"),
                                                        params.get("initial_device_display_name"),
                                                        params.get("refresh_token") is True)
         response = session.to_json(server.config.server_name)
     await server.uia.finish(done.session, response)
     return ok(response)
+
+
+async def _register_guest(request: web.Request, server: HomeServer) -> web.Response:
+    """A guest account: no UIA, and of the body only the device's display name counts (the spec)."""
+    if not server.config.registration.allow_guest_access:
+        raise MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled on this server")
+    body = await json_body(request, allow_empty=True)
+    await server.limiter.check("register", client_ip(request))
+    _, display_name = check_device_params(None, body.get("initial_device_display_name"))
+    session = await server.accounts.register_guest(display_name)
+    return ok(session.to_json(server.config.server_name))
 
 
 async def available(request: web.Request) -> web.Response:

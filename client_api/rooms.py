@@ -9,9 +9,10 @@ from aiohttp import web
 from client_api.http import CLIENT_V3, hs, json_body, ok, requester
 from homeserver.events.client_format import client_event
 from homeserver.clock import now_ms
-from homeserver.errors import bad_json, forbidden, not_found
+from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.sync.filters import EventFilter, parse_event_filter
 from homeserver.json_input import parse_json
+from homeserver.rooms.timeline import INITIAL_SYNC_LIMIT
 from homeserver.web.requests import int_param
 from storage.rooms import TxnRef
 
@@ -37,7 +38,7 @@ async def join(request: web.Request) -> web.Response:
     body = await json_body(request, allow_empty=True)
     target = request.match_info.get("room_id_or_alias") or request.match_info["room_id"]
     via = request.query.getall("server_name", []) + request.query.getall("via", [])
-    room_id = await hs(request).chats.join(target, who.user_id, body.get("reason"), via=via)
+    room_id = await hs(request).chats.join(target, who.user_id, body.get("reason"), via=via, guest=who.is_guest)
     return ok({"room_id": room_id})
 
 
@@ -204,6 +205,22 @@ async def get_event(request: web.Request) -> web.Response:
     return ok(await hs(request).timeline.event(who, request.match_info["room_id"], request.match_info["event_id"]))
 
 
+async def initial_sync(request: web.Request) -> web.Response:
+    who = await requester(request)
+    return ok(await hs(request).timeline.initial_sync(who, request.match_info["room_id"],
+                                                      int_param(request, "limit", INITIAL_SYNC_LIMIT)))
+
+
+async def peek_events(request: web.Request) -> web.Response:
+    """GET /events?room_id=: room previews; the global event stream of old is not served."""
+    who = await requester(request)
+    room_id = request.query.get("room_id")
+    if not room_id:
+        raise MatrixError(400, "M_MISSING_PARAM", "room_id is required")
+    return ok(await hs(request).previews.events(who, room_id, request.query.get("from"),
+                                                int_param(request, "timeout", 0)))
+
+
 async def typing(request: web.Request) -> web.Response:
     who = await requester(request)
     server = hs(request)
@@ -269,6 +286,8 @@ def setup(app: web.Application) -> None:
     add.add_get(f"{R}/messages", messages)
     add.add_get(f"{R}/context/{{event_id}}", context)
     add.add_get(f"{R}/event/{{event_id}}", get_event)
+    add.add_get(f"{R}/initialSync", initial_sync)
+    add.add_get(f"{CLIENT_V3}/events", peek_events)
     add.add_put(f"{R}/typing/{{user_id}}", typing)
     add.add_post(f"{R}/receipt/{{receipt_type}}/{{event_id}}", receipt)
     add.add_post(f"{R}/read_markers", read_markers)

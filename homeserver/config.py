@@ -81,6 +81,9 @@ class RegistrationConfig:
     unverified_email_ttl_s: int = 86_400
     # Localparts nobody may register over the API (M_INVALID_USERNAME); the CLI still may.
     reserved_localparts: list[str] = field(default_factory=lambda: list(DEFAULT_RESERVED_LOCALPARTS))
+    # Guest accounts (POST /register?kind=guest, whatever `enabled` says): no password, the spec's
+    # limited API, joins only where m.room.guest_access is can_join. Off: 403 M_GUEST_ACCESS_FORBIDDEN.
+    allow_guest_access: bool = False
 
 
 @dataclass

@@ -25,6 +25,8 @@ from homeserver.accounts.deactivation import Deactivation
 from homeserver.accounts.openid import OpenId
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreator
+from homeserver.rooms.guest_access import GuestEviction
+from homeserver.rooms.previews import RoomPreviews
 from homeserver.rooms.room_data import RoomData
 from homeserver.rooms.rooms import Rooms
 from homeserver.sync.sync import SyncService
@@ -67,6 +69,8 @@ class HomeServer:
     media: MediaRepository
     deactivation: Deactivation
     openid: OpenId
+    guest_eviction: GuestEviction
+    previews: RoomPreviews
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -97,6 +101,9 @@ class HomeServer:
         typing = Typing(notifier)
         visibility = HistoryVisibility(rooms, store)
         sync = SyncService(rooms, store, notifier, typing, visibility)
+        guest_eviction = GuestEviction(rooms, store)
+        timeline = Timeline(rooms, store, sync.current_token, visibility)
+        rooms.on_stored.append(guest_eviction.observe)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),
@@ -106,13 +113,14 @@ class HomeServer:
             rooms=rooms, membership=membership,
             chats=Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),
                         room_data),
-            sync=sync, timeline=Timeline(rooms, store, sync.current_token, visibility), visibility=visibility,
+            sync=sync, timeline=timeline, visibility=visibility,
             room_data=room_data,
             directory=Directory(rooms, store, config.server_name, config.user_directory.search_all_users),
             filters=Filters(store), executor=executor,
             media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
                                   limiter),
-            deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name))
+            deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name),
+            guest_eviction=guest_eviction, previews=RoomPreviews(timeline, visibility, store, notifier, typing))
         await hs.media.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)
@@ -146,6 +154,7 @@ class HomeServer:
             await self.federation.close()
             await self.federation.client.close()
         await self.membership.close()
+        await self.guest_eviction.close()
         await self.media.close()
         self.typing.close()
         await self.notifier.close()

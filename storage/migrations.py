@@ -308,6 +308,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         "CREATE INDEX openid_tokens_user ON openid_tokens (user_id, expires_ts)",
     )),
+    Migration(10, "guest accounts", (
+        "ALTER TABLE users ADD COLUMN is_guest INTEGER NOT NULL DEFAULT 0",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

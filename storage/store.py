@@ -19,7 +19,7 @@ from storage.user_data import UserDataStore
 def _user(row: Row) -> User:
     return User(row["user_id"], row["localpart"], row["password_hash"], row["created_ts"],
                 bool(row["deactivated"]), bool(row["email_otp_enabled"]), row["totp_secret"],
-                bool(row["totp_enabled"]))
+                bool(row["totp_enabled"]), bool(row["is_guest"]))
 
 
 def _device(row: Row) -> Device:
@@ -35,9 +35,9 @@ class UserStore:
         """Insert the user and an empty profile; False if the ID is taken."""
         async with self.db.transaction() as tx:
             row = await tx.fetchone(
-                "INSERT INTO users (user_id, localpart, password_hash, created_ts) VALUES (?, ?, ?, ?)"
+                "INSERT INTO users (user_id, localpart, password_hash, created_ts, is_guest) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING RETURNING user_id",
-                user.user_id, user.localpart, user.password_hash, user.created_ts)
+                user.user_id, user.localpart, user.password_hash, user.created_ts, int(user.is_guest))
             if row is None:
                 return False
             await tx.execute("INSERT INTO profiles (user_id, displayname) VALUES (?, ?)",
@@ -60,6 +60,23 @@ class UserStore:
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         await self.db.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", password_hash, user_id)
+
+    async def upgrade_guest(self, user_id: str, password_hash: str) -> bool:
+        """Make a guest account a full one with this password; False if it is no guest (any more)."""
+        row = await self.db.fetchone("UPDATE users SET is_guest = 0, password_hash = ? WHERE user_id = ?"
+                                     " AND is_guest = 1 AND deactivated = 0 RETURNING user_id", password_hash, user_id)
+        return row is not None
+
+    async def guests_among(self, user_ids: list[str]) -> list[str]:
+        """Which of these (local) users are guests."""
+        found: list[str] = []
+        for start in range(0, len(user_ids), 500):  # bounded statements, whatever the room's size
+            chunk = user_ids[start:start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = await self.db.fetchall(f"SELECT user_id FROM users WHERE is_guest = 1 AND user_id IN ({marks})",
+                                          *chunk)
+            found += [r["user_id"] for r in rows]
+        return found
 
     async def set_deactivated(self, user_id: str) -> None:
         await self.db.execute("UPDATE users SET deactivated = 1 WHERE user_id = ?", user_id)

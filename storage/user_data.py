@@ -109,6 +109,12 @@ class UserDataStore:
             user_id, room_id, data_type)
         return None if raw is None else json.loads(raw)
 
+    async def room_account_data(self, user_id: str, room_id: str) -> list[AccountData]:
+        rows = await self.db.fetchall(
+            "SELECT room_id, type, content, stream FROM account_data WHERE user_id = ? AND room_id = ?"
+            " ORDER BY stream", user_id, room_id)
+        return [AccountData(r["room_id"], r["type"], json.loads(r["content"]), r["stream"]) for r in rows]
+
     async def account_data_since(self, user_id: str, after: int, upto: int) -> list[AccountData]:
         rows = await self.db.fetchall(
             "SELECT room_id, type, content, stream FROM account_data WHERE user_id = ? AND stream > ?"

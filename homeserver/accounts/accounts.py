@@ -26,6 +26,7 @@ MAX_DEVICE_NAME_LENGTH = 256
 # How often a device's last-seen time is written: not on every request.
 LAST_SEEN_INTERVAL_MS = 60_000
 TOKEN_CACHE_SIZE = 100_000
+GUEST_PREFIX = "guest_"  # guest localparts: the server picks them
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Requester:
 
     user_id: str
     device_id: str
+    is_guest: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,9 +149,40 @@ class Accounts:
         await self._store.users.delete_unused(user_id)
         log.info("discarded %s: its sign-up did not complete", user_id)
 
-    async def _free_localpart(self) -> str:
+    async def register_guest(self, display_name: str | None) -> Session:
+        """A guest account (no password) and its one session; the server picks every name."""
+        localpart = await self._free_localpart(GUEST_PREFIX)
+        user = User(user_id_for(localpart, self.server_name), localpart, None, now_ms(), is_guest=True)
+        if not await self._store.users.create(user):
+            raise MatrixError(500, "M_UNKNOWN", "Could not pick a free user ID")
+        log.info("registered guest %s", user.user_id)
+        return await self.create_session(user.user_id, None, display_name, False, is_guest=True)
+
+    async def guest_of(self, token: object) -> str:
+        """The guest a guest access token names (a guest upgrading to a full account)."""
+        if not isinstance(token, str) or not token:
+            raise bad_json("guest_access_token must be a string")
+        who = await self.authenticate(token)
+        if not who.is_guest:
+            raise MatrixError(400, "M_USER_IN_USE", "This access token is not a guest's")
+        return who.user_id
+
+    async def upgrade_guest(self, user_id: str, password_hash: str, email: str | None = None) -> None:
+        """Make a guest a full user with this password (and verified email). The guest's sessions
+        end: their tokens carry the guest mark, and the account is no guest any more."""
+        if not await self._store.users.upgrade_guest(user_id, password_hash):
+            raise MatrixError(400, "M_USER_IN_USE", "This account is not a guest account")
+        if email is not None:
+            ts = now_ms()
+            address = normalise_email(email)
+            if not await self._store.threepids.add(Threepid("email", address, user_id, ts, ts)):
+                log.warning("email %s was taken during the upgrade of %s", address, user_id)
+        await self.logout_all(user_id)
+        log.info("guest %s upgraded to a full account", user_id)
+
+    async def _free_localpart(self, prefix: str = "u") -> str:
         for _ in range(10):
-            candidate = "u" + secrets.token_hex(6)
+            candidate = prefix + secrets.token_hex(6)
             if not await self._store.users.exists(user_id_for(candidate, self.server_name)):
                 return candidate
         raise MatrixError(500, "M_UNKNOWN", "Could not pick a free user ID")
@@ -198,18 +231,18 @@ class Accounts:
     # --- sessions ----------------------------------------------------
 
     async def create_session(self, user_id: str, device_id: str | None, display_name: str | None,
-                             want_refresh: bool) -> Session:
+                             want_refresh: bool, is_guest: bool = False) -> Session:
         device_id = device_id or _new_device_id()
         ts = now_ms()
         token_id = new_token_id()
         expires_ts = ts + self._config.tokens.access_token_lifetime_s * 1000 if want_refresh else None
         await self._store.devices.upsert(Device(user_id, device_id, display_name, token_id, expires_ts, ts))
         await self._device_changed(user_id, [device_id])
-        return await self._issue(user_id, device_id, token_id, ts, expires_ts, want_refresh)
+        return await self._issue(user_id, device_id, token_id, ts, expires_ts, want_refresh, is_guest)
 
     async def _issue(self, user_id: str, device_id: str, token_id: str, ts: int, expires_ts: int | None,
-                     want_refresh: bool) -> Session:
-        access = self._tokens.issue(user_id, device_id, token_id, ts, expires_ts)
+                     want_refresh: bool, is_guest: bool = False) -> Session:
+        access = self._tokens.issue(user_id, device_id, token_id, ts, expires_ts, is_guest)
         refresh = None
         if want_refresh:
             refresh = new_refresh_token()
@@ -236,7 +269,7 @@ class Accounts:
         if ts - self._last_seen.get(key, 0) > LAST_SEEN_INTERVAL_MS:
             self._last_seen[key] = ts
             await self._store.devices.touch(claims.user_id, claims.device_id, ts, ip)
-        return Requester(claims.user_id, claims.device_id)
+        return Requester(claims.user_id, claims.device_id, claims.is_guest)
 
     async def refresh(self, refresh_token: object) -> Session:
         if not isinstance(refresh_token, str):

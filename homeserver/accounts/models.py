@@ -16,6 +16,7 @@ class User:
     email_otp_enabled: bool = False
     totp_secret: str | None = None
     totp_enabled: bool = False
+    is_guest: bool = False
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class TokenClaims:
     device_id: str
     token_id: str
     expires_ts: int | None
+    is_guest: bool = False
 
 
 class TokenCodec:
@@ -44,11 +45,14 @@ class TokenCodec:
         self._issuer = issuer
         self._verified: dict[str, TokenClaims] = {}
 
-    def issue(self, user_id: str, device_id: str, token_id: str, issued_ts: int, expires_ts: int | None) -> str:
+    def issue(self, user_id: str, device_id: str, token_id: str, issued_ts: int, expires_ts: int | None,
+              is_guest: bool = False) -> str:
         claims: dict[str, object] = {"iss": self._issuer, "sub": user_id, "dev": device_id,
                                      "jti": token_id, "iat": issued_ts // 1000}
         if expires_ts is not None:
             claims["exp"] = expires_ts // 1000
+        if is_guest:  # a guest's token says so: the guest check costs no lookup per request
+            claims["gst"] = True
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def decode(self, token: str) -> TokenClaims:
@@ -74,7 +78,7 @@ class TokenCodec:
             raise unknown_token() from None
         exp = claims.get("exp")
         return TokenClaims(str(claims["sub"]), str(claims["dev"]), str(claims["jti"]),
-                           int(exp) * 1000 if exp is not None else None)
+                           int(exp) * 1000 if exp is not None else None, claims.get("gst") is True)
 
 
 def new_token_id() -> str:

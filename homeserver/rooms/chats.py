@@ -25,7 +25,7 @@ class Chats:
         return room_id
 
     async def join(self, room_id_or_alias: str, user_id: str, reason: object = None,
-                   via: list[str] | None = None) -> str:
+                   via: list[str] | None = None, guest: bool = False) -> str:
         room_id, servers = await self._membership.resolve_room(room_id_or_alias)
         invite = None
         if await self._rooms.room(room_id) is not None:
@@ -33,7 +33,7 @@ class Chats:
             if invite is None:  # an invite from another server, for a room we are not in yet
                 member = (await self._membership.rooms_of(user_id)).get(room_id)
                 invite = await self._rooms.get_event(member[1]) if member else None
-        joined = await self._membership.join(room_id, user_id, reason, via=[*(via or []), *servers])
+        joined = await self._membership.join(room_id, user_id, reason, via=[*(via or []), *servers], guest=guest)
         if invite is not None and invite.membership == "invite" and invite.content.get("is_direct") is True:
             await self._room_data.add_direct_room(user_id, invite.sender, room_id)
         return joined

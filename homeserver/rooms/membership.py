@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.events.event import Event
 from homeserver.events.ids import parse_user_id
+from homeserver.rooms.guest_access import GUEST_ACCESS_TYPE, allows_guests, guest_forbidden
 from homeserver.rooms.rooms import Rooms
 from storage.store import Store
 
@@ -82,7 +83,8 @@ class Membership:
         return room_id_or_alias, []
 
     async def join(self, room_id_or_alias: str, user_id: str, reason: object = None,
-                   via: list[str] | None = None) -> str:
+                   via: list[str] | None = None, guest: bool = False) -> str:
+        """Join a room; `guest`: the user is a guest, who may join only rooms that let guests in."""
         room_id, servers = await self.resolve_room(room_id_or_alias)
         room = await self._rooms.room(room_id)
         if room is None or room.current_group is None:
@@ -95,8 +97,15 @@ class Membership:
                 if ev is not None:
                     candidates.insert(0, _server(ev.sender))
             content = {**await self.profile_content(user_id), **_reason(reason)}
+            if guest:
+                content["kind"] = "guest"
             await self.remote.join(room_id, user_id, [c for c in candidates if c], content)
             await self._store.rooms.unforget(user_id, room_id)
+            if guest and not allows_guests(await self._rooms.state_event(room_id, GUEST_ACCESS_TYPE)):
+                # Whether another server's room lets guests in shows only in the state its join
+                # brought (invites do not carry the setting): out again at once.
+                await self.leave(room_id, user_id)
+                raise guest_forbidden("This room does not let guests join")
             return room_id
         current = await self._rooms.membership(room_id, user_id)
         if current == "join":
@@ -104,6 +113,10 @@ class Membership:
         if current == "ban":
             raise forbidden("You are banned from this room")
         content = {"membership": "join", **await self.profile_content(user_id), **_reason(reason)}
+        if guest:
+            if not allows_guests(await self._rooms.state_event(room_id, GUEST_ACCESS_TYPE)):
+                raise guest_forbidden("This room does not let guests join")
+            content["kind"] = "guest"  # as Synapse marks its guests' joins
         await self._rooms.create_event(room_id, user_id, "m.room.member", content, state_key=user_id)
         await self._store.rooms.unforget(user_id, room_id)
         return room_id

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections import defaultdict
+from typing import Any, Awaitable, Callable, Iterable
 
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.sync.notifier import Notifier
 from homeserver.rooms.rooms import Rooms
 from storage.store import Store
+from storage.user_data import Receipt
 
 RECEIPT_TYPES = ("m.read", "m.read.private")
 MAX_ACCOUNT_DATA_BYTES = 65_536
@@ -17,6 +19,21 @@ SERVER_MANAGED = ("m.fully_read", "m.push_rules")
 # Room tags live in the room account data of this type, as {"tags": {tag: {"order": n}}}.
 TAG_TYPE = "m.tag"
 MAX_TAG_BYTES = 255
+
+
+def receipt_event(receipts: Iterable[Receipt], viewer: str) -> dict[str, Any] | None:
+    """One room's receipts as the m.receipt event `viewer` may see (others' private ones left out)."""
+    content: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
+    for r in receipts:
+        if r.receipt_type == "m.read.private" and r.user_id != viewer:
+            continue
+        data: dict[str, Any] = {"ts": r.ts}
+        if r.thread_id:
+            data["thread_id"] = r.thread_id
+        content[r.event_id][r.receipt_type][r.user_id] = data
+    if not content:
+        return None
+    return {"type": "m.receipt", "content": {k: dict(v) for k, v in content.items()}}
 
 
 class RoomData:

@@ -109,6 +109,9 @@ class Rooms:
         # Called after each local event is stored, with the state group after it (the federation
         # sender queues it).
         self.on_local_event: list[Callable[[Event, int | None], Awaitable[None]]] = []
+        # Called after each event is stored in a room's timeline, local or received; must not block
+        # (the room's lock may be held).
+        self.on_stored: list[Callable[[Event], None]] = []
         self._servers: OrderedDict[int, frozenset[str]] = OrderedDict()
         # What this process last wrote to each room (see _head_of); only when it is the only writer.
         self._heads: OrderedDict[str, _Head] = OrderedDict()
@@ -426,6 +429,7 @@ class Rooms:
         # Membership changes must also wake the target, who may not watch the room yet.
         targets = [stored.state_key] if stored.type == "m.room.member" and stored.state_key else []
         await self._notifier.notify(persisted.stream, room.room_id, targets)
+        self._stored(stored)
         for hook in self.on_local_event:
             try:
                 await hook(stored, persisted.state_after)
@@ -468,7 +472,15 @@ class Rooms:
         if new_current is not None:  # resolution may have changed anyone's membership
             targets += [k[1] for k, v in new_current.items() if k[0] == "m.room.member" and current.get(k) != v]
         await self._notifier.notify(persisted.stream, event.room_id, targets)
+        self._stored(stored)
         return stored
+
+    def _stored(self, event: Event) -> None:
+        for hook in self.on_stored:
+            try:
+                hook(event)
+            except Exception:
+                log.exception("a hook failed for event %s", event.event_id)
 
     async def record_outside_membership(self, event: Event, room_version: str,
                                         unsigned: dict[str, Any] | None = None) -> None:

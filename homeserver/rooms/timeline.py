@@ -1,7 +1,13 @@
-"""Reading a room's history: /messages, /context, /event, with membership-based visibility."""
+"""Reading a room's history: /messages, /context, /event, /initialSync, with membership-based visibility.
+
+Who may read at all: a member (joined: up to now; left or banned: up to the leave), and anyone
+while the room is `world_readable` (peeking, the spec's room previews), who then reads only the
+events the room had made world-readable, and the current state. Others get 403 M_FORBIDDEN.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from homeserver.accounts.accounts import Requester
@@ -12,13 +18,31 @@ from homeserver.events.event import Event, StateKey
 from homeserver.sync.filters import EventFilter
 from homeserver.events.room_versions import get_room_version
 from homeserver.rooms.rooms import Rooms
+from homeserver.rooms.room_data import receipt_event
 from homeserver.sync.sync import SyncToken
 from homeserver.rooms.visibility import HistoryVisibility
 from storage.store import Store
 
 MAX_LIMIT = 1000
 BACKFILL_ROUNDS = 5  # backfill requests one /messages call may make
-JOINED = 2**62  # visible_upto for a member who is in the room now: no upper bound
+JOINED = 2**62  # visible_upto with no upper bound: a member in the room now, or a peeker
+INITIAL_SYNC_LIMIT = 10  # the messages /initialSync gives unless `limit` says otherwise
+WORLD_READABLE = "world_readable"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a user may read a room: the last stream position, and whether as a joined member."""
+
+    upto: int
+    joined: bool
+    membership: str | None  # the user's membership now (None: never a member)
+    member_event_id: str | None
+
+    @property
+    def current(self) -> bool:
+        """Reads the room as it is now (joined, or peeking), not as of a leave."""
+        return self.upto >= JOINED
 
 
 class RemoteHistory(Protocol):
@@ -35,26 +59,39 @@ class Timeline:
         self.remote: RemoteHistory | None = None
         self._visibility = visibility
 
+    async def reading(self, room_id: str, user_id: str) -> Reading:
+        """How the user may read the room; 403 M_FORBIDDEN if not at all."""
+        room = await self._rooms.room(room_id)
+        state = await self._store.rooms.state_map(room.current_group) if room is not None else {}
+        if not state:
+            raise forbidden("You are not in this room")  # unknown rooms look the same
+        member_id = state.get(("m.room.member", user_id))
+        member = await self._rooms.get_event(member_id) if member_id else None
+        membership = member.membership if member is not None else None
+        if member is not None and membership == "join":
+            return Reading(JOINED, True, membership, member.event_id)
+        if member is not None and membership in ("leave", "ban"):
+            return Reading(member.stream, False, membership, member.event_id)
+        setting_id = state.get(("m.room.history_visibility", ""))
+        setting = await self._rooms.get_event(setting_id) if setting_id else None
+        if setting is not None and setting.content.get("history_visibility") == WORLD_READABLE:
+            return Reading(JOINED, False, membership, member.event_id if member else None)
+        raise forbidden("You are not in this room" if member is None else "You are not joined to this room")
+
     async def visible_upto(self, room_id: str, user_id: str) -> int:
         """The last stream position the user may read in the room (history visibility "shared")."""
-        member = await self._rooms.state_event(room_id, "m.room.member", user_id)
-        if member is None or await self._rooms.room(room_id) is None:
-            raise forbidden("You are not in this room")
-        if member.membership == "join":
-            return JOINED
-        if member.membership in ("leave", "ban"):
-            return member.stream
-        raise forbidden("You are not joined to this room")
+        return (await self.reading(room_id, user_id)).upto
 
     async def visible_state(self, room_id: str, user_id: str) -> dict[StateKey, str]:
-        """The room's state as the user may see it: current if joined, else as of their leaving."""
-        upto = await self.visible_upto(room_id, user_id)
-        if upto >= JOINED:
-            return await self._rooms.current_state_ids(room_id)
-        member = await self._rooms.state_event(room_id, "m.room.member", user_id)
-        return dict(await self._rooms.state_at_event(member.event_id)) if member else {}
+        """The room's state as the user may see it: current if joined or peeking, else as of their leaving."""
+        return await self._state_for(room_id, await self.reading(room_id, user_id))
 
-    async def _serialise(self, who: Requester, room_id: str, events: list[Event]) -> list[dict[str, Any]]:
+    async def _state_for(self, room_id: str, reading: Reading) -> dict[StateKey, str]:
+        if reading.current or reading.member_event_id is None:
+            return await self._rooms.current_state_ids(room_id)
+        return dict(await self._rooms.state_at_event(reading.member_event_id))
+
+    async def serialise(self, who: Requester, room_id: str, events: list[Event]) -> list[dict[str, Any]]:
         room = await self._rooms.room(room_id)
         version = get_room_version(room.room_version) if room else None
         redaction_ids = [e.unsigned["redacted_by"] for e in events if e.unsigned.get("redacted_by")]
@@ -68,7 +105,7 @@ class Timeline:
         state = await self._rooms.current_state_ids(room_id)
         ids = [state[("m.room.member", s)] for s in {e.sender for e in events} if ("m.room.member", s) in state]
         found = await self._rooms.get_events(ids)
-        return await self._serialise(who, room_id, [found[i] for i in ids if i in found])
+        return await self.serialise(who, room_id, [found[i] for i in ids if i in found])
 
     async def messages(self, who: Requester, room_id: str, from_token: str | None, direction: str,
                        limit: int, filt: EventFilter) -> dict[str, Any]:
@@ -77,7 +114,8 @@ class Timeline:
         if limit < 0:
             raise MatrixError(400, "M_INVALID_PARAM", "limit must not be negative")
         limit = min(limit, MAX_LIMIT)
-        upto = await self.visible_upto(room_id, who.user_id)
+        reading = await self.reading(room_id, who.user_id)
+        upto = reading.upto
         start = SyncToken.parse(from_token) if from_token else (
             self._current() if direction == "b" else SyncToken(0, 0))
         if direction == "b":
@@ -94,8 +132,8 @@ class Timeline:
                                                          backwards=False)
             end = SyncToken(events[-1].stream, start.typing) if events else None
         events = await self._visibility.filter(who.user_id, [e for e in events if filt.allows(e.type, e.sender)],
-                                               joined_now=upto >= JOINED)
-        body: dict[str, Any] = {"chunk": await self._serialise(who, room_id, events), "start": str(start)}
+                                               joined_now=reading.joined)
+        body: dict[str, Any] = {"chunk": await self.serialise(who, room_id, events), "start": str(start)}
         if end is not None:
             body["end"] = str(end)
         if filt.lazy_load_members:
@@ -104,11 +142,11 @@ class Timeline:
 
     async def event(self, who: Requester, room_id: str, event_id: str) -> dict[str, Any]:
         ev = await self._rooms.get_event(event_id)
-        upto = await self.visible_upto(room_id, who.user_id)
+        reading = await self.reading(room_id, who.user_id)
         if ev is None or ev.room_id != room_id or ev.rejected or ev.unsigned.get("_soft_failed") \
-                or ev.stream > upto or not await self._visibility.filter(who.user_id, [ev], upto >= JOINED):
+                or ev.stream > reading.upto or not await self._visibility.filter(who.user_id, [ev], reading.joined):
             raise not_found("Event not found")
-        return (await self._serialise(who, room_id, [ev]))[0]
+        return (await self.serialise(who, room_id, [ev]))[0]
 
     async def context(self, who: Requester, room_id: str, event_id: str, limit: int,
                       filt: EventFilter) -> dict[str, Any]:
@@ -116,15 +154,16 @@ class Timeline:
             raise bad_json("limit must not be negative")
         limit = min(limit, MAX_LIMIT)
         ev = await self._rooms.get_event(event_id)
-        upto = await self.visible_upto(room_id, who.user_id)
+        reading = await self.reading(room_id, who.user_id)
+        upto = reading.upto
         if ev is None or ev.room_id != room_id or ev.rejected or ev.unsigned.get("_soft_failed") \
-                or ev.stream > upto or not await self._visibility.filter(who.user_id, [ev], upto >= JOINED):
+                or ev.stream > upto or not await self._visibility.filter(who.user_id, [ev], reading.joined):
             raise not_found("Event not found")
         before_n, after_n = limit // 2, limit - limit // 2
         before = await self._store.rooms.room_events(room_id, before=ev.stream - 1, limit=before_n, backwards=True)
         after = await self._store.rooms.room_events(room_id, after=ev.stream, before=upto, limit=after_n,
                                                     backwards=False)
-        joined_now = upto >= JOINED
+        joined_now = reading.joined
         before = await self._visibility.filter(who.user_id, [e for e in before if filt.allows(e.type, e.sender)],
                                                joined_now)
         after = await self._visibility.filter(who.user_id, [e for e in after if filt.allows(e.type, e.sender)],
@@ -136,10 +175,44 @@ class Timeline:
         state = await self._rooms.get_events(state_ids.values())
         typing = self._current().typing
         return {
-            "event": (await self._serialise(who, room_id, [ev]))[0],
-            "events_before": await self._serialise(who, room_id, before),
-            "events_after": await self._serialise(who, room_id, after),
-            "state": await self._serialise(who, room_id, sorted(state.values(), key=lambda e: e.stream)),
+            "event": (await self.serialise(who, room_id, [ev]))[0],
+            "events_before": await self.serialise(who, room_id, before),
+            "events_after": await self.serialise(who, room_id, after),
+            "state": await self.serialise(who, room_id, sorted(state.values(), key=lambda e: e.stream)),
             "start": str(SyncToken((before[-1].stream if before else ev.stream) - 1, typing)),
             "end": str(SyncToken(after[-1].stream if after else ev.stream, typing)),
         }
+
+    async def initial_sync(self, who: Requester, room_id: str, limit: int) -> dict[str, Any]:
+        """A snapshot of the room (GET /rooms/{roomId}/initialSync): its state and latest messages,
+        as of now for members and peekers, as of the leave for those who left."""
+        if limit < 0:
+            raise MatrixError(400, "M_INVALID_PARAM", "limit must not be negative")
+        limit = min(limit, MAX_LIMIT)
+        reading = await self.reading(room_id, who.user_id)
+        room, _ = await self._rooms.require_room(room_id)
+        now = self._current()
+        before = min(now.stream, reading.upto)
+        held = await self._store.rooms.room_events(room_id, before=before, limit=limit, backwards=True)
+        start = SyncToken((held[-1].stream if held else before + 1) - 1, now.typing)
+        end = now if reading.current else SyncToken(before, now.typing)
+        chunk = await self._visibility.filter(who.user_id, held[::-1], joined_now=reading.joined)
+        state_ids = await self._state_for(room_id, reading)
+        state = await self._rooms.get_events(state_ids.values())
+        body: dict[str, Any] = {
+            "room_id": room_id,
+            "messages": {"chunk": await self.serialise(who, room_id, chunk), "start": str(start), "end": str(end)},
+            "state": await self.serialise(who, room_id, sorted(state.values(), key=lambda e: e.stream)),
+            "visibility": "public" if room.is_public else "private",
+            "account_data": [],
+            "presence": [],
+            "receipts": [],
+        }
+        if reading.current:  # receipts as of now; none for those who left
+            receipts = receipt_event(await self._store.user_data.receipts([room_id], 0, now.stream), who.user_id)
+            body["receipts"] = [{**receipts, "room_id": room_id}] if receipts else []
+        if reading.membership is not None:
+            body["membership"] = reading.membership
+            body["account_data"] = [{"type": d.type, "content": d.content}
+                                    for d in await self._store.user_data.room_account_data(who.user_id, room_id)]
+        return body
