@@ -8,6 +8,7 @@ from typing import Any
 from homeserver.accounts.models import Device, EmailValidation, Profile, RefreshToken, Threepid, User
 from storage.database import Database, Row
 from storage.federation import FederationStore
+from storage.friends import FriendStore
 from storage.media import MediaStore
 from storage.openid import OpenIdStore
 from storage.rooms import RoomStore
@@ -300,6 +301,7 @@ class Store:
         self.server_keys = ServerKeyStore(db)
         self.media = MediaStore(db)
         self.openid = OpenIdStore(db)
+        self.friends = FriendStore(db)
 
     async def close(self) -> None:
         await self.db.close()

@@ -109,6 +109,9 @@ class Rooms:
         # Called after each local event is stored, with the state group after it (the federation
         # sender queues it).
         self.on_local_event: list[Callable[[Event, int | None], Awaitable[None]]] = []
+        # Called after every event is stored, local or received, and every outside membership
+        # (friends follow member events); the room's lock may be held, so no new events in them.
+        self.on_event: list[Callable[[Event], Awaitable[None]]] = []
         self._servers: OrderedDict[int, frozenset[str]] = OrderedDict()
         # What this process last wrote to each room (see _head_of); only when it is the only writer.
         self._heads: OrderedDict[str, _Head] = OrderedDict()
@@ -431,7 +434,15 @@ class Rooms:
                 await hook(stored, persisted.state_after)
             except Exception:
                 log.exception("a hook failed for local event %s", stored.event_id)
+        await self._run_event_hooks(stored)
         return stored
+
+    async def _run_event_hooks(self, event: Event) -> None:
+        for hook in self.on_event:
+            try:
+                await hook(event)
+            except Exception:
+                log.exception("a hook failed for event %s", event.event_id)
 
     async def persist_remote(self, event: Event, state_before: StateMap, soft_failed: bool = False) -> Event:
         """Store an accepted event from another server; the caller holds the room's lock.
@@ -468,6 +479,7 @@ class Rooms:
         if new_current is not None:  # resolution may have changed anyone's membership
             targets += [k[1] for k, v in new_current.items() if k[0] == "m.room.member" and current.get(k) != v]
         await self._notifier.notify(persisted.stream, event.room_id, targets)
+        await self._run_event_hooks(stored)
         return stored
 
     async def record_outside_membership(self, event: Event, room_version: str,
@@ -480,6 +492,7 @@ class Rooms:
             raise forbidden("This server is in that room: its memberships are events of the room")
         stream = await self._store.rooms.record_invite(event, room_version, now_ms(), unsigned)
         await self._notifier.notify(stream, event.room_id, [event.state_key] if event.state_key else [])
+        await self._run_event_hooks(event)
 
     async def _group_for(self, room_id: str, state: StateMap) -> int | None:
         """A state group holding exactly `state`: the current one when equal, else a new one,
