@@ -494,6 +494,13 @@ class Rooms:
         await self._notifier.notify(stream, event.room_id, [event.state_key] if event.state_key else [])
         await self._run_event_hooks(event)
 
+    async def outside_invite(self, room_id: str, user_id: str) -> Event | None:
+        """The user's pending invite into a room this server is not in, if any."""
+        member = (await self._store.rooms.rooms_for_user(user_id)).get(room_id)
+        if member is None or member[0] != "invite":
+            return None
+        return await self.get_event(member[1])
+
     async def _group_for(self, room_id: str, state: StateMap) -> int | None:
         """A state group holding exactly `state`: the current one when equal, else a new one,
         stored as a delta on the current group when it only adds or replaces slots."""
