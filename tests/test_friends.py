@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import nio
+
+from tests.conftest import register
 from tests.rooms_helpers import User
 from tests.test_sync import read_sse
 
@@ -242,3 +245,21 @@ async def test_an_ignored_users_requests_are_dropped(client: Any) -> None:
     await bob.call("PUT", f"/user/{bob.user_id}/account_data/m.ignored_user_list", json={"ignored_users": {}})
     assert {r["user_id"] for r in (await bob.whispr("GET", "/requests"))["incoming"]} == {alice.user_id,
                                                                                         mallory.user_id}
+
+
+async def test_a_stock_client_takes_the_friends_section_in_its_stride(client: Any) -> None:
+    """matrix-nio syncs through a friend event: it sees the invite and ignores the Whispr section."""
+    alice = await Friend.new(client, "alice")
+    reg = await register(client, "bob")
+    bob = nio.AsyncClient(str(client.server.make_url("")).rstrip("/"), reg["user_id"])
+    bob.restore_login(reg["user_id"], reg["device_id"], reg["access_token"])
+    try:
+        assert isinstance(await bob.sync(timeout=0), nio.SyncResponse)
+        room = (await alice.whispr("POST", "/requests", json={"user_id": reg["user_id"], "message": "hi"}))["room_id"]
+        resp = await bob.sync(timeout=2000)
+        assert isinstance(resp, nio.SyncResponse), resp
+        assert room in bob.invited_rooms
+        assert isinstance(await bob.join(room), nio.JoinResponse)
+        assert [f["user_id"] for f in (await alice.whispr("GET", ""))["friends"]] == [reg["user_id"]]
+    finally:
+        await bob.close()
