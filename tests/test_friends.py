@@ -263,3 +263,16 @@ async def test_a_stock_client_takes_the_friends_section_in_its_stride(client: An
         assert [f["user_id"] for f in (await alice.whispr("GET", ""))["friends"]] == [reg["user_id"]]
     finally:
         await bob.close()
+
+
+async def test_friends_in_room_version_12(serve: Any) -> None:
+    """Creators hold unlimited power in v12: the invitee still may set the friendship state."""
+    client = await serve(rooms={"default_version": "12"})
+    alice, bob = await pair(client)
+    room = (await alice.ask(bob, "v12"))["room_id"]
+    assert (await alice.call("GET", f"/rooms/{room}/state/m.room.create"))["room_version"] == "12"
+    await bob.whispr("POST", f"/requests/{alice.user_id}/accept")
+    assert (await alice.call("GET", f"/rooms/{room}/state/org.whispr.friendship"))["since"] > 0
+    await bob.whispr("DELETE", f"/{alice.user_id}")
+    assert (await alice.call("GET", f"/rooms/{room}/state/org.whispr.friendship"))["ended"] is True
+    assert (await alice.whispr("GET", ""))["friends"] == []
