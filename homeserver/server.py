@@ -153,6 +153,7 @@ class HomeServer:
         if self.federation is not None:
             await self.federation.close()
             await self.federation.client.close()
+        await self.friends.close()
         await self.membership.close()
         await self.media.close()
         self.typing.close()

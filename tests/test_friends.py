@@ -3,6 +3,7 @@ m.ignored_user_list honoured in /sync, /messages and the friend lists. Both back
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import nio
@@ -276,3 +277,29 @@ async def test_friends_in_room_version_12(serve: Any) -> None:
     await bob.whispr("DELETE", f"/{alice.user_id}")
     assert (await alice.call("GET", f"/rooms/{room}/state/org.whispr.friendship"))["ended"] is True
     assert (await alice.whispr("GET", ""))["friends"] == []
+
+
+async def test_requests_crossing_each_other_make_one_friendship(client: Any) -> None:
+    alice, bob = await pair(client)
+    for _ in range(3):  # crossings settle whatever order the two invites land in
+        await asyncio.gather(alice.ask(bob), bob.ask(alice))
+        for _ in range(100):
+            mine, theirs = (await alice.whispr("GET", ""))["friends"], (await bob.whispr("GET", ""))["friends"]
+            if mine and theirs:
+                break
+            await asyncio.sleep(0.05)
+        assert [f["user_id"] for f in mine] == [bob.user_id] and [f["user_id"] for f in theirs] == [alice.user_id]
+        assert mine[0]["room_id"] == theirs[0]["room_id"]
+        room = mine[0]["room_id"]
+        for _ in range(100):  # the other room is taken back
+            if (await alice.call("GET", "/joined_rooms"))["joined_rooms"] == [room] == \
+                    (await bob.call("GET", "/joined_rooms"))["joined_rooms"]:
+                break
+            await asyncio.sleep(0.05)
+        assert (await alice.call("GET", "/joined_rooms"))["joined_rooms"] == [room]
+        assert (await bob.call("GET", "/joined_rooms"))["joined_rooms"] == [room]
+        assert await alice.whispr("GET", "/requests") == {"incoming": [], "outgoing": []}
+        assert await bob.whispr("GET", "/requests") == {"incoming": [], "outgoing": []}
+        await alice.whispr("DELETE", f"/{bob.user_id}")
+        await alice.call("POST", f"/rooms/{room}/leave")
+        await bob.call("POST", f"/rooms/{room}/leave")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -151,3 +152,22 @@ async def test_remote_refusals_and_unreachable_servers(pair: tuple[RunningServer
         assert (await alice.call("GET", "/joined_rooms"))["joined_rooms"] == []
         assert await friends_call(alice, "GET", "/requests") == {"incoming": [], "outgoing": []}
         assert await friends_call(bob, "GET", "/requests") == {"incoming": [], "outgoing": []}
+
+
+async def test_requests_crossing_between_servers_make_one_friendship(pair: tuple[RunningServer, RunningServer]) -> None:
+    """Both ask at once: each server settles the race the same way, in the room with the smaller ID."""
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        await asyncio.gather(friends_call(alice, "POST", "/requests", json={"user_id": bob.user_id}),
+                             friends_call(bob, "POST", "/requests", json={"user_id": alice.user_id}))
+        mine = await eventually(lambda: friends_call(alice, "GET", ""), lambda body: len(body["friends"]) == 1)
+        room = mine["friends"][0]["room_id"]
+        theirs = await eventually(lambda: friends_call(bob, "GET", ""), lambda body: len(body["friends"]) == 1)
+        assert theirs["friends"][0]["room_id"] == room
+        for client in (alice, bob):
+            await eventually(partial(client.call, "GET", "/joined_rooms"), lambda body: body["joined_rooms"] == [room])
+            await eventually(partial(friends_call, client, "GET", "/requests"),
+                             lambda body: body == {"incoming": [], "outgoing": []})
+        await alice.send(room, "one chat")
+        assert await bob.collect_messages(room, 1) == ["one chat"]

@@ -40,6 +40,9 @@ log = logging.getLogger("whispr.friends")
 
 # A friend's profile comes from their server; a slow one must not hold the whole list up.
 PROFILE_TIMEOUT_S = 3.0
+# Crossed requests: how often, and after how long (doubling), joining the winning room is tried.
+SETTLE_ATTEMPTS = 5
+SETTLE_RETRY_S = 0.5
 # The direct chat of a request: private, both may set state (the friendship event).
 REQUEST_ROOM = {"preset": "trusted_private_chat", "is_direct": True,
                 "power_level_content_override": {"state_default": 0}}
@@ -56,10 +59,16 @@ class Friends:
         self._room_data = room_data
         self._profiles = profiles
         self._ignored = ignored
-        self.tracker = FriendTracker(server_name, store, notifier, self.allows)
+        self.tracker = FriendTracker(server_name, store, notifier, self.allows, self._settle_in_background)
         rooms.on_event.append(self.tracker.observe)
         # One request at a time per user, so a repeated request finds the first one's room.
         self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # --- settings ----------------------------------------------------------------------
 
@@ -161,6 +170,31 @@ class Friends:
         except MatrixError as e:
             log.info("no friendship state in %s: %s", link.room_id, e.error)
         return {"status": "friends", "room_id": link.room_id}
+
+    def _settle_in_background(self, user_id: str, link: FriendLink, loser_room: str) -> None:
+        task = asyncio.create_task(self._settle(user_id, link, loser_room))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, user_id: str, link: FriendLink, loser_room: str) -> None:
+        """Both asked each other at once: accept theirs, take ours back.
+
+        Their invite may reach us before their server stored it (it waits for our signature), so
+        joining is tried again a few times before giving up."""
+        try:
+            for attempt in range(SETTLE_ATTEMPTS):
+                try:
+                    await self._accept(user_id, link)
+                    break
+                except MatrixError as e:
+                    if attempt == SETTLE_ATTEMPTS - 1:
+                        raise
+                    log.info("accepting the crossed request of %s failed (%s); trying again", link.other_id, e)
+                    await asyncio.sleep(SETTLE_RETRY_S * 2**attempt)
+            await self._membership.set_membership(loser_room, user_id, link.other_id, "kick")
+            await self._abandon(loser_room, user_id)
+        except Exception:  # a background task: nobody else would hear of it
+            log.exception("could not settle the crossed requests of %s and %s", user_id, link.other_id)
 
     async def decline(self, user_id: str, other: object) -> None:
         other = check_user_id(other)

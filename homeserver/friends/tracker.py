@@ -12,6 +12,7 @@ Each change records friend events for the local users at one stream position and
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,11 +41,18 @@ def invitee(link: FriendLink) -> str:
 
 class FriendTracker:
     def __init__(self, server_name: str, store: Store, notifier: Notifier,
-                 allows: Callable[[str, str], Awaitable[bool]]) -> None:
+                 allows: Callable[[str, str], Awaitable[bool]],
+                 on_mutual: Callable[[str, FriendLink, str], None]) -> None:
         self._server_name = server_name
         self._store = store
         self._notifier = notifier
         self._allows = allows  # (local invitee, sender) -> may the sender send requests?
+        # (local user, their incoming request to accept, their own request's room to take back):
+        # starts that in the background (the room's lock may be held here).
+        self._on_mutual = on_mutual
+        # Each change reads the links, then writes them: changes of friend rooms go one at a time
+        # (in this process), so two requests crossing each other in two rooms both see the other.
+        self._lock = asyncio.Lock()
 
     def is_local(self, user_id: str) -> bool:
         return user_id.endswith(":" + self._server_name) and user_id.startswith("@")
@@ -54,34 +62,55 @@ class FriendTracker:
             return
         if event.type == "m.room.member" and event.state_key:
             membership = event.membership
-            if membership == "invite":
-                await self._invited(event)
-            elif membership == "join":
-                await self._joined(event)
-            elif membership in ("leave", "ban"):
-                await self._left(event)
+            if membership == "invite" and is_request(event):
+                async with self._lock:
+                    await self._invited(event)
+            elif membership in ("join", "leave", "ban") and await self._store.friends.links_in_room(event.room_id):
+                async with self._lock:
+                    await (self._joined(event) if membership == "join" else self._left(event))
         elif event.type == FRIENDSHIP_TYPE and event.state_key == "" and event.content.get("ended") is True:
-            await self._ended(event)
+            async with self._lock:
+                await self._ended(event)
 
     async def _invited(self, ev: Event) -> None:
-        if not is_request(ev):
-            return
         target, sender, ts = ev.state_key or "", ev.sender, now_ms()
         message = message_of(ev)
         put: list[FriendLink] = []
         events: list[FriendEvent] = []
-        if self.is_local(target) and await self._pending_ok(target, sender) and await self._allows(target, sender):
-            put.append(FriendLink(target, sender, ev.room_id, INCOMING, message, ts))
-            events.append(FriendEvent(target, EV_REQUEST_RECEIVED, _content(sender, ev.room_id, message=message), ts))
-        if self.is_local(sender) and is_marked(ev) and await self._pending_ok(sender, target):
-            put.append(FriendLink(sender, target, ev.room_id, OUTGOING, message, ts))
-            events.append(FriendEvent(sender, EV_REQUEST_SENT, _content(target, ev.room_id, message=message), ts))
+        settle: list[tuple[str, FriendLink, str]] = []
+        sides = []
+        if self.is_local(target) and await self._allows(target, sender):
+            sides.append((FriendLink(target, sender, ev.room_id, INCOMING, message, ts), EV_REQUEST_RECEIVED))
+        if self.is_local(sender) and is_marked(ev):
+            sides.append((FriendLink(sender, target, ev.room_id, OUTGOING, message, ts), EV_REQUEST_SENT))
+        for new, kind in sides:
+            take, mutual = self._choose(await self._store.friends.link(new.user_id, new.other_id), new)
+            if take is new:
+                put.append(new)
+                events.append(FriendEvent(new.user_id, kind, _content(new.other_id, new.room_id, message=message),
+                                          ts))
+            if mutual is not None:
+                settle.append((new.user_id, *mutual))
         await self._apply(put, [], events)
+        for user_id, link, loser in settle:
+            self._on_mutual(user_id, link, loser)
 
-    async def _pending_ok(self, user_id: str, other_id: str) -> bool:
-        """A new request between the two replaces anything but a friendship."""
-        current = await self._store.friends.link(user_id, other_id)
-        return current is None or current.state != FRIENDS
+    @staticmethod
+    def _choose(current: FriendLink | None, new: FriendLink) -> tuple[FriendLink | None,
+                                                                      tuple[FriendLink, str] | None]:
+        """Which pending request between the two stands: (the link kept, and when both asked each
+        other at once in two rooms, (the request this user accepts, the room they take back)).
+
+        Both servers must settle such a race the same way without talking: the room with the smaller
+        ID wins; its invitee accepts it and the loser room's inviter takes their invite back."""
+        if current is None or current.room_id == new.room_id:
+            return new, None
+        if current.state == FRIENDS:
+            return current, None
+        kept, lost = (new, current) if new.room_id < current.room_id else (current, new)
+        if kept.state == INCOMING and lost.state == OUTGOING:
+            return kept, (kept, lost.room_id)
+        return kept, None
 
     async def _joined(self, ev: Event) -> None:
         target = ev.state_key or ""
