@@ -171,3 +171,18 @@ async def test_requests_crossing_between_servers_make_one_friendship(pair: tuple
                              lambda body: body == {"incoming": [], "outgoing": []})
         await alice.send(room, "one chat")
         assert await bob.collect_messages(room, 1) == ["one chat"]
+
+
+async def test_a_plain_direct_chat_across_servers_is_a_request_on_both(
+        pair: tuple[RunningServer, RunningServer]) -> None:
+    """What Element sends (createRoom with is_direct): both servers see a request, the join makes friends."""
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        room = (await alice.call("POST", "/createRoom", json={"is_direct": True, "invite": [bob.user_id],
+                                                              "preset": "trusted_private_chat"}))["room_id"]
+        assert await requests_of(alice, "outgoing")() == [bob.user_id]
+        await eventually(requests_of(bob, "incoming"), lambda r: r == [alice.user_id])
+        await bob.call("POST", f"/join/{room}")
+        await eventually(friend_ids(alice), lambda f: f == [bob.user_id])
+        assert await friend_ids(bob)() == [alice.user_id]

@@ -1,8 +1,8 @@
 """Keeps each local user's friend links in step with the direct chats' events, local or received.
 
 Every stored event passes here; only member events and the friendship state event matter:
-- an invite that is a request records it (incoming for a local invitee, outgoing for a local
-  sender of a marked request), unless the invitee's settings refuse the sender;
+- an invite that is a request (marked, or any direct-chat invite) records it, incoming for a local
+  invitee (unless their settings refuse the sender) and outgoing for a local sender;
 - the invitee's join turns the pending request into a friendship on every local side;
 - a leave (or ban) ends what the pair had in that room: a declined request (the invitee left),
   a cancelled one (someone else took the invite back), or the friendship;
@@ -26,7 +26,6 @@ from homeserver.friends.markers import (
     EV_REQUEST_RECEIVED,
     EV_REQUEST_SENT,
     FRIENDSHIP_TYPE,
-    is_marked,
     is_request,
     message_of,
 )
@@ -81,7 +80,7 @@ class FriendTracker:
         sides = []
         if self.is_local(target) and await self._allows(target, sender):
             sides.append((FriendLink(target, sender, ev.room_id, INCOMING, message, ts), EV_REQUEST_RECEIVED))
-        if self.is_local(sender) and is_marked(ev):
+        if self.is_local(sender):
             sides.append((FriendLink(sender, target, ev.room_id, OUTGOING, message, ts), EV_REQUEST_SENT))
         for new, kind in sides:
             take, mutual = self._choose(await self._store.friends.link(new.user_id, new.other_id), new)
