@@ -18,6 +18,7 @@ from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, not_found
 from homeserver.events.crypto import compute_event_id, sign_event
 from homeserver.events.event import Event
+from homeserver.friends.markers import is_marked
 from homeserver.events.room_versions import RoomVersion, get_room_version
 from homeserver.json_input import parse_json
 
@@ -274,6 +275,8 @@ async def invite(request: web.Request, origin: str) -> web.Response:
         raise not_found("Unknown user")
     if await server.rooms.membership(room_id, target) == "join":
         raise forbidden("The user is already in the room")
+    if is_marked(event):  # a friend request: the invitee's settings may refuse its sender
+        await server.friends.check_remote_request(target, event.sender)
     signed = Event(event_id, sign_event(event.pdu, server.config.server_name, server.rooms.signing_key, version))
     if held:
         await _accept_invite_event(request, origin, signed, version)

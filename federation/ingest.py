@@ -128,7 +128,7 @@ class Ingester:
         version = await self._rooms.room_version(room_id)
         room = await self._rooms.room(room_id) if version is not None else None
         if version is None or room is None or room.current_group is None:
-            return "", "this server is not in that room"
+            return await self._invite_taken_back(origin, pdu, version)
         try:
             event = await self.verified_event(pdu, version)
         except PduRejected as e:
@@ -141,6 +141,29 @@ class Ingester:
             return event.event_id, None
         async with self._rooms.lock(event.room_id):
             return event.event_id, await self._process(origin, event, version, fetch_missing=True)
+
+    async def _invite_taken_back(self, origin: str, pdu: Any, version: RoomVersion | None) -> tuple[str, str | None]:
+        """In a room this server is not in, only one PDU concerns us: the leave that takes back a
+        local user's pending invite, sent by the inviting server (a cancelled friend request)."""
+        not_in_room = "", "this server is not in that room"
+        target = pdu.get("state_key") if isinstance(pdu, dict) else None
+        content = pdu.get("content") if isinstance(pdu, dict) else None
+        if version is None or pdu.get("type") != "m.room.member" or not isinstance(target, str) \
+                or server_of(target) != self._server_name or not isinstance(content, dict) \
+                or content.get("membership") != "leave":
+            return not_in_room
+        invite = await self._rooms.outside_invite(pdu["room_id"], target)
+        if invite is None or server_of(invite.sender) != origin:
+            return not_in_room
+        try:
+            event = await self.verified_event(pdu, version)
+        except PduRejected as e:
+            log.warning("dropped a PDU from %s: %s", origin, e)
+            return await self._event_id_of(pdu), str(e)
+        if server_of(event.sender) != origin:
+            return event.event_id, "the leave of an invite must come from the inviting server"
+        await self._rooms.record_outside_membership(event, version.identifier)
+        return event.event_id, None
 
     async def process(self, origin: str, event: Event, version: RoomVersion) -> str | None:
         """Steps 4-6 for an event already verified (send_join, send_leave); the caller holds the room lock."""

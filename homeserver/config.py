@@ -144,6 +144,8 @@ class RateLimitsConfig:
     message: BucketConfig = field(default_factory=lambda: BucketConfig(10.0, 50))
     # Media uploads and async-upload creations per user.
     media_upload: BucketConfig = field(default_factory=lambda: BucketConfig(1.0, 30))
+    # Friend requests sent per user (a repeated or answering request counts too).
+    friend_request: BucketConfig = field(default_factory=lambda: BucketConfig(0.1, 10))
     # Inbound federation requests per origin server.
     federation: BucketConfig = field(default_factory=lambda: BucketConfig(100.0, 500))
 

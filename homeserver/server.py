@@ -15,6 +15,7 @@ from homeserver.accounts.email_verification import EmailVerifier
 from homeserver.ephemeral import Ephemeral, make_ephemeral
 from homeserver.events.crypto import load_or_create_signing_key
 from homeserver.sync.filters import Filters
+from homeserver.sync.ignored import IgnoredUsers
 from homeserver.accounts.login import LoginService
 from homeserver.accounts.mailer import Mailer
 from homeserver.rooms.membership import Membership
@@ -23,6 +24,7 @@ from homeserver.accounts.passwords import PasswordHasher
 from homeserver.accounts.profiles import Profiles
 from homeserver.accounts.deactivation import Deactivation
 from homeserver.accounts.openid import OpenId
+from homeserver.friends.service import Friends
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreator
 from homeserver.rooms.guest_access import GuestEviction
@@ -71,6 +73,8 @@ class HomeServer:
     openid: OpenId
     guest_eviction: GuestEviction
     previews: RoomPreviews
+    ignored: IgnoredUsers
+    friends: Friends
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -100,19 +104,21 @@ class HomeServer:
         room_data = RoomData(rooms, store, notifier)
         typing = Typing(notifier)
         visibility = HistoryVisibility(rooms, store)
-        sync = SyncService(rooms, store, notifier, typing, visibility)
+        ignored = IgnoredUsers(store, notifier)
+        sync = SyncService(rooms, store, notifier, typing, visibility, ignored)
         guest_eviction = GuestEviction(rooms, store)
-        timeline = Timeline(rooms, store, sync.current_token, visibility)
+        timeline = Timeline(rooms, store, sync.current_token, visibility, ignored)
         rooms.on_stored.append(guest_eviction.observe)
+        profiles = Profiles(store, config.server_name, membership)
+        chats = Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),
+                      room_data)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),
             emails=EmailVerifier(store, mailer, config.public_baseurl, config.registration.unverified_email_ttl_s),
             login=LoginService(config.login, accounts, store, ephemeral, mailer, totp, limiter),
-            totp=totp, profiles=Profiles(store, config.server_name, membership), notifier=notifier, typing=typing,
-            rooms=rooms, membership=membership,
-            chats=Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),
-                        room_data),
+            totp=totp, profiles=profiles, notifier=notifier, typing=typing,
+            rooms=rooms, membership=membership, chats=chats,
             sync=sync, timeline=timeline, visibility=visibility,
             room_data=room_data,
             directory=Directory(rooms, store, config.server_name, config.user_directory.search_all_users),
@@ -120,7 +126,9 @@ class HomeServer:
             media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
                                   limiter),
             deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name),
-            guest_eviction=guest_eviction, previews=RoomPreviews(timeline, visibility, store, notifier, typing))
+            guest_eviction=guest_eviction, previews=RoomPreviews(timeline, visibility, store, notifier, typing),
+            ignored=ignored, friends=Friends(config.server_name, store, notifier, rooms, membership, chats, room_data,
+                                             profiles, ignored))
         await hs.media.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)
@@ -153,6 +161,7 @@ class HomeServer:
         if self.federation is not None:
             await self.federation.close()
             await self.federation.client.close()
+        await self.friends.close()
         await self.membership.close()
         await self.guest_eviction.close()
         await self.media.close()

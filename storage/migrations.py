@@ -311,6 +311,28 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "guest accounts", (
         "ALTER TABLE users ADD COLUMN is_guest INTEGER NOT NULL DEFAULT 0",
     )),
+    Migration(11, "friends: each local user's friendships and requests, and their friend events", (
+        """CREATE TABLE friend_links (
+            user_id TEXT NOT NULL,
+            other_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            message TEXT,
+            since_ts BIGINT NOT NULL,
+            PRIMARY KEY (user_id, other_id)
+        )""",
+        "CREATE INDEX friend_links_room ON friend_links (room_id)",
+        "CREATE INDEX friend_links_state ON friend_links (user_id, state)",
+        """CREATE TABLE friend_events (
+            id {serial_pk},
+            stream BIGINT NOT NULL,
+            user_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            content TEXT NOT NULL,
+            ts BIGINT NOT NULL
+        )""",
+        "CREATE INDEX friend_events_user ON friend_events (user_id, stream)",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -9,6 +9,7 @@ from typing import Any
 from homeserver.accounts.models import Device, EmailValidation, Profile, RefreshToken, Threepid, User
 from storage.database import Database, Row
 from storage.federation import FederationStore
+from storage.friends import FriendStore
 from storage.media import MediaStore
 from storage.openid import OpenIdStore
 from storage.rooms import RoomStore
@@ -319,6 +320,7 @@ class Store:
         self.server_keys = ServerKeyStore(db)
         self.media = MediaStore(db)
         self.openid = OpenIdStore(db)
+        self.friends = FriendStore(db)
 
     async def ping(self) -> None:
         """One round trip to the database (health checks); raises if it does not answer."""

@@ -122,7 +122,8 @@ class Membership:
         return room_id
 
     async def invite(self, room_id: str, sender: str, target: object, reason: object = None,
-                     is_direct: bool = False) -> Event:
+                     is_direct: bool = False, extra: dict[str, Any] | None = None) -> Event:
+        """`extra`: more content for the member event (a friend request's marker)."""
         if not isinstance(target, str):
             raise bad_json("user_id must be a string")
         _, server = parse_user_id(target)
@@ -140,6 +141,7 @@ class Membership:
             content.update(await self.profile_content(target))
         if is_direct:
             content["is_direct"] = True
+        content.update(extra or {})
         return await self._rooms.create_event(
             room_id, sender, "m.room.member", content, state_key=target,
             countersign=self.remote.countersign_invite if remote and self.remote else None)

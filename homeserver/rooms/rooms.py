@@ -112,6 +112,9 @@ class Rooms:
         # Called after each event is stored in a room's timeline, local or received; must not block
         # (the room's lock may be held).
         self.on_stored: list[Callable[[Event], None]] = []
+        # Called after every event is stored, local or received, and every outside membership
+        # (friends follow member events); the room's lock may be held, so no new events in them.
+        self.on_event: list[Callable[[Event], Awaitable[None]]] = []
         self._servers: OrderedDict[int, frozenset[str]] = OrderedDict()
         # What this process last wrote to each room (see _head_of); only when it is the only writer.
         self._heads: OrderedDict[str, _Head] = OrderedDict()
@@ -435,7 +438,15 @@ class Rooms:
                 await hook(stored, persisted.state_after)
             except Exception:
                 log.exception("a hook failed for local event %s", stored.event_id)
+        await self._run_event_hooks(stored)
         return stored
+
+    async def _run_event_hooks(self, event: Event) -> None:
+        for hook in self.on_event:
+            try:
+                await hook(event)
+            except Exception:
+                log.exception("a hook failed for event %s", event.event_id)
 
     async def persist_remote(self, event: Event, state_before: StateMap, soft_failed: bool = False) -> Event:
         """Store an accepted event from another server; the caller holds the room's lock.
@@ -473,6 +484,7 @@ class Rooms:
             targets += [k[1] for k, v in new_current.items() if k[0] == "m.room.member" and current.get(k) != v]
         await self._notifier.notify(persisted.stream, event.room_id, targets)
         self._stored(stored)
+        await self._run_event_hooks(stored)
         return stored
 
     def _stored(self, event: Event) -> None:
@@ -492,6 +504,14 @@ class Rooms:
             raise forbidden("This server is in that room: its memberships are events of the room")
         stream = await self._store.rooms.record_invite(event, room_version, now_ms(), unsigned)
         await self._notifier.notify(stream, event.room_id, [event.state_key] if event.state_key else [])
+        await self._run_event_hooks(event)
+
+    async def outside_invite(self, room_id: str, user_id: str) -> Event | None:
+        """The user's pending invite into a room this server is not in, if any."""
+        member = (await self._store.rooms.rooms_for_user(user_id)).get(room_id)
+        if member is None or member[0] != "invite":
+            return None
+        return await self.get_event(member[1])
 
     async def _group_for(self, room_id: str, state: StateMap) -> int | None:
         """A state group holding exactly `state`: the current one when equal, else a new one,

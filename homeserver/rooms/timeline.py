@@ -16,6 +16,7 @@ from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.events.event import Event, StateKey
 from homeserver.sync.filters import EventFilter
+from homeserver.sync.ignored import IgnoredUsers
 from homeserver.events.room_versions import get_room_version
 from homeserver.rooms.rooms import Rooms
 from homeserver.rooms.room_data import receipt_event
@@ -52,8 +53,10 @@ class RemoteHistory(Protocol):
 
 
 class Timeline:
-    def __init__(self, rooms: Rooms, store: Store, current: Any, visibility: HistoryVisibility) -> None:
+    def __init__(self, rooms: Rooms, store: Store, current: Any, visibility: HistoryVisibility,
+                 ignored: IgnoredUsers) -> None:
         self._rooms = rooms
+        self._ignored = ignored
         self._store = store
         self._current = current  # () -> SyncToken
         self.remote: RemoteHistory | None = None
@@ -131,7 +134,9 @@ class Timeline:
             events = await self._store.rooms.room_events(room_id, after=start.stream, before=upto, limit=limit,
                                                          backwards=False)
             end = SyncToken(events[-1].stream, start.typing) if events else None
-        events = await self._visibility.filter(who.user_id, [e for e in events if filt.allows(e.type, e.sender)],
+        ignored = await self._ignored.of(who.user_id)
+        events = await self._visibility.filter(who.user_id, [e for e in events if filt.allows(e.type, e.sender)
+                                                             and (e.sender not in ignored or e.is_state)],
                                                joined_now=reading.joined)
         body: dict[str, Any] = {"chunk": await self.serialise(who, room_id, events), "start": str(start)}
         if end is not None:
@@ -164,10 +169,13 @@ class Timeline:
         after = await self._store.rooms.room_events(room_id, after=ev.stream, before=upto, limit=after_n,
                                                     backwards=False)
         joined_now = reading.joined
-        before = await self._visibility.filter(who.user_id, [e for e in before if filt.allows(e.type, e.sender)],
-                                               joined_now)
-        after = await self._visibility.filter(who.user_id, [e for e in after if filt.allows(e.type, e.sender)],
-                                              joined_now)
+        ignored = await self._ignored.of(who.user_id)
+
+        def shown(e: Event) -> bool:
+            return filt.allows(e.type, e.sender) and (e.sender not in ignored or e.is_state)
+
+        before = await self._visibility.filter(who.user_id, [e for e in before if shown(e)], joined_now)
+        after = await self._visibility.filter(who.user_id, [e for e in after if shown(e)], joined_now)
         state_ids = await self._rooms.state_at_event(event_id)
         if filt.lazy_load_members:
             senders = {e.sender for e in [ev, *before, *after]}

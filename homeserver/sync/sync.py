@@ -19,6 +19,7 @@ from homeserver.clock import now_ms
 from homeserver.errors import MatrixError
 from homeserver.events.event import Event
 from homeserver.sync.filters import SyncFilter
+from homeserver.sync.ignored import IgnoredUsers
 from homeserver.sync.notifier import Notifier
 from homeserver.rooms.rooms import Rooms
 from homeserver.rooms.visibility import HistoryVisibility
@@ -34,6 +35,7 @@ UNREAD_CACHE_SIZE = 50_000
 LAZY_MEMBERS_CACHE_SIZE = 20_000
 MAX_HEROES = 5
 UNREAD_TYPES = ("m.room.message", "m.room.encrypted")
+FRIENDS_SECTION = "org.whispr.friends"
 INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                       "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
 # Positions below zero are history fetched later (backfill); /messages pages down into them.
@@ -76,8 +78,9 @@ class SyncResult:
 
 class SyncService:
     def __init__(self, rooms: Rooms, store: Store, notifier: Notifier, typing: Typing,
-                 visibility: HistoryVisibility) -> None:
+                 visibility: HistoryVisibility, ignored: IgnoredUsers) -> None:
         self._rooms = rooms
+        self._ignored = ignored
         self._store = store
         self._notifier = notifier
         self._typing = typing
@@ -122,6 +125,7 @@ class SyncService:
         # Room account data (tags, ...) alone is a change of the room for this user.
         rooms_with_data = {d.room_id for d in data if d.room_id}
         forgotten = await self._store.rooms.forgotten(user_id) if since is None or changes else set()
+        ignored = await self._ignored.of(user_id)
         joined, invited, left = {}, {}, {}
         now = now_ms()
 
@@ -135,18 +139,24 @@ class SyncService:
                     continue
                 room_data = [d for d in data if d.room_id == room_id]
                 room_body = await self._joined_room(who, room_id, member_event_id, since, upto,
-                                                    newly or full_state, filt, now, room_data)
+                                                    newly or full_state, filt, now, room_data, ignored)
                 if room_body is not None:
                     joined[room_id] = room_body
             elif membership == "invite" and (since is None or room_id in changes):
-                invited[room_id] = await self._invite(room_id, member_event_id)
+                invite = await self._invite(room_id, member_event_id, ignored)
+                if invite is not None:
+                    invited[room_id] = invite
             elif membership in ("leave", "ban") and room_id not in forgotten and (
                     (since is not None and room_id in changes) or (since is None and filt.include_leave)):
                 leave_ev = changes.get(room_id) or await self._rooms.get_event(member_event_id)
-                left[room_id] = await self._left_room(who, room_id, since, leave_ev, filt, now)
+                left[room_id] = await self._left_room(who, room_id, since, leave_ev, filt, now, ignored)
 
         account_data = [{"type": d.type, "content": d.content} for d in data
                         if d.room_id == "" and filt.account_data.allows(d.type, user_id)]
+        # Whispr's friend events (requests, accepts, ...): a namespaced section stock clients skip.
+        friend_events = [{"type": e.type, "content": e.content, "origin_server_ts": e.ts}
+                         for e in await self._store.friends.events_since(user_id, s, upto.stream)
+                         if e.content.get("user_id") not in ignored] if since is not None and user_changed else []
         body: dict[str, Any] = {
             "next_batch": str(upto),
             "rooms": {"join": joined, "invite": invited, "leave": left, "knock": {}},
@@ -155,8 +165,9 @@ class SyncService:
             "to_device": {"events": []},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
+            **({FRIENDS_SECTION: {"events": friend_events}} if friend_events else {}),
         }
-        empty = not (joined or invited or left or account_data)
+        empty = not (joined or invited or left or account_data or friend_events)
         return SyncResult(body, upto, empty, [r for r, (m, _) in memberships.items() if m == "join"])
 
     async def _memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
@@ -179,11 +190,11 @@ class SyncService:
 
     async def _joined_room(self, who: Requester, room_id: str, member_event_id: str, since: SyncToken | None,
                            upto: SyncToken, with_full_state: bool, filt: SyncFilter, now: int,
-                           data: list[AccountData]) -> dict[str, Any] | None:
+                           data: list[AccountData], ignored: frozenset[str]) -> dict[str, Any] | None:
         version = await self._rooms.room_version(room_id)
         s = since.stream if since and not with_full_state else None
         limit = filt.timeline_limit
-        timeline_events, limited = await self._timeline(room_id, s, upto.stream, limit, filt)
+        timeline_events, limited = await self._timeline(room_id, s, upto.stream, limit, filt, ignored)
         if since is None or with_full_state:
             # A room new to this sync may show history from before the user joined: the room's
             # history visibility decides (later syncs only carry events from while joined).
@@ -219,12 +230,14 @@ class SyncService:
         return self._rooms.recent.between(room_id, after, upto, limit, self._notifier.gap_floor)
 
     async def _timeline(self, room_id: str, after: int | None, upto: int, limit: int,
-                        filt: SyncFilter) -> tuple[list[Event], bool]:
+                        filt: SyncFilter, ignored: frozenset[str] = frozenset()) -> tuple[list[Event], bool]:
         events = self._recent(room_id, after, upto, limit + 1)
         if events is None:
             events = await self._store.rooms.room_events(room_id, after=after, before=upto, limit=limit + 1)
         limited = len(events) > limit
-        events = [e for e in reversed(events[:limit]) if filt.timeline.allows(e.type, e.sender)]
+        # Ignored users' messages are hidden; their state events stay (the room's state is everyone's).
+        events = [e for e in reversed(events[:limit]) if filt.timeline.allows(e.type, e.sender)
+                  and (e.sender not in ignored or e.is_state)]
         return events, limited
 
     async def _state_section(self, room_id: str, since: SyncToken | None, timeline: list[Event], limited: bool,
@@ -342,10 +355,12 @@ class SyncService:
             self._lazy_sent.popitem(last=False)
         return state
 
-    async def _invite(self, room_id: str, member_event_id: str) -> dict[str, Any]:
+    async def _invite(self, room_id: str, member_event_id: str, ignored: frozenset[str]) -> dict[str, Any] | None:
+        invite = await self._rooms.get_event(member_event_id)
+        if invite is not None and invite.sender in ignored:
+            return None  # an invite from an ignored user is not shown
         state = await self._rooms.current_state(room_id)
         events = [stripped_state(e) for k, e in state.items() if k[0] in INVITE_STATE_TYPES]
-        invite = await self._rooms.get_event(member_event_id)
         if not state and invite is not None:
             # A room this server is not in: the state the inviting server sent with the invite.
             received = invite.unsigned.get("invite_room_state")
@@ -356,11 +371,11 @@ class SyncService:
         return {"invite_state": {"events": events}}
 
     async def _left_room(self, who: Requester, room_id: str, since: SyncToken | None, leave_ev: Event | None,
-                         filt: SyncFilter, now: int) -> dict[str, Any]:
+                         filt: SyncFilter, now: int, ignored: frozenset[str]) -> dict[str, Any]:
         version = await self._rooms.room_version(room_id)
         upto = leave_ev.stream if leave_ev else 0
         events, limited = await self._timeline(room_id, since.stream if since else None, upto,
-                                               filt.timeline_limit, filt)
+                                               filt.timeline_limit, filt, ignored)
         state: list[Event] = []
         if since is None or limited:
             state = await self._state_section(room_id, since, events, limited, since is None, filt, who.user_id,
