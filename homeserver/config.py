@@ -81,6 +81,9 @@ class RegistrationConfig:
     unverified_email_ttl_s: int = 86_400
     # Localparts nobody may register over the API (M_INVALID_USERNAME); the CLI still may.
     reserved_localparts: list[str] = field(default_factory=lambda: list(DEFAULT_RESERVED_LOCALPARTS))
+    # Invite-only sign-up: /register also needs an m.login.registration_token stage, with a token
+    # an admin made (/_synapse/admin/v1/registration_tokens or `create-registration-token`).
+    requires_token: bool = False
 
 
 @dataclass
@@ -262,6 +265,9 @@ class Config:
     log_level: str = "INFO"
     # One line per request on the `whispr.access` logger (both listeners); tokens are redacted.
     access_log: bool = True
+    # Shared-secret registration (/_synapse/admin/v1/register, as Synapse's): who knows this secret
+    # may create accounts, admins too. Empty: the endpoint is off.
+    registration_shared_secret: str = ""
     listen: ListenConfig = field(default_factory=ListenConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)

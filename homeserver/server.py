@@ -33,6 +33,11 @@ from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.accounts.totp import Totp
 from homeserver.sync.typing_state import Typing
 from homeserver.accounts.uia import InteractiveAuth
+from homeserver.admin.media import AdminMedia
+from homeserver.admin.registration_tokens import RegistrationTokens
+from homeserver.admin.rooms import AdminRooms
+from homeserver.admin.shared_secret import SharedSecretRegistration
+from homeserver.admin.users import AdminUsers
 from media.repository import MediaRepository
 from storage import Store, open_database
 
@@ -67,6 +72,11 @@ class HomeServer:
     media: MediaRepository
     deactivation: Deactivation
     openid: OpenId
+    registration_tokens: RegistrationTokens
+    shared_secret: SharedSecretRegistration
+    admin_users: AdminUsers
+    admin_rooms: AdminRooms
+    admin_media: AdminMedia
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -97,12 +107,16 @@ class HomeServer:
         typing = Typing(notifier)
         visibility = HistoryVisibility(rooms, store)
         sync = SyncService(rooms, store, notifier, typing, visibility)
+        profiles = Profiles(store, config.server_name, membership)
+        deactivation = Deactivation(accounts, membership, store)
+        media = MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
+                                limiter)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),
             emails=EmailVerifier(store, mailer, config.public_baseurl, config.registration.unverified_email_ttl_s),
             login=LoginService(config.login, accounts, store, ephemeral, mailer, totp, limiter),
-            totp=totp, profiles=Profiles(store, config.server_name, membership), notifier=notifier, typing=typing,
+            totp=totp, profiles=profiles, notifier=notifier, typing=typing,
             rooms=rooms, membership=membership,
             chats=Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),
                         room_data),
@@ -110,9 +124,13 @@ class HomeServer:
             room_data=room_data,
             directory=Directory(rooms, store, config.server_name, config.user_directory.search_all_users),
             filters=Filters(store), executor=executor,
-            media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
-                                  limiter),
-            deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name))
+            media=media, deactivation=deactivation, openid=OpenId(store, config.server_name),
+            registration_tokens=RegistrationTokens(store.registration_tokens),
+            shared_secret=SharedSecretRegistration(config.registration_shared_secret, ephemeral, accounts, profiles,
+                                                   store.admin),
+            admin_users=AdminUsers(config.server_name, accounts, deactivation, profiles, store),
+            admin_rooms=AdminRooms(config.server_name, rooms, membership, store, ephemeral),
+            admin_media=AdminMedia(config.server_name, media, store))
         await hs.media.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)
@@ -145,6 +163,7 @@ class HomeServer:
         if self.federation is not None:
             await self.federation.close()
             await self.federation.client.close()
+        await self.admin_rooms.close()
         await self.membership.close()
         await self.media.close()
         self.typing.close()

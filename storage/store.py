@@ -7,10 +7,12 @@ import json
 from typing import Any
 
 from homeserver.accounts.models import Device, EmailValidation, Profile, RefreshToken, Threepid, User
+from storage.admin import AdminStore
 from storage.database import Database, Row
 from storage.federation import FederationStore
 from storage.media import MediaStore
 from storage.openid import OpenIdStore
+from storage.registration_tokens import RegistrationTokenStore
 from storage.rooms import RoomStore
 from storage.server_keys import ServerKeyStore
 from storage.user_data import UserDataStore
@@ -19,7 +21,7 @@ from storage.user_data import UserDataStore
 def _user(row: Row) -> User:
     return User(row["user_id"], row["localpart"], row["password_hash"], row["created_ts"],
                 bool(row["deactivated"]), bool(row["email_otp_enabled"]), row["totp_secret"],
-                bool(row["totp_enabled"]))
+                bool(row["totp_enabled"]), bool(row["admin"]), row["user_type"], bool(row["erased"]))
 
 
 def _device(row: Row) -> Device:
@@ -61,8 +63,8 @@ class UserStore:
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         await self.db.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", password_hash, user_id)
 
-    async def set_deactivated(self, user_id: str) -> None:
-        await self.db.execute("UPDATE users SET deactivated = 1 WHERE user_id = ?", user_id)
+    async def set_deactivated(self, user_id: str, erased: bool = False) -> None:
+        await self.db.execute("UPDATE users SET deactivated = 1, erased = ? WHERE user_id = ?", int(erased), user_id)
 
     async def set_email_otp(self, user_id: str, enabled: bool) -> None:
         await self.db.execute("UPDATE users SET email_otp_enabled = ? WHERE user_id = ?", int(enabled), user_id)
@@ -302,6 +304,8 @@ class Store:
         self.server_keys = ServerKeyStore(db)
         self.media = MediaStore(db)
         self.openid = OpenIdStore(db)
+        self.admin = AdminStore(db)
+        self.registration_tokens = RegistrationTokenStore(db)
 
     async def close(self) -> None:
         await self.db.close()

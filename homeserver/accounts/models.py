@@ -16,6 +16,9 @@ class User:
     email_otp_enabled: bool = False
     totp_secret: str | None = None
     totp_enabled: bool = False
+    admin: bool = False
+    user_type: str | None = None   # "bot", "support" or None (Synapse's user types)
+    erased: bool = False
 
 
 @dataclass(frozen=True)
