@@ -182,6 +182,8 @@ class AdminRooms:
     async def set_blocked(self, room_id: str, block: object, admin_id: str) -> None:
         if not isinstance(block, bool):
             raise bad_json("block must be a boolean")
+        if not room_id.startswith("!"):
+            raise invalid_param(f"{room_id} is not a room ID")
         if block:
             await self._store.admin.block_room(room_id, admin_id, now_ms())
         else:
@@ -211,7 +213,7 @@ class AdminRooms:
         status = _new_status(secrets.token_urlsafe(12), room_id)
         await self._shutdown(status, admin_id, request)
         if status["status"] == "failed":
-            raise MatrixError(500, "M_UNKNOWN", f"The room could not be deleted: {status['error']}")
+            raise MatrixError(400, "M_UNKNOWN", f"The room could not be deleted: {status['error']}")
         result: dict[str, Any] = status["shutdown_room"]
         return result
 
