@@ -567,3 +567,27 @@ async def test_token_validity_is_refused_when_tokens_are_off(serve: Any) -> None
     client = await serve()
     resp = await client.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=x")
     await expect(resp, 403, "M_FORBIDDEN")
+
+
+async def test_the_last_use_of_a_token_goes_to_one_sign_up_only(serve: Any) -> None:
+    client, token = await start(serve, registration={"requires_token": True})
+    await expect(await client.post(f"{ADMIN}/v1/registration_tokens/new", headers=auth(token),
+                                   json={"token": "one-seat", "uses_allowed": 1}), 200)
+    sessions = []
+    for name in ("racer1", "racer2", "racer3", "racer4"):
+        first = await expect(await client.post("/_matrix/client/v3/register", json={"username": name,
+                                                                                  "password": PASSWORD}), 401)
+        sessions.append((name, first["session"]))
+
+    async def take(name: str, session: str) -> bool:
+        resp = await client.post("/_matrix/client/v3/register", json={
+            "username": name, "password": PASSWORD,
+            "auth": {"type": "m.login.registration_token", "token": "one-seat", "session": session}})
+        body = await resp.json()
+        assert resp.status == 401, body
+        return "m.login.registration_token" in body.get("completed", [])
+
+    won = await asyncio.gather(*(take(name, session) for name, session in sessions))
+    assert sum(won) == 1, won
+    state = await expect(await client.get(f"{ADMIN}/v1/registration_tokens/one-seat", headers=auth(token)), 200)
+    assert state["pending"] == 1 and state["completed"] == 0
