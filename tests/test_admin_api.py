@@ -233,6 +233,15 @@ async def test_query_create_and_modify_a_user(serve: Any) -> None:
     await expect(await client.put(f"{ADMIN}/v2/users/{q('@x:elsewhere.org')}", headers=h, json={}), 400)
     await expect(await client.put(f"{ADMIN}/v2/users/{q(uid('dave'))}", headers=h, data=b"{"), 400, "M_NOT_JSON")
 
+    # a refused change changes nothing: no half-made account, no half-done reactivation
+    for bad in ({"password": PASSWORD, "displayname": "x" * 1000},
+                {"password": PASSWORD, "avatar_url": "https://not-mxc.example/a.png"},
+                {"password": PASSWORD, "threepids": [{"medium": "email", "address": "dave@example.org"}]}):
+        resp = await client.put(f"{ADMIN}/v2/users/{q(uid('erin'))}", headers=h, json=bad)
+        await expect(resp, 400)
+        await expect(await client.get(f"{ADMIN}/v2/users/{q(uid('erin'))}", headers=h), 404)
+        assert (await login(client, "erin", PASSWORD)).status == 403
+
     # deactivate through PUT, then re-activate with a new password
     body = await expect(await client.put(f"{ADMIN}/v2/users/{q(uid('dave'))}", headers=h,
                                          json={"deactivated": True}), 200)
@@ -240,6 +249,10 @@ async def test_query_create_and_modify_a_user(serve: Any) -> None:
     assert (await login(client, "dave", "another horse")).status == 403
     await expect(await client.put(f"{ADMIN}/v2/users/{q(uid('dave'))}", headers=h,
                                   json={"deactivated": False}), 400)
+    await expect(await client.put(f"{ADMIN}/v2/users/{q(uid('dave'))}", headers=h,
+                                  json={"deactivated": False, "password": "short"}), 400, "M_WEAK_PASSWORD")
+    still = await expect(await client.get(f"{ADMIN}/v2/users/{q(uid('dave'))}", headers=h), 200)
+    assert still["deactivated"] is True
     body = await expect(await client.put(f"{ADMIN}/v2/users/{q(uid('dave'))}", headers=h,
                                          json={"deactivated": False, "password": "third horse"}), 200)
     assert body["deactivated"] is False

@@ -114,9 +114,13 @@ class AdminUsers:
                 raise bad_json(f"{key} must be a string")
         if "user_type" in body and body["user_type"] is not None and body["user_type"] not in USER_TYPES:
             raise invalid_param(f"user_type must be null or one of {', '.join(USER_TYPES)}")
+        # Everything that can be refused is checked before anything changes.
+        if password is not None:
+            self._accounts.hasher.check_strength(password)
         threepids = self._threepids(body.get("threepids")) if "threepids" in body else None
+        if threepids is not None:
+            await self._check_threepids_free(user_id, threepids)
         user = await self._store.users.get(user_id)
-        created = user is None
         if user is None:
             if body.get("deactivated") is True:
                 raise invalid_param("A new account cannot be deactivated")
@@ -125,10 +129,19 @@ class AdminUsers:
                 await self._accounts.create_user(localpart, password, allow_reserved=True)
             else:
                 await self._create_without_password(localpart)
-        else:
+        elif body.get("deactivated") is False and user.deactivated and password is None:
+            raise invalid_param("Must provide a password to re-activate an account")
+        try:
+            for key in ("displayname", "avatar_url"):
+                if key in body:
+                    # "" removes the field, as in Synapse; the profile checks the value first.
+                    await self._profiles.set_field(user_id, user_id, key, body[key] or None)
+        except MatrixError:
+            if user is None:
+                await self._accounts.discard_new_user(user_id)  # no half-made account stays
+            raise
+        if user is not None:
             if body.get("deactivated") is False and user.deactivated:
-                if password is None:
-                    raise invalid_param("Must provide a password to re-activate an account")
                 await self._store.admin.reactivate(user_id)
             if password is not None:
                 await self._accounts.set_password(user_id, password, logout_devices, None)
@@ -136,15 +149,11 @@ class AdminUsers:
             await self._store.admin.set_admin(user_id, body["admin"])
         if "user_type" in body:
             await self._store.admin.set_user_type(user_id, body["user_type"])
-        for key in ("displayname", "avatar_url"):
-            if key in body:
-                # "" removes the field, as in Synapse.
-                await self._profiles.set_field(user_id, user_id, key, body[key] or None)
         if threepids is not None:
             await self._replace_threepids(user_id, threepids)
-        if body.get("deactivated") is True and (created or not user or not user.deactivated):
+        if body.get("deactivated") is True and user is not None and not user.deactivated:
             await self._deactivation.deactivate(user_id, erase=False)
-        return await self.query(user_id), created
+        return await self.query(user_id), user is None
 
     async def _create_without_password(self, localpart: str) -> None:
         # An empty hash matches no password (PasswordHasher.verify).
@@ -161,17 +170,20 @@ class AdminUsers:
             if item["medium"] != "email":
                 raise invalid_param("Only the email medium is supported")
             addresses.append(normalise_email(item.get("address")))
-        return addresses
+        return list(dict.fromkeys(addresses))
 
-    async def _replace_threepids(self, user_id: str, addresses: list[str]) -> None:
+    async def _check_threepids_free(self, user_id: str, addresses: list[str]) -> None:
         for address in addresses:
             holder = await self._store.threepids.get("email", address)
             if holder is not None and holder.user_id != user_id:
                 raise MatrixError(400, "M_THREEPID_IN_USE", f"{address} belongs to another account")
+
+    async def _replace_threepids(self, user_id: str, addresses: list[str]) -> None:
         await self._store.threepids.delete_for_user(user_id)
         ts = now_ms()
         for address in addresses:
-            await self._store.threepids.add(Threepid("email", address, user_id, ts, ts))
+            if not await self._store.threepids.add(Threepid("email", address, user_id, ts, ts)):
+                raise MatrixError(400, "M_THREEPID_IN_USE", f"{address} belongs to another account")
 
     async def deactivate(self, user_id: str, erase: object) -> None:
         if not isinstance(erase, bool):
