@@ -129,6 +129,22 @@ async def whois_client(request: web.Request) -> web.Response:
     return ok(await hs(request).admin_users.whois(user_id))
 
 
+async def joined_rooms(request: web.Request) -> web.Response:
+    await admin_requester(request)
+    return ok(await hs(request).admin_users.joined_rooms(request.match_info["user_id"]))
+
+
+async def user_devices(request: web.Request) -> web.Response:
+    await admin_requester(request)
+    return ok(await hs(request).admin_users.devices(request.match_info["user_id"]))
+
+
+async def delete_user_device(request: web.Request) -> web.Response:
+    await admin_requester(request)
+    await hs(request).admin_users.delete_device(request.match_info["user_id"], request.match_info["device_id"])
+    return ok({})
+
+
 async def user_media(request: web.Request) -> web.Response:
     await admin_requester(request)
     server = hs(request)
@@ -267,6 +283,9 @@ def setup(app: web.Application) -> None:
     r.add_get(f"{ADMIN}/v1/users/{{user_id}}/admin", get_admin)
     r.add_put(f"{ADMIN}/v1/users/{{user_id}}/admin", set_admin)
     r.add_get(f"{ADMIN}/v1/users/{{user_id}}/media", user_media)
+    r.add_get(f"{ADMIN}/v1/users/{{user_id}}/joined_rooms", joined_rooms)
+    r.add_get(f"{ADMIN}/v2/users/{{user_id}}/devices", user_devices)
+    r.add_delete(f"{ADMIN}/v2/users/{{user_id}}/devices/{{device_id}}", delete_user_device)
     r.add_post(f"{ADMIN}/v1/deactivate/{{user_id}}", deactivate)
     r.add_post(f"{ADMIN}/v1/reset_password/{{user_id}}", reset_password)
     r.add_get(f"{ADMIN}/v1/whois/{{user_id}}", whois)

@@ -135,6 +135,8 @@ ADMIN_ONLY = [
     ("GET", f"/v1/users/{q(uid('bob'))}/admin"), ("PUT", f"/v1/users/{q(uid('bob'))}/admin"),
     ("POST", f"/v1/deactivate/{q(uid('bob'))}"), ("POST", f"/v1/reset_password/{q(uid('bob'))}"),
     ("GET", f"/v1/whois/{q(uid('bob'))}"), ("GET", f"/v1/users/{q(uid('bob'))}/media"),
+    ("GET", f"/v1/users/{q(uid('bob'))}/joined_rooms"), ("GET", f"/v2/users/{q(uid('bob'))}/devices"),
+    ("DELETE", f"/v2/users/{q(uid('bob'))}/devices/ABC"),
     ("GET", "/v1/rooms"), ("GET", "/v1/rooms/!r:x"), ("GET", "/v1/rooms/!r:x/members"),
     ("GET", "/v1/rooms/!r:x/state"), ("DELETE", "/v2/rooms/!r:x"), ("DELETE", "/v1/rooms/!r:x"),
     ("GET", "/v2/rooms/!r:x/delete_status"), ("GET", "/v2/rooms/delete_status/abc"),
@@ -275,6 +277,19 @@ async def test_deactivate_reset_password_and_whois(serve: Any) -> None:
     assert (await expect(await client.get(spec, headers=auth(bob["access_token"])), 200))["user_id"] == uid("bob")
     carol = await register(client, "carol")
     await expect(await client.get(spec, headers=auth(carol["access_token"])), 403, "M_FORBIDDEN")
+
+    devices = await expect(await client.get(f"{ADMIN}/v2/users/{q(uid('bob'))}/devices", headers=h), 200)
+    assert devices["total"] == 1 and devices["devices"][0]["device_id"] == bob["device_id"]
+    assert devices["devices"][0]["last_seen_ip"] == "127.0.0.1"
+    room = await create_room(client, bob["access_token"], name="Bob's")
+    rooms = await expect(await client.get(f"{ADMIN}/v1/users/{q(uid('bob'))}/joined_rooms", headers=h), 200)
+    assert rooms == {"joined_rooms": [room], "total": 1}
+    await expect(await client.get(f"{ADMIN}/v1/users/{q(uid('nobody'))}/joined_rooms", headers=h), 404)
+    second = await login(client, "bob")
+    second_token = (await second.json())["access_token"]
+    second_device = (await second.json())["device_id"]
+    await expect(await client.delete(f"{ADMIN}/v2/users/{q(uid('bob'))}/devices/{second_device}", headers=h), 200)
+    await expect(await client.get("/_matrix/client/v3/account/whoami", headers=auth(second_token)), 401)
 
     url = f"{ADMIN}/v1/reset_password/{q(uid('bob'))}"
     await expect(await client.post(url, headers=h, json={}), 400, "M_MISSING_PARAM")

@@ -199,6 +199,24 @@ class AdminUsers:
         await self.existing(user_id)
         await self._accounts.set_password(user_id, new_password, logout_devices, None)
 
+    async def joined_rooms(self, user_id: str) -> dict[str, Any]:
+        user = await self.existing(user_id)
+        rooms = sorted(r for r, (m, _) in (await self._store.rooms.rooms_for_user(user.user_id)).items()
+                       if m == "join")
+        return {"joined_rooms": rooms, "total": len(rooms)}
+
+    async def devices(self, user_id: str) -> dict[str, Any]:
+        user = await self.existing(user_id)
+        devices = [{"device_id": d.device_id, "display_name": d.display_name, "last_seen_ip": d.last_seen_ip,
+                    "last_seen_ts": d.last_seen_ts, "last_seen_user_agent": None, "user_id": d.user_id}
+                   for d in await self._store.devices.list(user.user_id)]
+        return {"devices": devices, "total": len(devices)}
+
+    async def delete_device(self, user_id: str, device_id: str) -> None:
+        """Log one session out (deleting an unknown device is no error, as in Synapse)."""
+        user = await self.existing(user_id)
+        await self._accounts.delete_devices(user.user_id, [device_id])
+
     async def whois(self, user_id: str) -> dict[str, Any]:
         user = await self.existing(user_id)
         devices = await self._store.devices.list(user.user_id)
