@@ -65,6 +65,7 @@ async def server_version(_request: web.Request) -> web.Response:
 
 async def list_users(request: web.Request) -> web.Response:
     await admin_requester(request)
+    bool_param(request, "guests", True)  # checked, though there are no guest accounts to include or leave out
     return ok(await hs(request).admin_users.list_users(
         name=request.query.get("name"), user_id=request.query.get("user_id"),
         deactivated=bool_param(request, "deactivated", False), admins=_optional_bool(request, "admins"),

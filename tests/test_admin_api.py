@@ -189,7 +189,9 @@ async def test_list_and_search_users(serve: Any) -> None:
     assert (await expect(await client.get(f"{ADMIN}/v2/users?name=%25", headers=h), 200))["total"] == 0
     admins = await expect(await client.get(f"{ADMIN}/v2/users?admins=true", headers=h), 200)
     assert [u["name"] for u in admins["users"]] == [uid("root")]
-    for bad in ("from=-1", "limit=x", "order_by=password", "dir=sideways", "deactivated=maybe"):
+    same = await expect(await client.get(f"{ADMIN}/v2/users?guests=false", headers=h), 200)
+    assert same["total"] == 4
+    for bad in ("from=-1", "limit=x", "order_by=password", "dir=sideways", "deactivated=maybe", "guests=no"):
         await expect(await client.get(f"{ADMIN}/v2/users?{bad}", headers=h), 400)
 
 
