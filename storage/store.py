@@ -64,7 +64,9 @@ class UserStore:
         await self.db.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", password_hash, user_id)
 
     async def set_deactivated(self, user_id: str, erased: bool = False) -> None:
-        await self.db.execute("UPDATE users SET deactivated = 1, erased = ? WHERE user_id = ?", int(erased), user_id)
+        # Once erased, always erased (a later deactivation without erasure does not undo it).
+        await self.db.execute("UPDATE users SET deactivated = 1, erased = CASE WHEN ? = 1 THEN 1 ELSE erased END"
+                              " WHERE user_id = ?", int(erased), user_id)
 
     async def set_email_otp(self, user_id: str, enabled: bool) -> None:
         await self.db.execute("UPDATE users SET email_otp_enabled = ? WHERE user_id = ?", int(enabled), user_id)
