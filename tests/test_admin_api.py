@@ -559,6 +559,8 @@ async def test_invite_only_sign_up_with_registration_tokens(serve: Any) -> None:
     assert (await expect(await client.get(f"{validity}?token=once"), 200)) == {"valid": True}
     assert (await expect(await client.get(f"{validity}?token=other"), 200)) == {"valid": False}
     await expect(await client.get(validity), 400, "M_MISSING_PARAM")
+    for odd in ("%00", "x" * 100, "%F0%9F%98%80"):
+        assert (await expect(await client.get(f"{validity}?token={odd}"), 200)) == {"valid": False}
 
     # without a token there is no way in: the dummy stage alone completes no flow
     first = await expect(await client.post("/_matrix/client/v3/register", json={"username": "x",
@@ -569,6 +571,7 @@ async def test_invite_only_sign_up_with_registration_tokens(serve: Any) -> None:
     # a wrong token
     resp = await register_with_token(client, "eve", "wrong")
     await expect(resp, 401, "M_UNAUTHORIZED")
+    await expect(await register_with_token(client, "eve", "bad\x00token"), 401, "M_UNAUTHORIZED")
 
     done = await expect(await register_with_token(client, "newbie", "once"), 200)
     assert done["user_id"] == uid("newbie") and done["access_token"]
@@ -621,3 +624,60 @@ async def test_the_last_use_of_a_token_goes_to_one_sign_up_only(serve: Any) -> N
     assert sum(won) == 1, won
     state = await expect(await client.get(f"{ADMIN}/v1/registration_tokens/one-seat", headers=auth(token)), 200)
     assert state["pending"] == 1 and state["completed"] == 0
+
+
+HOSTILE_BODIES: list[Any] = [
+    [], "text", 5, None, {"admin": [1]}, {"password": {"a": 1}}, {"password": "x" * 100_000}, {"block": None},
+    {"purge": 1}, {"force_purge": "yes"}, {"token": None, "length": 10**30}, {"uses_allowed": 10**30},
+    {"uses_allowed": 2**63}, {"expiry_time": 10**30}, {"expiry_time": -5}, {"threepids": [None]},
+    {"threepids": [{"medium": "email", "address": None}]}, {"erase": None}, {"new_password": None},
+    {"new_password": "\ud800"}, {"displayname": None, "avatar_url": 5}, {"user_type": ["bot"]},
+    {"deactivated": "false"}, {"logout_devices": None}, {"nonce": {"x": 1}}, {"mac": 5},
+    {"username": "\x00", "password": "x"}, {"token": "\ud800"}, {"new_room_user_id": 5},
+]
+HOSTILE_QUERIES = ["from=1e400", f"from={10**30}", f"limit={10**30}", "limit=-0", f"from={2**63}", "dir=",
+                   "order_by=", "search_term=%00", "name=%25%5F", "name=%00", "user_id=%00", "token=%00",
+                   "valid=1", "type=", "deactivated=", "admins=2"]
+
+
+async def test_hostile_input_to_every_admin_endpoint_is_a_matrix_error(serve: Any) -> None:
+    """As the admin: never a 500, always a JSON Matrix error for what is refused, and the server stays up."""
+    client, token = await start(serve)
+    h = auth(token)
+    bob = await register(client, "bob")
+    room = await create_room(client, bob["access_token"], name="r")
+    media = (await upload(client, bob["access_token"], b"m", "text/plain")).rsplit("/", 1)[1]
+    await expect(await client.post(f"{ADMIN}/v1/registration_tokens/new", headers=h, json={"token": "tok"}), 200)
+    routes = [(m, p.replace(q(uid("bob")), "{user}").replace("!r:x", "{room}").replace("/abc", "/{x}"))
+              for m, p in ADMIN_ONLY] + [("POST", "/v1/register"), ("GET", "/v1/server_version")]
+    values = {"user": [q(uid("bob")), q("@"), q("@a:"), "x" * 300, "%00", q("@bob:" + "x" * 300)],
+              "room": [q(room), q("!"), "%00", q("!" + "x" * 300)],
+              "x": ["/" + media, "/..", "/%00", "/tok", "/" + "x" * 300]}
+    statuses = []
+    for method, template in routes:
+        paths = [template]
+        for key, options in values.items():
+            if "{" + key + "}" in template:
+                paths = [p.replace("{" + key + "}", v) for p in paths for v in options]
+        for path in paths:
+            for query in HOSTILE_QUERIES:
+                resp = await client.request(method, f"{ADMIN}{path}?{query}", headers=h, json={})
+                statuses.append(await _matrix_answer(resp, method, path, query))
+            for body in HOSTILE_BODIES:
+                resp = await client.request(method, f"{ADMIN}{path}", headers=h, json=body)
+                statuses.append(await _matrix_answer(resp, method, path, body))
+            resp = await client.request(method, f"{ADMIN}{path}", headers=h, data=b"\xff{not json")
+            statuses.append(await _matrix_answer(resp, method, path, "bytes"))
+    assert 500 not in statuses
+    # still answering, and the admin still an admin
+    await expect(await client.get(f"{ADMIN}/v2/users", headers=h), 200)
+
+
+async def _matrix_answer(resp: Any, method: str, path: str, what: Any) -> int:
+    assert resp.status != 500, (method, path, what, await resp.text())
+    if resp.status >= 400:
+        body = await resp.json()
+        assert isinstance(body.get("errcode"), str) and isinstance(body.get("error"), str), (method, path, what, body)
+    else:
+        await resp.read()
+    return int(resp.status)

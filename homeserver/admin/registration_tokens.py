@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from homeserver.accounts.uia import SESSION_TTL_S
+from homeserver.admin.users import MAX_SAFE_INT
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, invalid_param, not_found
 from storage.database import Row
@@ -40,6 +41,10 @@ class RegistrationToken:
                 "completed": self.completed, "expiry_time": self.expiry_time}
 
 
+def _well_formed(token: object) -> bool:
+    return isinstance(token, str) and len(token) <= MAX_TOKEN_LENGTH and TOKEN_RE.fullmatch(token) is not None
+
+
 def _token(row: Row) -> RegistrationToken:
     return RegistrationToken(row["token"], row["uses_allowed"], int(row["pending"]), int(row["completed"]),
                              row["expiry_time"])
@@ -49,8 +54,8 @@ def _non_negative(body: dict[str, Any], key: str) -> int | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise invalid_param(f"{key} must be a non-negative integer or null")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SAFE_INT:
+        raise invalid_param(f"{key} must be null or an integer from 0 to {MAX_SAFE_INT}")
     return value
 
 
@@ -74,7 +79,7 @@ class RegistrationTokens:
             if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= MAX_TOKEN_LENGTH:
                 raise invalid_param(f"length must be an integer from 1 to {MAX_TOKEN_LENGTH}")
             token = "".join(secrets.choice(_GENERATED_CHARS) for _ in range(length))
-        elif not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not TOKEN_RE.fullmatch(token):
+        elif not _well_formed(token):
             raise invalid_param(f"token must be 1 to {MAX_TOKEN_LENGTH} of the characters A-Z a-z 0-9 . _ ~ -")
         if not await self._store.create(token, uses_allowed, expiry_time, now_ms()):
             raise invalid_param("Token already exists")
@@ -84,7 +89,7 @@ class RegistrationTokens:
         return [_token(r) for r in await self._store.all(now_ms(), valid)]
 
     async def get(self, token: str) -> RegistrationToken:
-        row = await self._store.get(token, now_ms())
+        row = await self._store.get(token, now_ms()) if _well_formed(token) else None
         if row is None:
             raise not_found(f"No such registration token: {token}")
         return _token(row)
@@ -95,19 +100,19 @@ class RegistrationTokens:
             changes["uses_allowed"] = _non_negative(body, "uses_allowed")
         if "expiry_time" in body:
             changes["expiry_time"] = _expiry(body)
-        if not await self._store.update(token, changes):
+        if not _well_formed(token) or not await self._store.update(token, changes):
             raise not_found(f"No such registration token: {token}")
         return await self.get(token)
 
     async def delete(self, token: str) -> None:
-        if not await self._store.delete(token):
+        if not _well_formed(token) or not await self._store.delete(token):
             raise not_found(f"No such registration token: {token}")
 
     async def valid(self, token: object) -> bool:
         """Whether a sign-up could use this token now (GET .../registration_token/validity)."""
         if not isinstance(token, str) or not token:
             raise MatrixError(400, "M_MISSING_PARAM", "token is required")
-        return await self._store.usable(token, now_ms())
+        return _well_formed(token) and await self._store.usable(token, now_ms())
 
     async def begin_use(self, auth: dict[str, Any]) -> dict[str, Any]:
         """The UIA stage: hold one use of the token for this sign-up; what the registration completes."""
@@ -116,7 +121,7 @@ class RegistrationTokens:
             raise MatrixError(400, "M_MISSING_PARAM", "token is required")
         use_id = secrets.token_urlsafe(12)
         ts = now_ms()
-        if not await self._store.begin_use(token, use_id, ts, ts + SESSION_TTL_S * 1000):
+        if not _well_formed(token) or not await self._store.begin_use(token, use_id, ts, ts + SESSION_TTL_S * 1000):
             raise MatrixError(401, "M_UNAUTHORIZED", "Invalid registration token")
         return {"token": token, "use": use_id}
 

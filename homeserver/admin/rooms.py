@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from homeserver.admin.users import page_bounds
 from homeserver.clock import now_ms
 from homeserver.ephemeral import Ephemeral
 from homeserver.errors import MatrixError, bad_json, invalid_param, not_found
@@ -26,6 +27,7 @@ from storage.store import Store
 log = logging.getLogger("whispr.admin")
 
 DELETE_STATUS_TTL_S = 86_400
+MAX_ID_LENGTH = 255  # the spec's limit on room and user IDs
 # order_by values of the room list; the numeric ones sort largest first, as Synapse's.
 _TEXT_ORDER = ("name", "canonical_alias", "creator", "encryption", "join_rules", "guest_access",
                "history_visibility")
@@ -50,6 +52,13 @@ class DeleteRequest:
         if body.get("new_room_user_id") is not None:
             raise invalid_param("new_room_user_id is not supported: local members leave the room")
         return cls(body.get("block", False), body.get("purge", True), body.get("force_purge", False))
+
+
+def check_room_id(room_id: str) -> str:
+    """400 for what cannot be a room ID (so that no store is asked about it)."""
+    if not room_id.startswith("!") or len(room_id) > MAX_ID_LENGTH or "\x00" in room_id:
+        raise invalid_param(f"{room_id[:MAX_ID_LENGTH]!r} is not a room ID")
+    return room_id
 
 
 def _content(state: dict[str, Event], event_type: str, key: str) -> Any:
@@ -119,8 +128,7 @@ class AdminRooms:
                          public: bool | None, empty: bool | None) -> dict[str, Any]:
         if order_by not in ROOM_ORDER:
             raise invalid_param(f"order_by must be one of {', '.join(ROOM_ORDER)}")
-        if offset < 0 or limit < 0:
-            raise invalid_param("from and limit must not be negative")
+        offset, limit = page_bounds(offset, limit)
         order_by = _ALIASES.get(order_by, order_by)
         rooms = await self._summaries()
         if search_term:
@@ -145,7 +153,7 @@ class AdminRooms:
         return body
 
     async def details(self, room_id: str) -> dict[str, Any]:
-        found = await self._summaries(room_id)
+        found = await self._summaries(check_room_id(room_id))
         if not found:
             raise not_found("Room not found")
         room = found[0]
@@ -169,21 +177,20 @@ class AdminRooms:
         return {"state": [client_event(ev, version, now) for ev in events]}
 
     async def _require(self, room_id: str) -> None:
-        room = await self._rooms.room(room_id)
+        room = await self._rooms.room(check_room_id(room_id))
         if room is None or room.current_group is None:
             raise not_found("Room not found")
 
     # --- blocking -----------------------------------------------------------
 
     async def blocked(self, room_id: str) -> dict[str, Any]:
-        by = await self._store.admin.room_blocked_by(room_id)
+        by = await self._store.admin.room_blocked_by(check_room_id(room_id))
         return {"block": True, "user_id": by} if by is not None else {"block": False}
 
     async def set_blocked(self, room_id: str, block: object, admin_id: str) -> None:
         if not isinstance(block, bool):
             raise bad_json("block must be a boolean")
-        if not room_id.startswith("!"):
-            raise invalid_param(f"{room_id} is not a room ID")
+        check_room_id(room_id)
         if block:
             await self._store.admin.block_room(room_id, admin_id, now_ms())
         else:
@@ -218,8 +225,7 @@ class AdminRooms:
         return result
 
     async def _known_or_blockable(self, room_id: str, request: DeleteRequest) -> None:
-        if not room_id.startswith("!"):
-            raise invalid_param(f"{room_id} is not a room ID")
+        check_room_id(room_id)
         if await self._rooms.room(room_id) is None and not request.block:
             raise not_found("Room not found")
 
@@ -285,6 +291,7 @@ class AdminRooms:
         return status
 
     async def room_delete_statuses(self, room_id: str) -> dict[str, Any]:
+        check_room_id(room_id)
         results = []
         for delete_id in await self._room_delete_ids(room_id):
             status = await self._ephemeral.get(f"admin-delete:{delete_id}")

@@ -18,13 +18,14 @@ from homeserver.events.ids import normalise_email, parse_user_id
 from storage.admin import USER_ORDER
 from storage.store import Store
 
-DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+# The spec's integer range (canonical JSON); both engines store far more, none stores any integer.
+MAX_SAFE_INT = 2**53 - 1
 
 
 def page_bounds(offset: int, limit: int) -> tuple[int, int]:
-    if offset < 0:
-        raise invalid_param("from must not be negative")
+    if not 0 <= offset <= MAX_SAFE_INT:
+        raise invalid_param(f"from must be an integer from 0 to {MAX_SAFE_INT}")
     if limit < 0:
         raise invalid_param("limit must not be negative")
     return offset, min(limit, MAX_PAGE)
@@ -42,6 +43,8 @@ class AdminUsers:
     def local_user_id(self, user_id: str) -> str:
         """The ID if it names a user of this server (400 otherwise, as Synapse answers)."""
         localpart, server = parse_user_id(user_id)
+        if "\x00" in user_id:
+            raise invalid_param("not a user ID")
         if server != self._server_name:
             raise MatrixError(400, "M_UNKNOWN", "Can only look up local users")
         return user_id
@@ -67,6 +70,8 @@ class AdminUsers:
         if order_by not in USER_ORDER:
             raise invalid_param(f"order_by must be one of {', '.join(USER_ORDER)}")
         offset, limit = page_bounds(offset, limit)
+        if "\x00" in (name or "") + (user_id or ""):
+            raise invalid_param("name and user_id must not hold NUL characters")
         rows, total = await self._store.admin.list_users(
             name=name, user_id=user_id, deactivated=deactivated, admins=admins, order_by=order_by,
             backwards=backwards, offset=offset, limit=limit)
