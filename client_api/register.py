@@ -6,6 +6,8 @@ from aiohttp import web
 
 from client_api.http import CLIENT_V3, client_ip, hs, json_body, ok
 from homeserver.accounts.accounts import check_device_params
+from homeserver.accounts.uia import StageChecker
+from homeserver.admin.registration_tokens import STAGE as TOKEN_STAGE
 from homeserver.errors import MatrixError, forbidden, bad_json
 from homeserver.server import HomeServer
 
@@ -56,6 +58,9 @@ async def register(request: web.Request) -> web.Response:
 
     require_email = server.config.registration.require_email_verification
     flows = [["m.login.email.identity"]] if require_email else [["m.login.dummy"]]
+    if server.config.registration.requires_token:
+        # Invite-only: every flow starts with a registration token (as Synapse's flows do).
+        flows = [[TOKEN_STAGE, *flow] for flow in flows]
 
     async def dummy(_auth: dict[str, Any]) -> dict[str, Any]:
         return {}
@@ -74,8 +79,9 @@ async def register(request: web.Request) -> web.Response:
         # matrix-nio sends m.login.dummy without a session); counts against the register bucket.
         await server.limiter.check("register", client_ip(request))
     given = await _given_parameters(server, body)
-    done = await server.uia.run_remembering(auth, flows, {"m.login.dummy": dummy, "m.login.email.identity": email},
-                                            given, bind=REGISTER_BIND)
+    checkers: dict[str, StageChecker] = {"m.login.dummy": dummy, "m.login.email.identity": email,
+                                         TOKEN_STAGE: server.registration_tokens.begin_use}
+    done = await server.uia.run_remembering(auth, flows, checkers, given, bind=REGISTER_BIND)
     if done.response is not None:
         return ok(done.response)  # answered between our look above and now
     params = done.request
@@ -89,6 +95,8 @@ async def register(request: web.Request) -> web.Response:
         user_id = (await server.accounts.create_user(params.get("username"), None, email=address,
                                                      email_validated=address is not None,
                                                      password_hash=params["password_hash"])).user_id
+    if TOKEN_STAGE in done.results:
+        await server.registration_tokens.complete_use(done.results[TOKEN_STAGE])
     if params.get("inhibit_login") is True:
         response = {"user_id": user_id, "home_server": server.config.server_name}
     else:
@@ -118,6 +126,15 @@ async def available(request: web.Request) -> web.Response:
     return ok({"available": True})
 
 
+async def token_validity(request: web.Request) -> web.Response:
+    """GET /v1/register/m.login.registration_token/validity: whether a sign-up could use the token now."""
+    server = hs(request)
+    if not server.config.registration.enabled or not server.config.registration.requires_token:
+        raise forbidden("Registration tokens are not enabled on this server")
+    await server.limiter.check("register", client_ip(request), cost=0.1)
+    return ok({"valid": await server.registration_tokens.valid(request.query.get("token"))})
+
+
 async def email_request_token(request: web.Request) -> web.Response:
     server = hs(request)
     body = await json_body(request)
@@ -131,3 +148,4 @@ def setup(app: web.Application) -> None:
     app.router.add_post(f"{CLIENT_V3}/register", register)
     app.router.add_get(f"{CLIENT_V3}/register/available", available)
     app.router.add_post(f"{CLIENT_V3}/register/email/requestToken", email_request_token)
+    app.router.add_get(f"/_matrix/client/v1/register/{TOKEN_STAGE}/validity", token_validity)

@@ -1,9 +1,15 @@
-"""Command line: run the server, generate a config, register a user, rotate the signing key.
+"""Command line: run the server, generate a config, register a user, rotate the signing key, and the
+admin operations a server with no admin user yet needs (the admin API does the rest).
 
     python -m homeserver --config FILE              run the homeserver
     python -m homeserver generate-config [-o FILE]  write a fresh config with new secrets
                                                     (and a self-signed federation TLS pair in data_dir)
-    python -m homeserver register-user --config FILE --user NAME [--password PW] [--email ADDR]
+    python -m homeserver register-user --config FILE --user NAME [--password PW] [--email ADDR] [--admin]
+    python -m homeserver make-admin --config FILE [--revoke] USER        grant (or take back) server admin
+    python -m homeserver list-users --config FILE [--deactivated]
+    python -m homeserver reset-password --config FILE USER [--password PW] [--keep-devices]
+    python -m homeserver deactivate-user --config FILE USER [--erase]
+    python -m homeserver create-registration-token --config FILE [--token T] [--uses N] [--expiry-ts MS]
     python -m homeserver rotate-signing-key --config FILE
     python -m homeserver quarantine-media --config FILE [--undo] MXC...   hide media (404) but keep it;
                                                                          by content: same bytes, same fate
@@ -20,6 +26,7 @@ import getpass
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 from aiohttp import web
@@ -27,7 +34,11 @@ from aiohttp import web
 from homeserver.config import ConfigError, generate_config_text, load_config
 from homeserver.errors import MatrixError
 
+if TYPE_CHECKING:
+    from homeserver.server import HomeServer
+
 GC_YOUNG_THRESHOLD = 20_000
+ADMIN_COMMANDS = ("make-admin", "list-users", "reset-password", "deactivate-user", "create-registration-token")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -113,13 +124,76 @@ async def _register(args: argparse.Namespace) -> int:
     try:
         user = await hs.accounts.create_user(args.user, password, email=args.email, email_validated=True,
                                              allow_reserved=True)
+        if args.admin:
+            await hs.admin_users.set_admin(user.user_id, True)
     except MatrixError as e:
         print(f"error: {e.errcode}: {e.error}", file=sys.stderr)
         return 1
     finally:
         await hs.close()
-    print(f"registered {user.user_id}")
+    print(f"registered {user.user_id}{' (server admin)' if args.admin else ''}")
     return 0
+
+
+def _user_id(name: str, server_name: str) -> str:
+    """A full user ID, or a localpart of this server."""
+    return name if name.startswith("@") else f"@{name.lower()}:{server_name}"
+
+
+async def _admin_command(args: argparse.Namespace) -> int:
+    """make-admin, list-users, reset-password, deactivate-user, create-registration-token.
+
+    They work on the database the server uses, so they may run beside it; a running server without
+    Redis, though, learns of revoked sessions only when it restarts (use the admin API there)."""
+    from homeserver.server import HomeServer
+
+    config = load_config(args.config)
+    # Only a deactivation has something to tell other servers (the leaves of its rooms).
+    config.federation.enabled = config.federation.enabled and args.command == "deactivate-user"
+    password = None
+    if args.command == "reset-password":
+        password = args.password or getpass.getpass("New password: ")
+    hs = await HomeServer.start(config)
+    try:
+        lines = await _admin_operation(hs, args, password)
+    except MatrixError as e:
+        print(f"error: {e.errcode}: {e.error}", file=sys.stderr)
+        return 1
+    finally:
+        await hs.close()
+    for line in lines:
+        print(line)
+    return 0
+
+
+async def _admin_operation(hs: "HomeServer", args: argparse.Namespace, password: str | None) -> list[str]:
+    users = hs.admin_users
+    if args.command == "list-users":
+        rows = ["user_id\tadmin\tstate\tdisplayname"]
+        offset: int | None = 0
+        while offset is not None:
+            page = await users.list_users(name=None, user_id=None, deactivated=args.deactivated, admins=None,
+                                          order_by="name", backwards=False, offset=offset, limit=1000)
+            rows += [f"{u['name']}\t{'admin' if u['admin'] else '-'}\t"
+                     f"{'deactivated' if u['deactivated'] else 'active'}\t{u['displayname'] or ''}"
+                     for u in page["users"]]
+            offset = int(page["next_token"]) if "next_token" in page else None
+        return rows
+    if args.command == "create-registration-token":
+        body: dict[str, Any] = {"uses_allowed": args.uses, "expiry_time": args.expiry_ts}
+        if args.token is not None:
+            body["token"] = args.token
+        token = await hs.registration_tokens.create(body)
+        return [token.token]
+    user_id = _user_id(args.user, hs.config.server_name)
+    if args.command == "make-admin":
+        await users.set_admin(user_id, not args.revoke)
+        return [f"{user_id} is {'no longer' if args.revoke else 'now'} a server admin"]
+    if args.command == "reset-password":
+        await users.reset_password(user_id, password, not args.keep_devices)
+        return [f"password of {user_id} reset" + ("" if args.keep_devices else "; its sessions are logged out")]
+    await users.deactivate(user_id, args.erase)
+    return [f"deactivated {user_id}" + (" and erased its profile" if args.erase else "")]
 
 
 async def _media_admin(args: argparse.Namespace) -> int:
@@ -175,6 +249,29 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("--user", required=True, help="localpart of the new user")
     reg.add_argument("--password", help="asked for if not given")
     reg.add_argument("--email", help="a verified email address to attach")
+    reg.add_argument("--admin", action="store_true", help="make the new user a server admin")
+    make_admin = sub.add_parser("make-admin", help="make a user a server admin (the admin API's key)")
+    make_admin.add_argument("--config", dest="sub_config")
+    make_admin.add_argument("--revoke", action="store_true", help="take the admin flag away instead")
+    make_admin.add_argument("user", help="localpart or @user:server")
+    list_users = sub.add_parser("list-users", help="list the accounts: user ID, admin, state, display name")
+    list_users.add_argument("--config", dest="sub_config")
+    list_users.add_argument("--deactivated", action="store_true", help="include deactivated accounts")
+    reset = sub.add_parser("reset-password", help="set a user's password (and log out their sessions)")
+    reset.add_argument("--config", dest="sub_config")
+    reset.add_argument("user", help="localpart or @user:server")
+    reset.add_argument("--password", help="asked for if not given")
+    reset.add_argument("--keep-devices", action="store_true", help="leave the user's sessions logged in")
+    deactivate = sub.add_parser("deactivate-user", help="deactivate an account for good (its ID is never reused)")
+    deactivate.add_argument("--config", dest="sub_config")
+    deactivate.add_argument("user", help="localpart or @user:server")
+    deactivate.add_argument("--erase", action="store_true", help="also clear the profile")
+    token = sub.add_parser("create-registration-token",
+                           help="a token for invite-only sign-up (registration.requires_token)")
+    token.add_argument("--config", dest="sub_config")
+    token.add_argument("--token", help="the token itself (default: 16 random letters and digits)")
+    token.add_argument("--uses", type=int, help="how many sign-ups it allows (default: unlimited)")
+    token.add_argument("--expiry-ts", type=int, help="when it expires, in ms since the epoch (default: never)")
     rot = sub.add_parser("rotate-signing-key",
                          help="retire the server's signing key (kept as an old key) and create a new one")
     rot.add_argument("--config", dest="sub_config")
@@ -195,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--config is required")
         if args.command == "register-user":
             return asyncio.run(_register(args))
+        if args.command in ADMIN_COMMANDS:
+            return asyncio.run(_admin_command(args))
         if args.command == "rotate-signing-key":
             return _rotate(args)
         if args.command in ("quarantine-media", "delete-media"):

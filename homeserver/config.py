@@ -84,6 +84,9 @@ class RegistrationConfig:
     # Guest accounts (POST /register?kind=guest, whatever `enabled` says): no password, the spec's
     # limited API, joins only where m.room.guest_access is can_join. Off: 403 M_GUEST_ACCESS_FORBIDDEN.
     allow_guest_access: bool = False
+    # Invite-only sign-up: /register also needs an m.login.registration_token stage, with a token
+    # an admin made (/_synapse/admin/v1/registration_tokens or `create-registration-token`).
+    requires_token: bool = False
 
 
 @dataclass
@@ -267,6 +270,9 @@ class Config:
     log_level: str = "INFO"
     # One line per request on the `whispr.access` logger (both listeners); tokens are redacted.
     access_log: bool = True
+    # Shared-secret registration (/_synapse/admin/v1/register, as Synapse's): who knows this secret
+    # may create accounts, admins too. Empty: the endpoint is off.
+    registration_shared_secret: str = ""
     listen: ListenConfig = field(default_factory=ListenConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)

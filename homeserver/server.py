@@ -37,6 +37,11 @@ from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.accounts.totp import Totp
 from homeserver.sync.typing_state import Typing
 from homeserver.accounts.uia import InteractiveAuth
+from homeserver.admin.media import AdminMedia
+from homeserver.admin.registration_tokens import RegistrationTokens
+from homeserver.admin.rooms import AdminRooms
+from homeserver.admin.shared_secret import SharedSecretRegistration
+from homeserver.admin.users import AdminUsers
 from media.repository import MediaRepository
 from storage import Store, open_database
 
@@ -75,6 +80,11 @@ class HomeServer:
     previews: RoomPreviews
     ignored: IgnoredUsers
     friends: Friends
+    registration_tokens: RegistrationTokens
+    shared_secret: SharedSecretRegistration
+    admin_users: AdminUsers
+    admin_rooms: AdminRooms
+    admin_media: AdminMedia
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -112,6 +122,9 @@ class HomeServer:
         profiles = Profiles(store, config.server_name, membership)
         chats = Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),
                       room_data)
+        deactivation = Deactivation(accounts, membership, store)
+        media = MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
+                                limiter)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),
@@ -123,12 +136,16 @@ class HomeServer:
             room_data=room_data,
             directory=Directory(rooms, store, config.server_name, config.user_directory.search_all_users),
             filters=Filters(store), executor=executor,
-            media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
-                                  limiter),
-            deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name),
+            media=media, deactivation=deactivation, openid=OpenId(store, config.server_name),
             guest_eviction=guest_eviction, previews=RoomPreviews(timeline, visibility, store, notifier, typing),
             ignored=ignored, friends=Friends(config.server_name, store, notifier, rooms, membership, chats, room_data,
-                                             profiles, ignored))
+                                             profiles, ignored),
+            registration_tokens=RegistrationTokens(store.registration_tokens),
+            shared_secret=SharedSecretRegistration(config.registration_shared_secret, ephemeral, accounts, profiles,
+                                                   store.admin),
+            admin_users=AdminUsers(config.server_name, accounts, deactivation, profiles, store),
+            admin_rooms=AdminRooms(config.server_name, rooms, membership, store, ephemeral),
+            admin_media=AdminMedia(config.server_name, media, store))
         await hs.media.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)
@@ -162,6 +179,7 @@ class HomeServer:
             await self.federation.close()
             await self.federation.client.close()
         await self.friends.close()
+        await self.admin_rooms.close()
         await self.membership.close()
         await self.guest_eviction.close()
         await self.media.close()

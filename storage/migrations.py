@@ -333,6 +333,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         "CREATE INDEX friend_events_user ON friend_events (user_id, stream)",
     )),
+    Migration(12, "admin: server admins, user types, erasure, registration tokens, blocked rooms", (
+        "ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE users ADD COLUMN user_type TEXT",
+        "ALTER TABLE users ADD COLUMN erased INTEGER NOT NULL DEFAULT 0",
+        # Invite-only sign-up: uses_allowed and expiry_time NULL mean unlimited.
+        """CREATE TABLE registration_tokens (
+            token TEXT PRIMARY KEY,
+            uses_allowed BIGINT,
+            completed BIGINT NOT NULL DEFAULT 0,
+            expiry_time BIGINT,
+            created_ts BIGINT NOT NULL
+        )""",
+        # A use in progress (the UIA stage passed, the registration not done yet) counts as pending
+        # until it completes or its session would have expired.
+        """CREATE TABLE registration_token_uses (
+            use_id TEXT PRIMARY KEY,
+            token TEXT NOT NULL,
+            expires_ts BIGINT NOT NULL
+        )""",
+        "CREATE INDEX registration_token_uses_token ON registration_token_uses (token, expires_ts)",
+        # Rooms an admin shut down with block: no local user may join them again.
+        """CREATE TABLE blocked_rooms (
+            room_id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            blocked_ts BIGINT NOT NULL
+        )""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -7,11 +7,13 @@ import json
 from typing import Any
 
 from homeserver.accounts.models import Device, EmailValidation, Profile, RefreshToken, Threepid, User
+from storage.admin import AdminStore
 from storage.database import Database, Row
 from storage.federation import FederationStore
 from storage.friends import FriendStore
 from storage.media import MediaStore
 from storage.openid import OpenIdStore
+from storage.registration_tokens import RegistrationTokenStore
 from storage.rooms import RoomStore
 from storage.server_keys import ServerKeyStore
 from storage.user_data import UserDataStore
@@ -20,7 +22,8 @@ from storage.user_data import UserDataStore
 def _user(row: Row) -> User:
     return User(row["user_id"], row["localpart"], row["password_hash"], row["created_ts"],
                 bool(row["deactivated"]), bool(row["email_otp_enabled"]), row["totp_secret"],
-                bool(row["totp_enabled"]), bool(row["is_guest"]))
+                bool(row["totp_enabled"]), bool(row["is_guest"]), bool(row["admin"]), row["user_type"],
+                bool(row["erased"]))
 
 
 def _device(row: Row) -> Device:
@@ -79,8 +82,10 @@ class UserStore:
             found += [r["user_id"] for r in rows]
         return found
 
-    async def set_deactivated(self, user_id: str) -> None:
-        await self.db.execute("UPDATE users SET deactivated = 1 WHERE user_id = ?", user_id)
+    async def set_deactivated(self, user_id: str, erased: bool = False) -> None:
+        # Once erased, always erased (a later deactivation without erasure does not undo it).
+        await self.db.execute("UPDATE users SET deactivated = 1, erased = CASE WHEN ? = 1 THEN 1 ELSE erased END"
+                              " WHERE user_id = ?", int(erased), user_id)
 
     async def set_email_otp(self, user_id: str, enabled: bool) -> None:
         await self.db.execute("UPDATE users SET email_otp_enabled = ? WHERE user_id = ?", int(enabled), user_id)
@@ -321,6 +326,8 @@ class Store:
         self.media = MediaStore(db)
         self.openid = OpenIdStore(db)
         self.friends = FriendStore(db)
+        self.admin = AdminStore(db)
+        self.registration_tokens = RegistrationTokenStore(db)
 
     async def ping(self) -> None:
         """One round trip to the database (health checks); raises if it does not answer."""

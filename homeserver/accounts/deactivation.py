@@ -28,7 +28,7 @@ class Deactivation:
 
     async def deactivate(self, user_id: str, erase: bool) -> None:
         # First the flag (logins fail from here on), then the tokens, then the rooms.
-        await self._store.users.set_deactivated(user_id)
+        await self._store.users.set_deactivated(user_id, erase)
         await self._accounts.logout_all(user_id)
         await self._store.openid.delete_for_user(user_id)
         await self._store.threepids.delete_for_user(user_id)

@@ -17,6 +17,9 @@ class User:
     totp_secret: str | None = None
     totp_enabled: bool = False
     is_guest: bool = False
+    admin: bool = False
+    user_type: str | None = None   # "bot", "support" or None (Synapse's user types)
+    erased: bool = False
 
 
 @dataclass(frozen=True)

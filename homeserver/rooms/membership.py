@@ -86,6 +86,8 @@ class Membership:
                    via: list[str] | None = None, guest: bool = False) -> str:
         """Join a room; `guest`: the user is a guest, who may join only rooms that let guests in."""
         room_id, servers = await self.resolve_room(room_id_or_alias)
+        if await self._store.admin.room_blocked_by(room_id) is not None:
+            raise forbidden("This room has been blocked on this server")
         room = await self._rooms.room(room_id)
         if room is None or room.current_group is None:
             if self.remote is None:

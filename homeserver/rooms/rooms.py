@@ -123,6 +123,11 @@ class Rooms:
     def signing_key(self) -> SigningKey:
         return self._key
 
+    def forget_room(self, room_id: str) -> None:
+        """Drop what this process remembers of a room an admin purged."""
+        self._heads.pop(room_id, None)
+        self._versions.pop(room_id, None)
+
     # --- reading ---------------------------------------------------------------
 
     async def room(self, room_id: str) -> RoomInfo | None:
