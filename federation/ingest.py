@@ -76,6 +76,17 @@ def check_format(pdu: Any, version: RoomVersion) -> None:
         raise PduRejected("PDU is larger than 65536 bytes")
 
 
+def is_plain_outlier(event: Event) -> bool:
+    """Held outside the timeline only because another event needed it (auth chain, state): not
+    judged as a PDU of its own yet, unlike a rejected or soft-failed event."""
+    return bool(event.unsigned.get("_outlier")) and event.rejected is None
+
+
+def _outcome(held: Event) -> str | None:
+    """What a /send answer says again for a PDU judged before: its rejection, or nothing."""
+    return None if held.rejected is None else f"rejected: {held.rejected}"
+
+
 class Ingester:
     def __init__(self, server_name: str, rooms: Rooms, keys: SignatureChecker, client: FederationRequests) -> None:
         self._server_name = server_name
@@ -135,8 +146,9 @@ class Ingester:
                 return compute_event_id(pdu, version), str(e)
             except Exception:
                 return "", str(e)
-        if await self._rooms.get_event(event.event_id) is not None:
-            return event.event_id, None
+        held = await self._rooms.get_event(event.event_id)
+        if held is not None and not is_plain_outlier(held):
+            return event.event_id, _outcome(held)
         async with self._rooms.lock(event.room_id):
             return event.event_id, await self._process(origin, event, version, fetch_missing=True)
 
@@ -145,8 +157,13 @@ class Ingester:
         return await self._process(origin, event, version, fetch_missing=False)
 
     async def _process(self, origin: str, event: Event, version: RoomVersion, fetch_missing: bool) -> str | None:
-        if await self._rooms.get_event(event.event_id) is not None:
-            return None
+        held = await self._rooms.get_event(event.event_id)
+        if held is not None and not is_plain_outlier(held):
+            return _outcome(held)
+        # Missing prev events first: fetched by get_missing_events, they join the timeline; found
+        # first among the auth events, they would only be outliers.
+        if fetch_missing:
+            await self._fetch_missing_prevs(origin, event, version)
         # Step 4: auth against the event's own auth events.
         auth = await self._auth_events(origin, event, version)
         if auth is None:
@@ -160,8 +177,6 @@ class Ingester:
             await self._rooms.persist_outlier(event, rejected=str(e))
             return f"rejected: {e}"
         # Step 5: auth against the state before it.
-        if fetch_missing:
-            await self._fetch_missing_prevs(origin, event, version)
         state_before = await self._state_before(origin, event, version)
         if state_before is None:
             await self._rooms.persist_outlier(event, rejected="cannot compute the state before it")
@@ -283,7 +298,7 @@ class Ingester:
 
     async def _fetch_missing_prevs(self, origin: str, event: Event, version: RoomVersion) -> None:
         known = await self._rooms.get_events(event.prev_event_ids)
-        if all(p in known for p in event.prev_event_ids):
+        if all(p in known and not is_plain_outlier(known[p]) for p in event.prev_event_ids):
             return
         extremities = await self._rooms.forward_extremities(event.room_id)
         try:
@@ -302,7 +317,7 @@ class Ingester:
             except PduRejected as e:
                 log.warning("dropped a missing event from %s: %s", origin, e)
         for ev in sorted(missing, key=lambda e: (e.depth, e.origin_server_ts)):
-            if ev.room_id == event.room_id and await self._rooms.get_event(ev.event_id) is None:
+            if ev.room_id == event.room_id:
                 await self._process(origin, ev, version, fetch_missing=False)
 
     async def _state_before(self, origin: str, event: Event, version: RoomVersion) -> dict[StateKey, str] | None:

@@ -295,7 +295,8 @@ class RoomStore:
 
         `new_current` is the room's resolved state after it (None: the state after the event).
         A redaction is applied to `redacts` (the caller found it allowed) or kept as `held`
-        until its target arrives; a redaction held for this event is applied as it is stored."""
+        until its target arrives; a redaction held for this event is applied as it is stored.
+        An event held as an outlier (first seen as an auth event) joins the timeline in place."""
         async with self.db.transaction() as tx:
             stream = await next_stream(tx)
             state_after = state_before
@@ -312,7 +313,10 @@ class RoomStore:
             redacted_by = await tx.fetchval(
                 "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
                 f" json, state_before, state_after, unsigned, redacted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                f" ?, {_HELD_REDACTION}) RETURNING redacted_by",
+                f" ?, {_HELD_REDACTION}) ON CONFLICT (event_id) DO UPDATE SET stream = excluded.stream, outlier = 0,"
+                " state_before = excluded.state_before, state_after = excluded.state_after,"
+                " unsigned = excluded.unsigned, redacted_by = COALESCE(events.redacted_by, excluded.redacted_by)"
+                " WHERE events.outlier = 1 RETURNING redacted_by",
                 stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
                 event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")), state_before, state_after,
                 json.dumps(unsigned) if unsigned else None, *_held_args(event))

@@ -88,7 +88,8 @@ class Room:
         return self.state[("m.room.create", "")]
 
     def make(self, peer: PipelinePeer, sender: str, etype: str, content: dict[str, Any], prev: list[str],
-             state_key: str | None = None, auth: list[str] | None = None, key: Any = None) -> tuple[str, dict[str, Any]]:
+             state_key: str | None = None, auth: list[str] | None = None,
+             key: Any = None) -> tuple[str, dict[str, Any]]:
         """A PDU of the peer's; its auth events default to the create event, the power levels and
         the sender's membership as the room state holds them."""
         self.depth += 1
@@ -174,6 +175,57 @@ async def test_unknown_prev_events_are_fetched_with_get_missing_events(
         assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.topic")) == {"topic": "in the gap"}
 
 
+async def test_a_gap_get_missing_events_cannot_fill_is_bridged_with_state_ids(
+        setup: tuple[RunningServer, PipelinePeer]) -> None:
+    """The prev event is a power levels change this server never saw and get_missing_events gives
+    nothing: its auth event is fetched with /event, the state before it with state_ids, the PDU is
+    accepted, and the room's state takes the change (resolved against our current state)."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        r = await shared_room(alice, peer)
+        peer.fill_gaps = False
+        demoted = {**r.levels, "users": {**r.levels["users"], r.mallory: 0}}
+        change = r.make(peer, r.trent, "m.room.power_levels", demoted, [r.latest], state_key="")
+        peer.hold(change[1])
+        peer.state_before[change[0]] = list(r.state.values())
+        message = r.make(peer, r.trent, "m.room.message", {"msgtype": "m.text", "body": "after"}, [change[0]],
+                         auth=[r.create, change[0], r.state[("m.room.member", r.trent)]])
+        assert await r.send(peer, server, message[1]) == {message[0]: {}}
+        assert len(peer.missing_requests) == 1
+        assert change[0] in peer.event_requests and peer.state_ids_requests == [change[0]]
+        assert (await timeline(alice, r.room_id, 1))[0]["event_id"] == message[0]
+        assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.power_levels")) == demoted
+
+        # mallory's topic, citing the power levels before the change as its auth events: those
+        # allow it, the state before it does not: rejected, the topic unchanged.
+        topic = r.make(peer, r.mallory, "m.room.topic", {"topic": "mallory's"}, [message[0]], state_key="")
+        result = await r.send(peer, server, topic[1])
+        assert "rejected" in result[topic[0]]["error"]
+        assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.topic")) == {"topic": "original"}
+        await alice.call("GET", f"/rooms/{r.room_id}/event/{topic[0]}", expect=404)
+
+
+async def test_a_prev_event_first_seen_as_an_auth_event_still_joins_the_timeline(
+        setup: tuple[RunningServer, PipelinePeer]) -> None:
+    """A transaction listing a PDU before the power levels change it is built on (and authorised
+    by): the change is fetched as the message's prev event and both are in the timeline, not
+    only in the state."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        r = await shared_room(alice, peer)
+        raised = {**r.levels, "users": {**r.levels["users"], r.mallory: 75}}
+        change = r.make(peer, r.trent, "m.room.power_levels", raised, [r.latest], state_key="")
+        peer.hold(change[1])
+        message = r.make(peer, r.mallory, "m.room.message", {"msgtype": "m.text", "body": "promoted"}, [change[0]],
+                         auth=[r.create, change[0], r.state[("m.room.member", r.mallory)]])
+        assert await r.send(peer, server, message[1], change[1]) == {message[0]: {}, change[0]: {}}
+        assert [e["event_id"] for e in await timeline(alice, r.room_id, 2)] == [message[0], change[0]]
+        assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.power_levels")) == raised
+        assert peer.state_ids_requests == []
+
+
 @pytest.mark.parametrize("power_change", ["demotion", "ban"])
 async def test_a_fork_is_resolved_by_state_resolution(setup: tuple[RunningServer, PipelinePeer],
                                                       power_change: str) -> None:
@@ -215,3 +267,64 @@ async def test_a_fork_is_resolved_by_state_resolution(setup: tuple[RunningServer
         mine = await alice.send(r.room_id, "after the merge")
         assert (await received(peer, mine))["prev_events"] == [merge[0]]
         assert peer.state_ids_requests == []
+
+
+async def test_each_failure_is_kept_as_the_spec_says(setup: tuple[RunningServer, PipelinePeer]) -> None:
+    """A bad signature: dropped, never stored (an event citing it makes us ask for it again). A bad
+    hash: kept redacted. Failing its own auth events, or the state before it: rejected, stored as
+    such (re-sent, still an error; cited, never fetched again). Failing only the current state:
+    soft-failed, stored, never shown to clients nor used as a prev event of ours."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        r = await shared_room(alice, peer)
+        text = {"msgtype": "m.text"}
+        levels_before = await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.power_levels")
+
+        forged = r.make(peer, r.mallory, "m.room.message", {**text, "body": "forged"}, [r.latest],
+                        key=generate_signing_key(peer.key.version))
+        assert (await r.send(peer, server, forged[1]))[forged[0]].get("error")
+        tampered = r.make(peer, r.mallory, "m.room.message", {**text, "body": "original"}, [r.latest])
+        tampered[1]["content"] = {**text, "body": "changed in transit"}
+        assert await r.send(peer, server, tampered[1]) == {tampered[0]: {}}
+        assert (await alice.call("GET", f"/rooms/{r.room_id}/event/{tampered[0]}"))["content"] == {}
+
+        grab = r.make(peer, r.mallory, "m.room.power_levels",
+                      {**r.levels, "users": {**r.levels["users"], r.mallory: 100}}, [tampered[0]], state_key="")
+        assert "rejected" in (await r.send(peer, server, grab[1]))[grab[0]]["error"]
+
+        ban = (await alice.call("POST", f"/rooms/{r.room_id}/ban", json={"user_id": r.mallory}))
+        assert ban == {}
+        ban_id = (await room_state(alice, r.room_id))[("m.room.member", r.mallory)]
+        # On the ban, citing mallory's join as its auth event: fails the state before it.
+        after_ban = r.make(peer, r.mallory, "m.room.message", {**text, "body": "after the ban"}, [ban_id])
+        assert "rejected" in (await r.send(peer, server, after_ban[1]))[after_ban[0]]["error"]
+        # Beside the ban, on the state before it: passes that, fails the current state.
+        beside = r.make(peer, r.mallory, "m.room.message", {**text, "body": "beside the ban"}, [tampered[0]])
+        assert await r.send(peer, server, beside[1]) == {beside[0]: {}}
+
+        for event_id in (forged[0], grab[0], after_ban[0], beside[0]):
+            await alice.call("GET", f"/rooms/{r.room_id}/event/{event_id}", expect=404)
+        assert await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.power_levels") == levels_before
+        bodies = [e["content"].get("body") for e in await timeline(alice, r.room_id)]
+        synced = (await alice.call("GET", "/sync"))["rooms"]["join"][r.room_id]["timeline"]["events"]
+        for shown in (bodies, [e["content"].get("body") for e in synced]):
+            assert not {"forged", "after the ban", "beside the ban"} & set(shown)
+
+        # Re-sent, the rejected events are still refused; the soft-failed one is taken as before.
+        result = await r.send(peer, server, grab[1], after_ban[1], beside[1])
+        assert "rejected" in result[grab[0]]["error"] and "rejected" in result[after_ban[0]]["error"]
+        assert result[beside[0]] == {}
+        # Cited as auth events: the rejected one is known (refused without asking the peer), the
+        # dropped one was never stored (asked for).
+        peer.event_requests.clear()
+        for cited in (grab[0], forged[0]):
+            bad = r.make(peer, r.trent, "m.room.message", {**text, "body": "cites"}, [ban_id],
+                         auth=[r.create, r.state[("m.room.power_levels", "")], r.state[("m.room.member", r.trent)],
+                               cited])
+            assert (await r.send(peer, server, bad[1]))[bad[0]].get("error")
+        assert peer.event_requests == [forged[0]]
+
+        # Our next event does not build on the soft-failed one.
+        mine = await alice.send(r.room_id, "from alice")
+        assert (await received(peer, mine))["prev_events"] == [ban_id]
