@@ -102,13 +102,16 @@ class Directory:
             raise not_found("Unknown room")
         return "public" if room.is_public else "private"
 
-    async def public_rooms(self, limit: int | None, since: str | None, term: str | None) -> dict[str, Any]:
+    async def public_rooms(self, limit: int | None, since: str | None, term: str | None,
+                           room_types: list[str | None] | None = None) -> dict[str, Any]:
+        """The rooms published in this server's directory, most members first. `room_types`, when
+        given, keeps the rooms of those types (None: rooms without a type)."""
         chunk = []
         for room in await self._store.rooms.public_rooms():
             state = await self._rooms.current_state(room.room_id)
             joined = await self._store.rooms.members(room.room_id, "join")
 
-            def get(t: str, key: str) -> Any:
+            def get(t: str, key: str, state: dict[tuple[str, str], Any] = state) -> Any:
                 ev = state.get((t, ""))
                 return ev.content.get(key) if ev is not None else None
 
@@ -122,6 +125,12 @@ class Directory:
                 value = get(t, field)
                 if isinstance(value, str):
                     entry[key] = value
+            create = state.get(CREATE_KEY)
+            room_type = create.content.get("type") if create is not None else None
+            if isinstance(room_type, str):
+                entry["room_type"] = room_type
+            if room_types is not None and entry.get("room_type") not in room_types:
+                continue
             if term and not any(term.lower() in str(entry.get(k, "")).lower()
                                 for k in ("name", "topic", "canonical_alias")):
                 continue
