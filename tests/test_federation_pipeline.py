@@ -22,12 +22,13 @@ from signedjson.key import generate_signing_key
 
 from bench.servers import PostgresAdmin, RunningServer, free_port, start_whispr
 from homeserver.events.crypto import compute_event_id
-from homeserver.events.room_versions import ROOM_V10
+from homeserver.events.room_versions import ROOM_V10, ROOM_V12, RoomVersion
 from tests.conftest import POSTGRES_URL, need
 from tests.test_federation_receipt import ReceiptPeer, room_state
 from tests.test_federation_whispr import Client, federation_config
 
-V10 = ROOM_V10
+# Each test in v10 and in v12 (room ID from the create event, which no auth_events list).
+by_version = pytest.mark.parametrize("version", [ROOM_V10, ROOM_V12], ids=["v10", "v12"])
 
 
 class PipelinePeer(ReceiptPeer):
@@ -69,11 +70,15 @@ class PipelinePeer(ReceiptPeer):
         return web.json_response({"pdus": {}})
 
 
+Setup = tuple[RunningServer, PipelinePeer]
+
+
 @dataclass
 class Room:
     """A room on the server under test with two users of the peer: trent (level 100) and mallory (50)."""
 
     room_id: str
+    version: RoomVersion
     state: dict[tuple[str, str], str]
     levels: dict[str, Any]
     latest: str
@@ -95,8 +100,15 @@ class Room:
         self.depth += 1
         if auth is None:
             auth = [self.create, self.state[("m.room.power_levels", "")], self.state[("m.room.member", sender)]]
-        pdu = peer.event(self.room_id, sender, etype, content, prev, auth, self.depth, state_key=state_key, key=key)
-        return compute_event_id(pdu, V10), pdu
+        if not self.version.create_event_in_auth_events:
+            auth = [a for a in auth if a != self.create]
+        pdu = peer.event(self.room_id, sender, etype, content, prev, auth, self.depth, state_key=state_key, key=key,
+                         version=self.version)
+        return compute_event_id(pdu, self.version), pdu
+
+    def hold(self, peer: PipelinePeer, *made: tuple[str, dict[str, Any]]) -> None:
+        for _, pdu in made:
+            peer.hold(pdu, self.version)
 
     async def send(self, peer: PipelinePeer, server: RunningServer, *pdus: dict[str, Any]) -> dict[str, Any]:
         self.txns += 1
@@ -124,48 +136,48 @@ async def setup(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await peer.close()
 
 
-async def shared_room(alice: Client, peer: PipelinePeer) -> Room:
-    """alice's public room (v10) with trent (100) and mallory (50) of the peer joined, and a topic."""
-    room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+async def shared_room(alice: Client, peer: PipelinePeer, version: RoomVersion) -> Room:
+    """alice's public room with trent (100) and mallory (50) of the peer joined, and a topic."""
+    room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat",
+                                                          "room_version": version.identifier}))["room_id"]
     trent, mallory = f"@trent:{peer.name}", f"@mallory:{peer.name}"
     for user in (trent, mallory):
-        await peer.join(alice.server.server_name, room, user)
+        await peer.join(alice.server.server_name, room, user, version)
     levels = await alice.call("GET", f"/rooms/{room}/state/m.room.power_levels")
     levels["users"].update({trent: 100, mallory: 50})
     await alice.call("PUT", f"/rooms/{room}/state/m.room.power_levels", json=levels)
     latest = (await alice.call("PUT", f"/rooms/{room}/state/m.room.topic", json={"topic": "original"}))["event_id"]
-    return Room(room, await room_state(alice, room), levels, latest, trent, mallory)
+    return Room(room, version, await room_state(alice, room), levels, latest, trent, mallory)
 
 
 async def timeline(client: Client, room: str, limit: int = 50) -> list[dict[str, Any]]:
     return (await client.call("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": str(limit)}))["chunk"]
 
 
-async def received(peer: PipelinePeer, event_id: str, timeout: float = 10) -> dict[str, Any]:
+async def received(peer: PipelinePeer, r: Room, event_id: str, timeout: float = 10) -> dict[str, Any]:
     """The PDU of ours the peer was sent with that ID (the sender delivers it in the background)."""
     for _ in range(int(timeout / 0.05)):
         for pdu in peer.received:
-            if compute_event_id(pdu, V10) == event_id:
+            if compute_event_id(pdu, r.version) == event_id:
                 return pdu
         await asyncio.sleep(0.05)
     pytest.fail(f"{event_id} never reached the peer")
 
 
-async def test_unknown_prev_events_are_fetched_with_get_missing_events(
-        setup: tuple[RunningServer, PipelinePeer]) -> None:
+@by_version
+async def test_unknown_prev_events_are_fetched_with_get_missing_events(setup: Setup, version: RoomVersion) -> None:
     """A PDU on three events this server never saw (a state change among them): get_missing_events
     fetches them, all four are accepted into the timeline in order, and the state change applies."""
     server, peer = setup
     async with aiohttp.ClientSession() as session:
         alice = await Client.register(session, server, "alice")
-        r = await shared_room(alice, peer)
+        r = await shared_room(alice, peer, version)
         text = {"msgtype": "m.text"}
         one = r.make(peer, r.trent, "m.room.message", {**text, "body": "one"}, [r.latest])
         topic = r.make(peer, r.trent, "m.room.topic", {"topic": "in the gap"}, [one[0]], state_key="")
         two = r.make(peer, r.trent, "m.room.message", {**text, "body": "two"}, [topic[0]])
         last = r.make(peer, r.trent, "m.room.message", {**text, "body": "last"}, [two[0]])
-        for made in (one, topic, two):
-            peer.hold(made[1])
+        r.hold(peer, one, topic, two)
         assert await r.send(peer, server, last[1]) == {last[0]: {}}
         assert len(peer.missing_requests) == 1 and peer.missing_requests[0]["latest_events"] == [last[0]]
         assert r.latest in peer.missing_requests[0]["earliest_events"]
@@ -175,19 +187,20 @@ async def test_unknown_prev_events_are_fetched_with_get_missing_events(
         assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.topic")) == {"topic": "in the gap"}
 
 
+@by_version
 async def test_a_gap_get_missing_events_cannot_fill_is_bridged_with_state_ids(
-        setup: tuple[RunningServer, PipelinePeer]) -> None:
+        setup: Setup, version: RoomVersion) -> None:
     """The prev event is a power levels change this server never saw and get_missing_events gives
     nothing: its auth event is fetched with /event, the state before it with state_ids, the PDU is
     accepted, and the room's state takes the change (resolved against our current state)."""
     server, peer = setup
     async with aiohttp.ClientSession() as session:
         alice = await Client.register(session, server, "alice")
-        r = await shared_room(alice, peer)
+        r = await shared_room(alice, peer, version)
         peer.fill_gaps = False
         demoted = {**r.levels, "users": {**r.levels["users"], r.mallory: 0}}
         change = r.make(peer, r.trent, "m.room.power_levels", demoted, [r.latest], state_key="")
-        peer.hold(change[1])
+        r.hold(peer, change)
         peer.state_before[change[0]] = list(r.state.values())
         message = r.make(peer, r.trent, "m.room.message", {"msgtype": "m.text", "body": "after"}, [change[0]],
                          auth=[r.create, change[0], r.state[("m.room.member", r.trent)]])
@@ -206,18 +219,19 @@ async def test_a_gap_get_missing_events_cannot_fill_is_bridged_with_state_ids(
         await alice.call("GET", f"/rooms/{r.room_id}/event/{topic[0]}", expect=404)
 
 
+@by_version
 async def test_a_prev_event_first_seen_as_an_auth_event_still_joins_the_timeline(
-        setup: tuple[RunningServer, PipelinePeer]) -> None:
+        setup: Setup, version: RoomVersion) -> None:
     """A transaction listing a PDU before the power levels change it is built on (and authorised
     by): the change is fetched as the message's prev event and both are in the timeline, not
     only in the state."""
     server, peer = setup
     async with aiohttp.ClientSession() as session:
         alice = await Client.register(session, server, "alice")
-        r = await shared_room(alice, peer)
+        r = await shared_room(alice, peer, version)
         raised = {**r.levels, "users": {**r.levels["users"], r.mallory: 75}}
         change = r.make(peer, r.trent, "m.room.power_levels", raised, [r.latest], state_key="")
-        peer.hold(change[1])
+        r.hold(peer, change)
         message = r.make(peer, r.mallory, "m.room.message", {"msgtype": "m.text", "body": "promoted"}, [change[0]],
                          auth=[r.create, change[0], r.state[("m.room.member", r.mallory)]])
         assert await r.send(peer, server, message[1], change[1]) == {message[0]: {}, change[0]: {}}
@@ -226,9 +240,9 @@ async def test_a_prev_event_first_seen_as_an_auth_event_still_joins_the_timeline
         assert peer.state_ids_requests == []
 
 
+@by_version
 @pytest.mark.parametrize("power_change", ["demotion", "ban"])
-async def test_a_fork_is_resolved_by_state_resolution(setup: tuple[RunningServer, PipelinePeer],
-                                                      power_change: str) -> None:
+async def test_a_fork_is_resolved_by_state_resolution(setup: Setup, version: RoomVersion, power_change: str) -> None:
     """Two branches from the peer on the same event: mallory's topic (accepted first) and trent's
     demotion or ban of mallory. State resolution applies the power change first, under which
     mallory's topic does not hold: the topic stays the original; a merge of both branches is
@@ -236,7 +250,7 @@ async def test_a_fork_is_resolved_by_state_resolution(setup: tuple[RunningServer
     server, peer = setup
     async with aiohttp.ClientSession() as session:
         alice = await Client.register(session, server, "alice")
-        r = await shared_room(alice, peer)
+        r = await shared_room(alice, peer, version)
         topic = r.make(peer, r.mallory, "m.room.topic", {"topic": "mallory's"}, [r.latest], state_key="")
         assert await r.send(peer, server, topic[1]) == {topic[0]: {}}
         assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.topic")) == {"topic": "mallory's"}
@@ -265,11 +279,12 @@ async def test_a_fork_is_resolved_by_state_resolution(setup: tuple[RunningServer
         assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.topic")) == {"topic": "original"}
         # Our next event descends from the merge alone.
         mine = await alice.send(r.room_id, "after the merge")
-        assert (await received(peer, mine))["prev_events"] == [merge[0]]
+        assert (await received(peer, r, mine))["prev_events"] == [merge[0]]
         assert peer.state_ids_requests == []
 
 
-async def test_each_failure_is_kept_as_the_spec_says(setup: tuple[RunningServer, PipelinePeer]) -> None:
+@by_version
+async def test_each_failure_is_kept_as_the_spec_says(setup: Setup, version: RoomVersion) -> None:
     """A bad signature: dropped, never stored (an event citing it makes us ask for it again). A bad
     hash: kept redacted. Failing its own auth events, or the state before it: rejected, stored as
     such (re-sent, still an error; cited, never fetched again). Failing only the current state:
@@ -277,7 +292,7 @@ async def test_each_failure_is_kept_as_the_spec_says(setup: tuple[RunningServer,
     server, peer = setup
     async with aiohttp.ClientSession() as session:
         alice = await Client.register(session, server, "alice")
-        r = await shared_room(alice, peer)
+        r = await shared_room(alice, peer, version)
         text = {"msgtype": "m.text"}
         levels_before = await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.power_levels")
 
@@ -327,4 +342,4 @@ async def test_each_failure_is_kept_as_the_spec_says(setup: tuple[RunningServer,
 
         # Our next event does not build on the soft-failed one.
         mine = await alice.send(r.room_id, "from alice")
-        assert (await received(peer, mine))["prev_events"] == [ban_id]
+        assert (await received(peer, r, mine))["prev_events"] == [ban_id]
