@@ -340,9 +340,11 @@ async def _state_before(request: web.Request, origin: str) -> tuple[dict[Any, st
     if "event_id" not in request.query:
         raise missing_param("event_id is required")
     ev = await server.rooms.get_event(request.query["event_id"])
-    if ev is None or ev.room_id != room_id or ev.unsigned.get("_outlier"):
+    if ev is None or ev.room_id != room_id or ev.unsigned.get("_outlier") or ev.rejected:
         raise not_found("Unknown event")
     ids = await server.rooms.state_at_event(ev.event_id, after=False)
+    if not ids and ev.unsigned.get("_soft_failed"):  # soft-failed before its state was kept
+        raise not_found("The state at that event is not known here")
     return ids, await _auth_chain(request, list(ids.values()))
 
 

@@ -193,7 +193,7 @@ class Ingester:
             check_auth(event, await self._auth_state(event, current, version), version)
         except AuthError as e:
             log.warning("soft-failed %s from %s: %s", event.event_id, origin, e)
-            await self._rooms.persist_outlier(event, soft_failed=True)
+            await self._rooms.persist_soft_failed(event, state_before)
             return None
         await self._rooms.persist_remote(event, state_before)
         return None
@@ -325,10 +325,11 @@ class Ingester:
         states: list[dict[StateKey, str]] = []
         for prev_id in event.prev_event_ids:
             prev = await self._rooms.get_event(prev_id)
-            if prev is not None and not prev.unsigned.get("_outlier") and prev.rejected is None \
-                    and not prev.unsigned.get("_soft_failed"):
-                states.append(dict(await self._rooms.state_at_event(prev_id)))
-                continue
+            if prev is not None and not prev.unsigned.get("_outlier") and prev.rejected is None:
+                state = await self._rooms.state_at_event(prev_id)
+                if state or not prev.unsigned.get("_soft_failed"):  # (soft-failed before its state was kept)
+                    states.append(dict(state))
+                    continue
             remote = await self._remote_state_after(origin, event.room_id, prev_id, version)
             if remote is None:
                 return None

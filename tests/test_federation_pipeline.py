@@ -21,6 +21,7 @@ from aiohttp import web
 from signedjson.key import generate_signing_key
 
 from bench.servers import PostgresAdmin, RunningServer, free_port, start_whispr
+from federation.client import FederationError
 from homeserver.events.crypto import compute_event_id
 from homeserver.events.room_versions import ROOM_V10, ROOM_V12, RoomVersion
 from tests.conftest import POSTGRES_URL, need
@@ -343,3 +344,18 @@ async def test_each_failure_is_kept_as_the_spec_says(setup: Setup, version: Room
         # Our next event does not build on the soft-failed one.
         mine = await alice.send(r.room_id, "from alice")
         assert (await received(peer, r, mine))["prev_events"] == [ban_id]
+        # Still part of the room's graph: an event of trent's on it and ours is accepted on the state
+        # computed here (no state_ids round trip), which the soft-failed event did not change.
+        peer.state_ids_requests.clear()
+        on_top = r.make(peer, r.trent, "m.room.message", {**text, "body": "on top"}, [beside[0], mine])
+        assert await r.send(peer, server, on_top[1]) == {on_top[0]: {}}
+        assert peer.state_ids_requests == []
+        assert (await timeline(alice, r.room_id, 1))[0]["event_id"] == on_top[0]
+        # Other servers asking for the state at a rejected event get none; at a soft-failed one, the real one.
+        name = server.server_name
+        with pytest.raises(FederationError) as err:
+            await peer.client.get_json(name, f"/_matrix/federation/v1/state_ids/{r.room_id}", {"event_id": grab[0]})
+        assert err.value.status == 404
+        at_beside = await peer.client.get_json(name, f"/_matrix/federation/v1/state_ids/{r.room_id}",
+                                               {"event_id": beside[0]})
+        assert set(at_beside["pdu_ids"]) == set(r.state.values())  # before the ban, as its prev left it

@@ -518,3 +518,15 @@ class Rooms:
     async def persist_outlier(self, event: Event, rejected: str | None = None, soft_failed: bool = False) -> None:
         await self._store.rooms.persist_outlier(event, rejected=rejected, soft_failed=soft_failed)
         self.forget_cached(event.event_id)
+
+    async def persist_soft_failed(self, event: Event, state_before: StateMap) -> None:
+        """A received event that passed the state before it but not the current state: never shown
+        nor built on here, but part of the room's graph, so the state before and after it is kept
+        for the events that other servers build on it."""
+        before = await self._group_for(event.room_id, state_before)
+        after = before
+        if event.is_state:
+            after = await self._store.rooms.new_state_group(event.room_id, before, state_before,
+                                                           {event.key: event.event_id})
+        await self._store.rooms.persist_outlier(event, soft_failed=True, state_groups=(before, after))
+        self.forget_cached(event.event_id)
