@@ -359,3 +359,40 @@ async def test_each_failure_is_kept_as_the_spec_says(setup: Setup, version: Room
         at_beside = await peer.client.get_json(name, f"/_matrix/federation/v1/state_ids/{r.room_id}",
                                                {"event_id": beside[0]})
         assert set(at_beside["pdu_ids"]) == set(r.state.values())  # before the ban, as its prev left it
+
+
+@by_version
+async def test_missing_auth_events_are_fetched_and_checked(setup: Setup, version: RoomVersion) -> None:
+    """Auth events this server never saw are fetched with /event, their own missing auth events too,
+    each checked against its auth events: a PDU on a valid chain is accepted, one citing an auth
+    event the rules refuse is rejected (and stays so)."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        r = await shared_room(alice, peer, version)
+        member, levels = r.state[("m.room.member", r.trent)], r.state[("m.room.power_levels", "")]
+
+        def raise_mallory(to: int, on: str, sender: str) -> tuple[str, dict[str, Any]]:
+            content = {**r.levels, "users": {**r.levels["users"], r.mallory: to}}
+            return r.make(peer, sender, "m.room.power_levels", content, [r.latest], state_key="",
+                          auth=[r.create, on, r.state[("m.room.member", sender)]])
+
+        first = raise_mallory(60, levels, r.trent)
+        second = raise_mallory(70, first[0], r.trent)
+        r.hold(peer, first, second)
+        ok = r.make(peer, r.trent, "m.room.message", {"msgtype": "m.text", "body": "ok"}, [r.latest],
+                    auth=[r.create, second[0], member])
+        assert await r.send(peer, server, ok[1]) == {ok[0]: {}}
+        assert peer.event_requests == [second[0], first[0]] and peer.missing_requests == []
+        assert (await timeline(alice, r.room_id, 1))[0]["event_id"] == ok[0]
+
+        grab = raise_mallory(100, levels, r.mallory)  # mallory (50) may not raise herself
+        r.hold(peer, grab)
+        bad = r.make(peer, r.trent, "m.room.message", {"msgtype": "m.text", "body": "bad"}, [ok[0]],
+                     auth=[r.create, grab[0], member])
+        assert "auth events" in (await r.send(peer, server, bad[1]))[bad[0]]["error"]
+        assert peer.event_requests[2:] == [grab[0]]
+        assert "rejected" in (await r.send(peer, server, bad[1]))[bad[0]]["error"]
+        assert peer.event_requests[3:] == []  # known as rejected: not asked for again
+        await alice.call("GET", f"/rooms/{r.room_id}/event/{bad[0]}", expect=404)
+        assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.power_levels"))["users"][r.mallory] == 50
