@@ -1,6 +1,7 @@
 """Older federation endpoints that peers still call, in the shapes of the spec's OpenAPI: v1
 send_join and send_leave (`[200, {...}]`), v1 invite (`[200, {"event": ...}]`), the published room
-directory (GET/POST /publicRooms), /event_auth, and /state (full PDUs, not only IDs).
+directory (GET/POST /publicRooms, and our clients reading other servers' through it), /event_auth,
+and /state (full PDUs, not only IDs).
 
 Driven by a hand-built peer's signed requests, on SQLite and PostgreSQL; /publicRooms also by a
 real Synapse, whose users browse our directory through it.
@@ -15,6 +16,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bench.servers import RunningServer, free_port, start_synapse, start_whispr, synapse_python
 from federation.client import FederationError
@@ -252,6 +254,60 @@ async def test_event_auth_and_state(setup: Setup) -> None:  # noqa: F811
         await refused(peer.client.get_json(name, f"{F1}/event_auth/{room}/{mine}"), 404, "M_NOT_FOUND")
 
 
+class DirectoryPeer(ReceiptPeer):
+    """A peer whose room directory holds one good entry among junk, and records what it is asked."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.asked: list[Any] = []
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post(f"{F1}/publicRooms", self._public_rooms)
+
+    async def _public_rooms(self, request: web.Request) -> web.Response:
+        self.asked.append(await request.json())
+        good = {"room_id": f"!good:{self.name}", "name": "Good", "num_joined_members": 3, "world_readable": True,
+                "guest_can_join": False, "join_rule": "public", "x-extra": "dropped"}
+        junk: list[Any] = ["junk", 7, None, {"name": "no room ID"}, {"room_id": 5},
+                           {"room_id": f"!typed:{self.name}", "name": 7, "num_joined_members": "many",
+                            "world_readable": "yes", "topic": "t" * 10_000}]
+        return web.json_response({"chunk": [good, *junk], "next_batch": "n2", "total_room_count_estimate": "lots"})
+
+
+async def test_clients_read_other_servers_directories(tmp_path: Path) -> None:
+    """`/publicRooms?server=` asks that server over federation (POST, the client's parameters
+    passed on) and shows its answer as the spec's fields only; a bad server name is a 400, an
+    unreachable server a 502, and signing in is needed."""
+    peer = DirectoryPeer(tmp_path)
+    await peer.start()
+    server = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{free_port()}",
+                                     extra_config=federation_config())
+    try:
+        async with aiohttp.ClientSession() as session:
+            alice = await Client.register(session, server, "alice")
+            listed = await alice.call("POST", "/publicRooms", params={"server": peer.name},
+                                      json={"limit": 5, "filter": {"generic_search_term": "go"}})
+            assert peer.asked == [{"limit": 5, "filter": {"generic_search_term": "go"}}]
+            assert listed == {"chunk": [
+                {"room_id": f"!good:{peer.name}", "name": "Good", "num_joined_members": 3, "world_readable": True,
+                 "guest_can_join": False, "join_rule": "public"},
+                {"room_id": f"!typed:{peer.name}", "num_joined_members": 0, "world_readable": False,
+                 "guest_can_join": False}], "next_batch": "n2"}
+            again = await alice.call("GET", "/publicRooms", params={"server": peer.name, "limit": "2", "since": "n2"})
+            assert peer.asked[-1] == {"limit": 2, "since": "n2"} and len(again["chunk"]) == 2
+            await alice.call("GET", "/publicRooms", params={"server": "not a server!"}, expect=400)
+            await alice.call("GET", "/publicRooms", params={"server": f"127.0.0.1:{free_port()}"}, expect=502)
+            await alice.call("GET", "/publicRooms", params={"server": peer.name, "limit": "-2"}, expect=400)
+            resp = await session.get(server.base_url + "/_matrix/client/v3/publicRooms", params={"server": peer.name})
+            assert resp.status == 401 and (await resp.json())["errcode"] == "M_MISSING_TOKEN"
+            # Our own name is our own directory.
+            ours = await alice.call("GET", "/publicRooms", params={"server": server.server_name})
+            assert ours["chunk"] == [] and len(peer.asked) == 2
+    finally:
+        await asyncio.to_thread(server.stop)
+        await peer.close()
+
+
 @pytest.fixture
 async def with_synapse(tmp_path: Path) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
     python = synapse_python()
@@ -259,7 +315,8 @@ async def with_synapse(tmp_path: Path) -> AsyncIterator[tuple[RunningServer, Run
     whispr_name, synapse_name = f"127.0.0.1:{whispr_port}", f"127.0.0.1:{synapse_port}"
     synapse = await asyncio.to_thread(
         start_synapse, python=python, server_name=synapse_name,
-        extra_config=synapse_federation_config(tmp_path, synapse_port, [whispr_name, synapse_name]),
+        extra_config={**synapse_federation_config(tmp_path, synapse_port, [whispr_name, synapse_name]),
+                      "room_list_publication_rules": [{"action": "allow"}]},  # Synapse lets only admins by default
         extra_listeners=[federation_listener(synapse_port)])
     try:
         whispr = await asyncio.to_thread(start_whispr, server_name=whispr_name, extra_config=federation_config())
@@ -290,3 +347,17 @@ async def test_synapse_browses_our_directory(with_synapse: tuple[RunningServer, 
         await sam.call("POST", f"/join/{wine}", params={"server_name": whispr.server_name}, json={})
         members = await wanda.call("GET", f"/rooms/{wine}/joined_members")
         assert sam.user_id in members["joined"]
+
+        # And the other way: our user reads Synapse's directory.
+        bread = (await sam.call("POST", "/createRoom", json={"preset": "public_chat", "name": "Bread",
+                                                             "visibility": "public"}))["room_id"]
+        for _ in range(100):  # Synapse may list a new room a moment later
+            theirs = await wanda.call("GET", "/publicRooms", params={"server": synapse.server_name})
+            if theirs["chunk"]:
+                break
+            await asyncio.sleep(0.1)
+        assert [r["room_id"] for r in theirs["chunk"]] == [bread]
+        assert theirs["chunk"][0]["name"] == "Bread" and theirs["chunk"][0]["num_joined_members"] == 1
+        found = await wanda.call("POST", "/publicRooms", params={"server": synapse.server_name},
+                                 json={"filter": {"generic_search_term": "bread"}, "limit": 1})
+        assert [r["room_id"] for r in found["chunk"]] == [bread]

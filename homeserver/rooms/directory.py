@@ -20,12 +20,20 @@ class RemoteAliases(Protocol):
     async def resolve_alias(self, alias: str) -> tuple[str, list[str]]: ...
 
 
+class RemotePublicRooms(Protocol):
+    """Another server's published room directory (federation's /publicRooms), given the
+    request's limit, since, filter and network choice; raises MatrixError."""
+
+    async def public_rooms(self, server: str, query: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class Directory:
     def __init__(self, rooms: Rooms, store: Store, server_name: str, search_all_users: bool = False) -> None:
         self._rooms = rooms
         self._store = store
         self._server_name = server_name
         self.remote: RemoteAliases | None = None
+        self.remote_public_rooms: RemotePublicRooms | None = None
         self._search_all_users = search_all_users
 
     def _check_alias(self, alias: str) -> None:
@@ -144,6 +152,12 @@ class Directory:
         if offset:
             body["prev_batch"] = str(max(0, offset - (limit or 0)))
         return body
+
+    async def other_servers_rooms(self, server: str, query: dict[str, Any]) -> dict[str, Any]:
+        """The directory of another server, for a client exploring it (`?server=`)."""
+        if self.remote_public_rooms is None:
+            raise not_found("This server does not federate: no other server's directory can be read")
+        return await self.remote_public_rooms.public_rooms(server, query)
 
     async def search_users(self, user_id: str, term: object, limit: object) -> dict[str, Any]:
         if not isinstance(term, str):
