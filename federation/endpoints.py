@@ -231,11 +231,11 @@ async def _send_membership(request: web.Request, origin: str, membership: str) -
     try:
         event = await server.federation.ingester.verified_event(pdu, version)
     except PduRejected as e:
-        raise bad_json(f"bad event: {e}") from None
+        raise invalid_param(f"bad event: {e}") from None  # the spec's SHOULD, as for the rest
     if event.event_id != event_id or event.room_id != room_id or event.type != "m.room.member" \
             or event.membership != membership or event.state_key != event.sender \
             or server_of(event.sender) != origin:
-        raise bad_json(f"not a {membership} of {origin}'s user for this room and event ID")
+        raise invalid_param(f"not a {membership} of {origin}'s user for this room and event ID")
     state_before = await server.rooms.current_state_ids(room_id)
     async with server.rooms.lock(room_id):
         error = await server.federation.ingester.process(origin, event, version)
@@ -298,12 +298,12 @@ async def _invite(request: web.Request, origin: str, pdu: dict[str, Any], versio
     try:
         event = await server.federation.ingester.verified_event(pdu, version)
     except PduRejected as e:
-        raise bad_json(f"bad invite event: {e}") from None
+        raise invalid_param(f"bad invite event: {e}") from None
     target = event.state_key or ""
     if event.event_id != event_id or event.room_id != room_id or event.type != "m.room.member" \
             or event.membership != "invite" or server_of(event.sender) != origin \
             or server_of(target) != server.config.server_name:
-        raise bad_json("not an invite of one of our users from your server")
+        raise invalid_param("not an invite of one of our users from your server")
     if await server.store.users.get(target) is None:
         raise not_found("Unknown user")
     if await server.rooms.membership(room_id, target) == "join":

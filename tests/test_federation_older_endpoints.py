@@ -75,12 +75,12 @@ async def test_v1_send_join_and_send_leave(setup: Setup) -> None:  # noqa: F811
         # The same refusals as v2: a join for another event ID, a leave of a user not of the origin.
         again, again_id = await membership(peer, server, "join", room, mallory)
         await refused(peer.client.put_json(server.server_name, f"{F1}/send_join/{room}/{leave_id}", again),
-                      400, "M_BAD_JSON")
+                      400, "M_INVALID_PARAM")
         forged = sign_event({**leave, "sender": alice.user_id, "state_key": alice.user_id}, peer.name, peer.key,
                             ROOM_V10)
         await refused(peer.client.put_json(server.server_name,
                                            f"{F1}/send_leave/{room}/{compute_event_id(forged, ROOM_V10)}", forged),
-                      400, "M_BAD_JSON")
+                      400, "M_INVALID_PARAM")
         assert (await room_state(alice, room))[("m.room.member", alice.user_id)] == before[
             ("m.room.member", alice.user_id)]
         assert again_id not in (await room_state(alice, room)).values()
@@ -120,7 +120,7 @@ async def test_v1_invite(setup: Setup) -> None:  # noqa: F811
                              auth, join["depth"] + 2)
         await refused(peer.client.put_json(server.server_name,
                                            f"{F1}/invite/{room}/{compute_event_id(message, ROOM_V10)}", message),
-                      400, "M_BAD_JSON")
+                      400, "M_INVALID_PARAM")
 
         # A room we do not hold: version 1.
         elsewhere = f"!elsewhere:{peer.name}"
