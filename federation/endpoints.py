@@ -443,8 +443,8 @@ async def query_directory(request: web.Request, origin: str) -> web.Response:
 
 
 async def public_rooms(request: web.Request, origin: str) -> web.Response:
-    """The rooms published in our directory (never those of other servers), GET or POST with a
-    filter. No application services bridge networks here: `include_all_networks` changes nothing
+    """The rooms published in our directory (never those of other servers, nor those closed to
+    federation), GET or POST with a filter. No application services bridge networks here: `include_all_networks` changes nothing
     and a `third_party_instance_id` names no network we have (an empty chunk)."""
     room_types: list[str | None] | None = None
     term: Any = None
@@ -478,7 +478,7 @@ async def public_rooms(request: web.Request, origin: str) -> web.Response:
     if instance is not None:
         return web.json_response({"chunk": [], "total_room_count_estimate": 0})
     return web.json_response(await hs(request).directory.public_rooms(
-        min(limit, MAX_PUBLIC_ROOMS_LIMIT) if limit else None, since, term, room_types))
+        min(limit, MAX_PUBLIC_ROOMS_LIMIT) if limit else None, since, term, room_types, federating_only=True))
 
 
 async def user_devices(request: web.Request, origin: str) -> web.Response:

@@ -170,6 +170,8 @@ async def test_public_rooms_over_federation(setup: Setup) -> None:  # noqa: F811
         wine = await published(alice, "Wine")
         space = await published(alice, "Places", creation_content={"type": "m.space"})
         await published(alice, "Unlisted", publish=False)
+        local = await published(alice, "Only here", creation_content={"m.federate": False})
+        assert local in {r["room_id"] for r in (await alice.call("GET", "/publicRooms"))["chunk"]}
 
         everything = await peer.client.get_json(name, f"{F1}/publicRooms")
         assert [r["room_id"] for r in everything["chunk"]][:1] == [cheese]

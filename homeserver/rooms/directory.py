@@ -111,9 +111,11 @@ class Directory:
         return "public" if room.is_public else "private"
 
     async def public_rooms(self, limit: int | None, since: str | None, term: str | None,
-                           room_types: list[str | None] | None = None) -> dict[str, Any]:
+                           room_types: list[str | None] | None = None,
+                           federating_only: bool = False) -> dict[str, Any]:
         """The rooms published in this server's directory, most members first. `room_types`, when
-        given, keeps the rooms of those types (None: rooms without a type)."""
+        given, keeps the rooms of those types (None: rooms without a type); `federating_only` (for
+        other servers) leaves out the rooms created with `m.federate: false`."""
         chunk = []
         for room in await self._store.rooms.public_rooms():
             state = await self._rooms.current_state(room.room_id)
@@ -134,6 +136,8 @@ class Directory:
                 if isinstance(value, str):
                     entry[key] = value
             create = state.get(CREATE_KEY)
+            if federating_only and create is not None and create.content.get("m.federate") is False:
+                continue
             room_type = create.content.get("type") if create is not None else None
             if isinstance(room_type, str):
                 entry["room_type"] = room_type
