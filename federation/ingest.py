@@ -185,7 +185,7 @@ class Ingester:
             check_auth(event, await self._auth_state(event, state_before, version), version)
         except AuthError as e:
             log.warning("rejected %s from %s against the state before it: %s", event.event_id, origin, e)
-            await self._rooms.persist_outlier(event, rejected=str(e))
+            await self._rooms.persist_rejected(event, str(e), state_before)
             return f"rejected: {e}"
         # Step 6: against the current state; failing it only soft-fails the event.
         current = await self._rooms.current_state_ids(event.room_id)
@@ -325,9 +325,11 @@ class Ingester:
         states: list[dict[StateKey, str]] = []
         for prev_id in event.prev_event_ids:
             prev = await self._rooms.get_event(prev_id)
-            if prev is not None and not prev.unsigned.get("_outlier") and prev.rejected is None:
+            if prev is not None and not prev.unsigned.get("_outlier"):
+                # Kept for accepted, soft-failed and (as the state before them) rejected events, but
+                # not for those refused before their state was known.
                 state = await self._rooms.state_at_event(prev_id)
-                if state or not prev.unsigned.get("_soft_failed"):  # (soft-failed before its state was kept)
+                if state or (prev.rejected is None and not prev.unsigned.get("_soft_failed")):
                     states.append(dict(state))
                     continue
             remote = await self._remote_state_after(origin, event.room_id, prev_id, version)

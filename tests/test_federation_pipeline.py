@@ -351,6 +351,12 @@ async def test_each_failure_is_kept_as_the_spec_says(setup: Setup, version: Room
         assert await r.send(peer, server, on_top[1]) == {on_top[0]: {}}
         assert peer.state_ids_requests == []
         assert (await timeline(alice, r.room_id, 1))[0]["event_id"] == on_top[0]
+        # So is one on the event rejected against the state before it (the spec: allowed if it passes
+        # the auth rules, on the state as if the rejected event were not there).
+        on_rejected = r.make(peer, r.trent, "m.room.message", {**text, "body": "on the rejected"},
+                             [after_ban[0], on_top[0]])
+        assert await r.send(peer, server, on_rejected[1]) == {on_rejected[0]: {}}
+        assert peer.state_ids_requests == []
         # Other servers asking for the state at a rejected event get none; at a soft-failed one, the real one.
         name = server.server_name
         with pytest.raises(FederationError) as err:

@@ -519,6 +519,14 @@ class Rooms:
         await self._store.rooms.persist_outlier(event, rejected=rejected, soft_failed=soft_failed)
         self.forget_cached(event.event_id)
 
+    async def persist_rejected(self, event: Event, reason: str, state_before: StateMap) -> None:
+        """A received event refused against the state before it: never shown nor built on here, but
+        events of other servers may still cite it, and the state after it is the state before it
+        (the spec: the state is calculated as if the rejected event did not update it)."""
+        group = await self._group_for(event.room_id, state_before)
+        await self._store.rooms.persist_outlier(event, rejected=reason, state_groups=(group, group))
+        self.forget_cached(event.event_id)
+
     async def persist_soft_failed(self, event: Event, state_before: StateMap) -> None:
         """A received event that passed the state before it but not the current state: never shown
         nor built on here, but part of the room's graph, so the state before and after it is kept
