@@ -402,3 +402,9 @@ async def test_missing_auth_events_are_fetched_and_checked(setup: Setup, version
         assert peer.event_requests[3:] == []  # known as rejected: not asked for again
         await alice.call("GET", f"/rooms/{r.room_id}/event/{bad[0]}", expect=404)
         assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.power_levels"))["users"][r.mallory] == 50
+
+        # Held as an outlier, the second change arrives as a PDU of its own: it joins the timeline, and
+        # the room's state (resolved with ours, on which it is a fork).
+        assert await r.send(peer, server, second[1]) == {second[0]: {}}
+        assert (await timeline(alice, r.room_id, 1))[0]["event_id"] == second[0]
+        assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.power_levels"))["users"][r.mallory] == 70
