@@ -121,7 +121,7 @@ class Directory:
             state = await self._rooms.current_state(room.room_id)
             joined = await self._store.rooms.members(room.room_id, "join")
 
-            def get(t: str, key: str, state: dict[tuple[str, str], Any] = state) -> Any:
+            def get(t: str, key: str) -> Any:
                 ev = state.get((t, ""))
                 return ev.content.get(key) if ev is not None else None
 
