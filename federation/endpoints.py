@@ -444,8 +444,9 @@ async def query_directory(request: web.Request, origin: str) -> web.Response:
 
 async def public_rooms(request: web.Request, origin: str) -> web.Response:
     """The rooms published in our directory (never those of other servers, nor those closed to
-    federation), GET or POST with a filter. No application services bridge networks here: `include_all_networks` changes nothing
-    and a `third_party_instance_id` names no network we have (an empty chunk)."""
+    federation), GET or POST with a filter. No application services bridge networks here:
+    `include_all_networks` changes nothing and a `third_party_instance_id` names no network we
+    have (an empty chunk)."""
     room_types: list[str | None] | None = None
     term: Any = None
     if request.method == "POST":
