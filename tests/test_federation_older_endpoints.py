@@ -84,6 +84,9 @@ async def test_v1_send_join_and_send_leave(setup: Setup) -> None:  # noqa: F811
         assert (await room_state(alice, room))[("m.room.member", alice.user_id)] == before[
             ("m.room.member", alice.user_id)]
         assert again_id not in (await room_state(alice, room)).values()
+        for junk in ([again], 7, {"type": "m.room.member"}):
+            await refused(peer.client.put_json(server.server_name, f"{F1}/send_join/{room}/{again_id}", junk),
+                          400, "M_INVALID_PARAM")
 
 
 async def test_v1_invite(setup: Setup) -> None:  # noqa: F811
@@ -121,6 +124,10 @@ async def test_v1_invite(setup: Setup) -> None:  # noqa: F811
         await refused(peer.client.put_json(server.server_name,
                                            f"{F1}/invite/{room}/{compute_event_id(message, ROOM_V10)}", message),
                       400, "M_INVALID_PARAM")
+
+        for junk in ([invite], "invite", {"content": {"membership": "invite"}}):
+            await refused(peer.client.put_json(server.server_name, f"{F1}/invite/{room}/{invite_id}", junk),
+                          400, "M_BAD_JSON" if not isinstance(junk, dict) else "M_INVALID_PARAM")
 
         # A room we do not hold: version 1.
         elsewhere = f"!elsewhere:{peer.name}"
