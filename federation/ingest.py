@@ -160,6 +160,12 @@ class Ingester:
         held = await self._rooms.get_event(event.event_id)
         if held is not None and not is_plain_outlier(held):
             return _outcome(held)
+        # An event of another room as a parent would bring that room's state in as the state before it.
+        prevs = await self._rooms.get_events(event.prev_event_ids)
+        if any(prev.room_id != event.room_id for prev in prevs.values()):
+            log.warning("rejected %s from %s: a prev event is of another room", event.event_id, origin)
+            await self._rooms.persist_outlier(event, rejected="a prev event is of another room")
+            return "rejected: a prev event is of another room"
         # Missing prev events first: fetched by get_missing_events, they join the timeline; found
         # first among the auth events, they would only be outliers.
         if fetch_missing:
@@ -357,7 +363,8 @@ class Ingester:
         missing = [i for i in wanted if i not in known]
         if missing:
             await self._fetch_outliers(origin, room_id, missing, version)
-        found = await self._rooms.get_events(state_ids + [event_id])
+        found = {i: e for i, e in (await self._rooms.get_events(state_ids + [event_id])).items()
+                 if e.room_id == room_id}  # never another room's events, which this server may hold
         state = {found[i].key: i for i in state_ids if i in found and found[i].is_state and not found[i].rejected}
         prev = found.get(event_id)
         if prev is not None and prev.is_state and not prev.rejected:

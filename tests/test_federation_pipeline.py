@@ -408,3 +408,38 @@ async def test_missing_auth_events_are_fetched_and_checked(setup: Setup, version
         assert await r.send(peer, server, second[1]) == {second[0]: {}}
         assert (await timeline(alice, r.room_id, 1))[0]["event_id"] == second[0]
         assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.power_levels"))["users"][r.mallory] == 70
+
+
+@by_version
+async def test_prev_events_of_another_room_are_refused(setup: Setup, version: RoomVersion) -> None:
+    """A PDU whose prev event is an event of another room (one this server holds) must not take
+    that room's state as the state before it: refused, and neither room's state changes."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        r = await shared_room(alice, peer, version)
+        other = await shared_room(alice, peer, version)
+        before, other_before = await room_state(alice, r.room_id), await room_state(alice, other.room_id)
+        text = {"msgtype": "m.text"}
+        for prev in ([other.latest], [r.latest, other.latest]):
+            made = r.make(peer, r.mallory, "m.room.message", {**text, "body": "across"}, prev)
+            assert (await r.send(peer, server, made[1]))[made[0]].get("error")
+            await alice.call("GET", f"/rooms/{r.room_id}/event/{made[0]}", expect=404)
+        assert await room_state(alice, r.room_id) == before
+        assert await room_state(alice, other.room_id) == other_before
+        assert peer.missing_requests == [] and peer.state_ids_requests == []
+
+        # Nor from a state_ids answer naming the other room's events as the state before a gap.
+        peer.fill_gaps = False
+        unseen = r.make(peer, r.trent, "m.room.message", {**text, "body": "unseen"}, [r.latest])
+        r.hold(peer, unseen)
+        peer.state_before[unseen[0]] = list(other_before.values())
+        on_unseen = r.make(peer, r.trent, "m.room.message", {**text, "body": "on the unseen"}, [unseen[0]])
+        assert (await r.send(peer, server, on_unseen[1]))[on_unseen[0]].get("error")
+        assert peer.state_ids_requests == [unseen[0]]
+        assert await room_state(alice, r.room_id) == before
+        assert await room_state(alice, other.room_id) == other_before
+        # The room still takes the next PDU on its own graph.
+        fine = r.make(peer, r.mallory, "m.room.message", {**text, "body": "fine"}, [r.latest])
+        assert await r.send(peer, server, fine[1]) == {fine[0]: {}}
+        assert await room_state(alice, r.room_id) == before
