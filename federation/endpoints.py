@@ -231,7 +231,7 @@ async def _send_membership(request: web.Request, origin: str, membership: str) -
     try:
         event = await server.federation.ingester.verified_event(pdu, version)
     except PduRejected as e:
-        raise invalid_param(f"bad event: {e}") from None  # the spec's SHOULD, as for the rest
+        raise invalid_param(f"bad event: {e}") from None  # M_INVALID_PARAM: what the spec says servers should answer
     if event.event_id != event_id or event.room_id != room_id or event.type != "m.room.member" \
             or event.membership != membership or event.state_key != event.sender \
             or server_of(event.sender) != origin:
