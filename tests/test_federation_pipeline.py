@@ -39,6 +39,7 @@ class PipelinePeer(ReceiptPeer):
     def __init__(self, tmp: Path) -> None:
         super().__init__(tmp)
         self.fill_gaps = True
+        self.missing_limit: int | None = None
         self.state_before: dict[str, list[str]] = {}  # event ID -> the state IDs before it
         self.state_ids_requests: list[str] = []
         self.event_requests: list[str] = []
@@ -52,6 +53,11 @@ class PipelinePeer(ReceiptPeer):
         if not self.fill_gaps:
             self.missing_requests.append(await request.json())
             return web.json_response({"events": []})
+        if self.missing_limit is not None:  # only the newest of the events asked for
+            body = await request.json()
+            self.missing_requests.append(body)
+            held = [p for i, p in self.held.items() if i not in set(body.get("earliest_events", []))]
+            return web.json_response({"events": sorted(held, key=lambda p: p["depth"])[-self.missing_limit:]})
         return await super()._missing(request)
 
     async def _event(self, request: web.Request) -> web.Response:
@@ -218,6 +224,31 @@ async def test_a_gap_get_missing_events_cannot_fill_is_bridged_with_state_ids(
         assert "rejected" in result[topic[0]]["error"]
         assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.topic")) == {"topic": "original"}
         await alice.call("GET", f"/rooms/{r.room_id}/event/{topic[0]}", expect=404)
+
+
+@by_version
+async def test_a_gap_get_missing_events_fills_in_part_is_bridged_at_its_start(
+        setup: Setup, version: RoomVersion) -> None:
+    """get_missing_events gives only the newest of the missing events: the oldest one it gave is
+    accepted on the state state_ids gives for its unknown prev event (a topic change, fetched with
+    /event), and the rest follow on it."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        r = await shared_room(alice, peer, version)
+        peer.missing_limit = 2
+        text = {"msgtype": "m.text"}
+        topic = r.make(peer, r.trent, "m.room.topic", {"topic": "bridged"}, [r.latest], state_key="")
+        one = r.make(peer, r.trent, "m.room.message", {**text, "body": "one"}, [topic[0]])
+        two = r.make(peer, r.trent, "m.room.message", {**text, "body": "two"}, [one[0]])
+        last = r.make(peer, r.trent, "m.room.message", {**text, "body": "last"}, [two[0]])
+        r.hold(peer, topic, one, two)
+        peer.state_before[topic[0]] = list(r.state.values())
+        assert await r.send(peer, server, last[1]) == {last[0]: {}}
+        assert len(peer.missing_requests) == 1 and peer.state_ids_requests == [topic[0]]
+        assert topic[0] in peer.event_requests
+        assert [e["event_id"] for e in await timeline(alice, r.room_id, 3)] == [last[0], two[0], one[0]]
+        assert (await alice.call("GET", f"/rooms/{r.room_id}/state/m.room.topic")) == {"topic": "bridged"}
 
 
 @by_version
