@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from client_api.http import CLIENT_V3, hs, json_body, ok, requester
@@ -37,6 +39,9 @@ async def put_visibility(request: web.Request) -> web.Response:
 
 
 async def public_rooms(request: web.Request) -> web.Response:
+    server = request.query.get("server")
+    if server and server != hs(request).config.server_name:
+        return await _other_servers_rooms(request, server)
     if request.method == "POST":
         await requester(request)
         body = await json_body(request, allow_empty=True)
@@ -55,6 +60,30 @@ async def public_rooms(request: web.Request) -> web.Response:
         raise MatrixError(400, "M_INVALID_PARAM", "limit must be a non-negative integer")
     return ok(await hs(request).directory.public_rooms(limit, since if isinstance(since, str) else None,
                                                        term if isinstance(term, str) else None))
+
+
+async def _other_servers_rooms(request: web.Request, server: str) -> web.Response:
+    """Another server's directory, asked over federation: for signed-in users only, since each
+    request costs one to that server. The request's parameters are passed on as they are typed."""
+    await requester(request)
+    query: dict[str, Any]
+    if request.method == "POST":
+        body = await json_body(request, allow_empty=True)
+        query = {k: body[k] for k in ("limit", "since", "filter", "include_all_networks", "third_party_instance_id")
+                 if k in body}
+    else:
+        query = {}
+        if "limit" in request.query:
+            try:
+                query["limit"] = int(request.query["limit"])
+            except ValueError:
+                raise MatrixError(400, "M_INVALID_PARAM", "limit must be an integer") from None
+        if "since" in request.query:
+            query["since"] = request.query["since"]
+    limit = query.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise MatrixError(400, "M_INVALID_PARAM", "limit must be a non-negative integer")
+    return ok(await hs(request).directory.other_servers_rooms(server, query))
 
 
 async def user_search(request: web.Request) -> web.Response:

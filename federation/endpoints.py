@@ -36,6 +36,8 @@ MAX_MISSING_EVENTS_LIMIT = 100
 MAX_MISSING_LATEST = 20  # get_missing_events `latest_events`
 MAX_MISSING_EARLIEST = 1_000  # get_missing_events `earliest_events`
 MAX_DEPTH = 2**63 - 1  # depths are 64-bit signed integers
+MAX_PUBLIC_ROOMS_LIMIT = 1_000  # rooms per publicRooms answer; 0 or none asks for all of them
+V1_ROOM_VERSION = "1"  # what a room version not said is taken to be (v1 invite, v2 invite without one)
 _DECIMAL = re.compile(r"-?[0-9]+")  # what int() takes beyond this (spaces, "_", "+", other digits) is refused
 _HUGE_DIGITS = 19  # more digits than any limit or depth: clamped without converting
 
@@ -210,6 +212,16 @@ async def make_membership(request: web.Request, origin: str, membership: str) ->
 
 
 async def send_membership(request: web.Request, origin: str, membership: str) -> web.Response:
+    """v2 send_join / send_leave: the answer as it is."""
+    return web.json_response(await _send_membership(request, origin, membership))
+
+
+async def send_membership_v1(request: web.Request, origin: str, membership: str) -> web.Response:
+    """v1 send_join / send_leave (deprecated, still called by older servers): `[200, answer]`."""
+    return web.json_response([200, await _send_membership(request, origin, membership)])
+
+
+async def _send_membership(request: web.Request, origin: str, membership: str) -> dict[str, Any]:
     server = hs(request)
     room_id, event_id = request.match_info["room_id"], request.match_info["event_id"]
     await _require_acl(request, room_id, origin)
@@ -220,11 +232,11 @@ async def send_membership(request: web.Request, origin: str, membership: str) ->
     try:
         event = await server.federation.ingester.verified_event(pdu, version)
     except PduRejected as e:
-        raise bad_json(f"bad event: {e}") from None
+        raise invalid_param(f"bad event: {e}") from None  # M_INVALID_PARAM: what the spec says servers should answer
     if event.event_id != event_id or event.room_id != room_id or event.type != "m.room.member" \
             or event.membership != membership or event.state_key != event.sender \
             or server_of(event.sender) != origin:
-        raise bad_json(f"not a {membership} of {origin}'s user for this room and event ID")
+        raise invalid_param(f"not a {membership} of {origin}'s user for this room and event ID")
     state_before = await server.rooms.current_state_ids(room_id)
     async with server.rooms.lock(room_id):
         error = await server.federation.ingester.process(origin, event, version)
@@ -233,44 +245,66 @@ async def send_membership(request: web.Request, origin: str, membership: str) ->
         raise forbidden(f"The {membership} was refused: {error or 'not allowed by the current state'}")
     await server.federation.sender.send_event(event, exclude=origin)
     if membership == "leave":
-        return web.json_response({})
+        return {}
     states = await server.rooms.get_events(state_before.values())
     chain = await _auth_chain(request, list(state_before.values()))
-    return web.json_response({
+    return {
         "origin": server.config.server_name,
         "state": [e.pdu for e in states.values()],
         "auth_chain": [e.pdu for e in chain],
         "members_omitted": False,
         "servers_in_room": sorted(await server.store.rooms.room_servers(room_id)),
         "event": event.pdu,
-    })
+    }
 
 
 async def invite(request: web.Request, origin: str) -> web.Response:
-    """Another server invites one of our users. In a room this server is in, the invite is an
-    event of the room, checked like any PDU; elsewhere it is only the invitee's pending invite."""
-    server = hs(request)
-    room_id, event_id = request.match_info["room_id"], request.match_info["event_id"]
-    await _require_acl(request, room_id, origin)
+    """v2 invite: `{event, room_version, invite_room_state}`, answered `{event}`."""
+    await _require_acl(request, request.match_info["room_id"], origin)
     body = await _body(request)
     if not isinstance(body, dict) or not isinstance(body.get("event"), dict):
         raise bad_json("The body needs the invite event")
+    signed = await _invite(request, origin, body["event"], str(body.get("room_version", V1_ROOM_VERSION)),
+                           body.get("invite_room_state"))
+    return web.json_response({"event": signed})
+
+
+async def invite_v1(request: web.Request, origin: str) -> web.Response:
+    """v1 invite (deprecated): the body is the event, its room state in `unsigned.invite_room_state`,
+    and the room version is not said: a room we hold has its own, any other is taken to be v1 (the
+    spec: v1 invites are for rooms of version 1 or 2). Answered `[200, {event}]`."""
+    await _require_acl(request, request.match_info["room_id"], origin)
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise bad_json("The body must be the invite event")
+    unsigned = body.get("unsigned")
+    invite_state = unsigned.get("invite_room_state") if isinstance(unsigned, dict) else None
+    signed = await _invite(request, origin, body, V1_ROOM_VERSION, invite_state)
+    return web.json_response([200, {"event": signed}])
+
+
+async def _invite(request: web.Request, origin: str, pdu: dict[str, Any], version_id: str,
+                  invite_room_state: Any) -> dict[str, Any]:
+    """Another server invites one of our users: the event, signed by us too. In a room this server
+    is in, the invite is an event of the room, checked like any PDU; elsewhere it is only the
+    invitee's pending invite."""
+    server = hs(request)
+    room_id, event_id = request.match_info["room_id"], request.match_info["event_id"]
     room = await server.rooms.room(room_id)
     held = room is not None and room.current_group is not None
-    version = await server.rooms.room_version(room_id) if held else get_room_version(
-        str(body.get("room_version", "1")))
+    version = await server.rooms.room_version(room_id) if held else get_room_version(version_id)
     if version is None:
         raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "This server does not support that room version",
-                          room_version=str(body.get("room_version")))
+                          room_version=version_id)
     try:
-        event = await server.federation.ingester.verified_event(body["event"], version)
+        event = await server.federation.ingester.verified_event(pdu, version)
     except PduRejected as e:
-        raise bad_json(f"bad invite event: {e}") from None
+        raise invalid_param(f"bad invite event: {e}") from None
     target = event.state_key or ""
     if event.event_id != event_id or event.room_id != room_id or event.type != "m.room.member" \
             or event.membership != "invite" or server_of(event.sender) != origin \
             or server_of(target) != server.config.server_name:
-        raise bad_json("not an invite of one of our users from your server")
+        raise invalid_param("not an invite of one of our users from your server")
     if await server.store.users.get(target) is None:
         raise not_found("Unknown user")
     if await server.rooms.membership(room_id, target) == "join":
@@ -281,10 +315,10 @@ async def invite(request: web.Request, origin: str) -> web.Response:
     if held:
         await _accept_invite_event(request, origin, signed, version)
     else:
-        invite_state = received_invite_state(body.get("invite_room_state"), signed, version)
+        invite_state = received_invite_state(invite_room_state, signed, version)
         await server.rooms.record_outside_membership(signed, version.identifier,
                                                      {"invite_room_state": invite_state})
-    return web.json_response({"event": signed.pdu})
+    return signed.pdu
 
 
 async def _accept_invite_event(request: web.Request, origin: str, event: Event, version: RoomVersion) -> None:
@@ -306,10 +340,14 @@ async def _state_before(request: web.Request, origin: str) -> tuple[dict[Any, st
     server = hs(request)
     room_id = request.match_info["room_id"]
     await _require_server_in_room(request, room_id, origin)
-    ev = await server.rooms.get_event(request.query.get("event_id", ""))
-    if ev is None or ev.room_id != room_id or ev.unsigned.get("_outlier"):
+    if "event_id" not in request.query:
+        raise missing_param("event_id is required")
+    ev = await server.rooms.get_event(request.query["event_id"])
+    if ev is None or ev.room_id != room_id or ev.unsigned.get("_outlier") or ev.rejected:
         raise not_found("Unknown event")
     ids = await server.rooms.state_at_event(ev.event_id, after=False)
+    if not ids and ev.unsigned.get("_soft_failed"):  # soft-failed before its state was kept
+        raise not_found("The state at that event is not known here")
     return ids, await _auth_chain(request, list(ids.values()))
 
 
@@ -407,6 +445,46 @@ async def query_directory(request: web.Request, origin: str) -> web.Response:
     return web.json_response(await hs(request).directory.resolve_local(request.query.get("room_alias", "")))
 
 
+async def public_rooms(request: web.Request, origin: str) -> web.Response:
+    """The rooms published in our directory (never those of other servers, nor those closed to
+    federation), GET or POST with a filter. No application services bridge networks here:
+    `include_all_networks` changes nothing and a `third_party_instance_id` names no network we
+    have (an empty chunk)."""
+    room_types: list[str | None] | None = None
+    term: Any = None
+    if request.method == "POST":
+        body = await _body(request)
+        if not isinstance(body, dict):
+            raise bad_json("The body must be an object")
+        limit, since, instance = body.get("limit"), body.get("since"), body.get("third_party_instance_id")
+        all_networks = body.get("include_all_networks", False)
+        search = body.get("filter") or {}
+        if not isinstance(search, dict):
+            raise bad_json("filter must be an object")
+        term, types = search.get("generic_search_term"), search.get("room_types")
+        if types is not None:
+            if not isinstance(types, list) or not all(t is None or isinstance(t, str) for t in types):
+                raise bad_json("filter.room_types must list room types (or null)")
+            room_types = types
+    else:
+        since, instance = request.query.get("since"), request.query.get("third_party_instance_id")
+        limit = _query_int(request, "limit", 0, MAX_PUBLIC_ROOMS_LIMIT) if "limit" in request.query else None
+        all_networks = {"true": True, "false": False}.get(request.query.get("include_all_networks", "false"))
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise invalid_param("limit must be a non-negative integer")
+    if not isinstance(all_networks, bool):
+        raise invalid_param("include_all_networks must be true or false")
+    for name, value in (("since", since), ("third_party_instance_id", instance), ("generic_search_term", term)):
+        if value is not None and not isinstance(value, str):
+            raise invalid_param(f"{name} must be a string")
+    if instance is not None and all_networks:
+        raise invalid_param("third_party_instance_id cannot be used with include_all_networks")
+    if instance is not None:
+        return web.json_response({"chunk": [], "total_room_count_estimate": 0})
+    return web.json_response(await hs(request).directory.public_rooms(
+        min(limit, MAX_PUBLIC_ROOMS_LIMIT) if limit else None, since, term, room_types, federating_only=True))
+
+
 async def user_devices(request: web.Request, origin: str) -> web.Response:
     user_id = request.match_info["user_id"]
     if await hs(request).store.users.get(user_id) is None:
@@ -424,9 +502,12 @@ def setup(app: web.Application) -> None:
     r.add_put(f"{F1}/send/{{txn_id}}", authed(send_transaction))
     r.add_get(f"{F1}/make_join/{{room_id}}/{{user_id}}", authed(lambda q, o: make_membership(q, o, "join")))
     r.add_put(f"{F2}/send_join/{{room_id}}/{{event_id}}", authed(lambda q, o: send_membership(q, o, "join")))
+    r.add_put(f"{F1}/send_join/{{room_id}}/{{event_id}}", authed(lambda q, o: send_membership_v1(q, o, "join")))
     r.add_get(f"{F1}/make_leave/{{room_id}}/{{user_id}}", authed(lambda q, o: make_membership(q, o, "leave")))
     r.add_put(f"{F2}/send_leave/{{room_id}}/{{event_id}}", authed(lambda q, o: send_membership(q, o, "leave")))
+    r.add_put(f"{F1}/send_leave/{{room_id}}/{{event_id}}", authed(lambda q, o: send_membership_v1(q, o, "leave")))
     r.add_put(f"{F2}/invite/{{room_id}}/{{event_id}}", authed(invite))
+    r.add_put(f"{F1}/invite/{{room_id}}/{{event_id}}", authed(invite_v1))
     r.add_get(f"{F1}/state_ids/{{room_id}}", authed(state_ids))
     r.add_get(f"{F1}/state/{{room_id}}", authed(state))
     r.add_get(f"{F1}/event/{{event_id}}", authed(get_event))
@@ -436,3 +517,5 @@ def setup(app: web.Application) -> None:
     r.add_get(f"{F1}/query/profile", authed(query_profile))
     r.add_get(f"{F1}/query/directory", authed(query_directory))
     r.add_get(f"{F1}/user/devices/{{user_id}}", authed(user_devices))
+    r.add_get(f"{F1}/publicRooms", authed(public_rooms))
+    r.add_post(f"{F1}/publicRooms", authed(public_rooms))

@@ -76,6 +76,17 @@ def check_format(pdu: Any, version: RoomVersion) -> None:
         raise PduRejected("PDU is larger than 65536 bytes")
 
 
+def is_plain_outlier(event: Event) -> bool:
+    """Held outside the timeline only because another event needed it (auth chain, state): not
+    judged as a PDU of its own yet, unlike a rejected or soft-failed event."""
+    return bool(event.unsigned.get("_outlier")) and event.rejected is None
+
+
+def _outcome(held: Event) -> str | None:
+    """What a /send answer says again for a PDU judged before: its rejection, or nothing."""
+    return None if held.rejected is None else f"rejected: {held.rejected}"
+
+
 class Ingester:
     def __init__(self, server_name: str, rooms: Rooms, keys: SignatureChecker, client: FederationRequests) -> None:
         self._server_name = server_name
@@ -137,8 +148,9 @@ class Ingester:
                 return compute_event_id(pdu, version), str(e)
             except Exception:
                 return "", str(e)
-        if await self._rooms.get_event(event.event_id) is not None:
-            return event.event_id, None
+        held = await self._rooms.get_event(event.event_id)
+        if held is not None and not is_plain_outlier(held):
+            return event.event_id, _outcome(held)
         async with self._rooms.lock(event.room_id):
             return event.event_id, await self._process(origin, event, version, fetch_missing=True)
 
@@ -170,8 +182,19 @@ class Ingester:
         return await self._process(origin, event, version, fetch_missing=False)
 
     async def _process(self, origin: str, event: Event, version: RoomVersion, fetch_missing: bool) -> str | None:
-        if await self._rooms.get_event(event.event_id) is not None:
-            return None
+        held = await self._rooms.get_event(event.event_id)
+        if held is not None and not is_plain_outlier(held):
+            return _outcome(held)
+        # An event of another room as a parent would bring that room's state in as the state before it.
+        prevs = await self._rooms.get_events(event.prev_event_ids)
+        if any(prev.room_id != event.room_id for prev in prevs.values()):
+            log.warning("rejected %s from %s: a prev event is of another room", event.event_id, origin)
+            await self._rooms.persist_outlier(event, rejected="a prev event is of another room")
+            return "rejected: a prev event is of another room"
+        # Missing prev events first: fetched by get_missing_events, they join the timeline; found
+        # first among the auth events, they would only be outliers.
+        if fetch_missing:
+            await self._fetch_missing_prevs(origin, event, version)
         # Step 4: auth against the event's own auth events.
         auth = await self._auth_events(origin, event, version)
         if auth is None:
@@ -185,8 +208,6 @@ class Ingester:
             await self._rooms.persist_outlier(event, rejected=str(e))
             return f"rejected: {e}"
         # Step 5: auth against the state before it.
-        if fetch_missing:
-            await self._fetch_missing_prevs(origin, event, version)
         state_before = await self._state_before(origin, event, version)
         if state_before is None:
             await self._rooms.persist_outlier(event, rejected="cannot compute the state before it")
@@ -195,7 +216,7 @@ class Ingester:
             check_auth(event, await self._auth_state(event, state_before, version), version)
         except AuthError as e:
             log.warning("rejected %s from %s against the state before it: %s", event.event_id, origin, e)
-            await self._rooms.persist_outlier(event, rejected=str(e))
+            await self._rooms.persist_rejected(event, str(e), state_before)
             return f"rejected: {e}"
         # Step 6: against the current state; failing it only soft-fails the event.
         current = await self._rooms.current_state_ids(event.room_id)
@@ -203,7 +224,7 @@ class Ingester:
             check_auth(event, await self._auth_state(event, current, version), version)
         except AuthError as e:
             log.warning("soft-failed %s from %s: %s", event.event_id, origin, e)
-            await self._rooms.persist_outlier(event, soft_failed=True)
+            await self._rooms.persist_soft_failed(event, state_before)
             return None
         await self._rooms.persist_remote(event, state_before)
         return None
@@ -309,7 +330,7 @@ class Ingester:
 
     async def _fetch_missing_prevs(self, origin: str, event: Event, version: RoomVersion) -> None:
         known = await self._rooms.get_events(event.prev_event_ids)
-        if all(p in known for p in event.prev_event_ids):
+        if all(p in known and not is_plain_outlier(known[p]) for p in event.prev_event_ids):
             return
         extremities = await self._rooms.forward_extremities(event.room_id)
         try:
@@ -328,7 +349,7 @@ class Ingester:
             except PduRejected as e:
                 log.warning("dropped a missing event from %s: %s", origin, e)
         for ev in sorted(missing, key=lambda e: (e.depth, e.origin_server_ts)):
-            if ev.room_id == event.room_id and await self._rooms.get_event(ev.event_id) is None:
+            if ev.room_id == event.room_id:
                 await self._process(origin, ev, version, fetch_missing=False)
 
     async def _state_before(self, origin: str, event: Event, version: RoomVersion) -> dict[StateKey, str] | None:
@@ -336,10 +357,13 @@ class Ingester:
         states: list[dict[StateKey, str]] = []
         for prev_id in event.prev_event_ids:
             prev = await self._rooms.get_event(prev_id)
-            if prev is not None and not prev.unsigned.get("_outlier") and prev.rejected is None \
-                    and not prev.unsigned.get("_soft_failed"):
-                states.append(dict(await self._rooms.state_at_event(prev_id)))
-                continue
+            if prev is not None and not prev.unsigned.get("_outlier"):
+                # Kept for accepted, soft-failed and (as the state before them) rejected events, but
+                # not for those refused before their state was known.
+                state = await self._rooms.state_at_event(prev_id)
+                if state or (prev.rejected is None and not prev.unsigned.get("_soft_failed")):
+                    states.append(dict(state))
+                    continue
             remote = await self._remote_state_after(origin, event.room_id, prev_id, version)
             if remote is None:
                 return None
@@ -365,7 +389,8 @@ class Ingester:
         missing = [i for i in wanted if i not in known]
         if missing:
             await self._fetch_outliers(origin, room_id, missing, version)
-        found = await self._rooms.get_events(state_ids + [event_id])
+        found = {i: e for i, e in (await self._rooms.get_events(state_ids + [event_id])).items()
+                 if e.room_id == room_id}  # never another room's events, which this server may hold
         state = {found[i].key: i for i in state_ids if i in found and found[i].is_state and not found[i].rejected}
         prev = found.get(event_id)
         if prev is not None and prev.is_state and not prev.rejected:

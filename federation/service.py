@@ -12,6 +12,7 @@ from aiohttp import web
 
 from federation.backfill import Backfiller
 from federation.ingest import Ingester, server_of
+from federation.public_rooms import remote_public_rooms
 from federation.remote_rooms import RemoteRooms
 from federation.sender import FederationSender
 from homeserver.errors import MatrixError, not_found
@@ -101,6 +102,9 @@ class Federation:
         if not isinstance(room_id, str):
             raise MatrixError(502, "M_UNKNOWN", f"{server} answered without a room ID")
         return room_id, [s for s in servers if isinstance(s, str)] or [server]
+
+    async def public_rooms(self, server: str, query: dict[str, Any]) -> dict[str, Any]:
+        return await remote_public_rooms(self.client, server, query)
 
     async def query_profile(self, user_id: str) -> dict[str, Any]:
         """A remote user's profile (string fields only, as a client may show them)."""

@@ -171,6 +171,7 @@ class HomeServer:
         self.timeline.remote = self.federation.backfiller
         self.profiles.remote = self.federation
         self.directory.remote = self.federation
+        self.directory.remote_public_rooms = self.federation
         from federation.media import FederationMediaSource
         self.media.remote = FederationMediaSource(client)
 

@@ -232,10 +232,12 @@ class RoomStore:
         return Persisted(int(stream), state_group)
 
     async def persist_outlier(self, event: Event, *, rejected: str | None = None, soft_failed: bool = False,
-                              unsigned: dict[str, Any] | None = None) -> int | None:
+                              unsigned: dict[str, Any] | None = None,
+                              state_groups: tuple[int | None, int | None] = (None, None)) -> int | None:
         """Store an event outside the timeline (auth chain, rejected or soft-failed); None if known.
 
-        It takes a negative position so that no sync ever reports it."""
+        It takes a negative position so that no sync ever reports it. `state_groups` (before, after)
+        are known for a soft-failed event: it stays part of the room's graph."""
         async with self.db.transaction() as tx:
             if await tx.fetchval("SELECT 1 FROM events WHERE event_id = ?", event.event_id) is not None:
                 return None
@@ -243,12 +245,12 @@ class RoomStore:
                 "UPDATE stream_counter SET pos = pos - 1 WHERE name = 'outlier' RETURNING pos"))
             await tx.execute(
                 "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
-                f" json, rejected, outlier, soft_failed, unsigned, redacted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                f" ?, ?, ?, ?, {_HELD_REDACTION})",
+                " json, rejected, outlier, soft_failed, unsigned, state_before, state_after, redacted_by)"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_HELD_REDACTION})",
                 stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
                 event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")), rejected,
                 0 if (rejected or soft_failed) else 1, int(soft_failed), json.dumps(unsigned) if unsigned else None,
-                *_held_args(event))
+                *state_groups, *_held_args(event))
         return stream
 
     async def persist_backfilled(self, event: Event, redacts: str | None = None,
@@ -295,7 +297,8 @@ class RoomStore:
 
         `new_current` is the room's resolved state after it (None: the state after the event).
         A redaction is applied to `redacts` (the caller found it allowed) or kept as `held`
-        until its target arrives; a redaction held for this event is applied as it is stored."""
+        until its target arrives; a redaction held for this event is applied as it is stored.
+        An event held as an outlier (first seen as an auth event) joins the timeline in place."""
         async with self.db.transaction() as tx:
             stream = await next_stream(tx)
             state_after = state_before
@@ -312,7 +315,10 @@ class RoomStore:
             redacted_by = await tx.fetchval(
                 "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
                 f" json, state_before, state_after, unsigned, redacted_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-                f" ?, {_HELD_REDACTION}) RETURNING redacted_by",
+                f" ?, {_HELD_REDACTION}) ON CONFLICT (event_id) DO UPDATE SET stream = excluded.stream, outlier = 0,"
+                " state_before = excluded.state_before, state_after = excluded.state_after,"
+                " unsigned = excluded.unsigned, redacted_by = COALESCE(events.redacted_by, excluded.redacted_by)"
+                " WHERE events.outlier = 1 RETURNING redacted_by",
                 stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
                 event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")), state_before, state_after,
                 json.dumps(unsigned) if unsigned else None, *_held_args(event))
@@ -482,10 +488,11 @@ class RoomStore:
             " ORDER BY stream LIMIT 1", room_id)
 
     async def group_at_stream(self, room_id: str, stream: int) -> int | None:
-        """The room's state after the last event at or before a stream position."""
+        """The room's state after the last timeline event at or before a stream position (never an
+        event at a negative position: outliers, history, soft-failed events)."""
         return await self.db.fetchval(
-            "SELECT state_after FROM events WHERE room_id = ? AND stream <= ? ORDER BY stream DESC LIMIT 1",
-            room_id, stream)
+            "SELECT state_after FROM events WHERE room_id = ? AND stream <= ? AND stream > 0"
+            " ORDER BY stream DESC LIMIT 1", room_id, stream)
 
     async def room_events(self, room_id: str, *, after: int | None = None, before: int | None = None,
                           limit: int = 10, backwards: bool = True) -> list[Event]:

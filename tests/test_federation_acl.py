@@ -125,10 +125,13 @@ async def test_server_acl_is_enforced(setup: tuple[RunningServer, NamedPeer]) ->
         name = server.server_name
         await refused(peer.client.get_json(name, f"{F1}/make_join/{room}/{eve}", {"ver": ["10"]}))
         await refused(peer.client.put_json(name, f"{F2}/send_join/{room}/{eve_join_id}", eve_join))
+        await refused(peer.client.put_json(name, f"{F1}/send_join/{room}/{eve_join_id}", eve_join))
         await refused(peer.client.get_json(name, f"{F1}/make_leave/{room}/{mallory}"))
         await refused(peer.client.put_json(name, f"{F2}/send_leave/{room}/{leave_id}", leave))
+        await refused(peer.client.put_json(name, f"{F1}/send_leave/{room}/{leave_id}", leave))
         await refused(peer.client.put_json(name, f"{F2}/invite/{room}/{invite_id}",
                                            {"event": invite, "room_version": "10", "invite_room_state": []}))
+        await refused(peer.client.put_json(name, f"{F1}/invite/{room}/{invite_id}", invite))
         await refused(peer.client.get_json(name, f"{F1}/state/{room}", {"event_id": message}))
         await refused(peer.client.get_json(name, f"{F1}/state_ids/{room}", {"event_id": message}))
         await refused(peer.client.get_json(name, f"{F1}/backfill/{room}", {"v": [message], "limit": "10"}))

@@ -20,12 +20,20 @@ class RemoteAliases(Protocol):
     async def resolve_alias(self, alias: str) -> tuple[str, list[str]]: ...
 
 
+class RemotePublicRooms(Protocol):
+    """Another server's published room directory (federation's /publicRooms), given the
+    request's limit, since, filter and network choice; raises MatrixError."""
+
+    async def public_rooms(self, server: str, query: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class Directory:
     def __init__(self, rooms: Rooms, store: Store, server_name: str, search_all_users: bool = False) -> None:
         self._rooms = rooms
         self._store = store
         self._server_name = server_name
         self.remote: RemoteAliases | None = None
+        self.remote_public_rooms: RemotePublicRooms | None = None
         self._search_all_users = search_all_users
 
     def _check_alias(self, alias: str) -> None:
@@ -102,7 +110,12 @@ class Directory:
             raise not_found("Unknown room")
         return "public" if room.is_public else "private"
 
-    async def public_rooms(self, limit: int | None, since: str | None, term: str | None) -> dict[str, Any]:
+    async def public_rooms(self, limit: int | None, since: str | None, term: str | None,
+                           room_types: list[str | None] | None = None,
+                           federating_only: bool = False) -> dict[str, Any]:
+        """The rooms published in this server's directory, most members first. `room_types`, when
+        given, keeps the rooms of those types (None: rooms without a type); `federating_only` (for
+        other servers) leaves out the rooms created with `m.federate: false`."""
         chunk = []
         for room in await self._store.rooms.public_rooms():
             state = await self._rooms.current_state(room.room_id)
@@ -122,6 +135,14 @@ class Directory:
                 value = get(t, field)
                 if isinstance(value, str):
                     entry[key] = value
+            create = state.get(CREATE_KEY)
+            if federating_only and create is not None and create.content.get("m.federate") is False:
+                continue
+            room_type = create.content.get("type") if create is not None else None
+            if isinstance(room_type, str):
+                entry["room_type"] = room_type
+            if room_types is not None and entry.get("room_type") not in room_types:
+                continue
             if term and not any(term.lower() in str(entry.get(k, "")).lower()
                                 for k in ("name", "topic", "canonical_alias")):
                 continue
@@ -135,6 +156,12 @@ class Directory:
         if offset:
             body["prev_batch"] = str(max(0, offset - (limit or 0)))
         return body
+
+    async def other_servers_rooms(self, server: str, query: dict[str, Any]) -> dict[str, Any]:
+        """The directory of another server, for a client exploring it (`?server=`)."""
+        if self.remote_public_rooms is None:
+            raise not_found("This server does not federate: no other server's directory can be read")
+        return await self.remote_public_rooms.public_rooms(server, query)
 
     async def search_users(self, user_id: str, term: object, limit: object) -> dict[str, Any]:
         if not isinstance(term, str):

@@ -467,7 +467,9 @@ class Rooms:
         new_current: StateMap | None = None
         others = [e for e in extremities if e not in event.prev_event_ids]
         if others and room.current_group is not None and current != after:
-            new_current = await resolve_state_v2(version, [current, after], self.get_event)
+            async def get_event(event_id: str) -> Event | None:  # the event itself is not stored yet
+                return event if event_id == event.event_id else await self.get_event(event_id)
+            new_current = await resolve_state_v2(version, [current, after], get_event)
         before_group = await self._group_for(event.room_id, state_before)
         unsigned = await self._replaced_state(event, state_before)
         redacts, held = await self._judge_received_redaction(event, version, state_before) \
@@ -552,4 +554,24 @@ class Rooms:
 
     async def persist_outlier(self, event: Event, rejected: str | None = None, soft_failed: bool = False) -> None:
         await self._store.rooms.persist_outlier(event, rejected=rejected, soft_failed=soft_failed)
+        self.forget_cached(event.event_id)
+
+    async def persist_rejected(self, event: Event, reason: str, state_before: StateMap) -> None:
+        """A received event refused against the state before it: never shown nor built on here, but
+        events of other servers may still cite it, and the state after it is the state before it
+        (the spec: the state is calculated as if the rejected event did not update it)."""
+        group = await self._group_for(event.room_id, state_before)
+        await self._store.rooms.persist_outlier(event, rejected=reason, state_groups=(group, group))
+        self.forget_cached(event.event_id)
+
+    async def persist_soft_failed(self, event: Event, state_before: StateMap) -> None:
+        """A received event that passed the state before it but not the current state: never shown
+        nor built on here, but part of the room's graph, so the state before and after it is kept
+        for the events that other servers build on it."""
+        before = await self._group_for(event.room_id, state_before)
+        after = before
+        if event.is_state:
+            after = await self._store.rooms.new_state_group(event.room_id, before, state_before,
+                                                           {event.key: event.event_id})
+        await self._store.rooms.persist_outlier(event, soft_failed=True, state_groups=(before, after))
         self.forget_cached(event.event_id)
