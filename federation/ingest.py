@@ -23,7 +23,7 @@ from homeserver.events.event import Event, StateKey
 from homeserver.events.redaction import redact
 from homeserver.events.room_versions import RoomVersion
 from homeserver.rooms.rooms import MAX_PDU_BYTES, Rooms
-from homeserver.events.state_res import resolve_state_v2
+from homeserver.events.state_res import resolve_state
 from homeserver.json_input import non_canonical_reason
 
 q = partial(quote, safe="")  # IDs as path segments
@@ -63,17 +63,36 @@ def check_format(pdu: Any, version: RoomVersion) -> None:
         value = pdu.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise PduRejected(f"PDU field {key} is missing or of the wrong type")
-    if not all(isinstance(e, str) for e in pdu["prev_events"] + pdu["auth_events"]):
-        raise PduRejected("prev_events and auth_events must list event IDs")
+    if version.event_id_in_pdu and not _is_opaque_event_id(pdu.get("event_id")):
+        raise PduRejected("event_id must be a string of the form $opaque:domain in this room version")
+    is_reference = _is_hash_pair if version.event_refs_with_hashes else _is_event_id
+    if not all(is_reference(e) for e in pdu["prev_events"] + pdu["auth_events"]):
+        raise PduRejected("prev_events and auth_events must list event IDs"
+                          + (" as [event_id, {hashes}] pairs" if version.event_refs_with_hashes else ""))
     if len(pdu["prev_events"]) > 20 or len(pdu["auth_events"]) > 10:
         raise PduRejected("too many prev_events or auth_events")
     if "state_key" in pdu and not isinstance(pdu["state_key"], str):
         raise PduRejected("state_key must be a string")
-    reason = non_canonical_reason(pdu)
+    # Before v6 the spec tells servers not to enforce canonical JSON (floats, big integers).
+    reason = non_canonical_reason(pdu) if version.strict_canonical_json else None
     if reason is not None:
         raise PduRejected(f"PDU is not canonical JSON: {reason}")
     if len(encode_canonical_json(pdu)) > MAX_PDU_BYTES:
         raise PduRejected("PDU is larger than 65536 bytes")
+
+
+def _is_event_id(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_opaque_event_id(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("$") and ":" in value and len(value) <= 255
+
+
+def _is_hash_pair(value: Any) -> bool:
+    """A v1/v2 event reference: [event_id, {"sha256": ...}]."""
+    return isinstance(value, list) and len(value) == 2 and _is_opaque_event_id(value[0]) \
+        and isinstance(value[1], dict)
 
 
 class Ingester:
@@ -89,9 +108,12 @@ class Ingester:
         sender_server = server_of(pdu["sender"])
         try:
             await self._keys.verify_event(pdu, sender_server, version)
+            id_server = pdu["event_id"].split(":", 1)[1] if version.event_id_in_pdu else sender_server
+            if id_server != sender_server:  # v1/v2: the server that named the event signed it too
+                await self._keys.verify_event(pdu, id_server, version)
             authoriser = pdu.get("content", {}).get("join_authorised_via_users_server")
             if pdu["type"] == "m.room.member" and isinstance(authoriser, str) and \
-                    pdu["content"].get("membership") == "join":
+                    pdu["content"].get("membership") == "join" and version.restricted_join_rule:
                 await self._keys.verify_event(pdu, server_of(authoriser), version)
         except PduRejected:
             raise
@@ -322,7 +344,7 @@ class Ingester:
             return None
         if len(states) == 1:
             return states[0]
-        return await resolve_state_v2(version, states, self._rooms.get_event)
+        return await resolve_state(version, states, self._rooms.get_event)
 
     async def _remote_state_after(self, origin: str, room_id: str, event_id: str,
                                   version: RoomVersion) -> dict[StateKey, str] | None:

@@ -15,7 +15,7 @@ from homeserver.events.auth_rules import AuthError, check_auth
 from homeserver.events.client_format import stripped_from_json, stripped_state
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, forbidden, not_found
-from homeserver.events.crypto import compute_event_id, sign_event
+from homeserver.events.crypto import compute_event_id, new_opaque_event_id, sign_event
 from homeserver.events.event import Event, StateKey
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
 from homeserver.rooms.rooms import Rooms
@@ -134,6 +134,8 @@ class RemoteRooms:
         keep = {k: v for k, v in (proto.get("content") or {}).items() if k == "join_authorised_via_users_server"}
         pdu["content"] = {**keep, **content}
         pdu["origin_server_ts"] = now_ms()
+        if version.event_id_in_pdu:
+            pdu["event_id"] = new_opaque_event_id(self._server_name)
         signed = sign_event(pdu, self._server_name, self._rooms.signing_key, version)
         return signed, compute_event_id(signed, version)
 

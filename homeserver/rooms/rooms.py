@@ -18,15 +18,15 @@ from canonicaljson import encode_canonical_json
 from signedjson.key import SigningKey
 
 from homeserver.events.auth_rules import (AuthError, auth_types_for_event, check_auth, local_redaction_allowed,
-                                   may_redact_any, redaction_allowed, server_of)
+                                   may_redact_any, redaction_allowed, same_event_id_domain, server_of)
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.events.crypto import compute_event_id, sign_event
+from homeserver.events.crypto import compute_event_id, event_reference, new_opaque_event_id, sign_event
 from homeserver.events.event import Event, StateKey
 from homeserver.sync.notifier import Notifier
 from homeserver.rooms.recent_events import RecentEvents
 from homeserver.events.room_versions import RoomVersion, get_room_version
-from homeserver.events.state_res import resolve_state_v2
+from homeserver.events.state_res import resolve_state
 from homeserver.json_input import non_canonical_reason
 from storage.database import ConstraintViolation
 from storage.rooms import HeldRedaction, RoomInfo, StateMap, TxnRef
@@ -305,7 +305,13 @@ class Rooms:
         }
         if state_key is not None:
             pdu["state_key"] = state_key
-        pdu["auth_events"] = [state[k] for k in sorted(auth_types_for_event(pdu, version)) if k in state]
+        auth_ids = [state[k] for k in sorted(auth_types_for_event(pdu, version)) if k in state]
+        pdu["auth_events"] = auth_ids
+        if version.event_refs_with_hashes:  # v1/v2: [event_id, {hashes}] pairs, and the ID in the PDU
+            auths = await self.get_events(auth_ids)
+            pdu["prev_events"] = [event_reference(i, prevs[i].pdu, version) for i in prev_ids if i in prevs]
+            pdu["auth_events"] = [event_reference(i, auths[i].pdu, version) for i in auth_ids if i in auths]
+            pdu["event_id"] = new_opaque_event_id(self.server_name)
         return pdu, prev_ids
 
     async def event_template(self, room_id: str, sender: str, event_type: str, content: dict[str, Any],
@@ -317,6 +323,7 @@ class Rooms:
         state = await self._store.rooms.state_map(room.current_group)
         pdu, _ = await self._template(room_id, version, state, sender, event_type, content, state_key)
         pdu["origin"] = self.server_name  # still expected by some peers in templates
+        pdu.pop("event_id", None)  # v1/v2: the server that signs the event names it
         return pdu, version
 
     async def create_room_event(self, version: RoomVersion, sender: str, content: dict[str, Any],
@@ -326,6 +333,8 @@ class Rooms:
                                "origin_server_ts": now_ms(), "prev_events": [], "auth_events": [], "depth": 1}
         if not version.room_id_from_create_event:
             pdu["room_id"] = f"!{secrets.token_urlsafe(18)}:{self.server_name}"
+        if version.event_id_in_pdu:
+            pdu["event_id"] = new_opaque_event_id(self.server_name)
         event = await self._sign_and_check(pdu, version, {})
         room_id = event.room_id
         await self._store.rooms.create_room(room_id, version.identifier, sender, now_ms(), is_public)
@@ -341,7 +350,7 @@ class Rooms:
         if len(encode_canonical_json(signed)) > MAX_PDU_BYTES:
             raise MatrixError(413, "M_TOO_LARGE", f"event is larger than {MAX_PDU_BYTES} bytes")
         event = Event(compute_event_id(signed, version), signed)
-        auth_events = await self.get_events(signed["auth_events"])
+        auth_events = await self.get_events(event.auth_event_ids)
         auth_state = {e.key: e for e in auth_events.values()}
         if not version.create_event_in_auth_events and event.type != "m.room.create" and CREATE in state:
             create = await self.get_event(state[CREATE])  # v12: implied by the room ID, not listed
@@ -383,9 +392,12 @@ class Rooms:
         levels = await self._levels_state(state_before)
         target = await self.get_event(target_id)
         if target is None:
+            # v1/v2: a redaction from the domain that made the target's ID may apply (the auth rules let it in).
+            may_redact = may_redact_any(redaction.sender, levels, version) or (
+                version.redaction_auth_rule and same_event_id_domain(redaction.event_id, target_id))
             return None, HeldRedaction(redaction.event_id, target_id, redaction.room_id,
                                        server_of(redaction.sender) if version.same_server_redactions else None,
-                                       may_redact_any(redaction.sender, levels, version))
+                                       may_redact)
         if redaction_allowed(redaction, target, levels, version):
             return target_id, None
         log.info("not applying redaction %s of %s by %s: not allowed", redaction.event_id, target_id,
@@ -447,7 +459,7 @@ class Rooms:
         new_current: StateMap | None = None
         others = [e for e in extremities if e not in event.prev_event_ids]
         if others and room.current_group is not None and current != after:
-            new_current = await resolve_state_v2(version, [current, after], self.get_event)
+            new_current = await resolve_state(version, [current, after], self.get_event)
         before_group = await self._group_for(event.room_id, state_before)
         unsigned = await self._replaced_state(event, state_before)
         redacts, held = await self._judge_received_redaction(event, version, state_before) \

@@ -1,0 +1,71 @@
+"""Rooms of every room version (1-12) on one server over HTTP, on both backends: create, join, send,
+redact, state, read back; the event ID formats clients see."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from tests.rooms_helpers import User
+
+OLD_AND_NEW = list(KNOWN_ROOM_VERSIONS)
+_OPAQUE = re.compile(r"^\$[A-Za-z]+:.+$")
+_BASE64 = re.compile(r"^\$[A-Za-z0-9+/]{43}$")
+_URLSAFE = re.compile(r"^\$[A-Za-z0-9_-]{43}$")
+
+
+def q(event_id: str) -> str:
+    """Event IDs of v3 rooms may hold '/': clients escape them in paths."""
+    return quote(event_id, safe="")
+
+
+def id_pattern(version: str) -> re.Pattern[str]:
+    return _OPAQUE if version in ("1", "2") else _BASE64 if version == "3" else _URLSAFE
+
+
+async def messages(user: User, room: str) -> list[dict[str, Any]]:
+    return (await user.call("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "50"}))["chunk"]
+
+
+@pytest.mark.parametrize("version", OLD_AND_NEW)
+async def test_room_of_each_version(client: Any, version: str) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(preset="public_chat", room_version=version, name=f"v{version}")
+    create = await alice.call("GET", f"/rooms/{room}/state/m.room.create")
+    assert create["room_version"] == version
+    await bob.call("POST", f"/join/{room}", json={})
+    hello = await bob.send(room, "hello")
+    assert id_pattern(version).match(hello), hello
+    if version in ("1", "2"):
+        assert hello.endswith(":" + alice.user_id.split(":", 1)[1])
+    bye = await alice.send(room, "bye")
+    await alice.call("PUT", f"/rooms/{room}/state/m.room.topic", json={"topic": f"topic {version}"})
+    # Bob redacts his own message; Alice (the room's admin) redacts nothing of Bob's but may.
+    redaction = (await bob.call("PUT", f"/rooms/{room}/redact/{q(hello)}/r1", json={"reason": "oops"}))["event_id"]
+    assert id_pattern(version).match(redaction)
+    await alice.call("PUT", f"/rooms/{room}/redact/{q(bye)}/r2", json={})
+    chunk = await messages(bob, room)
+    by_id = {e["event_id"]: e for e in chunk}
+    assert by_id[hello]["content"] == {} and by_id[bye]["content"] == {}
+    assert by_id[redaction]["redacts"] == hello
+    assert (await bob.call("GET", f"/rooms/{room}/event/{q(hello)}"))["content"] == {}
+    assert (await bob.call("GET", f"/rooms/{room}/state/m.room.topic"))["topic"] == f"topic {version}"
+    # Bob cannot redact Alice's events without the redact level, in any version.
+    still = await alice.send(room, "still here")
+    await bob.call("PUT", f"/rooms/{room}/redact/{q(still)}/r3", json={}, expect=403)
+    members = (await alice.call("GET", f"/rooms/{room}/joined_members"))["joined"]
+    assert set(members) == {alice.user_id, bob.user_id}
+
+
+async def test_default_version_stays_10_and_capabilities_list_every_version(client: Any) -> None:
+    alice = await User.new(client, "alice")
+    room = await alice.create_room()
+    assert (await alice.call("GET", f"/rooms/{room}/state/m.room.create"))["room_version"] == "10"
+    caps = (await alice.call("GET", "/capabilities"))["capabilities"]["m.room_versions"]
+    assert caps["default"] == "10"
+    assert caps["available"] == {str(n): "stable" for n in range(1, 13)}
+    await alice.call("POST", "/createRoom", json={"room_version": "13"}, expect=400)
