@@ -1,0 +1,64 @@
+"""Rooms of versions 1 to 12 across two Whispr servers (SQLite and PostgreSQL): created on one,
+joined from the other, messages and redactions both ways. One pair of servers for every version."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from bench.servers import RunningServer
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from tests.test_federation_whispr import Client, membership_in_timeline, pair, users_on_both  # noqa: F401
+
+
+def q(event_id: str) -> str:
+    return quote(event_id, safe="")
+
+
+def redacted_in(room: str, event_id: str) -> Any:
+    """A sync_until check: a redaction of `event_id` arrived in the room's timeline."""
+    def check(body: dict[str, Any]) -> bool:
+        events = body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])
+        return any(e["type"] == "m.room.redaction" and e.get("redacts") == event_id for e in events)
+    return check
+
+
+async def converse(owner: Client, guest: Client, version: str) -> None:
+    """owner's server holds a room of `version`; guest joins from the other server; both talk and redact."""
+    room = (await owner.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": version}))[
+        "room_id"]
+    await guest.call("POST", f"/join/{q(room)}", params={"server_name": owner.user_id.split(":", 1)[1]}, json={})
+    await owner.sync_until(membership_in_timeline(room, guest.user_id, "join"))
+    mine = await owner.send(room, f"from owner v{version}")
+    assert await guest.collect_messages(room, 1) == [f"from owner v{version}"]
+    theirs = await guest.send(room, f"from guest v{version}")
+    assert await owner.collect_messages(room, 1) == [f"from guest v{version}"]
+    # The guest redacts their own event; the owner (power 100) redacts the guest's second one.
+    await guest.call("PUT", f"/rooms/{q(room)}/redact/{q(theirs)}/own{version}", json={})
+    await owner.sync_until(redacted_in(room, theirs))
+    second = await guest.send(room, "second")
+    await owner.collect_messages(room, 1)
+    await owner.call("PUT", f"/rooms/{q(room)}/redact/{q(second)}/mod{version}", json={})
+    await guest.sync_until(redacted_in(room, second))
+    for user in (owner, guest):
+        for event_id in (theirs, second):
+            assert (await user.call("GET", f"/rooms/{q(room)}/event/{q(event_id)}"))["content"] == {}
+        assert (await user.call("GET", f"/rooms/{q(room)}/event/{q(mine)}"))["content"]["body"]
+    # The guest may not redact the owner's event (403 on its own server, before anything is sent).
+    await guest.call("PUT", f"/rooms/{q(room)}/redact/{q(mine)}/no{version}", json={}, expect=403)
+    await guest.call("POST", f"/rooms/{q(room)}/leave", json={})
+    await owner.sync_until(membership_in_timeline(room, guest.user_id, "leave"))
+
+
+async def test_every_room_version_between_two_whispr_servers(pair: tuple[RunningServer, RunningServer]) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        for version in KNOWN_ROOM_VERSIONS:
+            started = time.monotonic()
+            await converse(alice, bob, version)  # a room on A (SQLite), joined from B
+            await converse(bob, alice, version)  # a room on B (PostgreSQL), joined from A
+            print(f"v{version}: {time.monotonic() - started:.1f} s")
