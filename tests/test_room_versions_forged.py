@@ -1,0 +1,172 @@
+"""Hostile input in old room versions, from a hand-built signed peer: v1/v2 event IDs and references,
+the v1/v2 redaction auth rule, lenient JSON before v6, and v5's signing-key validity."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from bench.servers import RunningServer
+from homeserver.events.crypto import compute_event_id, event_reference, sign_event
+from homeserver.events.room_versions import ROOM_V1, ROOM_V4, ROOM_V5, ROOM_V6, RoomVersion
+from tests.test_federation_forged import Peer, setup  # noqa: F401
+from tests.test_federation_whispr import Client
+
+HOUR_MS = 3_600_000
+
+
+def q(event_id: str) -> str:
+    return quote(event_id, safe="")
+
+
+class OldRoom:
+    """The peer's view of a room on the server under test, enough to build its own events."""
+
+    def __init__(self, peer: Peer, server: RunningServer, alice: Client, room: str, version: RoomVersion) -> None:
+        self.peer, self.server, self.alice, self.room, self.version = peer, server, alice, room, version
+        self.mallory = f"@mallory:{peer.name}"
+        self.pdus: dict[str, dict[str, Any]] = {}
+        self.head = ""
+        self.depth = 0
+        self.auth: list[str] = []
+        self._n = 0
+
+    async def join(self) -> None:
+        template = await self.peer.client.get_json(
+            self.server.server_name, f"/_matrix/federation/v1/make_join/{q(self.room)}/{q(self.mallory)}",
+            {"ver": [self.version.identifier]})
+        assert "event_id" not in template["event"]  # the joining server names a v1/v2 event
+        pdu = {k: v for k, v in template["event"].items() if k != "origin"}
+        pdu["origin_server_ts"] = int(time.time() * 1000)
+        self._name(pdu)
+        pdu = sign_event(pdu, self.peer.name, self.peer.key, self.version)
+        join_id = compute_event_id(pdu, self.version)
+        resp = await self.peer.client.put_json(
+            self.server.server_name, f"/_matrix/federation/v2/send_join/{q(self.room)}/{q(join_id)}", pdu)
+        for state_pdu in resp["state"] + resp["auth_chain"]:
+            self.pdus[compute_event_id(state_pdu, self.version)] = state_pdu
+        self.pdus[join_id] = pdu
+        by_key = {(p["type"], p.get("state_key")): i for i, p in self.pdus.items() if "state_key" in p}
+        self.auth = [by_key[("m.room.create", "")], by_key[("m.room.power_levels", "")], join_id]
+        self.head, self.depth = join_id, pdu["depth"]
+
+    def _name(self, pdu: dict[str, Any], domain: str | None = None) -> str:
+        if self.version.event_id_in_pdu:
+            self._n += 1
+            pdu["event_id"] = f"$m{self._n}x{int(time.time() * 1000)}:{domain or self.peer.name}"
+            return str(pdu["event_id"])
+        return ""
+
+    def refs(self, ids: list[str]) -> list[Any]:
+        return [event_reference(i, self.pdus[i], self.version) for i in ids]
+
+    def event(self, etype: str, content: dict[str, Any], *, ts: int | None = None, id_domain: str | None = None,
+              extra: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        pdu: dict[str, Any] = {"room_id": self.room, "sender": self.mallory, "type": etype, "content": content,
+                               "prev_events": self.refs([self.head]), "auth_events": self.refs(self.auth),
+                               "depth": self.depth + 1, "origin_server_ts": ts or int(time.time() * 1000),
+                               **(extra or {})}
+        self._name(pdu, id_domain)
+        pdu = sign_event(pdu, self.peer.name, self.peer.key, self.version)
+        return compute_event_id(pdu, self.version), pdu
+
+    async def send(self, pdu: dict[str, Any], event_id: str) -> str | None:
+        """Send one PDU; its error, or None when accepted (then it is the new head)."""
+        self._n += 1
+        result = await self.peer.send(self.server.server_name, [pdu], f"t{self._n}{time.time()}")
+        error = result["pdus"].get(event_id, {}).get("error")
+        if error is None:
+            self.pdus[event_id] = pdu
+            self.head, self.depth = event_id, pdu["depth"]
+        return error
+
+
+async def old_room(server: RunningServer, peer: Peer, session: aiohttp.ClientSession, version: RoomVersion,
+                   name: str) -> OldRoom:
+    alice = await Client.register(session, server, name)
+    room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat",
+                                                          "room_version": version.identifier}))["room_id"]
+    joined = OldRoom(peer, server, alice, room, version)
+    await joined.join()
+    return joined
+
+
+def message(body: str) -> dict[str, Any]:
+    return {"msgtype": "m.text", "body": body}
+
+
+async def test_v1_event_ids_references_and_redactions(setup: tuple[RunningServer, Peer]) -> None:
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        r = await old_room(server, peer, session, ROOM_V1, "alice")
+        alice = r.alice
+        ok_id, ok = r.event("m.room.message", message("hello"))
+        assert await r.send(ok, ok_id) is None
+        assert (await alice.call("GET", f"/rooms/{q(r.room)}/event/{q(ok_id)}"))["content"]["body"] == "hello"
+
+        # An event named by another server (here: the server under test) must carry its signature too.
+        fake_id, fake = r.event("m.room.message", message("named by you"), id_domain=server.server_name)
+        assert "signature" in (await r.send(fake, fake_id) or "")
+        await alice.call("GET", f"/rooms/{q(r.room)}/event/{q(fake_id)}", expect=404)
+
+        # v1 references are pairs; plain IDs, or a PDU without its event_id, are dropped.
+        plain_id, plain = r.event("m.room.message", message("plain"))
+        plain["prev_events"] = [r.head]
+        assert "pairs" in (await r.send(plain, plain_id) or "")
+        nameless_id, nameless = r.event("m.room.message", message("nameless"))
+        del nameless["event_id"]
+        result = await r.peer.send(server.server_name, [nameless], "nameless")
+        assert all(v.get("error") for v in result["pdus"].values())
+        await alice.call("GET", f"/rooms/{q(r.room)}/event/{q(nameless_id)}", expect=404)
+
+        # The v1 auth rules judge redactions: Mallory (power 0) may redact an event her server named...
+        mine_id, mine = r.event("m.room.message", message("mine"))
+        assert await r.send(mine, mine_id) is None
+        red_id, red = r.event("m.room.redaction", {}, extra={"redacts": mine_id})
+        assert await r.send(red, red_id) is None
+        assert (await alice.call("GET", f"/rooms/{q(r.room)}/event/{q(mine_id)}"))["content"] == {}
+        # ...but not Alice's, which the server under test named: rejected, and Alice's message stays.
+        alices = await alice.send(r.room, "alice's")
+        r.pdus[alices] = {}  # only its ID is needed for a reference
+        r.head = alices
+        r.depth += 1
+        bad_id, bad = r.event("m.room.redaction", {}, extra={"redacts": alices})
+        bad["prev_events"] = [[alices, {"sha256": "AAAA"}]]
+        bad = sign_event(bad, peer.name, peer.key, ROOM_V1)
+        assert "rejected" in (await r.send(bad, bad_id) or "")
+        assert (await alice.call("GET", f"/rooms/{q(r.room)}/event/{q(alices)}"))["content"]["body"] == "alice's"
+        await alice.call("GET", f"/rooms/{q(r.room)}/event/{q(bad_id)}", expect=404)
+
+
+async def test_lenient_json_before_v6_strict_from_v6(setup: tuple[RunningServer, Peer]) -> None:
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        for version, accepted in ((ROOM_V5, True), (ROOM_V6, False)):
+            r = await old_room(server, peer, session, version, f"alice{version.identifier}")
+            event_id, pdu = r.event("m.room.message", {**message("float"), "rating": 4.5, "big": 2**60})
+            error = await r.send(pdu, event_id)
+            if accepted:
+                assert error is None
+                seen = await r.alice.call("GET", f"/rooms/{q(r.room)}/event/{q(event_id)}")
+                assert seen["content"]["rating"] == 4.5 and seen["content"]["big"] == 2**60
+            else:
+                assert "canonical JSON" in (error or "")
+                await r.alice.call("GET", f"/rooms/{q(r.room)}/event/{q(event_id)}", expect=404)
+
+
+async def test_signing_key_validity_from_v5(setup: tuple[RunningServer, Peer]) -> None:
+    """The peer's key document is valid for an hour: an event stamped two hours ahead is signed with
+    a key not valid at its origin_server_ts, which v5 refuses and v4 does not check."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        for version, accepted in ((ROOM_V4, True), (ROOM_V5, False)):
+            r = await old_room(server, peer, session, version, f"alice{version.identifier}")
+            event_id, pdu = r.event("m.room.message", message("from the future"),
+                                    ts=int(time.time() * 1000) + 2 * HOUR_MS)
+            error = await r.send(pdu, event_id)
+            assert (error is None) == accepted, error
+            expect = 200 if accepted else 404
+            await r.alice.call("GET", f"/rooms/{q(r.room)}/event/{q(event_id)}", expect=expect)
