@@ -12,7 +12,8 @@ from aiohttp import web
 from client_api.access_log import REQUESTER
 from client_api.http import hs
 from federation.ingest import PduRejected, server_of
-from federation.remote_rooms import received_invite_state
+from federation.remote_rooms import INVITE_STATE_TYPES, full_pdus_in_invite_state, received_invite_state
+from homeserver.events.client_format import stripped_state
 from homeserver.events.auth_rules import AuthError, check_auth
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, not_found
@@ -191,7 +192,7 @@ async def make_membership(request: web.Request, origin: str, membership: str) ->
     version = await server.rooms.room_version(room_id)
     if version is None:
         raise not_found("Unknown room")
-    if membership == "join":
+    if membership in ("join", "knock"):
         supported = request.query.getall("ver", ["1"])
         if version.identifier not in supported:
             raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "Your server does not support this room version",
@@ -233,6 +234,8 @@ async def send_membership(request: web.Request, origin: str, membership: str) ->
     await server.federation.sender.send_event(event, exclude=origin)
     if membership == "leave":
         return web.json_response({})
+    if membership == "knock":
+        return web.json_response({"knock_room_state": await _room_preview(request, room_id, version)})
     states = await server.rooms.get_events(state_before.values())
     chain = await _auth_chain(request, list(state_before.values()))
     return web.json_response({
@@ -243,6 +246,14 @@ async def send_membership(request: web.Request, origin: str, membership: str) ->
         "servers_in_room": sorted(await server.store.rooms.room_servers(room_id)),
         "event": event.pdu,
     })
+
+
+async def _room_preview(request: web.Request, room_id: str, version: RoomVersion) -> list[dict[str, Any]]:
+    """What a knocking server's user may see of the room: the preview state, stripped (full PDUs
+    from room version 12, as for invites, MSC4311)."""
+    state = await hs(request).rooms.current_state(room_id)
+    shown = [e for k, e in state.items() if k[0] in INVITE_STATE_TYPES]
+    return [e.pdu if full_pdus_in_invite_state(version) else stripped_state(e) for e in shown]
 
 
 async def invite(request: web.Request, origin: str) -> web.Response:
@@ -423,6 +434,8 @@ def setup(app: web.Application) -> None:
     r.add_put(f"{F2}/send_join/{{room_id}}/{{event_id}}", authed(lambda q, o: send_membership(q, o, "join")))
     r.add_get(f"{F1}/make_leave/{{room_id}}/{{user_id}}", authed(lambda q, o: make_membership(q, o, "leave")))
     r.add_put(f"{F2}/send_leave/{{room_id}}/{{event_id}}", authed(lambda q, o: send_membership(q, o, "leave")))
+    r.add_get(f"{F1}/make_knock/{{room_id}}/{{user_id}}", authed(lambda q, o: make_membership(q, o, "knock")))
+    r.add_put(f"{F1}/send_knock/{{room_id}}/{{event_id}}", authed(lambda q, o: send_membership(q, o, "knock")))
     r.add_put(f"{F2}/invite/{{room_id}}/{{event_id}}", authed(invite))
     r.add_get(f"{F1}/state_ids/{{room_id}}", authed(state_ids))
     r.add_get(f"{F1}/state/{{room_id}}", authed(state))

@@ -177,6 +177,52 @@ class RemoteRooms:
                 events.append(ev)
         return events
 
+    # --- knocking ----------------------------------------------------------------------
+
+    async def knock(self, room_id: str, user_id: str, servers: list[str], content: dict[str, Any]) -> None:
+        """Knock on a room held by other servers (make_knock, send_knock), trying each in turn; the
+        knock is then the user's membership outside the room, with the preview state it returned."""
+        candidates = [s for s in dict.fromkeys(servers) if s and s != self._server_name]
+        if not candidates:
+            raise not_found("No known server can take your knock on this room")
+        last_error: Exception | None = None
+        for server in candidates:
+            try:
+                await self._knock_via(server, room_id, user_id, content)
+                return
+            except MatrixError as e:
+                if e.errcode in ("M_FORBIDDEN", "M_INCOMPATIBLE_ROOM_VERSION"):
+                    raise
+                last_error = e
+            except Exception as e:  # unreachable or misbehaving peer: try the next one
+                status = getattr(e, "status", None)
+                if status in (400, 403):
+                    raise MatrixError(status, getattr(e, "errcode", None) or "M_FORBIDDEN",
+                                      f"{server} refused the knock: {e}") from None
+                log.warning("knocking on %s via %s failed: %s", room_id, server, e)
+                last_error = e
+        raise MatrixError(502, "M_UNKNOWN", f"Could not knock through any server: {last_error}")
+
+    async def _knock_via(self, server: str, room_id: str, user_id: str, content: dict[str, Any]) -> None:
+        template = await self._client.get_json(
+            server, f"/_matrix/federation/v1/make_knock/{q(room_id)}/{q(user_id)}",
+            {"ver": [v.identifier for v in KNOWN_ROOM_VERSIONS.values() if v.knock_join_rule]})
+        version = get_room_version(str(template.get("room_version", "")))
+        if version is None or not version.knock_join_rule:
+            raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "This room's version does not support knocking")
+        proto = template.get("event") or {}
+        if (proto.get("content") or {}).get("membership") != "knock":
+            raise MatrixError(502, "M_UNKNOWN", f"{server} sent a bad knock template")
+        signed, event_id = self._sign_template(server, template, room_id, user_id, version,
+                                               {**content, "membership": "knock"})
+        resp = await self._client.put_json(server, f"/_matrix/federation/v1/send_knock/{q(room_id)}/{q(event_id)}",
+                                           signed)
+        knock = Event(event_id, signed)
+        shown = received_invite_state(resp.get("knock_room_state") if isinstance(resp, dict) else None,
+                                      knock, version)
+        await self._rooms.record_outside_membership(knock, version.identifier,
+                                                    {"knock_room_state": shown, "knock_via": server})
+
     # --- inviting -----------------------------------------------------------------
 
     async def countersign_invite(self, event: Event) -> Event:
@@ -208,9 +254,10 @@ class RemoteRooms:
             raise MatrixError(502, "M_UNKNOWN", f"{destination}'s signature on the invite is bad: {e}") from None
         return Event(event.event_id, signed)
 
-    # --- leaving a room we only know by an invite -----------------------------------
+    # --- leaving a room we only know by an invite or a knock --------------------------
 
     async def reject_invite(self, room_id: str, user_id: str, inviter_server: str) -> None:
+        """Leave through `inviter_server`: rejecting an invite, or retracting a knock made through it."""
         template = await self._client.get_json(inviter_server,
                                                f"/_matrix/federation/v1/make_leave/{q(room_id)}/{q(user_id)}")
         version = get_room_version(str(template.get("room_version", "")))

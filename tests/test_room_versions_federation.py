@@ -62,3 +62,48 @@ async def test_every_room_version_between_two_whispr_servers(pair: tuple[Running
             await converse(alice, bob, version)  # a room on A (SQLite), joined from B
             await converse(bob, alice, version)  # a room on B (PostgreSQL), joined from A
             print(f"v{version}: {time.monotonic() - started:.1f} s")
+
+
+async def knock_across(owner: Client, guest: Client, version: str, retract: bool = True) -> None:
+    """guest knocks from another server on owner's knock room; owner sees it and invites; guest joins.
+    Then (with `retract`) a second knock is retracted: a leave through the resident server."""
+    server = owner.user_id.split(":", 1)[1]
+    room = (await owner.call("POST", "/createRoom", json={
+        "preset": "private_chat", "room_version": version, "name": f"knock v{version}",
+        "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]}))["room_id"]
+    await guest.call("POST", f"/join/{q(room)}", params={"server_name": server}, json={}, expect=403)
+    await guest.call("POST", f"/knock/{q(room)}", params={"via": server}, json={"reason": "please"})
+    knocked = await guest.sync_until(lambda body: room in body["rooms"].get("knock", {}))
+    shown = {e["type"]: e for e in knocked["rooms"]["knock"][room]["knock_state"]["events"]}
+    assert shown["m.room.name"]["content"]["name"] == f"knock v{version}"
+    assert shown["m.room.member"]["content"]["membership"] == "knock"
+    await owner.sync_until(membership_in_timeline(room, guest.user_id, "knock"))
+    await owner.call("POST", f"/rooms/{q(room)}/invite", json={"user_id": guest.user_id})
+    await guest.sync_until(lambda body: room in body["rooms"].get("invite", {}))
+    await guest.call("POST", f"/join/{q(room)}", params={"server_name": server}, json={})
+    await owner.sync_until(membership_in_timeline(room, guest.user_id, "join"))
+    await guest.send(room, "knocked and joined")
+    assert await owner.collect_messages(room, 1) == ["knocked and joined"]
+    await guest.call("POST", f"/rooms/{q(room)}/leave", json={})
+    await owner.sync_until(membership_in_timeline(room, guest.user_id, "leave"))
+    if not retract:
+        return
+    # A knock retracted before anyone answers it.
+    await guest.call("POST", f"/knock/{q(room)}", params={"via": server}, json={})
+    await owner.sync_until(membership_in_timeline(room, guest.user_id, "knock"))
+    await guest.call("POST", f"/rooms/{q(room)}/leave", json={})
+    await owner.sync_until(membership_in_timeline(room, guest.user_id, "leave"))
+
+
+async def test_knocking_between_two_whispr_servers(pair: tuple[RunningServer, RunningServer]) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        for version in ("7", "9", "12"):
+            await knock_across(alice, bob, version)
+            await knock_across(bob, alice, version)
+        # A room version without knocking refuses it over federation too.
+        old = (await alice.call("POST", "/createRoom", json={
+            "room_version": "6", "initial_state": [{"type": "m.room.join_rules",
+                                                    "content": {"join_rule": "knock"}}]}))["room_id"]
+        await bob.call("POST", f"/knock/{q(old)}", params={"via": a.server_name}, json={}, expect=400)

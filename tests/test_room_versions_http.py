@@ -69,3 +69,46 @@ async def test_default_version_stays_10_and_capabilities_list_every_version(clie
     assert caps["default"] == "10"
     assert caps["available"] == {str(n): "stable" for n in range(1, 13)}
     await alice.call("POST", "/createRoom", json={"room_version": "13"}, expect=400)
+
+
+async def sync_rooms(user: User) -> dict[str, Any]:
+    return (await user.call("GET", "/sync"))["rooms"]
+
+
+@pytest.mark.parametrize("version", ["7", "10", "12"])
+async def test_knocking_on_a_local_room(client: Any, version: str) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(preset="private_chat", room_version=version, name="knock here",
+                                   initial_state=[{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}])
+    await bob.call("POST", f"/join/{room}", json={}, expect=403)
+    assert (await bob.call("POST", f"/knock/{room}", json={"reason": "let me in"}))["room_id"] == room
+    knock = (await sync_rooms(bob))["knock"][room]["knock_state"]["events"]
+    shown = {e["type"]: e for e in knock}
+    assert shown["m.room.name"]["content"]["name"] == "knock here"
+    assert shown["m.room.join_rules"]["content"]["join_rule"] == "knock"
+    assert shown["m.room.member"]["content"]["membership"] == "knock"
+    member = await alice.call("GET", f"/rooms/{room}/state/m.room.member/{bob.user_id}")
+    assert member["membership"] == "knock" and member["reason"] == "let me in"
+    await bob.call("POST", f"/knock/{room}", json={})  # knocking again is allowed (knock to knock)
+    await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": bob.user_id})
+    assert room in (await sync_rooms(bob))["invite"]
+    await bob.call("POST", f"/knock/{room}", json={}, expect=403)  # invited: just join
+    await bob.call("POST", f"/join/{room}", json={})
+    await bob.send(room, "in")
+    await bob.call("POST", f"/knock/{room}", json={}, expect=403)
+
+
+async def test_knocking_needs_v7_and_a_knock_join_rule(client: Any) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    old = await alice.create_room(room_version="6",
+                                  initial_state=[{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}])
+    await bob.call("POST", f"/knock/{old}", json={}, expect=403)
+    public = await alice.create_room(preset="public_chat", room_version="7")
+    await bob.call("POST", f"/knock/{public}", json={}, expect=403)
+    await bob.call("POST", "/knock/!nowhere:test.local", json={}, expect=404)
+    # Retracting a knock is leaving.
+    knock = await alice.create_room(room_version="7",
+                                    initial_state=[{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}])
+    await bob.call("POST", f"/knock/{knock}", json={})
+    await bob.call("POST", f"/rooms/{knock}/leave", json={})
+    assert (await alice.call("GET", f"/rooms/{knock}/state/m.room.member/{bob.user_id}"))["membership"] == "leave"

@@ -35,6 +35,8 @@ class RemoteMembership(Protocol):
 
     async def join(self, room_id: str, user_id: str, servers: list[str], content: dict[str, Any]) -> None: ...
 
+    async def knock(self, room_id: str, user_id: str, servers: list[str], content: dict[str, Any]) -> None: ...
+
     async def countersign_invite(self, event: Event) -> Event: ...
 
     async def reject_invite(self, room_id: str, user_id: str, inviter_server: str) -> None: ...
@@ -108,6 +110,25 @@ class Membership:
         await self._store.rooms.unforget(user_id, room_id)
         return room_id
 
+    async def knock(self, room_id_or_alias: str, user_id: str, reason: object = None,
+                    via: list[str] | None = None) -> str:
+        """Ask to be let into a room whose join rule is knock (room versions 7+): a knock member
+        event in a room we hold, else through make_knock/send_knock on a server that holds it."""
+        room_id, servers = await self.resolve_room(room_id_or_alias)
+        content = {"membership": "knock", **await self.profile_content(user_id), **_reason(reason)}
+        room = await self._rooms.room(room_id)
+        if room is None or room.current_group is None:
+            if self.remote is None:
+                raise not_found("This server does not know that room")
+            await self.remote.knock(room_id, user_id, [s for s in (*(via or []), *servers, _server(room_id)) if s],
+                                    content)
+            return room_id
+        current = await self._rooms.membership(room_id, user_id)
+        if current in ("join", "invite", "ban"):
+            raise forbidden(f"You cannot knock: your membership is {current}")
+        await self._rooms.create_event(room_id, user_id, "m.room.member", content, state_key=user_id)
+        return room_id
+
     async def invite(self, room_id: str, sender: str, target: object, reason: object = None,
                      is_direct: bool = False) -> Event:
         if not isinstance(target, str):
@@ -136,12 +157,13 @@ class Membership:
         if room is None:
             raise not_found("Unknown room")
         if room.current_group is None:
-            # Only invited by another server: reject through the inviting server.
+            # Only invited by another server, or knocking through one: leave through that server.
             member = (await self._store.rooms.rooms_for_user(user_id)).get(room_id)
             invite = await self._rooms.get_event(member[1]) if member else None
-            if invite is None or invite.membership != "invite" or self.remote is None:
+            if invite is None or invite.membership not in ("invite", "knock") or self.remote is None:
                 raise forbidden("You are not in this room")
-            await self.remote.reject_invite(room_id, user_id, _server(invite.sender))
+            via = invite.unsigned.get("knock_via") if invite.membership == "knock" else _server(invite.sender)
+            await self.remote.reject_invite(room_id, user_id, str(via))
             return
         current = await self._rooms.membership(room_id, user_id)
         if current in (None, "leave"):

@@ -122,7 +122,7 @@ class SyncService:
         # Room account data (tags, ...) alone is a change of the room for this user.
         rooms_with_data = {d.room_id for d in data if d.room_id}
         forgotten = await self._store.rooms.forgotten(user_id) if since is None or changes else set()
-        joined, invited, left = {}, {}, {}
+        joined, invited, left, knocked = {}, {}, {}, {}
         now = now_ms()
 
         for room_id, (membership, member_event_id) in memberships.items():
@@ -140,6 +140,9 @@ class SyncService:
                     joined[room_id] = body
             elif membership == "invite" and (since is None or room_id in changes):
                 invited[room_id] = await self._invite(room_id, member_event_id)
+            elif membership == "knock" and (since is None or room_id in changes):
+                knocked[room_id] = {"knock_state": (await self._invite(room_id, member_event_id, "knock_room_state"))[
+                    "invite_state"]}
             elif membership in ("leave", "ban") and room_id not in forgotten and (
                     (since is not None and room_id in changes) or (since is None and filt.include_leave)):
                 leave_ev = changes.get(room_id) or await self._rooms.get_event(member_event_id)
@@ -149,14 +152,14 @@ class SyncService:
                         if d.room_id == "" and filt.account_data.allows(d.type, user_id)]
         body: dict[str, Any] = {
             "next_batch": str(upto),
-            "rooms": {"join": joined, "invite": invited, "leave": left, "knock": {}},
+            "rooms": {"join": joined, "invite": invited, "leave": left, "knock": knocked},
             "account_data": {"events": account_data},
             "presence": {"events": []},
             "to_device": {"events": []},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
         }
-        empty = not (joined or invited or left or account_data)
+        empty = not (joined or invited or left or knocked or account_data)
         return SyncResult(body, upto, empty, [r for r, (m, _) in memberships.items() if m == "join"])
 
     async def _memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
@@ -342,13 +345,14 @@ class SyncService:
             self._lazy_sent.popitem(last=False)
         return state
 
-    async def _invite(self, room_id: str, member_event_id: str) -> dict[str, Any]:
+    async def _invite(self, room_id: str, member_event_id: str, received_key: str = "invite_room_state",
+                      ) -> dict[str, Any]:
         state = await self._rooms.current_state(room_id)
         events = [stripped_state(e) for k, e in state.items() if k[0] in INVITE_STATE_TYPES]
         invite = await self._rooms.get_event(member_event_id)
         if not state and invite is not None:
             # A room this server is not in: the state the inviting server sent with the invite.
-            received = invite.unsigned.get("invite_room_state")
+            received = invite.unsigned.get(received_key)
             events = [e for e in map(stripped_from_json, received if isinstance(received, list) else [])
                       if e is not None]
         if invite is not None:
