@@ -21,6 +21,7 @@ from homeserver.events.crypto import compute_event_id, sign_event
 from homeserver.events.event import Event
 from homeserver.events.room_versions import RoomVersion, get_room_version
 from homeserver.json_input import parse_json
+from homeserver.rooms.restricted_joins import join_authoriser
 
 log = logging.getLogger("whispr.federation.endpoints")
 
@@ -197,11 +198,14 @@ async def make_membership(request: web.Request, origin: str, membership: str) ->
         if version.identifier not in supported:
             raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "Your server does not support this room version",
                               room_version=version.identifier)
-    template, version = await server.rooms.event_template(room_id, user_id, "m.room.member",
-                                                          {"membership": membership}, user_id)
+    content: dict[str, Any] = {"membership": membership}
+    authoriser = await join_authoriser(server.rooms, room_id, user_id) if membership == "join" else None
+    if authoriser is not None:  # a restricted room: we vouch, and will sign the join (send_join)
+        content["join_authorised_via_users_server"] = authoriser
+    template, version = await server.rooms.event_template(room_id, user_id, "m.room.member", content, user_id)
     # Check now that the membership could be allowed, so the peer gets a clear refusal.
     state = await server.rooms.current_state(room_id)
-    probe = Event("$probe", {**template, "hashes": {}, "signatures": {}})
+    probe = Event("$probe", {**template, "hashes": {}, "signatures": {server.config.server_name: {}}})
     try:
         check_auth(probe, state, version)
     except AuthError as e:
@@ -217,6 +221,10 @@ async def send_membership(request: web.Request, origin: str, membership: str) ->
     if version is None:
         raise not_found("Unknown room")
     pdu = await _body(request)
+    if membership == "join" and _authorised_by_us(pdu, server.config.server_name, version):
+        # A restricted join one of our users vouches for: our signature goes on it before the checks
+        # (the auth rules then hold the authoriser to being joined with the invite level).
+        pdu = sign_event(pdu, server.config.server_name, server.rooms.signing_key, version)
     try:
         event = await server.federation.ingester.verified_event(pdu, version)
     except PduRejected as e:
@@ -246,6 +254,12 @@ async def send_membership(request: web.Request, origin: str, membership: str) ->
         "servers_in_room": sorted(await server.store.rooms.room_servers(room_id)),
         "event": event.pdu,
     })
+
+
+def _authorised_by_us(pdu: Any, server_name: str, version: RoomVersion) -> bool:
+    content = pdu.get("content") if isinstance(pdu, dict) else None
+    authoriser = content.get("join_authorised_via_users_server") if isinstance(content, dict) else None
+    return version.restricted_join_rule and isinstance(authoriser, str) and server_of(authoriser) == server_name
 
 
 async def _room_preview(request: web.Request, room_id: str, version: RoomVersion) -> list[dict[str, Any]]:

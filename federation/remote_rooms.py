@@ -119,8 +119,30 @@ class RemoteRooms:
         resp = await self._client.put_json(server, f"/_matrix/federation/v2/send_join/{q(room_id)}/{q(event_id)}",
                                            signed)
         if isinstance(resp, dict) and isinstance(resp.get("event"), dict):
-            signed = resp["event"]  # co-signed by the resident server (restricted joins)
+            signed = await self._countersigned(server, signed, resp["event"], version)
         await self._absorb_join(server, room_id, Event(event_id, signed), version, resp)
+
+    async def _countersigned(self, server: str, ours: dict[str, Any], theirs: dict[str, Any],
+                             version: RoomVersion) -> dict[str, Any]:
+        """The join as the resident server returned it (restricted joins: with the authoriser's
+        server's signature): the same event as ours but for signatures, that signature verified."""
+        def unsigned_part(pdu: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in pdu.items() if k not in ("signatures", "unsigned")}
+
+        authoriser = (ours.get("content") or {}).get("join_authorised_via_users_server")
+        if not isinstance(authoriser, str) or not version.restricted_join_rule:
+            return ours  # nothing for the resident server to add
+        if unsigned_part(theirs) != unsigned_part(ours) or not isinstance(theirs.get("signatures"), dict):
+            raise MatrixError(502, "M_UNKNOWN", f"{server} returned a different join event")
+        signatures = {s: dict(v) for s, v in theirs["signatures"].items() if isinstance(v, dict)}
+        signatures.setdefault(self._server_name, {}).update(ours["signatures"][self._server_name])
+        merged = {**ours, "signatures": signatures}
+        try:
+            await self._keys.verify_event(merged, server_of(authoriser), version)
+        except Exception as e:
+            raise MatrixError(502, "M_UNKNOWN", f"the authorising server's signature on the join is bad: {e}") \
+                from None
+        return merged
 
     def _sign_template(self, server: str, template: dict[str, Any], room_id: str, user_id: str,
                        version: RoomVersion, content: dict[str, Any]) -> tuple[dict[str, Any], str]:

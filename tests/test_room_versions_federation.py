@@ -107,3 +107,37 @@ async def test_knocking_between_two_whispr_servers(pair: tuple[RunningServer, Ru
             "room_version": "6", "initial_state": [{"type": "m.room.join_rules",
                                                     "content": {"join_rule": "knock"}}]}))["room_id"]
         await bob.call("POST", f"/knock/{q(old)}", params={"via": a.server_name}, json={}, expect=400)
+
+
+async def restricted_across(owner: Client, guest: Client, version: str) -> None:
+    """owner's server holds a space and a room restricted to its members; guest, on the other server,
+    is refused until they join the space, then joins with one of owner's users vouching."""
+    server = owner.user_id.split(":", 1)[1]
+    space = (await owner.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": version}))[
+        "room_id"]
+    room = (await owner.call("POST", "/createRoom", json={
+        "preset": "private_chat", "room_version": version,
+        "initial_state": [{"type": "m.room.join_rules", "content": {
+            "join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}]}))["room_id"]
+    refused = await guest.session.post(guest.server.base_url + f"/_matrix/client/v3/join/{q(room)}",
+                                       params={"server_name": server}, json={}, headers=guest.h)
+    assert refused.status == 403, await refused.text()
+    await guest.call("POST", f"/join/{q(space)}", params={"server_name": server}, json={})
+    await owner.sync_until(membership_in_timeline(space, guest.user_id, "join"))
+    await guest.call("POST", f"/join/{q(room)}", params={"server_name": server}, json={})
+    await owner.sync_until(membership_in_timeline(room, guest.user_id, "join"))
+    member = await owner.call("GET", f"/rooms/{q(room)}/state/m.room.member/{q(guest.user_id)}")
+    assert member["join_authorised_via_users_server"] == owner.user_id
+    await guest.send(room, f"restricted v{version}")
+    assert await owner.collect_messages(room, 1) == [f"restricted v{version}"]
+    await owner.send(room, "welcome")
+    assert "welcome" in await guest.collect_messages(room, 1)
+
+
+async def test_restricted_joins_between_two_whispr_servers(pair: tuple[RunningServer, RunningServer]) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        for version in ("8", "9", "10", "12"):
+            await restricted_across(alice, bob, version)
+            await restricted_across(bob, alice, version)

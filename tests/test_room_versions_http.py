@@ -112,3 +112,32 @@ async def test_knocking_needs_v7_and_a_knock_join_rule(client: Any) -> None:
     await bob.call("POST", f"/knock/{knock}", json={})
     await bob.call("POST", f"/rooms/{knock}/leave", json={})
     assert (await alice.call("GET", f"/rooms/{knock}/state/m.room.member/{bob.user_id}"))["membership"] == "leave"
+
+
+@pytest.mark.parametrize("version", ["8", "9", "10"])
+async def test_restricted_join_on_one_server(client: Any, version: str) -> None:
+    alice, bob, zara = await User.new(client, "alice"), await User.new(client, "bob"), await User.new(client, "zara")
+    space = await alice.create_room(preset="public_chat", room_version=version)
+    allow = [{"type": "m.room_membership", "room_id": space}]
+    room = await alice.create_room(preset="private_chat", room_version=version, initial_state=[
+        {"type": "m.room.join_rules", "content": {"join_rule": "restricted", "allow": allow}}])
+    await bob.call("POST", f"/join/{room}", json={}, expect=403)  # not in the allowed room yet
+    await bob.call("POST", f"/join/{space}", json={})
+    await bob.call("POST", f"/join/{room}", json={})
+    member = await alice.call("GET", f"/rooms/{room}/state/m.room.member/{bob.user_id}")
+    assert member["membership"] == "join" and member["join_authorised_via_users_server"] == alice.user_id
+    await bob.send(room, "in through the space")
+    # An invited user needs no authoriser.
+    await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": zara.user_id})
+    await zara.call("POST", f"/join/{room}", json={})
+    assert "join_authorised_via_users_server" not in await alice.call(
+        "GET", f"/rooms/{room}/state/m.room.member/{zara.user_id}")
+
+
+async def test_restricted_join_rule_unknown_before_v8(client: Any) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    space = await alice.create_room(preset="public_chat", room_version="7")
+    room = await alice.create_room(room_version="7", initial_state=[{"type": "m.room.join_rules", "content": {
+        "join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}])
+    await bob.call("POST", f"/join/{space}", json={})
+    await bob.call("POST", f"/join/{room}", json={}, expect=403)

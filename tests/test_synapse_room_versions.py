@@ -11,7 +11,7 @@ import aiohttp
 from bench.servers import RunningServer
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from tests.test_federation_whispr import users_on_both
-from tests.test_room_versions_federation import converse, knock_across
+from tests.test_room_versions_federation import converse, knock_across, restricted_across
 from tests.test_synapse_interop import peers, synapse_interpreter  # noqa: F401
 
 
@@ -35,3 +35,12 @@ async def test_knocking_both_ways_with_synapse(peers: tuple[RunningServer, Runni
             # Synapse knocks on ours; it rescinds knocks only locally (1.163: it does not keep the
             # server it knocked through), so no retraction reaches us from it.
             await knock_across(wanda, sam, version, retract=False)
+
+
+async def test_restricted_joins_both_ways_with_synapse(peers: tuple[RunningServer, RunningServer]) -> None:
+    whispr, synapse = peers
+    async with aiohttp.ClientSession() as session:
+        wanda, sam = await users_on_both(session, whispr, "wanda", synapse, "sam")
+        for version in ("8", "9", "10"):
+            await restricted_across(sam, wanda, version)  # Synapse vouches for our user
+            await restricted_across(wanda, sam, version)  # we vouch for Synapse's

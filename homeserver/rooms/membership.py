@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.events.event import Event
 from homeserver.events.ids import parse_user_id
+from homeserver.rooms.restricted_joins import join_authoriser
 from homeserver.rooms.rooms import Rooms
 from storage.store import Store
 
@@ -106,6 +107,9 @@ class Membership:
         if current == "ban":
             raise forbidden("You are banned from this room")
         content = {"membership": "join", **await self.profile_content(user_id), **_reason(reason)}
+        authoriser = await join_authoriser(self._rooms, room_id, user_id)
+        if authoriser is not None:  # a restricted room: one of our users with the invite level vouches
+            content["join_authorised_via_users_server"] = authoriser
         await self._rooms.create_event(room_id, user_id, "m.room.member", content, state_key=user_id)
         await self._store.rooms.unforget(user_id, room_id)
         return room_id
