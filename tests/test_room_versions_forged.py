@@ -11,7 +11,7 @@ import aiohttp
 
 from bench.servers import RunningServer
 from homeserver.events.crypto import compute_event_id, event_reference, sign_event
-from homeserver.events.room_versions import ROOM_V1, ROOM_V4, ROOM_V5, ROOM_V6, RoomVersion
+from homeserver.events.room_versions import ROOM_V1, ROOM_V2, ROOM_V4, ROOM_V5, ROOM_V6, RoomVersion
 from tests.test_federation_forged import Peer, setup  # noqa: F401
 from tests.test_federation_whispr import Client
 
@@ -59,6 +59,12 @@ class OldRoom:
             pdu["event_id"] = f"$m{self._n}x{int(time.time() * 1000)}:{domain or self.peer.name}"
             return str(pdu["event_id"])
         return ""
+
+    async def fetch(self, event_id: str) -> None:
+        """Learn an event of the room from the server (as its PDU, for references and depth)."""
+        body = await self.peer.client.get_json(self.server.server_name, f"/_matrix/federation/v1/event/{q(event_id)}")
+        self.pdus[event_id] = body["pdus"][0]
+        self.depth = max(self.depth, body["pdus"][0]["depth"])
 
     def refs(self, ids: list[str]) -> list[Any]:
         return [event_reference(i, self.pdus[i], self.version) for i in ids]
@@ -170,3 +176,31 @@ async def test_signing_key_validity_from_v5(setup: tuple[RunningServer, Peer]) -
             assert (error is None) == accepted, error
             expect = 200 if accepted else 404
             await r.alice.call("GET", f"/rooms/{q(r.room)}/event/{q(event_id)}", expect=expect)
+
+
+async def test_forked_topic_resolved_by_the_room_versions_algorithm(setup: tuple[RunningServer, Peer]) -> None:
+    """While Alice sets the topic, the peer sends a branch from before it: three messages and its own
+    topic change, deeper in the graph. State resolution v1 (room version 1) keeps the deepest topic,
+    the peer's, whenever it was made; v2 (room versions 2+) orders the two by time: the later stays."""
+    server, peer = setup
+    minute = 60_000
+    cases = [(ROOM_V1, -HOUR_MS, "peer's"), (ROOM_V1, minute, "peer's"), (ROOM_V2, -HOUR_MS, "alice's"),
+             (ROOM_V6, -HOUR_MS, "alice's"), (ROOM_V6, minute, "peer's")]
+    async with aiohttp.ClientSession() as session:
+        for n, (version, offset, expected) in enumerate(cases):
+            r = await old_room(server, peer, session, version, f"alice{n}")
+            levels = await r.alice.call("GET", f"/rooms/{q(r.room)}/state/m.room.power_levels")
+            levels["users"][r.mallory] = 50  # Mallory may set the topic; the fork starts after this
+            levels_id = (await r.alice.call("PUT", f"/rooms/{q(r.room)}/state/m.room.power_levels",
+                                            json=levels))["event_id"]
+            await r.fetch(levels_id)
+            r.auth[1], r.head = levels_id, levels_id
+            await r.alice.call("PUT", f"/rooms/{q(r.room)}/state/m.room.topic", json={"topic": "alice's"})
+            stamp = int(time.time() * 1000) + offset
+            for i in range(3):  # built on the power levels, not on Alice's topic: a fork
+                event_id, pdu = r.event("m.room.message", message(f"m{i}"), ts=stamp + i)
+                assert await r.send(pdu, event_id) is None
+            event_id, pdu = r.event("m.room.topic", {"topic": "peer's"}, ts=stamp + 10, extra={"state_key": ""})
+            assert await r.send(pdu, event_id) is None
+            topic = await r.alice.call("GET", f"/rooms/{q(r.room)}/state/m.room.topic")
+            assert topic["topic"] == expected, (version.identifier, offset)

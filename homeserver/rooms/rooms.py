@@ -459,7 +459,11 @@ class Rooms:
         new_current: StateMap | None = None
         others = [e for e in extremities if e not in event.prev_event_ids]
         if others and room.current_group is not None and current != after:
-            new_current = await resolve_state(version, [current, after], self.get_event)
+            async def get_event(event_id: str) -> Event | None:
+                # The event itself is one of the candidates, and it is not stored yet.
+                return event if event_id == event.event_id else await self.get_event(event_id)
+
+            new_current = await resolve_state(version, [current, after], get_event)
         before_group = await self._group_for(event.room_id, state_before)
         unsigned = await self._replaced_state(event, state_before)
         redacts, held = await self._judge_received_redaction(event, version, state_before) \
