@@ -222,8 +222,12 @@ async def send_membership(request: web.Request, origin: str, membership: str) ->
         raise not_found("Unknown room")
     pdu = await _body(request)
     if membership == "join" and _authorised_by_us(pdu, server.config.server_name, version):
-        # A restricted join one of our users vouches for: our signature goes on it before the checks
-        # (the auth rules then hold the authoriser to being joined with the invite level).
+        # A restricted join one of our users vouches for: only if the user qualifies now (the auth
+        # rules cannot tell: they only hold the authoriser to being joined with the invite level),
+        # and then our signature goes on it before the checks.
+        sender = pdu.get("sender")
+        if not isinstance(sender, str) or await join_authoriser(server.rooms, room_id, sender) is None:
+            raise forbidden("This join needs no authorisation from this server")
         pdu = sign_event(pdu, server.config.server_name, server.rooms.signing_key, version)
     try:
         event = await server.federation.ingester.verified_event(pdu, version)

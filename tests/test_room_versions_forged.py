@@ -8,10 +8,12 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import pytest
 
 from bench.servers import RunningServer
+from federation.client import FederationError
 from homeserver.events.crypto import compute_event_id, event_reference, sign_event
-from homeserver.events.room_versions import ROOM_V1, ROOM_V2, ROOM_V4, ROOM_V5, ROOM_V6, RoomVersion
+from homeserver.events.room_versions import ROOM_V1, ROOM_V2, ROOM_V4, ROOM_V5, ROOM_V6, ROOM_V9, RoomVersion
 from tests.test_federation_forged import Peer, setup  # noqa: F401
 from tests.test_federation_whispr import Client
 
@@ -204,3 +206,40 @@ async def test_forked_topic_resolved_by_the_room_versions_algorithm(setup: tuple
             assert await r.send(pdu, event_id) is None
             topic = await r.alice.call("GET", f"/rooms/{q(r.room)}/state/m.room.topic")
             assert topic["topic"] == expected, (version.identifier, offset)
+
+
+async def test_restricted_join_is_vouched_for_only_when_the_user_qualifies(setup: tuple[RunningServer, Peer]) -> None:
+    """make_join refuses a user in none of the allowed rooms; a join the peer builds itself naming one
+    of our users as authoriser is refused by send_join too, not signed and not stored."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        space = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "9"}))[
+            "room_id"]
+        room = (await alice.call("POST", "/createRoom", json={"room_version": "9", "initial_state": [{
+            "type": "m.room.join_rules", "content": {
+                "join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}]}))[
+            "room_id"]
+        mallory = f"@mallory:{peer.name}"
+        with pytest.raises(FederationError) as refused:
+            await peer.client.get_json(server.server_name,
+                                       f"/_matrix/federation/v1/make_join/{q(room)}/{q(mallory)}", {"ver": ["9"]})
+        assert refused.value.status == 403
+        state = {(e["type"], e["state_key"]): e["event_id"] for e in await alice.call("GET", f"/rooms/{q(room)}/state")}
+        latest = (await alice.call("GET", f"/rooms/{q(room)}/messages", params={"dir": "b", "limit": "1"}))[
+            "chunk"][0]["event_id"]
+        join = sign_event({
+            "room_id": room, "sender": mallory, "type": "m.room.member", "state_key": mallory,
+            "content": {"membership": "join", "join_authorised_via_users_server": alice.user_id},
+            "prev_events": [latest], "depth": 20, "origin_server_ts": int(time.time() * 1000),
+            "auth_events": [state[("m.room.create", "")], state[("m.room.power_levels", "")],
+                            state[("m.room.join_rules", "")], state[("m.room.member", alice.user_id)]],
+        }, peer.name, peer.key, ROOM_V9)
+        join_id = compute_event_id(join, ROOM_V9)
+        with pytest.raises(FederationError) as refused:
+            await peer.client.put_json(server.server_name, f"/_matrix/federation/v2/send_join/{q(room)}/{q(join_id)}",
+                                       join)
+        assert refused.value.status == 403
+        await alice.call("GET", f"/rooms/{q(room)}/event/{q(join_id)}", expect=404)
+        members = (await alice.call("GET", f"/rooms/{q(room)}/joined_members"))["joined"]
+        assert mallory not in members
