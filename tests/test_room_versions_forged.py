@@ -1,5 +1,6 @@
 """Hostile input in old room versions, from a hand-built signed peer: v1/v2 event IDs and references,
-the v1/v2 redaction auth rule, lenient JSON before v6, and v5's signing-key validity."""
+the v1/v2 redaction auth rule, lenient JSON before v6, v5's signing-key validity, state resolution of a
+fork, and the knock and restricted-join endpoints."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import pytest
 from bench.servers import RunningServer
 from federation.client import FederationError
 from homeserver.events.crypto import compute_event_id, event_reference, sign_event
-from homeserver.events.room_versions import ROOM_V1, ROOM_V2, ROOM_V4, ROOM_V5, ROOM_V6, ROOM_V9, RoomVersion
+from homeserver.events.room_versions import (
+    KNOWN_ROOM_VERSIONS, ROOM_V1, ROOM_V2, ROOM_V4, ROOM_V5, ROOM_V6, ROOM_V9, RoomVersion,
+)
 from tests.test_federation_forged import Peer, setup  # noqa: F401
 from tests.test_federation_whispr import Client
 
 HOUR_MS = 3_600_000
+KNOWN = {int(k): v for k, v in KNOWN_ROOM_VERSIONS.items()}
 
 
 def q(event_id: str) -> str:
@@ -243,3 +247,51 @@ async def test_restricted_join_is_vouched_for_only_when_the_user_qualifies(setup
         await alice.call("GET", f"/rooms/{q(room)}/event/{q(join_id)}", expect=404)
         members = (await alice.call("GET", f"/rooms/{q(room)}/joined_members"))["joined"]
         assert mallory not in members
+
+
+async def test_knock_endpoints_refuse_what_is_not_a_knock(setup: tuple[RunningServer, Peer]) -> None:
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        knock_room = (await alice.call("POST", "/createRoom", json={"room_version": "7", "initial_state": [
+            {"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]}))["room_id"]
+        public = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "7"}))[
+            "room_id"]
+        old = (await alice.call("POST", "/createRoom", json={"room_version": "6", "initial_state": [
+            {"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]}))["room_id"]
+        mallory = f"@mallory:{peer.name}"
+        path = "/_matrix/federation/v1/make_knock"
+
+        async def make_knock(room: str, user: str, ver: list[str]) -> int:
+            try:
+                await peer.client.get_json(server.server_name, f"{path}/{q(room)}/{q(user)}", {"ver": ver})
+            except FederationError as e:
+                return e.status
+            return 200
+
+        assert await make_knock(public, mallory, ["7"]) == 403            # not a knock room
+        assert await make_knock(knock_room, alice.user_id, ["7"]) == 403  # not the peer's user
+        assert await make_knock(knock_room, mallory, ["6"]) == 400        # version not supported by the peer
+        assert await make_knock(old, mallory, ["6", "7"]) == 403          # v6 has no knocking
+        template = await peer.client.get_json(server.server_name, f"{path}/{q(knock_room)}/{q(mallory)}",
+                                              {"ver": ["7"]})
+        assert template["room_version"] == "7" and template["event"]["content"]["membership"] == "knock"
+        # A join sent to send_knock is refused, and nothing is stored.
+        join = {k: v for k, v in template["event"].items() if k != "origin"}
+        join["content"] = {"membership": "join"}
+        join = sign_event(join, peer.name, peer.key, KNOWN[7])
+        join_id = compute_event_id(join, KNOWN[7])
+        with pytest.raises(FederationError) as refused:
+            await peer.client.put_json(server.server_name,
+                                       f"/_matrix/federation/v1/send_knock/{q(knock_room)}/{q(join_id)}", join)
+        assert refused.value.status == 400
+        await alice.call("GET", f"/rooms/{q(knock_room)}/event/{q(join_id)}", expect=404)
+        # The knock itself goes in, and the answer previews the room.
+        knock = {k: v for k, v in template["event"].items() if k != "origin"}
+        knock = sign_event(knock, peer.name, peer.key, KNOWN[7])
+        knock_id = compute_event_id(knock, KNOWN[7])
+        answer = await peer.client.put_json(
+            server.server_name, f"/_matrix/federation/v1/send_knock/{q(knock_room)}/{q(knock_id)}", knock)
+        assert any(e["type"] == "m.room.join_rules" for e in answer["knock_room_state"])
+        member = await alice.call("GET", f"/rooms/{q(knock_room)}/state/m.room.member/{q(mallory)}")
+        assert member["membership"] == "knock"
