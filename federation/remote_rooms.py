@@ -62,6 +62,11 @@ def _pdu_of_room(pdu: dict[str, Any], room_id: str, version: RoomVersion) -> boo
     return pdu.get("room_id") == room_id
 
 
+def _signed_part(pdu: dict[str, Any]) -> dict[str, Any]:
+    """An event without what other servers may add to it (their signatures, unsigned data)."""
+    return {k: v for k, v in pdu.items() if k not in ("signatures", "unsigned")}
+
+
 class FederationClientLike(FederationRequests):
     async def put_json(self, destination: str, path: str, body: Any) -> Any: ...
 
@@ -126,13 +131,10 @@ class RemoteRooms:
                              version: RoomVersion) -> dict[str, Any]:
         """The join as the resident server returned it (restricted joins: with the authoriser's
         server's signature): the same event as ours but for signatures, that signature verified."""
-        def unsigned_part(pdu: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in pdu.items() if k not in ("signatures", "unsigned")}
-
         authoriser = (ours.get("content") or {}).get("join_authorised_via_users_server")
         if not isinstance(authoriser, str) or not version.restricted_join_rule:
             return ours  # nothing for the resident server to add
-        if unsigned_part(theirs) != unsigned_part(ours) or not isinstance(theirs.get("signatures"), dict):
+        if _signed_part(theirs) != _signed_part(ours) or not isinstance(theirs.get("signatures"), dict):
             raise MatrixError(502, "M_UNKNOWN", f"{server} returned a different join event")
         signatures = {s: dict(v) for s, v in theirs["signatures"].items() if isinstance(v, dict)}
         signatures.setdefault(self._server_name, {}).update(ours["signatures"][self._server_name])
@@ -268,7 +270,8 @@ class RemoteRooms:
                               getattr(e, "errcode", None) or "M_UNKNOWN",
                               f"{destination} did not accept the invite: {e}") from None
         signed = resp.get("event") if isinstance(resp, dict) else None
-        if not isinstance(signed, dict) or compute_event_id(signed, version) != event.event_id:
+        # The same event but for signatures (in v1/v2 the ID alone proves nothing: it is a field).
+        if not isinstance(signed, dict) or _signed_part(signed) != _signed_part(event.pdu):
             raise MatrixError(502, "M_UNKNOWN", f"{destination} returned a different invite event")
         try:
             await self._keys.verify_event(signed, destination, version)

@@ -4,21 +4,24 @@ fork, and the knock and restricted-join endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from bench.servers import RunningServer
+from bench.servers import RunningServer, free_port, start_whispr
 from federation.client import FederationError
 from homeserver.events.crypto import compute_event_id, event_reference, sign_event
 from homeserver.events.room_versions import (
     KNOWN_ROOM_VERSIONS, ROOM_V1, ROOM_V2, ROOM_V4, ROOM_V5, ROOM_V6, ROOM_V9, RoomVersion,
 )
 from tests.test_federation_forged import Peer, setup  # noqa: F401
-from tests.test_federation_whispr import Client
+from tests.test_federation_whispr import Client, federation_config
 
 HOUR_MS = 3_600_000
 KNOWN = {int(k): v for k, v in KNOWN_ROOM_VERSIONS.items()}
@@ -295,3 +298,35 @@ async def test_knock_endpoints_refuse_what_is_not_a_knock(setup: tuple[RunningSe
         assert any(e["type"] == "m.room.join_rules" for e in answer["knock_room_state"])
         member = await alice.call("GET", f"/rooms/{q(knock_room)}/state/m.room.member/{q(mallory)}")
         assert member["membership"] == "knock"
+
+
+class AlteringPeer(Peer):
+    """A peer whose server, asked to co-sign an invite of its user, returns another event of the same
+    v1 event ID: its content changed, signed by it."""
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_put("/_matrix/federation/v2/invite/{room}/{event}", self._invite)
+
+    async def _invite(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        event = dict(body["event"])
+        event["content"] = {**event["content"], "displayname": "swapped"}
+        return web.json_response({"event": sign_event(event, self.name, self.key, ROOM_V1)})
+
+
+async def test_a_co_signed_invite_must_be_the_event_we_sent(tmp_path: Path) -> None:
+    peer = AlteringPeer(tmp_path)
+    await peer.start()
+    server = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{free_port()}",
+                                     extra_config=federation_config())
+    try:
+        async with aiohttp.ClientSession() as session:
+            alice = await Client.register(session, server, "alice")
+            room = (await alice.call("POST", "/createRoom", json={"room_version": "1"}))["room_id"]
+            victim = f"@victim:{peer.name}"
+            await alice.call("POST", f"/rooms/{q(room)}/invite", json={"user_id": victim}, expect=502)
+            state = await alice.call("GET", f"/rooms/{q(room)}/state")
+            assert not any(e["type"] == "m.room.member" and e["state_key"] == victim for e in state)
+    finally:
+        await asyncio.to_thread(server.stop)
+        await peer.close()
