@@ -141,3 +141,23 @@ async def test_restricted_join_rule_unknown_before_v8(client: Any) -> None:
         "join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}])
     await bob.call("POST", f"/join/{space}", json={})
     await bob.call("POST", f"/join/{room}", json={}, expect=403)
+
+
+@pytest.mark.parametrize("version", ["1", "9", "10"])
+async def test_string_power_levels_from_a_client(client: Any, version: str) -> None:
+    """Before v10 levels may be integer strings (rooms of older servers hold them, and clients send the
+    content back with one entry changed); v10 refuses them with M_BAD_JSON."""
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(preset="public_chat", room_version=version)
+    await bob.call("POST", f"/join/{room}", json={})
+    levels = await alice.call("GET", f"/rooms/{room}/state/m.room.power_levels")
+    levels["users"] = {alice.user_id: "100", bob.user_id: " 50 "}
+    levels["events"] = {**levels.get("events", {}), "m.room.topic": "50"}
+    if version == "10":
+        refused = await alice.call("PUT", f"/rooms/{room}/state/m.room.power_levels", json=levels, expect=400)
+        assert refused["errcode"] == "M_BAD_JSON"
+        return
+    await alice.call("PUT", f"/rooms/{room}/state/m.room.power_levels", json=levels)
+    await bob.call("PUT", f"/rooms/{room}/state/m.room.topic", json={"topic": "bob's, with level \" 50 \""})
+    assert (await bob.call("GET", f"/rooms/{room}/state/m.room.power_levels"))["users"][bob.user_id] == " 50 "
+    await bob.call("PUT", f"/rooms/{room}/state/m.room.power_levels", json=levels, expect=403)  # needs 100

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -52,8 +53,6 @@ def validate_content(event_type: str, content: Any, state_key: Any) -> None:
         raise bad_json("event type must be a string of 1-255 characters")
     if state_key is not None and (not isinstance(state_key, str) or len(state_key) > 255):
         raise bad_json("state_key must be a string of at most 255 characters")
-    if event_type == "m.room.power_levels":
-        _check_power_levels(content)
     if event_type == "m.room.member" and not isinstance(content.get("membership"), str):
         raise bad_json("m.room.member content needs a membership string")
 
@@ -62,13 +61,22 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and -(2**53) + 1 <= value <= 2**53 - 1
 
 
-def _check_power_levels(content: dict[str, Any]) -> None:
+# Room versions 1-9 take levels written as integer strings too ("50", " +050 "), which rooms made
+# by older servers hold and clients send back when they change one entry.
+_LEVEL_STRING = re.compile(r"^\s*[+-]?[0-9]+\s*$")
+
+
+def _check_power_levels(content: dict[str, Any], version: RoomVersion) -> None:
+    def level(value: Any) -> bool:
+        return _is_int(value) or (not version.integer_only_power_levels and isinstance(value, str)
+                                  and _LEVEL_STRING.match(value) is not None)
+
     for key in POWER_LEVEL_INT_KEYS:
-        if key in content and not _is_int(content[key]):
+        if key in content and not level(content[key]):
             raise bad_json(f"power level {key} must be an integer")
     for key in ("events", "users", "notifications"):
         value = content.get(key, {})
-        if not isinstance(value, dict) or not all(_is_int(v) for v in value.values()):
+        if not isinstance(value, dict) or not all(level(v) for v in value.values()):
             raise bad_json(f"power levels {key} must map to integers")
 
 
@@ -266,6 +274,8 @@ class Rooms:
             assert version is not None
             if event_type == "m.room.redaction":
                 extra = _redacts_where_kept(version, content, extra)
+            if event_type == "m.room.power_levels":
+                _check_power_levels(content, version)
             state = await self._store.rooms.state_map(room.current_group)
             pdu, prev_ids = await self._template(room_id, version, state, sender, event_type, content, state_key,
                                                  extremities)
