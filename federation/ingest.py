@@ -147,6 +147,8 @@ class Ingester:
         room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
         version = await self._rooms.room_version(room_id) if isinstance(room_id, str) else None
         room = await self._rooms.room(room_id) if version is not None else None
+        if version is not None and room is not None and room.current_group is None:
+            return await self._outside_membership(origin, pdu, version)
         if version is None or room is None or room.current_group is None:
             return "", "this server is not in that room"
         try:
@@ -161,6 +163,28 @@ class Ingester:
             return event.event_id, None
         async with self._rooms.lock(event.room_id):
             return event.event_id, await self._process(origin, event, version, fetch_missing=True)
+
+    async def _outside_membership(self, origin: str, pdu: Any, version: RoomVersion) -> tuple[str, str | None]:
+        """A PDU of a room this server is not in but knows of, through a local user's pending
+        invite or knock: only the end of that (a kick of the knock, the invite withdrawn, a ban) is
+        taken, as that user's membership, when the sending server made and signed it, it names the
+        pending membership among its auth events (it was made against it), and an invite is
+        withdrawn by its inviter (who else may, this server cannot tell)."""
+        try:
+            event = await self.verified_event(pdu, version)
+        except PduRejected as e:
+            return "", str(e)
+        target = event.state_key or ""
+        current = await self._rooms.outside_membership(event.room_id, target) \
+            if event.type == "m.room.member" and server_of(target) == self._server_name else None
+        if current is None or current.membership not in ("invite", "knock") \
+                or event.membership not in ("leave", "ban") or server_of(event.sender) != origin \
+                or current.event_id not in event.auth_event_ids \
+                or (current.membership == "invite" and event.sender != current.sender):
+            return event.event_id, "this server is not in that room"
+        await self._rooms.record_outside_membership(event, version.identifier)
+        log.info("%s ended %s's %s in %s", origin, target, current.membership, event.room_id)
+        return event.event_id, None
 
     async def process(self, origin: str, event: Event, version: RoomVersion) -> str | None:
         """Steps 4-6 for an event already verified (send_join, send_leave); the caller holds the room lock."""

@@ -73,7 +73,7 @@ async def knock_across(owner: Client, guest: Client, version: str, retract: bool
         "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]}))["room_id"]
     await guest.call("POST", f"/join/{q(room)}", params={"server_name": server}, json={}, expect=403)
     await guest.call("POST", f"/knock/{q(room)}", params={"via": server}, json={"reason": "please"})
-    knocked = await guest.sync_until(lambda body: room in body["rooms"].get("knock", {}))
+    knocked = await guest.sync_until(lambda body: room in body.get("rooms", {}).get("knock", {}))
     shown = {e["type"]: e for e in knocked["rooms"]["knock"][room]["knock_state"]["events"]}
     assert shown["m.room.name"]["content"]["name"] == f"knock v{version}"
     assert shown["m.room.member"]["content"]["membership"] == "knock"
@@ -141,3 +141,45 @@ async def test_restricted_joins_between_two_whispr_servers(pair: tuple[RunningSe
         for version in ("8", "9", "10", "12"):
             await restricted_across(alice, bob, version)
             await restricted_across(bob, alice, version)
+
+
+async def knock_refused(owner: Client, guest: Client, version: str) -> None:
+    """owner's server kicks a knock from the other server: the knocker's server learns of it (a PDU
+    of a room it is not in), and the knocker's sync moves the room from knock to leave."""
+    server = owner.user_id.split(":", 1)[1]
+    room = (await owner.call("POST", "/createRoom", json={
+        "room_version": version, "initial_state": [{"type": "m.room.join_rules",
+                                                    "content": {"join_rule": "knock"}}]}))["room_id"]
+    await guest.call("POST", f"/knock/{q(room)}", params={"via": server}, json={})
+    await guest.sync_until(lambda body: room in body.get("rooms", {}).get("knock", {}))
+    await owner.sync_until(membership_in_timeline(room, guest.user_id, "knock"))
+    await owner.call("POST", f"/rooms/{q(room)}/kick", json={"user_id": guest.user_id, "reason": "no"})
+    await guest.sync_until(lambda body: room in body.get("rooms", {}).get("leave", {}))
+    await guest.call("POST", f"/knock/{q(room)}", params={"via": server}, json={})  # may knock again
+    await guest.sync_until(lambda body: room in body.get("rooms", {}).get("knock", {}))
+
+
+async def test_refused_knocks_reach_the_knocker(pair: tuple[RunningServer, RunningServer]) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        await knock_refused(alice, bob, "7")
+        await knock_refused(bob, alice, "10")
+
+
+async def invite_withdrawn(owner: Client, guest: Client, version: str) -> None:
+    """owner invites guest of the other server, then withdraws the invite (a kick): guest's server is
+    not in the room, yet guest's sync moves the room from invite to leave."""
+    room = (await owner.call("POST", "/createRoom", json={"room_version": version}))["room_id"]
+    await owner.call("POST", f"/rooms/{q(room)}/invite", json={"user_id": guest.user_id})
+    await guest.sync_until(lambda body: room in body.get("rooms", {}).get("invite", {}))
+    await owner.call("POST", f"/rooms/{q(room)}/kick", json={"user_id": guest.user_id})
+    await guest.sync_until(lambda body: room in body.get("rooms", {}).get("leave", {}))
+
+
+async def test_withdrawn_invites_reach_the_invitee(pair: tuple[RunningServer, RunningServer]) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        await invite_withdrawn(alice, bob, "1")
+        await invite_withdrawn(bob, alice, "10")

@@ -330,3 +330,34 @@ async def test_a_co_signed_invite_must_be_the_event_we_sent(tmp_path: Path) -> N
     finally:
         await asyncio.to_thread(server.stop)
         await peer.close()
+
+
+async def test_a_withdrawn_invite_is_taken_only_from_its_inviter_against_it(setup: tuple[RunningServer, Peer]) -> None:
+    """For a room this server is not in, the only PDU taken is the end of a local user's pending
+    invite: from the inviter, naming the invite in its auth events."""
+    server, peer = setup
+    version = KNOWN[10]
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        room, inviter, other = f"!elsewhere:{peer.name}", f"@pat:{peer.name}", f"@other:{peer.name}"
+        base = {"room_id": room, "type": "m.room.member", "state_key": alice.user_id, "depth": 5,
+                "prev_events": ["$p"], "origin_server_ts": int(time.time() * 1000)}
+        invite = sign_event({**base, "sender": inviter, "content": {"membership": "invite"},
+                             "auth_events": ["$c", "$pl", "$m"]}, peer.name, peer.key, version)
+        invite_id = compute_event_id(invite, version)
+        await peer.client.put_json(server.server_name, f"/_matrix/federation/v2/invite/{q(room)}/{q(invite_id)}",
+                                   {"event": invite, "room_version": "10", "invite_room_state": []})
+        await alice.sync_until(lambda body: room in body.get("rooms", {}).get("invite", {}))
+
+        def leave(sender: str, auth: list[str], n: int) -> tuple[str, dict[str, Any]]:
+            pdu = sign_event({**base, "sender": sender, "content": {"membership": "leave", "n": n},
+                              "auth_events": auth}, peer.name, peer.key, version)
+            return compute_event_id(pdu, version), pdu
+
+        for n, (sender, auth, taken) in enumerate([(other, ["$c", invite_id], False),   # not the inviter
+                                                   (inviter, ["$c", "$pl"], False),     # not made against it
+                                                   (inviter, ["$c", invite_id], True)]):
+            event_id, pdu = leave(sender, auth, n)
+            result = await peer.send(server.server_name, [pdu], f"w{n}")
+            assert (result["pdus"][event_id] == {}) == taken, (n, result)
+        await alice.sync_until(lambda body: room in body.get("rooms", {}).get("leave", {}))

@@ -12,7 +12,7 @@ import aiohttp
 from bench.servers import RunningServer
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from tests.test_federation_whispr import Client, page_back, users_on_both
-from tests.test_room_versions_federation import converse, knock_across, q, restricted_across
+from tests.test_room_versions_federation import converse, invite_withdrawn, knock_across, q, restricted_across
 from tests.test_synapse_interop import peers, story, synapse_interpreter  # noqa: F401
 
 
@@ -70,3 +70,12 @@ async def history_in(owner: Client, guest: Client, version: str, messages: int =
     bodies = [e["content"].get("body") for e in reversed(events) if e["type"] == "m.room.message"]
     assert bodies == [f"h{i}" for i in range(messages)], version
     assert events[-1]["type"] == "m.room.create"
+
+
+async def test_withdrawn_invites_both_ways_with_synapse(peers: tuple[RunningServer, RunningServer]) -> None:
+    whispr, synapse = peers
+    async with aiohttp.ClientSession() as session:
+        wanda, sam = await users_on_both(session, whispr, "wanda", synapse, "sam")
+        for version in ("1", "10"):
+            await invite_withdrawn(sam, wanda, version)  # Synapse withdraws its invite of our user
+            await invite_withdrawn(wanda, sam, version)  # we withdraw ours of Synapse's

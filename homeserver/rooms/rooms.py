@@ -496,6 +496,11 @@ class Rooms:
         await self._notifier.notify(persisted.stream, event.room_id, targets)
         return stored
 
+    async def outside_membership(self, room_id: str, user_id: str) -> Event | None:
+        """A local user's membership event in a room this server is not in (an invite or a knock)."""
+        member = (await self._store.rooms.rooms_for_user(user_id)).get(room_id)
+        return await self.get_event(member[1]) if member else None
+
     async def record_outside_membership(self, event: Event, room_version: str,
                                         unsigned: dict[str, Any] | None = None) -> None:
         """A local user's membership in a room this server is not in (an invite from another
