@@ -47,6 +47,14 @@ async def converse(owner: Client, guest: Client, version: str) -> None:
         for event_id in (theirs, second):
             assert (await user.call("GET", f"/rooms/{q(room)}/event/{q(event_id)}"))["content"] == {}
         assert (await user.call("GET", f"/rooms/{q(room)}/event/{q(mine)}"))["content"]["body"]
+    if not KNOWN_ROOM_VERSIONS[version].strict_canonical_json:  # v1-v5: floats travel and verify
+        await owner.call("PUT", f"/rooms/{q(room)}/send/m.room.message/float{version}",
+                         json={"msgtype": "m.text", "body": "4.5 stars", "rating": 4.5})
+
+        def rated(body: dict[str, Any]) -> bool:
+            events = body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])
+            return any(e["content"].get("rating") == 4.5 for e in events)
+        await guest.sync_until(rated)
     # The guest may not redact the owner's event (403 on its own server, before anything is sent).
     await guest.call("PUT", f"/rooms/{q(room)}/redact/{q(mine)}/no{version}", json={}, expect=403)
     await guest.call("POST", f"/rooms/{q(room)}/leave", json={})

@@ -161,3 +161,17 @@ async def test_string_power_levels_from_a_client(client: Any, version: str) -> N
     await bob.call("PUT", f"/rooms/{room}/state/m.room.topic", json={"topic": "bob's, with level \" 50 \""})
     assert (await bob.call("GET", f"/rooms/{room}/state/m.room.power_levels"))["users"][bob.user_id] == " 50 "
     await bob.call("PUT", f"/rooms/{room}/state/m.room.power_levels", json=levels, expect=403)  # needs 100
+
+
+@pytest.mark.parametrize("version,accepted", [("1", True), ("5", True), ("6", False), ("10", False)])
+async def test_floats_in_content_before_v6(client: Any, version: str, accepted: bool) -> None:
+    """Canonical JSON (no floats) is enforced from room version 6; before, the spec says not to."""
+    alice = await User.new(client, "alice")
+    room = await alice.create_room(room_version=version)
+    body = {"msgtype": "m.text", "body": "rated", "rating": 4.5}
+    if not accepted:
+        refused = await alice.call("PUT", f"/rooms/{room}/send/m.room.message/f1", json=body, expect=400)
+        assert refused["errcode"] == "M_BAD_JSON"
+        return
+    event_id = (await alice.call("PUT", f"/rooms/{room}/send/m.room.message/f1", json=body))["event_id"]
+    assert (await alice.call("GET", f"/rooms/{room}/event/{q(event_id)}"))["content"]["rating"] == 4.5

@@ -353,7 +353,8 @@ class Rooms:
         return await self._persist(event, room, {}, [], None)
 
     async def _sign_and_check(self, pdu: dict[str, Any], version: RoomVersion, state: StateMap) -> Event:
-        reason = non_canonical_reason(pdu["content"])  # other servers would refuse it, or drift
+        # From v6 other servers would refuse it, or drift; before, the spec says not to enforce it.
+        reason = non_canonical_reason(pdu["content"]) if version.strict_canonical_json else None
         if reason is not None:
             raise bad_json(f"Event content is not canonical JSON: {reason}")
         signed = sign_event(pdu, self.server_name, self._key, version)
