@@ -175,3 +175,20 @@ async def test_floats_in_content_before_v6(client: Any, version: str, accepted: 
         return
     event_id = (await alice.call("PUT", f"/rooms/{room}/send/m.room.message/f1", json=body))["event_id"]
     assert (await alice.call("GET", f"/rooms/{room}/event/{q(event_id)}"))["content"]["rating"] == 4.5
+
+
+async def test_knock_restricted_from_v10(client: Any) -> None:
+    """knock_restricted (v10+): a member of the allowed room joins straight in; anyone else may knock."""
+    alice, bob, zara = await User.new(client, "alice"), await User.new(client, "bob"), await User.new(client, "zara")
+    space = await alice.create_room(preset="public_chat", room_version="10")
+    rules = {"join_rule": "knock_restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}
+    room = await alice.create_room(room_version="10", initial_state=[{"type": "m.room.join_rules", "content": rules}])
+    await bob.call("POST", f"/join/{space}", json={})
+    await bob.call("POST", f"/join/{room}", json={})
+    await zara.call("POST", f"/join/{room}", json={}, expect=403)
+    await zara.call("POST", f"/knock/{room}", json={})
+    assert (await alice.call("GET", f"/rooms/{room}/state/m.room.member/{zara.user_id}"))["membership"] == "knock"
+    # In v9 the same rule is unknown: nobody gets in by it, nor knocks.
+    old = await alice.create_room(room_version="9", initial_state=[{"type": "m.room.join_rules",
+                                                                   "content": {**rules, "allow": []}}])
+    await zara.call("POST", f"/knock/{old}", json={}, expect=403)

@@ -37,14 +37,16 @@ async def join_authoriser(rooms: Rooms, room_id: str, user_id: str) -> str | Non
         return None
     state = await rooms.current_state(room_id)
     rules = state.get(JOIN_RULES_KEY)
-    rule = rules.content.get("join_rule") if rules is not None else None
+    if rules is None:
+        return None
+    rule = rules.content.get("join_rule")
     if rule not in ("restricted", "knock_restricted") or (
             rule == "knock_restricted" and not version.knock_restricted_join_rule):
         return None
     current = state.get(("m.room.member", user_id))
     if current is not None and current.membership in ("invite", "join"):
         return None
-    known = [r for r in allowed_rooms(rules.content if rules is not None else {}) if await _we_are_in(rooms, r)]
+    known = [r for r in allowed_rooms(rules.content) if await _we_are_in(rooms, r)]
     if not known:
         raise MatrixError(400, "M_UNABLE_TO_AUTHORISE_JOIN",
                           "This server is in none of the rooms whose members may join")
