@@ -521,7 +521,7 @@ def _check_power_levels(event: Event, auth_state: Mapping[StateKey, Event], crea
     old_users, new_users = _as_map(old.get("users")), _as_map(new.get("users"))
     for user in old_users.keys() | new_users.keys():
         before, after = old_users.get(user), new_users.get(user)
-        if before == after and (user in old_users) == (user in new_users):
+        if before == after:
             continue
         # Nobody may change or remove a peer's or superior's level, but you may demote yourself.
         if before is not None and user != event.sender and before >= sender_level:
