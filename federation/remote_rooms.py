@@ -29,6 +29,8 @@ log = logging.getLogger("whispr.federation.rooms")
 INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                       "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
 MAX_INVITE_STATE = 50
+# make_join answers of a resident server that cannot vouch for a restricted join (another may).
+RESTRICTED_JOIN_ERRORS = ("M_UNABLE_TO_AUTHORISE_JOIN", "M_UNABLE_TO_GRANT_JOIN")
 
 
 def full_pdus_in_invite_state(version: RoomVersion) -> bool:
@@ -100,6 +102,9 @@ class RemoteRooms:
             except Exception as e:  # unreachable or misbehaving peer: try the next one
                 log.warning("joining %s via %s failed: %s", room_id, server, e)
                 last_error = e
+        errcode = getattr(last_error, "errcode", None)
+        if errcode in RESTRICTED_JOIN_ERRORS:  # no resident server could vouch for the user: say so
+            raise MatrixError(400, errcode, f"Could not join through any server: {last_error}")
         raise MatrixError(502, "M_UNKNOWN", f"Could not join through any server: {last_error}")
 
     async def _join_via(self, server: str, room_id: str, user_id: str, content: dict[str, Any]) -> None:

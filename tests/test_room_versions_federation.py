@@ -149,6 +149,13 @@ async def test_restricted_joins_between_two_whispr_servers(pair: tuple[RunningSe
         for version in ("8", "9", "10", "12"):
             await restricted_across(alice, bob, version)
             await restricted_across(bob, alice, version)
+        # A restricted room whose allowed room the resident server is not in: it cannot tell.
+        room = (await alice.call("POST", "/createRoom", json={"room_version": "9", "initial_state": [{
+            "type": "m.room.join_rules", "content": {"join_rule": "restricted", "allow": [
+                {"type": "m.room_membership", "room_id": "!elsewhere:unknown.example"}]}}]}))["room_id"]
+        refused = await bob.call("POST", f"/join/{q(room)}", params={"server_name": a.server_name}, json={},
+                                 expect=400)
+        assert refused["errcode"] == "M_UNABLE_TO_AUTHORISE_JOIN"
 
 
 async def knock_refused(owner: Client, guest: Client, version: str) -> None:
