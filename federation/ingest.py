@@ -86,7 +86,9 @@ def _is_event_id(value: Any) -> bool:
 
 
 def _is_opaque_event_id(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith("$") and ":" in value and len(value) <= 255
+    """A v1/v2 event ID: `$opaque:domain`, at most 255 characters, none of them blank or control."""
+    return isinstance(value, str) and value.startswith("$") and ":" in value and len(value) <= 255 \
+        and value.isprintable() and not any(c.isspace() for c in value)
 
 
 def _is_hash_pair(value: Any) -> bool:

@@ -104,6 +104,9 @@ def test_v1_references_are_hash_pairs() -> None:
     (ROOM_V1, "$e:hs", [["$p:hs", {"sha256": "x"}]], True),
     (ROOM_V2, None, [["$p:hs", {"sha256": "x"}]], False),        # no event_id
     (ROOM_V1, "e:hs", [["$p:hs", {"sha256": "x"}]], False),      # not an event ID
+    (ROOM_V1, "$e :hs", [["$p:hs", {"sha256": "x"}]], False),    # blank inside
+    (ROOM_V1, "$e:hs", [["$p\n:hs", {"sha256": "x"}]], False),   # control character
+    (ROOM_V1, "$" + "e" * 300 + ":hs", [["$p:hs", {}]], False),  # too long
     (ROOM_V1, "$e:hs", ["$p:hs"], False),                        # plain IDs
     (ROOM_V1, "$e:hs", [["$p:hs"]], False),                      # half a pair
     (ROOM_V3, None, ["$p"], True),
