@@ -42,6 +42,15 @@ async def join(request: web.Request) -> web.Response:
     return ok({"room_id": room_id})
 
 
+async def knock(request: web.Request) -> web.Response:
+    who = await requester(request)
+    body = await json_body(request, allow_empty=True)
+    via = request.query.getall("server_name", []) + request.query.getall("via", [])
+    room_id = await hs(request).membership.knock(request.match_info["room_id_or_alias"], who.user_id,
+                                                 body.get("reason"), via=via)
+    return ok({"room_id": room_id})
+
+
 async def invite(request: web.Request) -> web.Response:
     who = await requester(request)
     body = await json_body(request)
@@ -265,6 +274,7 @@ def setup(app: web.Application) -> None:
     add.add_post(f"{CLIENT_V3}/createRoom", create_room)
     add.add_post(f"{CLIENT_V3}/join/{{room_id_or_alias}}", join)
     add.add_post(f"{R}/join", join)
+    add.add_post(f"{CLIENT_V3}/knock/{{room_id_or_alias}}", knock)
     add.add_post(f"{R}/invite", invite)
     add.add_post(f"{R}/leave", leave)
     add.add_post(f"{R}/forget", forget)

@@ -12,7 +12,8 @@ from aiohttp import web
 from homeserver.web.access_log import REQUESTER
 from homeserver.web.requests import hs
 from federation.ingest import PduRejected, server_of
-from federation.remote_rooms import received_invite_state
+from federation.remote_rooms import INVITE_STATE_TYPES, full_pdus_in_invite_state, received_invite_state
+from homeserver.events.client_format import stripped_state
 from homeserver.events.auth_rules import AuthError, check_auth
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, invalid_param, missing_param, not_found
@@ -21,6 +22,7 @@ from homeserver.events.event import Event
 from homeserver.friends.markers import is_marked
 from homeserver.events.room_versions import RoomVersion, get_room_version
 from homeserver.json_input import parse_json
+from homeserver.rooms.restricted_joins import join_authoriser
 
 log = logging.getLogger("whispr.federation.endpoints")
 
@@ -194,16 +196,19 @@ async def make_membership(request: web.Request, origin: str, membership: str) ->
     version = await server.rooms.room_version(room_id)
     if version is None:
         raise not_found("Unknown room")
-    if membership == "join":
+    if membership in ("join", "knock"):
         supported = request.query.getall("ver", ["1"])
         if version.identifier not in supported:
             raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "Your server does not support this room version",
                               room_version=version.identifier)
-    template, version = await server.rooms.event_template(room_id, user_id, "m.room.member",
-                                                          {"membership": membership}, user_id)
+    content: dict[str, Any] = {"membership": membership}
+    authoriser = await join_authoriser(server.rooms, room_id, user_id) if membership == "join" else None
+    if authoriser is not None:  # a restricted room: we vouch, and will sign the join (send_join)
+        content["join_authorised_via_users_server"] = authoriser
+    template, version = await server.rooms.event_template(room_id, user_id, "m.room.member", content, user_id)
     # Check now that the membership could be allowed, so the peer gets a clear refusal.
     state = await server.rooms.current_state(room_id)
-    probe = Event("$probe", {**template, "hashes": {}, "signatures": {}})
+    probe = Event("$probe", {**template, "hashes": {}, "signatures": {server.config.server_name: {}}})
     try:
         check_auth(probe, state, version)
     except AuthError as e:
@@ -229,6 +234,14 @@ async def _send_membership(request: web.Request, origin: str, membership: str) -
     if version is None:
         raise not_found("Unknown room")
     pdu = await _body(request)
+    if membership == "join" and _authorised_by_us(pdu, server.config.server_name, version):
+        # A restricted join one of our users vouches for: only if the user qualifies now (the auth
+        # rules cannot tell: they only hold the authoriser to being joined with the invite level),
+        # and then our signature goes on it before the checks.
+        sender = pdu.get("sender")
+        if not isinstance(sender, str) or await join_authoriser(server.rooms, room_id, sender) is None:
+            raise forbidden("This join needs no authorisation from this server")
+        pdu = sign_event(pdu, server.config.server_name, server.rooms.signing_key, version)
     try:
         event = await server.federation.ingester.verified_event(pdu, version)
     except PduRejected as e:
@@ -246,6 +259,8 @@ async def _send_membership(request: web.Request, origin: str, membership: str) -
     await server.federation.sender.send_event(event, exclude=origin)
     if membership == "leave":
         return {}
+    if membership == "knock":
+        return {"knock_room_state": await _room_preview(request, room_id, version)}
     states = await server.rooms.get_events(state_before.values())
     chain = await _auth_chain(request, list(state_before.values()))
     return {
@@ -256,6 +271,20 @@ async def _send_membership(request: web.Request, origin: str, membership: str) -
         "servers_in_room": sorted(await server.store.rooms.room_servers(room_id)),
         "event": event.pdu,
     }
+
+
+def _authorised_by_us(pdu: Any, server_name: str, version: RoomVersion) -> bool:
+    content = pdu.get("content") if isinstance(pdu, dict) else None
+    authoriser = content.get("join_authorised_via_users_server") if isinstance(content, dict) else None
+    return version.restricted_join_rule and isinstance(authoriser, str) and server_of(authoriser) == server_name
+
+
+async def _room_preview(request: web.Request, room_id: str, version: RoomVersion) -> list[dict[str, Any]]:
+    """What a knocking server's user may see of the room: the preview state, stripped (full PDUs
+    from room version 12, as for invites, MSC4311)."""
+    state = await hs(request).rooms.current_state(room_id)
+    shown = [e for k, e in state.items() if k[0] in INVITE_STATE_TYPES]
+    return [e.pdu if full_pdus_in_invite_state(version) else stripped_state(e) for e in shown]
 
 
 async def invite(request: web.Request, origin: str) -> web.Response:
@@ -506,6 +535,8 @@ def setup(app: web.Application) -> None:
     r.add_get(f"{F1}/make_leave/{{room_id}}/{{user_id}}", authed(lambda q, o: make_membership(q, o, "leave")))
     r.add_put(f"{F2}/send_leave/{{room_id}}/{{event_id}}", authed(lambda q, o: send_membership(q, o, "leave")))
     r.add_put(f"{F1}/send_leave/{{room_id}}/{{event_id}}", authed(lambda q, o: send_membership_v1(q, o, "leave")))
+    r.add_get(f"{F1}/make_knock/{{room_id}}/{{user_id}}", authed(lambda q, o: make_membership(q, o, "knock")))
+    r.add_put(f"{F1}/send_knock/{{room_id}}/{{event_id}}", authed(lambda q, o: send_membership(q, o, "knock")))
     r.add_put(f"{F2}/invite/{{room_id}}/{{event_id}}", authed(invite))
     r.add_put(f"{F1}/invite/{{room_id}}/{{event_id}}", authed(invite_v1))
     r.add_get(f"{F1}/state_ids/{{room_id}}", authed(state_ids))

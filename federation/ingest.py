@@ -23,7 +23,7 @@ from homeserver.events.event import Event, StateKey
 from homeserver.events.redaction import redact
 from homeserver.events.room_versions import RoomVersion
 from homeserver.rooms.rooms import MAX_PDU_BYTES, Rooms
-from homeserver.events.state_res import resolve_state_v2
+from homeserver.events.state_res import resolve_state
 from homeserver.json_input import non_canonical_reason
 
 q = partial(quote, safe="")  # IDs as path segments
@@ -63,13 +63,18 @@ def check_format(pdu: Any, version: RoomVersion) -> None:
         value = pdu.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise PduRejected(f"PDU field {key} is missing or of the wrong type")
-    if not all(isinstance(e, str) for e in pdu["prev_events"] + pdu["auth_events"]):
-        raise PduRejected("prev_events and auth_events must list event IDs")
+    if version.event_id_in_pdu and not _is_opaque_event_id(pdu.get("event_id")):
+        raise PduRejected("event_id must be a string of the form $opaque:domain in this room version")
+    is_reference = _is_hash_pair if version.event_refs_with_hashes else _is_event_id
+    if not all(is_reference(e) for e in pdu["prev_events"] + pdu["auth_events"]):
+        raise PduRejected("prev_events and auth_events must list event IDs"
+                          + (" as [event_id, {hashes}] pairs" if version.event_refs_with_hashes else ""))
     if len(pdu["prev_events"]) > 20 or len(pdu["auth_events"]) > 10:
         raise PduRejected("too many prev_events or auth_events")
     if "state_key" in pdu and not isinstance(pdu["state_key"], str):
         raise PduRejected("state_key must be a string")
-    reason = non_canonical_reason(pdu)
+    # Before v6 the spec tells servers not to enforce canonical JSON (floats, big integers).
+    reason = non_canonical_reason(pdu) if version.strict_canonical_json else None
     if reason is not None:
         raise PduRejected(f"PDU is not canonical JSON: {reason}")
     if len(encode_canonical_json(pdu)) > MAX_PDU_BYTES:
@@ -87,6 +92,22 @@ def _outcome(held: Event) -> str | None:
     return None if held.rejected is None else f"rejected: {held.rejected}"
 
 
+def _is_event_id(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_opaque_event_id(value: Any) -> bool:
+    """A v1/v2 event ID: `$opaque:domain`, at most 255 characters, none of them blank or control."""
+    return isinstance(value, str) and value.startswith("$") and ":" in value and len(value) <= 255 \
+        and value.isprintable() and not any(c.isspace() for c in value)
+
+
+def _is_hash_pair(value: Any) -> bool:
+    """A v1/v2 event reference: [event_id, {"sha256": ...}]."""
+    return isinstance(value, list) and len(value) == 2 and _is_opaque_event_id(value[0]) \
+        and isinstance(value[1], dict)
+
+
 class Ingester:
     def __init__(self, server_name: str, rooms: Rooms, keys: SignatureChecker, client: FederationRequests) -> None:
         self._server_name = server_name
@@ -100,9 +121,12 @@ class Ingester:
         sender_server = server_of(pdu["sender"])
         try:
             await self._keys.verify_event(pdu, sender_server, version)
+            id_server = pdu["event_id"].split(":", 1)[1] if version.event_id_in_pdu else sender_server
+            if id_server != sender_server:  # v1/v2: the server that named the event signed it too
+                await self._keys.verify_event(pdu, id_server, version)
             authoriser = pdu.get("content", {}).get("join_authorised_via_users_server")
             if pdu["type"] == "m.room.member" and isinstance(authoriser, str) and \
-                    pdu["content"].get("membership") == "join":
+                    pdu["content"].get("membership") == "join" and version.restricted_join_rule:
                 await self._keys.verify_event(pdu, server_of(authoriser), version)
         except PduRejected:
             raise
@@ -138,8 +162,10 @@ class Ingester:
             return "", "this server is not in that room"
         version = await self._rooms.room_version(room_id)
         room = await self._rooms.room(room_id) if version is not None else None
+        if version is not None and room is not None and room.current_group is None:
+            return await self._outside_membership(origin, pdu, version)
         if version is None or room is None or room.current_group is None:
-            return await self._invite_taken_back(origin, pdu, version)
+            return "", "this server is not in that room"
         try:
             event = await self.verified_event(pdu, version)
         except PduRejected as e:
@@ -154,27 +180,26 @@ class Ingester:
         async with self._rooms.lock(event.room_id):
             return event.event_id, await self._process(origin, event, version, fetch_missing=True)
 
-    async def _invite_taken_back(self, origin: str, pdu: Any, version: RoomVersion | None) -> tuple[str, str | None]:
-        """In a room this server is not in, only one PDU concerns us: the leave that takes back a
-        local user's pending invite, sent by the inviting server (a cancelled friend request)."""
-        not_in_room = "", "this server is not in that room"
-        target = pdu.get("state_key") if isinstance(pdu, dict) else None
-        content = pdu.get("content") if isinstance(pdu, dict) else None
-        if version is None or pdu.get("type") != "m.room.member" or not isinstance(target, str) \
-                or server_of(target) != self._server_name or not isinstance(content, dict) \
-                or content.get("membership") != "leave":
-            return not_in_room
-        invite = await self._rooms.outside_invite(pdu["room_id"], target)
-        if invite is None or server_of(invite.sender) != origin:
-            return not_in_room
+    async def _outside_membership(self, origin: str, pdu: Any, version: RoomVersion) -> tuple[str, str | None]:
+        """A PDU of a room this server is not in but knows of, through a local user's pending
+        invite or knock: only the end of that (a kick of the knock, the invite withdrawn, a ban) is
+        taken, as that user's membership, when the sending server made and signed it, it names the
+        pending membership among its auth events (it was made against it), and an invite is
+        withdrawn by its inviter (who else may, this server cannot tell)."""
         try:
             event = await self.verified_event(pdu, version)
         except PduRejected as e:
-            log.warning("dropped a PDU from %s: %s", origin, e)
-            return await self._event_id_of(pdu), str(e)
-        if server_of(event.sender) != origin:
-            return event.event_id, "the leave of an invite must come from the inviting server"
+            return "", str(e)
+        target = event.state_key or ""
+        current = await self._rooms.outside_membership(event.room_id, target) \
+            if event.type == "m.room.member" and server_of(target) == self._server_name else None
+        if current is None or current.membership not in ("invite", "knock") \
+                or event.membership not in ("leave", "ban") or server_of(event.sender) != origin \
+                or current.event_id not in event.auth_event_ids \
+                or (current.membership == "invite" and event.sender != current.sender):
+            return event.event_id, "this server is not in that room"
         await self._rooms.record_outside_membership(event, version.identifier)
+        log.info("%s ended %s's %s in %s", origin, target, current.membership, event.room_id)
         return event.event_id, None
 
     async def process(self, origin: str, event: Event, version: RoomVersion) -> str | None:
@@ -372,7 +397,7 @@ class Ingester:
             return None
         if len(states) == 1:
             return states[0]
-        return await resolve_state_v2(version, states, self._rooms.get_event)
+        return await resolve_state(version, states, self._rooms.get_event)
 
     async def _remote_state_after(self, origin: str, room_id: str, event_id: str,
                                   version: RoomVersion) -> dict[StateKey, str] | None:

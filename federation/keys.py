@@ -366,10 +366,12 @@ class KeyRing:
 
     async def verify_event(self, pdu: Mapping[str, Any], server_name: str, room_version: RoomVersion) -> None:
         """Raise SignatureError unless `server_name` signed the (redacted) event with a key valid
-        at its origin_server_ts."""
+        at its origin_server_ts (room versions 5+; before, with any key it published)."""
         ts = pdu.get("origin_server_ts")
         if not _int(ts):
             raise SignatureError("event has no integer origin_server_ts")
+        if not room_version.enforce_key_validity:
+            ts = 0  # before v5 a key counts whatever its valid_until_ts
 
         def check(verify_key: VerifyKey) -> None:
             try:

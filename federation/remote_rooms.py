@@ -15,7 +15,7 @@ from homeserver.events.auth_rules import AuthError, check_auth
 from homeserver.events.client_format import stripped_from_json, stripped_state
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, forbidden, not_found
-from homeserver.events.crypto import compute_event_id, sign_event
+from homeserver.events.crypto import compute_event_id, new_opaque_event_id, sign_event
 from homeserver.events.event import Event, StateKey
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
 from homeserver.rooms.rooms import Rooms
@@ -29,6 +29,8 @@ log = logging.getLogger("whispr.federation.rooms")
 INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                       "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
 MAX_INVITE_STATE = 50
+# make_join answers of a resident server that cannot vouch for a restricted join (another may).
+RESTRICTED_JOIN_ERRORS = ("M_UNABLE_TO_AUTHORISE_JOIN", "M_UNABLE_TO_GRANT_JOIN")
 
 
 def full_pdus_in_invite_state(version: RoomVersion) -> bool:
@@ -60,6 +62,11 @@ def _pdu_of_room(pdu: dict[str, Any], room_id: str, version: RoomVersion) -> boo
         except Exception:  # not hashable as a PDU
             return False
     return pdu.get("room_id") == room_id
+
+
+def _signed_part(pdu: dict[str, Any]) -> dict[str, Any]:
+    """An event without what other servers may add to it (their signatures, unsigned data)."""
+    return {k: v for k, v in pdu.items() if k not in ("signatures", "unsigned")}
 
 
 class FederationClientLike(FederationRequests):
@@ -95,6 +102,9 @@ class RemoteRooms:
             except Exception as e:  # unreachable or misbehaving peer: try the next one
                 log.warning("joining %s via %s failed: %s", room_id, server, e)
                 last_error = e
+        errcode = getattr(last_error, "errcode", None)
+        if errcode in RESTRICTED_JOIN_ERRORS:  # no resident server could vouch for the user: say so
+            raise MatrixError(400, errcode, f"Could not join through any server: {last_error}")
         raise MatrixError(502, "M_UNKNOWN", f"Could not join through any server: {last_error}")
 
     async def _join_via(self, server: str, room_id: str, user_id: str, content: dict[str, Any]) -> None:
@@ -119,8 +129,27 @@ class RemoteRooms:
         resp = await self._client.put_json(server, f"/_matrix/federation/v2/send_join/{q(room_id)}/{q(event_id)}",
                                            signed)
         if isinstance(resp, dict) and isinstance(resp.get("event"), dict):
-            signed = resp["event"]  # co-signed by the resident server (restricted joins)
+            signed = await self._countersigned(server, signed, resp["event"], version)
         await self._absorb_join(server, room_id, Event(event_id, signed), version, resp)
+
+    async def _countersigned(self, server: str, ours: dict[str, Any], theirs: dict[str, Any],
+                             version: RoomVersion) -> dict[str, Any]:
+        """The join as the resident server returned it (restricted joins: with the authoriser's
+        server's signature): the same event as ours but for signatures, that signature verified."""
+        authoriser = (ours.get("content") or {}).get("join_authorised_via_users_server")
+        if not isinstance(authoriser, str) or not version.restricted_join_rule:
+            return ours  # nothing for the resident server to add
+        if _signed_part(theirs) != _signed_part(ours) or not isinstance(theirs.get("signatures"), dict):
+            raise MatrixError(502, "M_UNKNOWN", f"{server} returned a different join event")
+        signatures = {s: dict(v) for s, v in theirs["signatures"].items() if isinstance(v, dict)}
+        signatures.setdefault(self._server_name, {}).update(ours["signatures"][self._server_name])
+        merged = {**ours, "signatures": signatures}
+        try:
+            await self._keys.verify_event(merged, server_of(authoriser), version)
+        except Exception as e:
+            raise MatrixError(502, "M_UNKNOWN", f"the authorising server's signature on the join is bad: {e}") \
+                from None
+        return merged
 
     def _sign_template(self, server: str, template: dict[str, Any], room_id: str, user_id: str,
                        version: RoomVersion, content: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -134,6 +163,8 @@ class RemoteRooms:
         keep = {k: v for k, v in (proto.get("content") or {}).items() if k == "join_authorised_via_users_server"}
         pdu["content"] = {**keep, **content}
         pdu["origin_server_ts"] = now_ms()
+        if version.event_id_in_pdu:
+            pdu["event_id"] = new_opaque_event_id(self._server_name)
         signed = sign_event(pdu, self._server_name, self._rooms.signing_key, version)
         return signed, compute_event_id(signed, version)
 
@@ -175,6 +206,52 @@ class RemoteRooms:
                 events.append(ev)
         return events
 
+    # --- knocking ----------------------------------------------------------------------
+
+    async def knock(self, room_id: str, user_id: str, servers: list[str], content: dict[str, Any]) -> None:
+        """Knock on a room held by other servers (make_knock, send_knock), trying each in turn; the
+        knock is then the user's membership outside the room, with the preview state it returned."""
+        candidates = [s for s in dict.fromkeys(servers) if s and s != self._server_name]
+        if not candidates:
+            raise not_found("No known server can take your knock on this room")
+        last_error: Exception | None = None
+        for server in candidates:
+            try:
+                await self._knock_via(server, room_id, user_id, content)
+                return
+            except MatrixError as e:
+                if e.errcode in ("M_FORBIDDEN", "M_INCOMPATIBLE_ROOM_VERSION"):
+                    raise
+                last_error = e
+            except Exception as e:  # unreachable or misbehaving peer: try the next one
+                status = getattr(e, "status", None)
+                if status in (400, 403):
+                    raise MatrixError(status, getattr(e, "errcode", None) or "M_FORBIDDEN",
+                                      f"{server} refused the knock: {e}") from None
+                log.warning("knocking on %s via %s failed: %s", room_id, server, e)
+                last_error = e
+        raise MatrixError(502, "M_UNKNOWN", f"Could not knock through any server: {last_error}")
+
+    async def _knock_via(self, server: str, room_id: str, user_id: str, content: dict[str, Any]) -> None:
+        template = await self._client.get_json(
+            server, f"/_matrix/federation/v1/make_knock/{q(room_id)}/{q(user_id)}",
+            {"ver": [v.identifier for v in KNOWN_ROOM_VERSIONS.values() if v.knock_join_rule]})
+        version = get_room_version(str(template.get("room_version", "")))
+        if version is None or not version.knock_join_rule:
+            raise MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "This room's version does not support knocking")
+        proto = template.get("event") or {}
+        if (proto.get("content") or {}).get("membership") != "knock":
+            raise MatrixError(502, "M_UNKNOWN", f"{server} sent a bad knock template")
+        signed, event_id = self._sign_template(server, template, room_id, user_id, version,
+                                               {**content, "membership": "knock"})
+        resp = await self._client.put_json(server, f"/_matrix/federation/v1/send_knock/{q(room_id)}/{q(event_id)}",
+                                           signed)
+        knock = Event(event_id, signed)
+        shown = received_invite_state(resp.get("knock_room_state") if isinstance(resp, dict) else None,
+                                      knock, version)
+        await self._rooms.record_outside_membership(knock, version.identifier,
+                                                    {"knock_room_state": shown, "knock_via": server})
+
     # --- inviting -----------------------------------------------------------------
 
     async def countersign_invite(self, event: Event) -> Event:
@@ -198,7 +275,8 @@ class RemoteRooms:
                               getattr(e, "errcode", None) or "M_UNKNOWN",
                               f"{destination} did not accept the invite: {e}") from None
         signed = resp.get("event") if isinstance(resp, dict) else None
-        if not isinstance(signed, dict) or compute_event_id(signed, version) != event.event_id:
+        # The same event but for signatures (in v1/v2 the ID alone proves nothing: it is a field).
+        if not isinstance(signed, dict) or _signed_part(signed) != _signed_part(event.pdu):
             raise MatrixError(502, "M_UNKNOWN", f"{destination} returned a different invite event")
         try:
             await self._keys.verify_event(signed, destination, version)
@@ -206,9 +284,10 @@ class RemoteRooms:
             raise MatrixError(502, "M_UNKNOWN", f"{destination}'s signature on the invite is bad: {e}") from None
         return Event(event.event_id, signed)
 
-    # --- leaving a room we only know by an invite -----------------------------------
+    # --- leaving a room we only know by an invite or a knock --------------------------
 
     async def reject_invite(self, room_id: str, user_id: str, inviter_server: str) -> None:
+        """Leave through `inviter_server`: rejecting an invite, or retracting a knock made through it."""
         template = await self._client.get_json(inviter_server,
                                                f"/_matrix/federation/v1/make_leave/{q(room_id)}/{q(user_id)}")
         version = get_room_version(str(template.get("room_version", "")))

@@ -83,6 +83,9 @@ class Federation:
     async def join(self, room_id: str, user_id: str, servers: list[str], content: dict[str, Any]) -> None:
         await self.remote_rooms.join(room_id, user_id, servers, content)
 
+    async def knock(self, room_id: str, user_id: str, servers: list[str], content: dict[str, Any]) -> None:
+        await self.remote_rooms.knock(room_id, user_id, servers, content)
+
     async def countersign_invite(self, event: Event) -> Event:
         return await self.remote_rooms.countersign_invite(event)
 

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from signedjson.key import decode_signing_key_base64
 
 from homeserver.events.auth_rules import auth_types_for_event, check_auth
-from homeserver.events.crypto import compute_event_id, sign_event
+from homeserver.events.crypto import compute_event_id, event_reference, sign_event
 from homeserver.events.event import Event, StateKey
 from homeserver.events.room_versions import ROOM_V11, RoomVersion
 
@@ -61,12 +61,20 @@ class RoomGraph:
             wanted = auth_types_for_event(pdu, self.room_version)
             auth = sorted(state[k] for k in wanted if k in state)
         pdu["auth_events"] = auth
+        if self.room_version.event_refs_with_hashes:  # v1/v2: named by us, hash pairs
+            pdu["event_id"] = pdu.get("event_id", f"$e{self._clock}:{SERVER}")
+            pdu["prev_events"] = [self._reference(e) for e in pdu["prev_events"]]
+            pdu["auth_events"] = [self._reference(e) for e in auth]
         pdu = sign_event(pdu, SERVER, KEY, self.room_version)
         event = Event(compute_event_id(pdu, self.room_version), pdu)
         if type_ == "m.room.create" and self.room_version.room_id_from_create_event:
             self.room_id = "!" + event.event_id[1:]
         self.events[event.event_id] = event
         return event
+
+    def _reference(self, event_id: str) -> Any:
+        known = self.events.get(event_id)
+        return event_reference(event_id, known.pdu, self.room_version) if known else [event_id, {}]
 
     def state_events(self, state: Mapping[StateKey, str]) -> dict[StateKey, Event]:
         return {k: self.events[v] for k, v in state.items()}

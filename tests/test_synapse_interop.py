@@ -10,6 +10,7 @@ import asyncio
 import time
 from pathlib import Path
 from typing import AsyncIterator
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -75,7 +76,7 @@ async def story(owner: Client, guest: Client, version: str, messages: int = 20) 
         for e in body["rooms"]["join"].get(room, {}).get("ephemeral", {}).get("events", [])))
     last = await owner.send(room, "read me")
     await guest.collect_messages(room, 1)
-    await guest.call("POST", f"/rooms/{room}/receipt/m.read/{last}", json={})
+    await guest.call("POST", f"/rooms/{room}/receipt/m.read/{quote(last, safe='')}", json={})
     await owner.sync_until(lambda body: any(
         e["type"] == "m.receipt" and guest.user_id in e["content"].get(last, {}).get("m.read", {})
         for e in body["rooms"]["join"].get(room, {}).get("ephemeral", {}).get("events", [])))

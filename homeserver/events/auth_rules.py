@@ -1,4 +1,4 @@
-"""Event authorisation rules for room versions 10, 11 and 12.
+"""Event authorisation rules for room versions 1 to 12.
 
 `check_auth` applies the rules against one set of state (the event's auth events, the state
 before it, or the current state: the caller picks). The rules about the *shape* of an event's
@@ -6,6 +6,10 @@ before it, or the current state: the caller picks). The rules about the *shape* 
 auth events themselves, so they live in `check_auth_events`.
 
 Versions differ only through RoomVersion flags:
+- v1-v5: m.room.aliases is allowed for the server its state_key names; v1, v2: redactions need the
+  redact level or an event ID of the same domain; v1-v9: power levels may be integer strings (and,
+  before strict canonical JSON in v6, floats, truncated); v6+: `notifications` levels are guarded;
+  v7+: knocking; v8+: restricted joins.
 - v10: m.room.create needs `content.creator`, which names the creator.
 - v11: the create event's sender is the creator.
 - v12: the room ID is derived from the create event, which is never listed in auth_events (callers
@@ -69,6 +73,34 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# v1-v9 "stringy" levels: base-10 digits, an optional sign, any surrounding whitespace.
+_LEVEL_STRING = re.compile(r"^\s*[+-]?[0-9]+\s*$")
+
+
+def _level(value: object) -> int | None:
+    """A power level as stored in an accepted m.room.power_levels event: an integer, or (where its
+    room version allowed them, which the shape check on acceptance enforced) an integer string or a
+    float, truncated. None when it is none of these."""
+    if _is_int(value):
+        return value
+    if isinstance(value, str) and _LEVEL_STRING.match(value):
+        return int(value.strip())
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return None
+
+
+def _valid_level(value: object, room_version: RoomVersion) -> bool:
+    """Whether a new power levels event may hold `value` as a level in this room version."""
+    if _is_int(value):
+        return True
+    if room_version.integer_only_power_levels:
+        return False
+    if isinstance(value, float):
+        return not room_version.strict_canonical_json and math.isfinite(value)
+    return isinstance(value, str) and bool(_LEVEL_STRING.match(value))
+
+
 def _pdu(event: Event | Mapping[str, Any]) -> Mapping[str, Any]:
     return event.pdu if isinstance(event, Event) else event
 
@@ -99,9 +131,9 @@ def _join_rule(auth_state: Mapping[StateKey, Event]) -> str:
 
 
 def _pl_value(content: Mapping[str, Any], key: str) -> int:
-    value = content.get(key, _PL_DEFAULTS[key])
-    # Accepted power level events in v10+ only hold integers; fall back if handed a bad one.
-    return value if _is_int(value) else _PL_DEFAULTS[key]
+    value = _level(content.get(key, _PL_DEFAULTS[key]))
+    # Accepted power level events only hold levels; fall back if handed a bad one.
+    return value if value is not None else _PL_DEFAULTS[key]
 
 
 def _pl_content(auth_state: Mapping[StateKey, Event]) -> Mapping[str, Any]:
@@ -120,8 +152,9 @@ def user_power_level(user_id: str, auth_state: Mapping[StateKey, Event],
         # Without a power levels event the creator has 100 and everyone else 0.
         return 100 if create is not None and user_id in creators(create, room_version) else 0
     users = power_levels.content.get("users")
-    if isinstance(users, dict) and _is_int(users.get(user_id)):
-        return users[user_id]
+    level = _level(users.get(user_id)) if isinstance(users, dict) else None
+    if level is not None:
+        return level
     return _pl_value(power_levels.content, "users_default")
 
 
@@ -138,8 +171,9 @@ def level_to_send(event_type: str, is_state: bool, auth_state: Mapping[StateKey,
     """The power level needed to send an event of `event_type` (a state event if `is_state`)."""
     content = _pl_content(auth_state)
     events = content.get("events")
-    if isinstance(events, dict) and _is_int(events.get(event_type)):
-        return events[event_type]
+    level = _level(events.get(event_type)) if isinstance(events, dict) else None
+    if level is not None:
+        return level
     return _pl_value(content, "state_default" if is_state else "events_default")
 
 
@@ -223,6 +257,10 @@ def check_auth(event: Event, auth_state: Mapping[StateKey, Event], room_version:
             raise AuthError("room_id is not the ID of an accepted m.room.create event")
     if create.content.get("m.federate") is False and server_of(event.sender) != server_of(create.sender):
         raise AuthError("room does not federate with the sender's server")
+    if event.type == "m.room.aliases" and room_version.special_case_aliases_auth:
+        if not isinstance(event.state_key, str) or event.state_key != server_of(event.sender):
+            raise AuthError("m.room.aliases must have the sender's server as its state_key")
+        return
     if event.type == "m.room.member":
         _check_membership(event, auth_state, create, room_version)
         return
@@ -239,6 +277,22 @@ def check_auth(event: Event, auth_state: Mapping[StateKey, Event], room_version:
         raise AuthError("state_key names another user")
     if event.type == "m.room.power_levels":
         _check_power_levels(event, auth_state, create, room_version)
+    if event.type == "m.room.redaction" and room_version.redaction_auth_rule:
+        _check_redaction(event, sender_level, auth_state)
+
+
+def _event_id_domain(event_id: object) -> str | None:
+    """The domain of a v1/v2 event ID (`$opaque:domain`)."""
+    return event_id.split(":", 1)[1] if isinstance(event_id, str) and ":" in event_id else None
+
+
+def _check_redaction(event: Event, sender_level: PowerLevel, auth_state: Mapping[StateKey, Event]) -> None:
+    """v1, v2: a redaction needs the redact level, or to come from the domain that made its target."""
+    if sender_level >= named_level(auth_state, "redact"):
+        return
+    if same_event_id_domain(event.event_id, str(event.pdu.get("redacts", ""))):
+        return
+    raise AuthError("sender may not redact this event")
 
 
 def _check_create(event: Event, room_version: RoomVersion) -> None:
@@ -267,7 +321,7 @@ def _check_membership(event: Event, auth_state: Mapping[StateKey, Event], create
     if not isinstance(event.state_key, str) or "membership" not in event.content:
         raise AuthError("m.room.member needs a state_key and content.membership")
     authoriser = event.content.get("join_authorised_via_users_server")
-    if "join_authorised_via_users_server" in event.content:
+    if "join_authorised_via_users_server" in event.content and room_version.restricted_join_rule:
         # Presence only: the federation signature check must verify this server's signature too
         # (event_crypto.verify_event_signature with that server's key).
         signatures = event.pdu.get("signatures")
@@ -455,7 +509,7 @@ def _check_knock(event: Event, auth_state: Mapping[StateKey, Event], create: Eve
 def _check_power_levels(event: Event, auth_state: Mapping[StateKey, Event], create: Event,
                         room_version: RoomVersion) -> None:
     new = event.content
-    _check_power_levels_shape(new)
+    _check_power_levels_shape(new, room_version)
     if room_version.creators_have_infinite_power:
         users = new.get("users", {})
         if any(creator in users for creator in creators(create, room_version)):
@@ -467,7 +521,7 @@ def _check_power_levels(event: Event, auth_state: Mapping[StateKey, Event], crea
     sender_level = user_power_level(event.sender, auth_state, room_version)
     for key in _PL_INT_KEYS:
         _check_level_change(key, old.get(key), new.get(key), sender_level)
-    for key in _PL_MAP_KEYS:
+    for key in _PL_MAP_KEYS if room_version.limit_notifications_power_levels else ("events",):
         old_map, new_map = _as_map(old.get(key)), _as_map(new.get(key))
         for name in old_map.keys() | new_map.keys():
             _check_level_change(f"{key}.{name}", old_map.get(name), new_map.get(name), sender_level)
@@ -483,34 +537,37 @@ def _check_power_levels(event: Event, auth_state: Mapping[StateKey, Event], crea
             raise AuthError(f"cannot raise {user} above your own power level")
 
 
-def _check_power_levels_shape(content: Mapping[str, Any]) -> None:
-    for key in _PL_INT_KEYS:
-        if key in content and not _is_int(content[key]):
-            raise AuthError(f"power level {key} is not an integer")
-    for key in _PL_MAP_KEYS:
-        if key in content and not (isinstance(content[key], dict)
-                                   and all(_is_int(v) for v in content[key].values())):
-            raise AuthError(f"power levels {key} must map to integers")
+def _check_power_levels_shape(content: Mapping[str, Any], room_version: RoomVersion) -> None:
+    if room_version.integer_only_power_levels:  # v10+; before, only `users` is checked
+        for key in _PL_INT_KEYS:
+            if key in content and not _is_int(content[key]):
+                raise AuthError(f"power level {key} is not an integer")
+        for key in _PL_MAP_KEYS:
+            if key in content and not (isinstance(content[key], dict)
+                                       and all(_is_int(v) for v in content[key].values())):
+                raise AuthError(f"power levels {key} must map to integers")
     if "users" in content:
         users = content["users"]
         if not isinstance(users, dict) or not all(
-                is_valid_user_id(u) and _is_int(v) for u, v in users.items()):
+                is_valid_user_id(u) and _valid_level(v, room_version) for u, v in users.items()):
             raise AuthError("power levels users must map user IDs to integers")
 
 
 def _as_map(value: object) -> dict[str, int]:
-    """A previous (already accepted) level map; non-integer values are ignored defensively."""
+    """A level map of an accepted event (or the new one), as integers; other values are ignored."""
     if not isinstance(value, dict):
         return {}
-    return {k: v for k, v in value.items() if _is_int(v)}
+    parsed = {k: _level(v) for k, v in value.items()}
+    return {k: v for k, v in parsed.items() if v is not None}
 
 
 def _check_level_change(name: str, before: object, after: object, sender_level: PowerLevel) -> None:
-    if before == after:
+    old, new = _level(before), _level(after)
+    if old == new and (before is None) == (after is None):
         return
-    if _is_int(before) and before > sender_level:
+    if old is not None and old > sender_level:
         raise AuthError(f"cannot change {name}: its current value is above your power level")
-    if _is_int(after) and after > sender_level:
+    if new is not None and new > sender_level:
         raise AuthError(f"cannot set {name} above your power level")
 
 
@@ -542,4 +599,12 @@ def redaction_allowed(redaction: Event, target: Event, auth_state: Mapping[State
         return False
     if room_version.same_server_redactions and server_of(redaction.sender) == server_of(target.sender):
         return True
+    if room_version.redaction_auth_rule and same_event_id_domain(redaction.event_id, target.event_id):
+        return True
     return may_redact_any(redaction.sender, auth_state, room_version)
+
+
+def same_event_id_domain(a: str, b: str) -> bool:
+    """v1, v2: whether two event IDs were made by the same server (what lets a redaction through)."""
+    domain = _event_id_domain(a)
+    return domain is not None and domain == _event_id_domain(b)

@@ -21,7 +21,7 @@ from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_j
 from signedjson.types import SigningKey, VerifyKey
 
 from homeserver.events.redaction import redact
-from homeserver.events.room_versions import RoomVersion
+from homeserver.events.room_versions import EventIdFormat, RoomVersion
 
 
 class EventSignatureError(Exception):
@@ -95,8 +95,30 @@ def compute_reference_hash(pdu: dict[str, Any], room_version: RoomVersion) -> by
 
 
 def compute_event_id(pdu: dict[str, Any], room_version: RoomVersion) -> str:
-    """'$' + URL-safe unpadded base64 of the reference hash (room versions 4+)."""
-    return "$" + _urlsafe_unpadded_b64(compute_reference_hash(pdu, room_version))
+    """The event's ID: '$' + unpadded base64 of the reference hash, URL-safe from room version 4
+    (standard in v3); in v1 and v2 the `event_id` the PDU carries (ValueError if it has none)."""
+    if room_version.event_id_format is EventIdFormat.V1:
+        event_id = pdu.get("event_id")
+        if not isinstance(event_id, str):
+            raise ValueError("the PDU has no event_id")
+        return event_id
+    digest = compute_reference_hash(pdu, room_version)
+    if room_version.event_id_format is EventIdFormat.V3:
+        return "$" + _unpadded_b64(digest)
+    return "$" + _urlsafe_unpadded_b64(digest)
+
+
+def new_opaque_event_id(server_name: str) -> str:
+    """A v1/v2 event ID, `$opaque:domain`, for an event this server creates."""
+    return f"${''.join(secrets.choice(string.ascii_letters) for _ in range(18))}:{server_name}"
+
+
+def event_reference(event_id: str, pdu: dict[str, Any], room_version: RoomVersion) -> Any:
+    """How another event lists this one in prev_events/auth_events: its ID, or in v1/v2 the pair
+    [event_id, {"sha256": reference hash}]."""
+    if room_version.event_refs_with_hashes:
+        return [event_id, {"sha256": _unpadded_b64(compute_reference_hash(pdu, room_version))}]
+    return event_id
 
 
 def room_id_for_create_event(create_pdu: dict[str, Any], room_version: RoomVersion) -> str:

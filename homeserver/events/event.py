@@ -11,6 +11,12 @@ if TYPE_CHECKING:
 StateKey = tuple[str, str]  # (event type, state_key)
 
 
+def _ids(references: Any) -> list[str]:
+    """Event IDs of a prev_events/auth_events list: plain IDs, or (room versions 1, 2)
+    [event_id, {hashes}] pairs, whose shape the format check on receipt enforced."""
+    return [r[0] if isinstance(r, list) else r for r in references]
+
+
 @dataclass(frozen=True, eq=False)
 class Event:
     """A PDU as it was signed, with its event ID (not part of the JSON for room versions >= 3)."""
@@ -64,11 +70,11 @@ class Event:
 
     @property
     def auth_event_ids(self) -> list[str]:
-        return list(self.pdu.get("auth_events", []))
+        return _ids(self.pdu.get("auth_events", []))
 
     @property
     def prev_event_ids(self) -> list[str]:
-        return list(self.pdu.get("prev_events", []))
+        return _ids(self.pdu.get("prev_events", []))
 
     @property
     def membership(self) -> str | None:

@@ -1,4 +1,5 @@
-"""State resolution v2 (room versions 10, 11) and v2.1 (room version 12).
+"""State resolution v2 (room versions 2 to 11) and v2.1 (room version 12); `resolve_state` picks the
+algorithm of a room version (v1's is in state_res_v1).
 
 Given several state maps (one per forward extremity), pick one event per (type, state_key):
   1. split into unconflicted state and conflicted events; add the auth difference
@@ -22,6 +23,7 @@ from homeserver.events.auth_rules import (
 )
 from homeserver.events.event import Event, StateKey
 from homeserver.events.room_versions import RoomVersion, StateResAlgorithm
+from homeserver.events.state_res_v1 import resolve_state_v1
 
 GetEvent = Callable[[str], Awaitable[Event | None]]
 # Returns the auth chain (not including the given events themselves) of a set of events.
@@ -40,6 +42,18 @@ def is_power_event(event: Event) -> bool:
         return True
     return (event.type == "m.room.member" and event.membership in ("leave", "ban")
             and event.sender != event.state_key)
+
+
+async def resolve_state(
+    room_version: RoomVersion,
+    state_sets: Sequence[Mapping[StateKey, str]],
+    get_event: GetEvent,
+    get_auth_chain: GetAuthChain | None = None,
+) -> dict[StateKey, str]:
+    """Resolve `state_sets` with the room version's algorithm."""
+    if room_version.state_res is StateResAlgorithm.V1:
+        return await resolve_state_v1(room_version, state_sets, get_event)
+    return await resolve_state_v2(room_version, state_sets, get_event, get_auth_chain)
 
 
 async def resolve_state_v2(

@@ -14,6 +14,7 @@ from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.events.event import Event
 from homeserver.events.ids import parse_user_id
 from homeserver.rooms.guest_access import GUEST_ACCESS_TYPE, allows_guests, guest_forbidden
+from homeserver.rooms.restricted_joins import join_authoriser
 from homeserver.rooms.rooms import Rooms
 from storage.store import Store
 
@@ -35,6 +36,8 @@ class RemoteMembership(Protocol):
     """What federation offers for rooms and users on other servers."""
 
     async def join(self, room_id: str, user_id: str, servers: list[str], content: dict[str, Any]) -> None: ...
+
+    async def knock(self, room_id: str, user_id: str, servers: list[str], content: dict[str, Any]) -> None: ...
 
     async def countersign_invite(self, event: Event) -> Event: ...
 
@@ -119,8 +122,30 @@ class Membership:
             if not allows_guests(await self._rooms.state_event(room_id, GUEST_ACCESS_TYPE)):
                 raise guest_forbidden("This room does not let guests join")
             content["kind"] = "guest"  # as Synapse marks its guests' joins
+        authoriser = await join_authoriser(self._rooms, room_id, user_id)
+        if authoriser is not None:  # a restricted room: one of our users with the invite level vouches
+            content["join_authorised_via_users_server"] = authoriser
         await self._rooms.create_event(room_id, user_id, "m.room.member", content, state_key=user_id)
         await self._store.rooms.unforget(user_id, room_id)
+        return room_id
+
+    async def knock(self, room_id_or_alias: str, user_id: str, reason: object = None,
+                    via: list[str] | None = None) -> str:
+        """Ask to be let into a room whose join rule is knock (room versions 7+): a knock member
+        event in a room we hold, else through make_knock/send_knock on a server that holds it."""
+        room_id, servers = await self.resolve_room(room_id_or_alias)
+        content = {"membership": "knock", **await self.profile_content(user_id), **_reason(reason)}
+        room = await self._rooms.room(room_id)
+        if room is None or room.current_group is None:
+            if self.remote is None:
+                raise not_found("This server does not know that room")
+            await self.remote.knock(room_id, user_id, [s for s in (*(via or []), *servers, _server(room_id)) if s],
+                                    content)
+            return room_id
+        current = await self._rooms.membership(room_id, user_id)
+        if current in ("join", "invite", "ban"):
+            raise forbidden(f"You cannot knock: your membership is {current}")
+        await self._rooms.create_event(room_id, user_id, "m.room.member", content, state_key=user_id)
         return room_id
 
     async def invite(self, room_id: str, sender: str, target: object, reason: object = None,
@@ -153,12 +178,13 @@ class Membership:
         if room is None:
             raise not_found("Unknown room")
         if room.current_group is None:
-            # Only invited by another server: reject through the inviting server.
+            # Only invited by another server, or knocking through one: leave through that server.
             member = (await self._store.rooms.rooms_for_user(user_id)).get(room_id)
             invite = await self._rooms.get_event(member[1]) if member else None
-            if invite is None or invite.membership != "invite" or self.remote is None:
+            if invite is None or invite.membership not in ("invite", "knock") or self.remote is None:
                 raise forbidden("You are not in this room")
-            await self.remote.reject_invite(room_id, user_id, _server(invite.sender))
+            via = invite.unsigned.get("knock_via") if invite.membership == "knock" else _server(invite.sender)
+            await self.remote.reject_invite(room_id, user_id, str(via))
             return
         current = await self._rooms.membership(room_id, user_id)
         if current in (None, "leave"):

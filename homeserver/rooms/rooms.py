@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -18,15 +19,15 @@ from canonicaljson import encode_canonical_json
 from signedjson.key import SigningKey
 
 from homeserver.events.auth_rules import (AuthError, auth_types_for_event, check_auth, local_redaction_allowed,
-                                   may_redact_any, redaction_allowed, server_of)
+                                   may_redact_any, redaction_allowed, same_event_id_domain, server_of)
 from homeserver.clock import now_ms
 from homeserver.errors import MatrixError, bad_json, forbidden, not_found
-from homeserver.events.crypto import compute_event_id, sign_event
+from homeserver.events.crypto import compute_event_id, event_reference, new_opaque_event_id, sign_event
 from homeserver.events.event import Event, StateKey
 from homeserver.sync.notifier import Notifier
 from homeserver.rooms.recent_events import RecentEvents
 from homeserver.events.room_versions import RoomVersion, get_room_version
-from homeserver.events.state_res import resolve_state_v2
+from homeserver.events.state_res import resolve_state
 from homeserver.json_input import non_canonical_reason
 from storage.database import ConstraintViolation
 from storage.rooms import HeldRedaction, RoomInfo, StateMap, TxnRef
@@ -52,8 +53,6 @@ def validate_content(event_type: str, content: Any, state_key: Any) -> None:
         raise bad_json("event type must be a string of 1-255 characters")
     if state_key is not None and (not isinstance(state_key, str) or len(state_key) > 255):
         raise bad_json("state_key must be a string of at most 255 characters")
-    if event_type == "m.room.power_levels":
-        _check_power_levels(content)
     if event_type == "m.room.member" and not isinstance(content.get("membership"), str):
         raise bad_json("m.room.member content needs a membership string")
 
@@ -62,13 +61,22 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and -(2**53) + 1 <= value <= 2**53 - 1
 
 
-def _check_power_levels(content: dict[str, Any]) -> None:
+# Room versions 1-9 take levels written as integer strings too ("50", " +050 "), which rooms made
+# by older servers hold and clients send back when they change one entry.
+_LEVEL_STRING = re.compile(r"^\s*[+-]?[0-9]+\s*$")
+
+
+def _check_power_levels(content: dict[str, Any], version: RoomVersion) -> None:
+    def level(value: Any) -> bool:
+        return _is_int(value) or (not version.integer_only_power_levels and isinstance(value, str)
+                                  and _LEVEL_STRING.match(value) is not None)
+
     for key in POWER_LEVEL_INT_KEYS:
-        if key in content and not _is_int(content[key]):
+        if key in content and not level(content[key]):
             raise bad_json(f"power level {key} must be an integer")
     for key in ("events", "users", "notifications"):
         value = content.get(key, {})
-        if not isinstance(value, dict) or not all(_is_int(v) for v in value.values()):
+        if not isinstance(value, dict) or not all(level(v) for v in value.values()):
             raise bad_json(f"power levels {key} must map to integers")
 
 
@@ -277,6 +285,8 @@ class Rooms:
             assert version is not None
             if event_type == "m.room.redaction":
                 extra = _redacts_where_kept(version, content, extra)
+            if event_type == "m.room.power_levels":
+                _check_power_levels(content, version)
             state = await self._store.rooms.state_map(room.current_group)
             pdu, prev_ids = await self._template(room_id, version, state, sender, event_type, content, state_key,
                                                  extremities)
@@ -316,7 +326,13 @@ class Rooms:
         }
         if state_key is not None:
             pdu["state_key"] = state_key
-        pdu["auth_events"] = [state[k] for k in sorted(auth_types_for_event(pdu, version)) if k in state]
+        auth_ids = [state[k] for k in sorted(auth_types_for_event(pdu, version)) if k in state]
+        pdu["auth_events"] = auth_ids
+        if version.event_refs_with_hashes:  # v1/v2: [event_id, {hashes}] pairs, and the ID in the PDU
+            auths = await self.get_events(auth_ids)
+            pdu["prev_events"] = [event_reference(i, prevs[i].pdu, version) for i in prev_ids if i in prevs]
+            pdu["auth_events"] = [event_reference(i, auths[i].pdu, version) for i in auth_ids if i in auths]
+            pdu["event_id"] = new_opaque_event_id(self.server_name)
         return pdu, prev_ids
 
     async def event_template(self, room_id: str, sender: str, event_type: str, content: dict[str, Any],
@@ -328,6 +344,7 @@ class Rooms:
         state = await self._store.rooms.state_map(room.current_group)
         pdu, _ = await self._template(room_id, version, state, sender, event_type, content, state_key)
         pdu["origin"] = self.server_name  # still expected by some peers in templates
+        pdu.pop("event_id", None)  # v1/v2: the server that signs the event names it
         return pdu, version
 
     async def create_room_event(self, version: RoomVersion, sender: str, content: dict[str, Any],
@@ -337,6 +354,8 @@ class Rooms:
                                "origin_server_ts": now_ms(), "prev_events": [], "auth_events": [], "depth": 1}
         if not version.room_id_from_create_event:
             pdu["room_id"] = f"!{secrets.token_urlsafe(18)}:{self.server_name}"
+        if version.event_id_in_pdu:
+            pdu["event_id"] = new_opaque_event_id(self.server_name)
         event = await self._sign_and_check(pdu, version, {})
         room_id = event.room_id
         await self._store.rooms.create_room(room_id, version.identifier, sender, now_ms(), is_public)
@@ -345,14 +364,15 @@ class Rooms:
         return await self._persist(event, room, {}, [], None)
 
     async def _sign_and_check(self, pdu: dict[str, Any], version: RoomVersion, state: StateMap) -> Event:
-        reason = non_canonical_reason(pdu["content"])  # other servers would refuse it, or drift
+        # From v6 other servers would refuse it, or drift; before, the spec says not to enforce it.
+        reason = non_canonical_reason(pdu["content"]) if version.strict_canonical_json else None
         if reason is not None:
             raise bad_json(f"Event content is not canonical JSON: {reason}")
         signed = sign_event(pdu, self.server_name, self._key, version)
         if len(encode_canonical_json(signed)) > MAX_PDU_BYTES:
             raise MatrixError(413, "M_TOO_LARGE", f"event is larger than {MAX_PDU_BYTES} bytes")
         event = Event(compute_event_id(signed, version), signed)
-        auth_events = await self.get_events(signed["auth_events"])
+        auth_events = await self.get_events(event.auth_event_ids)
         auth_state = {e.key: e for e in auth_events.values()}
         if not version.create_event_in_auth_events and event.type != "m.room.create" and CREATE in state:
             create = await self.get_event(state[CREATE])  # v12: implied by the room ID, not listed
@@ -394,9 +414,12 @@ class Rooms:
         levels = await self._levels_state(state_before)
         target = await self.get_event(target_id)
         if target is None:
+            # v1/v2: a redaction from the domain that made the target's ID may apply (the auth rules let it in).
+            may_redact = may_redact_any(redaction.sender, levels, version) or (
+                version.redaction_auth_rule and same_event_id_domain(redaction.event_id, target_id))
             return None, HeldRedaction(redaction.event_id, target_id, redaction.room_id,
                                        server_of(redaction.sender) if version.same_server_redactions else None,
-                                       may_redact_any(redaction.sender, levels, version))
+                                       may_redact)
         if redaction_allowed(redaction, target, levels, version):
             return target_id, None
         log.info("not applying redaction %s of %s by %s: not allowed", redaction.event_id, target_id,
@@ -467,9 +490,11 @@ class Rooms:
         new_current: StateMap | None = None
         others = [e for e in extremities if e not in event.prev_event_ids]
         if others and room.current_group is not None and current != after:
-            async def get_event(event_id: str) -> Event | None:  # the event itself is not stored yet
+            async def get_event(event_id: str) -> Event | None:
+                # The event itself is one of the candidates, and it is not stored yet.
                 return event if event_id == event.event_id else await self.get_event(event_id)
-            new_current = await resolve_state_v2(version, [current, after], get_event)
+
+            new_current = await resolve_state(version, [current, after], get_event)
         before_group = await self._group_for(event.room_id, state_before)
         unsigned = await self._replaced_state(event, state_before)
         redacts, held = await self._judge_received_redaction(event, version, state_before) \
@@ -501,6 +526,11 @@ class Rooms:
             except Exception:
                 log.exception("a hook failed for event %s", event.event_id)
 
+    async def outside_membership(self, room_id: str, user_id: str) -> Event | None:
+        """A local user's membership event in a room this server is not in (an invite or a knock)."""
+        member = (await self._store.rooms.rooms_for_user(user_id)).get(room_id)
+        return await self.get_event(member[1]) if member else None
+
     async def record_outside_membership(self, event: Event, room_version: str,
                                         unsigned: dict[str, Any] | None = None) -> None:
         """A local user's membership in a room this server is not in (an invite from another
@@ -512,13 +542,6 @@ class Rooms:
         stream = await self._store.rooms.record_invite(event, room_version, now_ms(), unsigned)
         await self._notifier.notify(stream, event.room_id, [event.state_key] if event.state_key else [])
         await self._run_event_hooks(event)
-
-    async def outside_invite(self, room_id: str, user_id: str) -> Event | None:
-        """The user's pending invite into a room this server is not in, if any."""
-        member = (await self._store.rooms.rooms_for_user(user_id)).get(room_id)
-        if member is None or member[0] != "invite":
-            return None
-        return await self.get_event(member[1])
 
     async def _group_for(self, room_id: str, state: StateMap) -> int | None:
         """A state group holding exactly `state`: the current one when equal, else a new one,

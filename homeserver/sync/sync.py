@@ -126,7 +126,7 @@ class SyncService:
         rooms_with_data = {d.room_id for d in data if d.room_id}
         forgotten = await self._store.rooms.forgotten(user_id) if since is None or changes else set()
         ignored = await self._ignored.of(user_id)
-        joined, invited, left = {}, {}, {}
+        joined, invited, left, knocked = {}, {}, {}, {}
         now = now_ms()
 
         for room_id, (membership, member_event_id) in memberships.items():
@@ -146,6 +146,10 @@ class SyncService:
                 invite = await self._invite(room_id, member_event_id, ignored)
                 if invite is not None:
                     invited[room_id] = invite
+            elif membership == "knock" and (since is None or room_id in changes):
+                knock = await self._invite(room_id, member_event_id, frozenset(), "knock_room_state")
+                if knock is not None:
+                    knocked[room_id] = {"knock_state": knock["invite_state"]}
             elif membership in ("leave", "ban") and room_id not in forgotten and (
                     (since is not None and room_id in changes) or (since is None and filt.include_leave)):
                 leave_ev = changes.get(room_id) or await self._rooms.get_event(member_event_id)
@@ -159,7 +163,7 @@ class SyncService:
                          if e.content.get("user_id") not in ignored] if since is not None and user_changed else []
         body: dict[str, Any] = {
             "next_batch": str(upto),
-            "rooms": {"join": joined, "invite": invited, "leave": left, "knock": {}},
+            "rooms": {"join": joined, "invite": invited, "leave": left, "knock": knocked},
             "account_data": {"events": account_data},
             "presence": {"events": []},
             "to_device": {"events": []},
@@ -167,7 +171,7 @@ class SyncService:
             "device_one_time_keys_count": {},
             **({FRIENDS_SECTION: {"events": friend_events}} if friend_events else {}),
         }
-        empty = not (joined or invited or left or account_data or friend_events)
+        empty = not (joined or invited or left or knocked or account_data or friend_events)
         return SyncResult(body, upto, empty, [r for r, (m, _) in memberships.items() if m == "join"])
 
     async def _memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
@@ -355,7 +359,10 @@ class SyncService:
             self._lazy_sent.popitem(last=False)
         return state
 
-    async def _invite(self, room_id: str, member_event_id: str, ignored: frozenset[str]) -> dict[str, Any] | None:
+    async def _invite(self, room_id: str, member_event_id: str, ignored: frozenset[str],
+                      received_key: str = "invite_room_state") -> dict[str, Any] | None:
+        """The invite (or knock) section of a room: its state, or for a room this server is not in,
+        what the other server sent with it (`received_key`); None for an invite from an ignored user."""
         invite = await self._rooms.get_event(member_event_id)
         if invite is not None and invite.sender in ignored:
             return None  # an invite from an ignored user is not shown
@@ -363,7 +370,7 @@ class SyncService:
         events = [stripped_state(e) for k, e in state.items() if k[0] in INVITE_STATE_TYPES]
         if not state and invite is not None:
             # A room this server is not in: the state the inviting server sent with the invite.
-            received = invite.unsigned.get("invite_room_state")
+            received = invite.unsigned.get(received_key)
             events = [e for e in map(stripped_from_json, received if isinstance(received, list) else [])
                       if e is not None]
         if invite is not None:
