@@ -189,7 +189,8 @@ class Ingester:
         try:
             event = await self.verified_event(pdu, version)
         except PduRejected as e:
-            return "", str(e)
+            log.warning("dropped a PDU from %s: %s", origin, e)
+            return await self._event_id_of(pdu), str(e)
         target = event.state_key or ""
         current = await self._rooms.outside_membership(event.room_id, target) \
             if event.type == "m.room.member" and server_of(target) == self._server_name else None

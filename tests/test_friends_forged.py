@@ -23,9 +23,10 @@ __all__ = ["setup"]
 
 def member(peer: ReceiptPeer, pdus: list[dict[str, Any]], room: str, sender: str, target: str,
            content: dict[str, Any], key: Any = None, prev: list[str] | None = None) -> dict[str, Any]:
+    # A membership change cites the target's current membership (the invite, for a leave after one).
     pdu = {"room_id": room, "sender": sender, "type": "m.room.member", "state_key": target, "content": content,
            "prev_events": prev or [compute_event_id(pdus[-1], ROOM_V10)],
-           "auth_events": [compute_event_id(p, ROOM_V10) for p in pdus[:3]], "depth": len(pdus) + 2,
+           "auth_events": [compute_event_id(p, ROOM_V10) for p in pdus[:3]] + (prev or []), "depth": len(pdus) + 2,
            "origin_server_ts": int(time.time() * 1000)}
     return sign_event(pdu, peer.name, key or peer.key, ROOM_V10)
 
