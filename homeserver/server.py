@@ -18,6 +18,10 @@ from homeserver.sync.filters import Filters
 from homeserver.accounts.login import LoginService
 from homeserver.accounts.mailer import Mailer
 from homeserver.rooms.membership import Membership
+from homeserver.push.notifications import Notifications
+from homeserver.push.push_rules import PushRules
+from homeserver.push.pushers import Pushers
+from homeserver.push.gateway import HttpGateway
 from homeserver.sync.notifier import Notifier, make_notifier
 from homeserver.accounts.passwords import PasswordHasher
 from homeserver.accounts.profiles import Profiles
@@ -67,6 +71,10 @@ class HomeServer:
     media: MediaRepository
     deactivation: Deactivation
     openid: OpenId
+    push_rules: PushRules
+    notifications: Notifications
+    pushers: Pushers
+    gateway: HttpGateway
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -97,6 +105,12 @@ class HomeServer:
         typing = Typing(notifier)
         visibility = HistoryVisibility(rooms, store)
         sync = SyncService(rooms, store, notifier, typing, visibility)
+        push_rules = PushRules(store, notifier)
+        notifications = Notifications(config.server_name, push_rules, rooms, store)
+        rooms.push = notifications
+        sync.notifications, sync.push_rules = notifications, push_rules
+        from federation.client import AddressGuard  # the same SSRF guard as outbound federation
+        gateway = HttpGateway(AddressGuard(config.push.allowed_private_ranges), config.push.gateway_timeout_s)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),
@@ -112,8 +126,11 @@ class HomeServer:
             filters=Filters(store), executor=executor,
             media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
                                   limiter),
-            deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name))
+            deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name),
+            push_rules=push_rules, notifications=notifications,
+            pushers=Pushers(store, notifications, rooms, gateway, config.push), gateway=gateway)
         await hs.media.start()
+        await hs.pushers.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)
         log.info("homeserver %s started (database: %s, redis: %s)", config.server_name,
@@ -145,6 +162,8 @@ class HomeServer:
         if self.federation is not None:
             await self.federation.close()
             await self.federation.client.close()
+        await self.pushers.close()
+        await self.gateway.close()
         await self.membership.close()
         await self.media.close()
         self.typing.close()

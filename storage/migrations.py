@@ -308,6 +308,47 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         "CREATE INDEX openid_tokens_user ON openid_tokens (user_id, expires_ts)",
     )),
+    Migration(10, "push: rule edits, notifications, pushers, email notifications", (
+        # What a user changed of the server-default rules, as JSON (homeserver/push/rules.py RuleEdits).
+        """CREATE TABLE push_rule_edits (
+            user_id TEXT PRIMARY KEY,
+            content TEXT NOT NULL
+        )""",
+        # One row per user an event notified, written in the event's own transaction.
+        """CREATE TABLE event_push_actions (
+            user_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            stream BIGINT NOT NULL,
+            thread_id TEXT NOT NULL,
+            highlight INTEGER NOT NULL,
+            actions TEXT NOT NULL,
+            ts BIGINT NOT NULL,
+            PRIMARY KEY (user_id, stream)
+        )""",
+        "CREATE INDEX event_push_actions_room ON event_push_actions (user_id, room_id, stream)",
+        # last_stream: the user's notifications up to there were delivered (or given up on).
+        """CREATE TABLE pushers (
+            user_id TEXT NOT NULL,
+            app_id TEXT NOT NULL,
+            pushkey TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            app_display_name TEXT NOT NULL,
+            device_display_name TEXT NOT NULL,
+            profile_tag TEXT NOT NULL,
+            lang TEXT NOT NULL,
+            data TEXT NOT NULL,
+            created_ts BIGINT NOT NULL,
+            last_stream BIGINT NOT NULL,
+            PRIMARY KEY (user_id, app_id, pushkey)
+        )""",
+        "CREATE INDEX pushers_key ON pushers (app_id, pushkey)",
+        """CREATE TABLE email_notifications (
+            user_id TEXT PRIMARY KEY,
+            enabled INTEGER NOT NULL,
+            last_stream BIGINT NOT NULL
+        )""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -10,6 +10,7 @@ from storage.database import Database, Row
 from storage.federation import FederationStore
 from storage.media import MediaStore
 from storage.openid import OpenIdStore
+from storage.push import PushStore
 from storage.rooms import RoomStore
 from storage.server_keys import ServerKeyStore
 from storage.user_data import UserDataStore
@@ -300,6 +301,7 @@ class Store:
         self.server_keys = ServerKeyStore(db)
         self.media = MediaStore(db)
         self.openid = OpenIdStore(db)
+        self.push = PushStore(db)
 
     async def close(self) -> None:
         await self.db.close()

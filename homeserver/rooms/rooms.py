@@ -12,7 +12,7 @@ import logging
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 from canonicaljson import encode_canonical_json
 from signedjson.key import SigningKey
@@ -29,6 +29,7 @@ from homeserver.events.room_versions import RoomVersion, get_room_version
 from homeserver.events.state_res import resolve_state_v2
 from homeserver.json_input import non_canonical_reason
 from storage.database import ConstraintViolation
+from storage.push import EventPush
 from storage.rooms import HeldRedaction, RoomInfo, StateMap, TxnRef
 from storage.store import Store
 
@@ -85,6 +86,14 @@ def _redacts_where_kept(version: RoomVersion, content: dict[str, Any],
     return extra
 
 
+class PushHook(Protocol):
+    """Push evaluation (homeserver/push): its rows are stored in the event's own transaction."""
+
+    async def evaluate(self, event: Event, state: StateMap, group: int | None) -> EventPush | None: ...
+
+    def stored(self, event: Event, push: EventPush | None) -> None: ...
+
+
 @dataclass(frozen=True)
 class _Head:
     """A room as this process left it after its last write: the send context without a query."""
@@ -112,6 +121,7 @@ class Rooms:
         self._servers: OrderedDict[int, frozenset[str]] = OrderedDict()
         # What this process last wrote to each room (see _head_of); only when it is the only writer.
         self._heads: OrderedDict[str, _Head] = OrderedDict()
+        self.push: PushHook | None = None
 
     @property
     def signing_key(self) -> SigningKey:
@@ -406,9 +416,10 @@ class Rooms:
                        txn: TxnRef | None, extremities: list[str] | None = None,
                        redacts: str | None = None) -> Event:
         unsigned = await self._replaced_state(event, state)
+        push = await self.push.evaluate(event, state, room.current_group) if self.push is not None else None
         persisted = await self._store.rooms.persist_event(
             event, state_before=room.current_group, before_map=state, prev_extremities=prev_ids, txn=txn,
-            unsigned=unsigned, redacts=redacts)
+            unsigned=unsigned, redacts=redacts, push=push)
         if txn is not None:
             unsigned = {**unsigned, "_txn": [txn.device_id, txn.txn_id]}
         stored = Event(event.event_id, event.pdu, stream=persisted.stream, unsigned=unsigned)
@@ -426,6 +437,8 @@ class Rooms:
         # Membership changes must also wake the target, who may not watch the room yet.
         targets = [stored.state_key] if stored.type == "m.room.member" and stored.state_key else []
         await self._notifier.notify(persisted.stream, room.room_id, targets)
+        if self.push is not None:
+            self.push.stored(stored, push)
         for hook in self.on_local_event:
             try:
                 await hook(stored, persisted.state_after)
@@ -452,10 +465,12 @@ class Rooms:
         unsigned = await self._replaced_state(event, state_before)
         redacts, held = await self._judge_received_redaction(event, version, state_before) \
             if event.type == "m.room.redaction" else (None, None)
+        push = await self.push.evaluate(event, state_before, before_group) \
+            if self.push is not None and not soft_failed else None
         persisted = await self._store.rooms.persist_remote_event(
             event, state_before=before_group, before_map=state_before, current_before=current,
             new_current=new_current, prev_extremities=event.prev_event_ids, unsigned=unsigned,
-            redacts=redacts, held=held)
+            redacts=redacts, held=held, push=push)
         if persisted.redacted_by:  # a redaction that came first, and was allowed
             unsigned = {**unsigned, "redacted_by": persisted.redacted_by}
         stored = Event(event.event_id, event.pdu, stream=persisted.stream, unsigned=unsigned)
@@ -468,6 +483,8 @@ class Rooms:
         if new_current is not None:  # resolution may have changed anyone's membership
             targets += [k[1] for k, v in new_current.items() if k[0] == "m.room.member" and current.get(k) != v]
         await self._notifier.notify(persisted.stream, event.room_id, targets)
+        if self.push is not None:
+            self.push.stored(stored, push)
         return stored
 
     async def record_outside_membership(self, event: Event, room_version: str,

@@ -1,0 +1,223 @@
+"""Push rule conditions, compiled once into small callables.
+
+A condition is split by what it needs: `shared` ones read only the event and the room (the same
+answer for every user, so evaluated once per event), `personal` ones read the user too (their
+ID, localpart or display name in the room). Unknown or malformed conditions never match (spec).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.push.rules import LOCALPART, USER_ID
+
+MAX_SAFE_INT = 2**53 - 1
+_WORD = "A-Za-z0-9_"
+_IS = re.compile(r"^(==|<=|>=|<|>)?([0-9]+)$")
+
+
+@dataclass(frozen=True)
+class Member:
+    """A local user an event is evaluated for."""
+
+    user_id: str
+    localpart: str
+    display_name: str | None
+
+
+@dataclass
+class EventFacts:
+    """What conditions read of one event, worked out once for all users."""
+
+    pdu: dict[str, Any]
+    member_count: int
+    sender_power: int
+    notification_levels: dict[str, Any]
+    body_lower: str | None
+    mentioned: frozenset[str]
+    has_mentions: bool
+
+    @classmethod
+    def of(cls, pdu: dict[str, Any], member_count: int, sender_power: int,
+           notification_levels: dict[str, Any]) -> EventFacts:
+        content = pdu.get("content")
+        content = content if isinstance(content, dict) else {}
+        body = content.get("body")
+        mentions = content.get("m.mentions")
+        user_ids = mentions.get("user_ids") if isinstance(mentions, dict) else None
+        mentioned = frozenset(u for u in user_ids if isinstance(u, str)) if isinstance(user_ids, list) else frozenset()
+        return cls(pdu, member_count, sender_power, notification_levels,
+                   body.lower() if isinstance(body, str) else None, mentioned, isinstance(mentions, dict))
+
+
+Shared = Callable[[EventFacts], bool]
+Personal = Callable[[EventFacts, Member], bool]
+
+
+def split_key(key: str) -> tuple[str, ...]:
+    """A dot-separated property path (spec appendix): `\\.` is a literal dot, `\\\\` a backslash."""
+    parts, current, i = [], [], 0
+    while i < len(key):
+        c = key[i]
+        if c == "\\" and i + 1 < len(key) and key[i + 1] in ".\\":
+            current.append(key[i + 1])
+            i += 2
+            continue
+        if c == ".":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+        i += 1
+    parts.append("".join(current))
+    return tuple(parts)
+
+
+def lookup(pdu: dict[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
+    value: Any = pdu
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+@functools.lru_cache(maxsize=4096)
+def glob(pattern: str, words: bool) -> re.Pattern[str]:
+    """A glob (`*`, `?`) matched case-insensitively: the whole value, or (`words`: content.body)
+    any substring that starts and ends at word boundaries."""
+    body = "".join(".*?" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    if words:
+        return re.compile(f"(?<![{_WORD}]){body}(?![{_WORD}])", re.IGNORECASE | re.DOTALL)
+    return re.compile(f"{body}", re.IGNORECASE | re.DOTALL)
+
+
+def _never(_: EventFacts) -> bool:
+    return False
+
+
+def _scalar(value: Any) -> bool:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    return isinstance(value, int) and -MAX_SAFE_INT <= value <= MAX_SAFE_INT
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b  # True is not 1
+
+
+def _event_match(cond: dict[str, Any]) -> Compiled:
+    key, pattern = cond.get("key"), cond.get("pattern")
+    if not isinstance(key, str) or not isinstance(pattern, str):
+        return _never, None
+    path = split_key(key)
+    words = key == "content.body"
+    if pattern in (USER_ID, LOCALPART):
+        attr = "user_id" if pattern == USER_ID else "localpart"
+
+        def personal(facts: EventFacts, member: Member) -> bool:
+            found, value = lookup(facts.pdu, path)
+            if not found or not isinstance(value, str):
+                return False
+            target: str = getattr(member, attr)
+            if words:
+                return target.lower() in value.lower() and glob(target, True).search(value) is not None
+            return value.lower() == target.lower()
+        return None, personal
+    regex = glob(pattern, words)
+
+    def shared(facts: EventFacts) -> bool:
+        found, value = lookup(facts.pdu, path)
+        if not found or not isinstance(value, str):
+            return False
+        return (regex.search(value) if words else regex.fullmatch(value)) is not None
+    return shared, None
+
+
+def _property_is(cond: dict[str, Any]) -> Shared:
+    key, wanted = cond.get("key"), cond.get("value")
+    if not isinstance(key, str) or "value" not in cond or not _scalar(wanted):
+        return _never
+    path = split_key(key)
+
+    def shared(facts: EventFacts) -> bool:
+        found, value = lookup(facts.pdu, path)
+        return found and _scalar(value) and _same(value, wanted)
+    return shared
+
+
+def _property_contains(cond: dict[str, Any]) -> Compiled:
+    key, wanted = cond.get("key"), cond.get("value")
+    if not isinstance(key, str) or "value" not in cond or not _scalar(wanted):
+        return _never, None
+    path = split_key(key)
+    if wanted == USER_ID:
+        if key == "content.m\\.mentions.user_ids":
+            return None, lambda facts, member: member.user_id in facts.mentioned
+
+        def personal(facts: EventFacts, member: Member) -> bool:
+            found, value = lookup(facts.pdu, path)
+            return found and isinstance(value, list) and member.user_id in value
+        return None, personal
+
+    def shared(facts: EventFacts) -> bool:
+        found, value = lookup(facts.pdu, path)
+        return found and isinstance(value, list) and any(_scalar(v) and _same(v, wanted) for v in value)
+    return shared, None
+
+
+def _member_count(cond: dict[str, Any]) -> Shared:
+    m = _IS.match(cond.get("is", "")) if isinstance(cond.get("is"), str) else None
+    if m is None:
+        return _never
+    op, n = m.group(1) or "==", int(m.group(2))
+    compare: dict[str, Callable[[int], bool]] = {
+        "==": lambda c: c == n, "<": lambda c: c < n, ">": lambda c: c > n, "<=": lambda c: c <= n,
+        ">=": lambda c: c >= n}
+    test = compare[op]
+    return lambda facts: test(facts.member_count)
+
+
+def _sender_permission(cond: dict[str, Any]) -> Shared:
+    key = cond.get("key")
+    if not isinstance(key, str):
+        return _never
+
+    def shared(facts: EventFacts) -> bool:
+        needed = facts.notification_levels.get(key, 50)
+        if isinstance(needed, bool) or not isinstance(needed, int):
+            needed = 50
+        return facts.sender_power >= needed
+    return shared
+
+
+def _display_name(facts: EventFacts, member: Member) -> bool:
+    name = member.display_name
+    if not name or facts.body_lower is None or name.lower() not in facts.body_lower:
+        return False  # the cheap test first: most bodies do not hold the name at all
+    return re.search(f"(?<![{_WORD}]){re.escape(name.lower())}(?![{_WORD}])", facts.body_lower) is not None
+
+
+Compiled = tuple[Shared | None, Personal | None]
+
+
+def compile_condition(cond: dict[str, Any]) -> Compiled:
+    """(shared, None) or (None, personal)."""
+    kind = cond.get("kind")
+    if kind == "event_match":
+        return _event_match(cond)
+    if kind == "event_property_is":
+        return _property_is(cond), None
+    if kind == "event_property_contains":
+        return _property_contains(cond)
+    if kind == "contains_display_name":
+        return None, _display_name
+    if kind == "room_member_count":
+        return _member_count(cond), None
+    if kind == "sender_notification_permission":
+        return _sender_permission(cond), None
+    return _never, None
