@@ -196,14 +196,15 @@ class PushStore:
         return [_notification(r) for r in rows]
 
     async def unread_totals(self, user_id: str) -> tuple[int, int]:
-        """(notifications, of which m.call.invite) the user has not read, over all their rooms."""
+        """(notifications, of which m.call.invite) the user has not read, over the rooms they are in
+        (after their read receipt there, else after their join, as in /sync)."""
         receipt = _RECEIPT_STREAM.format(room="a.room_id", user="a.user_id")
         row = await self.db.fetchone(
             "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN e.type = 'm.call.invite' THEN 1 ELSE 0 END), 0) AS calls"
             " FROM event_push_actions a JOIN events e ON e.event_id = a.event_id"
             " JOIN current_state m ON m.room_id = a.room_id AND m.type = 'm.room.member' AND m.state_key = a.user_id"
-            f" AND m.membership = 'join' WHERE a.user_id = ? AND e.redacted_by IS NULL"
-            f" AND a.stream > COALESCE(({receipt}), 0)", user_id)
+            " AND m.membership = 'join' JOIN events j ON j.event_id = m.event_id"
+            f" WHERE a.user_id = ? AND e.redacted_by IS NULL AND a.stream > COALESCE(({receipt}), j.stream)", user_id)
         return (int(row["n"]), int(row["calls"])) if row else (0, 0)
 
     # --- pushers ---------------------------------------------------------------------

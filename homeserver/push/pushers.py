@@ -30,7 +30,8 @@ MAX_PUSHKEY_BYTES = 512
 BATCH = 20
 # A notification that could not be delivered for this long is dropped (the phone missed it).
 MAX_PUSH_AGE_MS = 24 * 3600 * 1000
-PUSHER_FIELDS = ("app_id", "pushkey", "kind", "app_display_name", "device_display_name", "lang", "data")
+# How long closing waits for deliveries in flight.
+CLOSE_GRACE_S = 5.0
 
 
 class GatewayError(Exception):
@@ -82,6 +83,7 @@ class Pushers:
         self._config = config
         self._workers: dict[tuple[str, str, str], _Worker] = {}
         self._by_user: dict[str, set[tuple[str, str, str]]] = {}
+        self._closing = False
         notifications.on_stored.append(self._on_stored)
 
     async def start(self) -> None:
@@ -89,7 +91,14 @@ class Pushers:
             self._run(pusher)
 
     async def close(self) -> None:
+        """Let each delivery in flight finish and record its position (so it is not sent again
+        after the restart), then stop."""
+        self._closing = True
         tasks = [w.task for w in self._workers.values() if w.task is not None]
+        for worker in self._workers.values():
+            worker.wake.set()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_GRACE_S)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -165,22 +174,29 @@ class Pushers:
         if worker is not None and worker.task is not None and worker.task is not asyncio.current_task():
             worker.task.cancel()
 
+    async def _pause(self, worker: _Worker, delay_ms: int) -> None:
+        """Sleep, unless closing wakes the worker first."""
+        try:
+            await asyncio.wait_for(worker.wake.wait(), delay_ms / 1000)
+        except TimeoutError:
+            pass
+
     async def _deliver(self, worker: _Worker) -> None:
         delay_ms = self._config.gateway_min_retry_ms
-        while True:
+        while not self._closing:
             worker.wake.clear()  # before reading: a notification stored meanwhile wakes us again
             p = worker.pusher
             try:
                 batch = await self._store.push.notifications_after(p.user_id, p.last_stream, BATCH)
             except Exception:
                 log.exception("reading notifications for pusher %s of %s failed", p.app_id, p.user_id)
-                await asyncio.sleep(delay_ms / 1000)
+                await self._pause(worker, delay_ms)
                 continue
             if not batch:
                 await worker.wake.wait()
                 continue
             for n in batch:
-                while True:
+                while not self._closing:
                     try:
                         rejected = await self._send(worker.pusher, n)
                         delay_ms = self._config.gateway_min_retry_ms
@@ -191,8 +207,10 @@ class Pushers:
                             rejected = []
                             break
                         log.info("push gateway for %s failed (%s); retrying in %d ms", p.user_id, e, delay_ms)
-                        await asyncio.sleep(delay_ms / 1000)
+                        await self._pause(worker, delay_ms)
                         delay_ms = min(delay_ms * 2, self._config.gateway_max_retry_ms)
+                else:
+                    return  # closing, this one not delivered: the next start sends it
                 if p.pushkey in rejected:
                     log.info("push gateway rejected pushkey of %s (%s): removing the pusher", p.user_id, p.app_id)
                     for user_id in await self._store.push.delete_pushkey(p.app_id, p.pushkey):
