@@ -1,12 +1,13 @@
-"""GET /notifications: the events that notified the user, newest first."""
+"""GET /notifications (the events that notified the user, newest first), and Whispr's email
+notification setting with its unsubscribe link."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from client_api.http import CLIENT_V3, hs, ok, requester
+from client_api.http import CLIENT_V3, WHISPR, hs, json_body, ok, requester
 from homeserver.clock import now_ms
-from homeserver.errors import MatrixError
+from homeserver.errors import MatrixError, bad_json
 from homeserver.events.client_format import client_event
 
 DEFAULT_LIMIT = 20
@@ -44,5 +45,32 @@ async def get_notifications(request: web.Request) -> web.Response:
     return ok(body)
 
 
+async def get_email(request: web.Request) -> web.Response:
+    who = await requester(request)
+    return ok({"enabled": await hs(request).email_notifier.setting(who.user_id)})
+
+
+async def put_email(request: web.Request) -> web.Response:
+    who = await requester(request)
+    body = await json_body(request)
+    if not isinstance(body.get("enabled"), bool):
+        raise bad_json("enabled must be a boolean")
+    server = hs(request)
+    await server.email_notifier.set(who.user_id, body["enabled"], server.notifier.position)
+    return ok()
+
+
+async def unsubscribe(request: web.Request) -> web.Response:
+    """The link in every notification mail: no login needed, the token is the proof."""
+    user_id, token = request.query.get("user_id"), request.query.get("token")
+    if not user_id or not token:
+        raise MatrixError(400, "M_MISSING_PARAM", "user_id and token are required")
+    await hs(request).email_notifier.unsubscribe(user_id, token)
+    return ok({"unsubscribed": True})
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get(f"{CLIENT_V3}/notifications", get_notifications)
+    app.router.add_get(f"{WHISPR}/notifications/email", get_email)
+    app.router.add_put(f"{WHISPR}/notifications/email", put_email)
+    app.router.add_get(f"{WHISPR}/notifications/email/unsubscribe", unsubscribe)

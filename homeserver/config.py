@@ -217,8 +217,8 @@ class PushConfig:
     allowed_private_ranges: list[str] = field(default_factory=list)
     # Email notifications (a per-user setting): a notification still unread this long after its
     # event is mailed, batched per user, looked for every email_interval_s.
-    email_delay_s: int = 600
-    email_interval_s: int = 60
+    email_delay_s: float = 600.0
+    email_interval_s: float = 60.0
 
 
 # media.extra_thumbnail_sizes: how many, and how each is spelt ("640x480-scale").

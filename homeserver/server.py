@@ -22,6 +22,7 @@ from homeserver.push.notifications import Notifications
 from homeserver.push.push_rules import PushRules
 from homeserver.push.pushers import Pushers
 from homeserver.push.gateway import HttpGateway
+from homeserver.push.email import EmailNotifier
 from homeserver.sync.notifier import Notifier, make_notifier
 from homeserver.accounts.passwords import PasswordHasher
 from homeserver.accounts.profiles import Profiles
@@ -75,6 +76,7 @@ class HomeServer:
     notifications: Notifications
     pushers: Pushers
     gateway: HttpGateway
+    email_notifier: EmailNotifier
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -128,9 +130,11 @@ class HomeServer:
                                   limiter),
             deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name),
             push_rules=push_rules, notifications=notifications,
-            pushers=Pushers(store, notifications, rooms, gateway, config.push), gateway=gateway)
+            pushers=Pushers(store, notifications, rooms, gateway, config.push), gateway=gateway,
+            email_notifier=EmailNotifier(config, store, notifications, rooms, mailer))
         await hs.media.start()
         await hs.pushers.start()
+        hs.email_notifier.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)
         log.info("homeserver %s started (database: %s, redis: %s)", config.server_name,
@@ -163,6 +167,7 @@ class HomeServer:
             await self.federation.close()
             await self.federation.client.close()
         await self.pushers.close()
+        await self.email_notifier.close()
         await self.gateway.close()
         await self.membership.close()
         await self.media.close()

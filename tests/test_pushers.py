@@ -4,7 +4,8 @@ Gateway API), including across a restart of the homeserver and a gateway that re
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
