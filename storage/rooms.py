@@ -360,7 +360,7 @@ class RoomStore:
             await tx.execute("UPDATE rooms SET current_group = ? WHERE room_id = ?", group, room_id)
 
     async def record_invite(self, event: Event, room_version: str, ts: int,
-                            unsigned: dict[str, Any] | None = None) -> int:
+                            unsigned: dict[str, Any] | None = None, push: EventPush | None = None) -> int:
         """An invite to a room we are not in (or its rejection): the invitee's membership row,
         visible to their sync. The event is an outlier, outside any timeline, but takes a
         positive position so that the invitee's sync reports it."""
@@ -369,12 +369,15 @@ class RoomStore:
                 "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING", event.room_id, room_version, event.sender, ts)
             stream = await next_stream(tx)
-            await tx.execute(
+            inserted = await tx.fetchval(
                 "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
-                " json, unsigned, outlier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (event_id) DO NOTHING",
+                " json, unsigned, outlier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (event_id) DO NOTHING"
+                " RETURNING event_id",
                 stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
                 event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")),
                 json.dumps(unsigned) if unsigned else None)
+            if inserted is not None:
+                await insert_actions(tx, push, stream)
             await tx.execute(
                 "INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id,"

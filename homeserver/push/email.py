@@ -82,7 +82,7 @@ class EmailNotifier:
                 log.exception("email notifications failed")
 
     async def run_once(self) -> None:
-        cutoff = now_ms() - self._config.push.email_delay_s * 1000
+        cutoff = now_ms() - int(self._config.push.email_delay_s * 1000)
         for user_id, last in await self._store.push.email_users():
             await self._user(user_id, last, cutoff)
 

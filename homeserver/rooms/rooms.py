@@ -495,8 +495,13 @@ class Rooms:
         room = await self._store.rooms.get_room(event.room_id)
         if room is not None and room.current_group is not None:
             raise forbidden("This server is in that room: its memberships are events of the room")
-        stream = await self._store.rooms.record_invite(event, room_version, now_ms(), unsigned)
+        # An invite notifies the invitee (.m.rule.invite_for_me); no state of the room is known here.
+        push = await self.push.evaluate(event, {}, None) \
+            if self.push is not None and event.membership == "invite" else None
+        stream = await self._store.rooms.record_invite(event, room_version, now_ms(), unsigned, push=push)
         await self._notifier.notify(stream, event.room_id, [event.state_key] if event.state_key else [])
+        if self.push is not None:
+            self.push.stored(event, push)
 
     async def _group_for(self, room_id: str, state: StateMap) -> int | None:
         """A state group holding exactly `state`: the current one when equal, else a new one,
