@@ -314,19 +314,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             user_id TEXT PRIMARY KEY,
             content TEXT NOT NULL
         )""",
-        # One row per user an event notified, written in the event's own transaction.
+        # Per event, one row per group of users it notified with the same actions (users: their IDs,
+        # each between newlines), written in the event's own transaction.
         """CREATE TABLE event_push_actions (
-            user_id TEXT NOT NULL,
             room_id TEXT NOT NULL,
-            event_id TEXT NOT NULL,
             stream BIGINT NOT NULL,
+            grp INTEGER NOT NULL,
+            event_id TEXT NOT NULL,
             thread_id TEXT NOT NULL,
             highlight INTEGER NOT NULL,
             actions TEXT NOT NULL,
             ts BIGINT NOT NULL,
-            PRIMARY KEY (user_id, stream)
+            users TEXT NOT NULL,
+            PRIMARY KEY (room_id, stream, grp)
         )""",
-        "CREATE INDEX event_push_actions_room ON event_push_actions (user_id, room_id, stream)",
+        "CREATE INDEX event_push_actions_stream ON event_push_actions (stream)",
         # last_stream: the user's notifications up to there were delivered (or given up on).
         """CREATE TABLE pushers (
             user_id TEXT NOT NULL,

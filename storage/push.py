@@ -10,30 +10,33 @@ from typing import Any
 
 from storage.database import Connection, Database
 
-ACTION_COLUMNS = "user_id, room_id, event_id, stream, thread_id, highlight, actions, ts"
+ACTION_COLUMNS = "room_id, stream, grp, event_id, thread_id, highlight, actions, ts, users"
 # The read receipt a room's counts start after: the user's latest m.read / m.read.private.
 _RECEIPT_STREAM = ("SELECT MAX(e.stream) FROM receipts r JOIN events e ON e.event_id = r.event_id"
                    " WHERE r.room_id = {room} AND r.user_id = {user} AND r.receipt_type IN ('m.read', 'm.read.private')")
+_NOT_REDACTED = "NOT EXISTS (SELECT 1 FROM events x WHERE x.event_id = a.event_id AND x.redacted_by IS NOT NULL)"
 
 
 @dataclass(frozen=True)
-class PushAction:
-    """One user's notification for an event (only events whose actions notify are kept)."""
+class PushGroup:
+    """The users an event notified with the same actions."""
 
-    user_id: str
-    highlight: bool
     actions: str  # the actions, as JSON
+    highlight: bool
+    user_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class EventPush:
-    """What the rules gave for one event, stored in the event's own transaction."""
+    """What the rules gave for one event, stored in the event's own transaction: one row per
+    group of users with the same actions (a message in a room of 500 is one row, not 500, so the
+    write stays a few pages at the end of the table)."""
 
     event_id: str
     room_id: str
     thread_id: str  # "main", or the thread root's event ID
     ts: int
-    actions: tuple[PushAction, ...]
+    groups: tuple[PushGroup, ...]
 
 
 @dataclass(frozen=True)
@@ -63,36 +66,60 @@ class Pusher:
     last_stream: int  # notifications up to here were delivered (or given up on)
 
 
+def _users_text(user_ids: tuple[str, ...]) -> str:
+    """Users as stored: each between newlines, so that one is found with a newline either side."""
+    return "\n" + "\n".join(user_ids) + "\n"
+
+
+def _needle(user_id: str) -> str:
+    return f"\n{user_id}\n"
+
+
+def _like(user_id: str) -> str:
+    """A LIKE pattern finding the user in the stored text (a superset where LIKE ignores case;
+    `_has` makes it exact)."""
+    escaped = _needle(user_id).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+_LIKE = "a.users LIKE ? ESCAPE '\\'"
+
+
+def _has(row: Any, user_id: str) -> bool:
+    return _needle(user_id) in row["users"]
+
+
 def action_rows(push: EventPush, stream: int) -> list[tuple[Any, ...]]:
-    return [(a.user_id, push.room_id, push.event_id, stream, push.thread_id, int(a.highlight), a.actions, push.ts)
-            for a in push.actions]
+    return [(push.room_id, stream, i, push.event_id, push.thread_id, int(g.highlight), g.actions, push.ts,
+             _users_text(g.user_ids)) for i, g in enumerate(push.groups)]
 
 
 async def insert_actions(tx: Connection, push: EventPush | None, stream: int) -> None:
-    if push is not None and push.actions:
-        await tx.executemany(f"INSERT INTO event_push_actions ({ACTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    if push is not None and push.groups:
+        await tx.executemany(f"INSERT INTO event_push_actions ({ACTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              action_rows(push, stream))
 
 
 async def insert_actions_at_position(tx: Connection, push: EventPush | None) -> None:
     """insert_actions for a transaction that reads its position last (storage/rooms.py)."""
-    if push is not None and push.actions:
+    if push is not None and push.groups:
         await tx.executemany(
-            f"INSERT INTO event_push_actions ({ACTION_COLUMNS}) VALUES (?, ?, ?,"
-            f" (SELECT pos FROM stream_counter WHERE name = 'stream'), ?, ?, ?, ?)",
-            [(a.user_id, push.room_id, push.event_id, push.thread_id, int(a.highlight), a.actions, push.ts)
-             for a in push.actions])
+            f"INSERT INTO event_push_actions ({ACTION_COLUMNS}) VALUES (?,"
+            f" (SELECT pos FROM stream_counter WHERE name = 'stream'), ?, ?, ?, ?, ?, ?, ?)",
+            [(push.room_id, i, push.event_id, push.thread_id, int(g.highlight), g.actions, push.ts,
+              _users_text(g.user_ids)) for i, g in enumerate(push.groups)])
 
 
 def pg_actions_cte(push: EventPush | None) -> tuple[str, list[Any]]:
     """The same rows as one data-modifying CTE of the PostgreSQL message statement (`s` holds the position)."""
-    if push is None or not push.actions:
+    if push is None or not push.groups:
         return "", []
     return (" , p AS (INSERT INTO event_push_actions (" + ACTION_COLUMNS + ")"
-            " SELECT t.u, ?, ?, (SELECT pos FROM s), ?, t.h, t.a, ?"
-            " FROM unnest(?::text[], ?::int[], ?::text[]) AS t(u, h, a))",
-            [push.room_id, push.event_id, push.thread_id, push.ts, [a.user_id for a in push.actions],
-             [int(a.highlight) for a in push.actions], [a.actions for a in push.actions]])
+            " SELECT ?, (SELECT pos FROM s), t.g, ?, ?, t.h, t.a, ?, t.u"
+            " FROM unnest(?::int[], ?::int[], ?::text[], ?::text[]) AS t(g, h, a, u))",
+            [push.room_id, push.event_id, push.thread_id, push.ts, list(range(len(push.groups))),
+             [int(g.highlight) for g in push.groups], [g.actions for g in push.groups],
+             [_users_text(g.user_ids) for g in push.groups]])
 
 
 def _pusher(r: Any) -> Pusher:
@@ -101,8 +128,8 @@ def _pusher(r: Any) -> Pusher:
                   r["last_stream"])
 
 
-def _notification(r: Any) -> Notification:
-    return Notification(r["user_id"], r["room_id"], r["event_id"], r["stream"], r["thread_id"], bool(r["highlight"]),
+def _notification(r: Any, user_id: str) -> Notification:
+    return Notification(user_id, r["room_id"], r["event_id"], int(r["stream"]), r["thread_id"], bool(r["highlight"]),
                         json.loads(r["actions"]), r["ts"])
 
 
@@ -149,25 +176,25 @@ class PushStore:
         """(notifications, highlights, the position counted from) for a user in a room: their
         notifications at most at `upto` after their latest read receipt (else after `fallback`),
         leaving out redacted events."""
+        rows = await self._rows_after_receipt(user_id, room_id, fallback, upto)
+        mine = [r for r in rows if r["users"] is not None and _has(r, user_id)]
+        return len(mine), sum(int(r["highlight"]) for r in mine), int(rows[0]["threshold"])
+
+    async def _rows_after_receipt(self, user_id: str, room_id: str, fallback: int, upto: int) -> list[Any]:
         receipt = _RECEIPT_STREAM.format(room="?", user="?")
-        row = await self.db.fetchone(
-            f"WITH t AS (SELECT COALESCE(({receipt}), ?) AS threshold),"
-            f" c AS (SELECT a.highlight FROM event_push_actions a, t WHERE a.user_id = ? AND a.room_id = ?"
-            f" AND a.stream > t.threshold AND a.stream <= ? AND NOT EXISTS (SELECT 1 FROM events e"
-            f" WHERE e.event_id = a.event_id AND e.redacted_by IS NOT NULL))"
-            f" SELECT (SELECT COUNT(*) FROM c) AS n, (SELECT COALESCE(SUM(highlight), 0) FROM c) AS h,"
-            f" t.threshold AS threshold FROM t",
-            room_id, user_id, fallback, user_id, room_id, upto)
-        assert row is not None
-        return int(row["n"]), int(row["h"]), int(row["threshold"])
+        return await self.db.fetchall(
+            f"WITH t AS (SELECT COALESCE(({receipt}), ?) AS threshold)"
+            f" SELECT t.threshold, a.highlight, a.users FROM t LEFT JOIN event_push_actions a"
+            f" ON a.room_id = ? AND a.stream > t.threshold AND a.stream <= ? AND {_LIKE} AND {_NOT_REDACTED}",
+            room_id, user_id, fallback, room_id, upto, _like(user_id))
 
     async def thread_rows(self, user_id: str, room_id: str, after: int, upto: int) -> list[tuple[str, int, bool]]:
         """(thread_id, stream, highlight) of the user's notifications in a room in (after, upto]."""
         rows = await self.db.fetchall(
-            "SELECT a.thread_id, a.stream, a.highlight FROM event_push_actions a WHERE a.user_id = ?"
-            " AND a.room_id = ? AND a.stream > ? AND a.stream <= ? AND NOT EXISTS (SELECT 1 FROM events e"
-            " WHERE e.event_id = a.event_id AND e.redacted_by IS NOT NULL)", user_id, room_id, after, upto)
-        return [(r["thread_id"], int(r["stream"]), bool(r["highlight"])) for r in rows]
+            f"SELECT a.thread_id, a.stream, a.highlight, a.users FROM event_push_actions a WHERE a.room_id = ?"
+            f" AND a.stream > ? AND a.stream <= ? AND {_LIKE} AND {_NOT_REDACTED}",
+            room_id, after, upto, _like(user_id))
+        return [(r["thread_id"], int(r["stream"]), bool(r["highlight"])) for r in rows if _has(r, user_id)]
 
     async def receipt_streams(self, user_id: str, room_id: str | None = None) -> list[tuple[str, str, int]]:
         """(room_id, thread_id, stream of the event) of the user's read receipts (in one room, or all)."""
@@ -178,34 +205,34 @@ class PushStore:
             f"{where} GROUP BY r.room_id, r.thread_id", user_id, *([room_id] if room_id is not None else []))
         return [(r["room_id"], r["thread_id"], int(r["stream"])) for r in rows]
 
-    async def notifications(self, user_id: str, before: int | None, limit: int, only_highlight: bool,
-                            after: int = 0) -> list[Notification]:
-        """The user's notifications newest first, below `before` and above `after`."""
+    async def notifications(self, user_id: str, before: int | None, limit: int, only_highlight: bool
+                            ) -> list[Notification]:
+        """The user's notifications newest first, below `before`."""
         rows = await self.db.fetchall(
-            f"SELECT {ACTION_COLUMNS} FROM event_push_actions a WHERE user_id = ? AND stream < ? AND stream > ?"
-            f"{' AND highlight = 1' if only_highlight else ''} AND NOT EXISTS (SELECT 1 FROM events e"
-            f" WHERE e.event_id = a.event_id AND e.redacted_by IS NOT NULL) ORDER BY stream DESC LIMIT ?",
-            user_id, before if before is not None else 2**62, after, limit)
-        return [_notification(r) for r in rows]
+            f"SELECT {ACTION_COLUMNS} FROM event_push_actions a WHERE a.stream < ? AND {_LIKE}"
+            f"{' AND a.highlight = 1' if only_highlight else ''} AND {_NOT_REDACTED} ORDER BY a.stream DESC LIMIT ?",
+            before if before is not None else 2**62, _like(user_id), limit)
+        return [_notification(r, user_id) for r in rows if _has(r, user_id)]
 
     async def notifications_after(self, user_id: str, after: int, limit: int) -> list[Notification]:
-        """The user's notifications above `after`, oldest first (what a pusher sends next)."""
+        """The user's notifications above `after`, oldest first (what a pusher or a mail sends next)."""
         rows = await self.db.fetchall(
-            f"SELECT {ACTION_COLUMNS} FROM event_push_actions WHERE user_id = ? AND stream > ?"
-            f" ORDER BY stream LIMIT ?", user_id, after, limit)
-        return [_notification(r) for r in rows]
+            f"SELECT {ACTION_COLUMNS} FROM event_push_actions a WHERE a.stream > ? AND {_LIKE}"
+            f" ORDER BY a.stream LIMIT ?", after, _like(user_id), limit)
+        return [_notification(r, user_id) for r in rows if _has(r, user_id)]
 
     async def unread_totals(self, user_id: str) -> tuple[int, int]:
         """(notifications, of which m.call.invite) the user has not read, over the rooms they are in
         (after their read receipt there, else after their join, as in /sync)."""
-        receipt = _RECEIPT_STREAM.format(room="a.room_id", user="a.user_id")
-        row = await self.db.fetchone(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN e.type = 'm.call.invite' THEN 1 ELSE 0 END), 0) AS calls"
-            " FROM event_push_actions a JOIN events e ON e.event_id = a.event_id"
-            " JOIN current_state m ON m.room_id = a.room_id AND m.type = 'm.room.member' AND m.state_key = a.user_id"
-            " AND m.membership = 'join' JOIN events j ON j.event_id = m.event_id"
-            f" WHERE a.user_id = ? AND e.redacted_by IS NULL AND a.stream > COALESCE(({receipt}), j.stream)", user_id)
-        return (int(row["n"]), int(row["calls"])) if row else (0, 0)
+        receipt = _RECEIPT_STREAM.format(room="a.room_id", user="?")
+        rows = await self.db.fetchall(
+            "SELECT a.users, e.type FROM current_state m JOIN events j ON j.event_id = m.event_id"
+            " JOIN event_push_actions a ON a.room_id = m.room_id JOIN events e ON e.event_id = a.event_id"
+            " WHERE m.type = 'm.room.member' AND m.state_key = ? AND m.membership = 'join'"
+            f" AND e.redacted_by IS NULL AND {_LIKE} AND a.stream > COALESCE(({receipt}), j.stream)",
+            user_id, _like(user_id), user_id)
+        mine = [r for r in rows if _has(r, user_id)]
+        return len(mine), sum(1 for r in mine if r["type"] == "m.call.invite")
 
     # --- pushers ---------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,8 @@ class EventFacts:
 
 
 Shared = Callable[[EventFacts], bool]
-Personal = Callable[[EventFacts, Member], bool]
+# A condition that reads the user: the IDs of the members (of those given) it holds for.
+Personal = Callable[[EventFacts, Sequence[Member]], set[str]]
 
 
 def split_key(key: str) -> tuple[str, ...]:
@@ -119,14 +120,16 @@ def _event_match(cond: dict[str, Any]) -> Compiled:
     if pattern in (USER_ID, LOCALPART):
         attr = "user_id" if pattern == USER_ID else "localpart"
 
-        def personal(facts: EventFacts, member: Member) -> bool:
+        def personal(facts: EventFacts, members: Sequence[Member]) -> set[str]:
             found, value = lookup(facts.pdu, path)
             if not found or not isinstance(value, str):
-                return False
-            target: str = getattr(member, attr)
-            if words:
-                return target.lower() in value.lower() and glob(target, True).search(value) is not None
-            return value.lower() == target.lower()
+                return set()
+            lowered = value.lower()
+            if not words:
+                return {m.user_id for m in members if getattr(m, attr).lower() == lowered}
+            # the cheap substring test first; the word-boundary match only where it passed
+            return {m.user_id for m in members if getattr(m, attr).lower() in lowered
+                    and glob(getattr(m, attr), True).search(value) is not None}
         return None, personal
     regex = glob(pattern, words)
 
@@ -156,12 +159,14 @@ def _property_contains(cond: dict[str, Any]) -> Compiled:
         return _never, None
     path = split_key(key)
     if wanted == USER_ID:
-        if key == "content.m\\.mentions.user_ids":
-            return None, lambda facts, member: member.user_id in facts.mentioned
-
-        def personal(facts: EventFacts, member: Member) -> bool:
-            found, value = lookup(facts.pdu, path)
-            return found and isinstance(value, list) and member.user_id in value
+        def personal(facts: EventFacts, members: Sequence[Member]) -> set[str]:
+            if key == "content.m\\.mentions.user_ids":
+                wanted_ids: frozenset[str] = facts.mentioned
+            else:
+                found, value = lookup(facts.pdu, path)
+                wanted_ids = frozenset(v for v in value if isinstance(v, str)) \
+                    if found and isinstance(value, list) else frozenset()
+            return {m.user_id for m in members if m.user_id in wanted_ids} if wanted_ids else set()
         return None, personal
 
     def shared(facts: EventFacts) -> bool:
@@ -195,11 +200,13 @@ def _sender_permission(cond: dict[str, Any]) -> Shared:
     return shared
 
 
-def _display_name(facts: EventFacts, member: Member) -> bool:
-    name = member.display_name
-    if not name or facts.body_lower is None or name.lower() not in facts.body_lower:
-        return False  # the cheap test first: most bodies do not hold the name at all
-    return re.search(f"(?<![{_WORD}]){re.escape(name.lower())}(?![{_WORD}])", facts.body_lower) is not None
+def _display_name(facts: EventFacts, members: Sequence[Member]) -> set[str]:
+    body = facts.body_lower
+    if body is None:
+        return set()
+    # the cheap substring test first: most bodies hold nobody's name
+    return {m.user_id for m in members if m.display_name and m.display_name.lower() in body
+            and re.search(f"(?<![{_WORD}]){re.escape(m.display_name.lower())}(?![{_WORD}])", body) is not None}
 
 
 Compiled = tuple[Shared | None, Personal | None]

@@ -1,6 +1,6 @@
 """Email notifications: a user who turned them on gets one mail listing what notified them
-(messages, mentions, invites and so friend requests) and is still unread `email_delay_s` after
-it happened, batched per user, with a link that turns the mails off.
+(messages, mentions, invites and so friend requests) and is still unread once the oldest of it
+is `email_delay_s` old, batched per user, with a link that turns the mails off.
 
 Each user's position (`last_stream`) moves past what was looked at, mailed or read, so nothing
 is mailed twice, and a restart resumes from it.
@@ -87,14 +87,9 @@ class EmailNotifier:
             await self._user(user_id, last, cutoff)
 
     async def _user(self, user_id: str, last: int, cutoff: int) -> None:
-        rows = [n for n in await self._store.push.notifications_after(user_id, last, MAX_PER_MAIL)]
-        due = []
-        for n in rows:
-            if n.ts > cutoff:
-                break  # not old enough yet: this and everything after wait for the next round
-            due.append(n)
-        if not due:
-            return
+        due = await self._store.push.notifications_after(user_id, last, MAX_PER_MAIL)
+        if not due or due[0].ts > cutoff:
+            return  # nothing has waited long enough yet; once something has, the newer ones go with it
         read: dict[str, int] = {}
         for room_id, _, stream in await self._store.push.receipt_streams(user_id):
             read[room_id] = max(read.get(room_id, 0), stream)

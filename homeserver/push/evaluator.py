@@ -94,11 +94,30 @@ class CompiledRules:
         return left
 
     @staticmethod
-    def outcome(candidates: list[CompiledRule], facts: EventFacts, member: Member) -> Outcome:
+    def assign(candidates: list[CompiledRule], facts: EventFacts, members: list[Member]) -> dict[Outcome, list[str]]:
+        """Each member's outcome (the first candidate that holds for them), as outcome -> user IDs;
+        members no rule matched are left out. Personal conditions run over all members at once."""
+        out: dict[Outcome, list[str]] = {}
+        remaining = members
         for rule in candidates:
-            if all(test(facts, member) for test in rule.personal):
-                return rule.outcome
-        return NOTHING
+            if not remaining:
+                break
+            if not rule.personal:
+                out.setdefault(rule.outcome, []).extend(m.user_id for m in remaining)
+                break
+            matched: set[str] | None = None
+            for test in rule.personal:
+                found = test(facts, remaining if matched is None else [m for m in remaining if m.user_id in matched])
+                matched = found if matched is None else matched & found
+                if not matched:
+                    break
+            if matched:
+                out.setdefault(rule.outcome, []).extend(m.user_id for m in remaining if m.user_id in matched)
+                remaining = [m for m in remaining if m.user_id not in matched]
+        return out
 
     def evaluate(self, facts: EventFacts, member: Member) -> Outcome:
-        return self.outcome(self.candidates(facts), facts, member)
+        """One member's outcome (tests and single evaluations)."""
+        for outcome in self.assign(self.candidates(facts), facts, [member]):
+            return outcome
+        return NOTHING

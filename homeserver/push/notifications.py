@@ -22,7 +22,7 @@ from homeserver.push.conditions import EventFacts, Member
 from homeserver.push.evaluator import CompiledRules, Outcome
 from homeserver.push.push_rules import PushRules
 from homeserver.rooms.rooms import Rooms
-from storage.push import EventPush, Notification, PushAction
+from storage.push import EventPush, Notification, PushGroup
 from storage.rooms import StateMap
 from storage.store import Store
 
@@ -122,31 +122,27 @@ class Notifications:
         facts = EventFacts.of(event.pdu, context.joined, int(power) if power != float("inf") else 2**53,
                               notif_levels if isinstance(notif_levels, dict) else {})
         compiled = await self._rules.compiled([m.user_id for m in members])
-        groups: dict[int, tuple[CompiledRules, list[Member]]] = {}
+        by_rules: dict[int, tuple[CompiledRules, list[Member]]] = {}
         for m in members:
             rules = compiled[m.user_id]
-            entry = groups.get(id(rules))
+            entry = by_rules.get(id(rules))
             if entry is None:
-                groups[id(rules)] = (rules, [m])
+                by_rules[id(rules)] = (rules, [m])
             else:
                 entry[1].append(m)
-        actions: list[PushAction] = []
-        bits: dict[str, int] = {}
-        for rules, users in groups.values():
-            candidates = rules.candidates(facts)
-            if candidates and not candidates[0].personal:
-                same: Outcome | None = candidates[0].outcome  # the first candidate matches everyone
-            else:
-                same = None
-            for m in users:
-                outcome = same if same is not None else rules.outcome(candidates, facts, m)
+        notified: dict[Outcome, list[str]] = {}
+        for rules, users in by_rules.values():
+            for outcome, user_ids in rules.assign(rules.candidates(facts), facts, users).items():
                 if outcome.notify:
-                    actions.append(PushAction(m.user_id, outcome.highlight, outcome.actions_json))
-                    bits[m.user_id] = NOTIFY | (HIGHLIGHT if outcome.highlight else 0)
+                    notified.setdefault(outcome, []).extend(user_ids)
+        bits: dict[str, int] = {}
+        for outcome, user_ids in notified.items():
+            bits.update(dict.fromkeys(user_ids, NOTIFY | (HIGHLIGHT if outcome.highlight else 0)))
         self._keep(event.event_id, bits)
-        if not actions:
+        if not notified:
             return None
-        return EventPush(event.event_id, event.room_id, thread_of(event), now_ms(), tuple(actions))
+        groups = tuple(PushGroup(o.actions_json, o.highlight, tuple(u)) for o, u in notified.items())
+        return EventPush(event.event_id, event.room_id, thread_of(event), now_ms(), groups)
 
     def _keep(self, event_id: str, bits: dict[str, int]) -> None:
         self._results[event_id] = bits

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 from urllib.parse import urlsplit
 
 from homeserver.clock import now_ms
@@ -106,9 +106,16 @@ class Pushers:
         self._by_user.clear()
 
     def _on_stored(self, push: EventPush) -> None:
-        for action in push.actions:
-            for key in self._by_user.get(action.user_id, ()):
-                self._workers[key].wake.set()
+        if not self._by_user:
+            return
+        for group in push.groups:
+            users: Iterable[str] = group.user_ids
+            if len(group.user_ids) > len(self._by_user):  # walk the shorter side
+                notified = set(group.user_ids)
+                users = [u for u in self._by_user if u in notified]
+            for user_id in users:
+                for key in self._by_user.get(user_id, ()):
+                    self._workers[key].wake.set()
 
     # --- the API -----------------------------------------------------------------------
 
