@@ -32,8 +32,7 @@ from pathlib import Path
 
 from bench.bench_rooms import PASSWORD, CpuMeter, SendPhase, _session
 from bench.client import Account, create_room, join_room, register_users, run_phase, run_workers, send_message
-from bench.servers import (SYNAPSE_VERSION, PostgresAdmin, RunningServer, start_synapse, start_whispr,
-                           synapse_python)
+from bench.servers import SYNAPSE_VERSION, PostgresAdmin, RunningServer, start_synapse, start_whispr, synapse_python
 
 
 @dataclass

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from homeserver.clock import now_ms
