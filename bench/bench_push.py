@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import secrets
 import sys
@@ -91,7 +92,7 @@ async def phase(side: Side, args: argparse.Namespace, name: str) -> SendPhase:
 
 
 def median(values: list[float]) -> float:
-    values = sorted(v for v in values if v == v)
+    values = sorted(v for v in values if not math.isnan(v))
     if not values:
         return float("nan")
     mid = len(values) // 2
@@ -110,9 +111,9 @@ def report(sides: list[Side], args: argparse.Namespace) -> str:
         return 1000 * lat[min(len(lat) - 1, max(0, int(q / 100 * len(lat) + 0.5) - 1))] if lat else float("nan")
 
     lines = [f"## Push benchmark: database {args.db}, {args.rounds} round(s)", "",
-             f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, load average "
-             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; Synapse {SYNAPSE_VERSION}. "
-             f"{args.senders} senders × {args.per_sender} messages; big room: {args.members} members.", "",
+             (f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, load average "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; Synapse {SYNAPSE_VERSION}. "
+              f"{args.senders} senders × {args.per_sender} messages; big room: {args.members} members."), "",
              "| server | room | messages/s | p50 ms | p99 ms | server CPU ms/msg |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for side in sides:
         for name in ("big", "pairs"):
