@@ -254,3 +254,25 @@ async def test_push_rules_in_sync(client: Any) -> None:
     await alice.call("PUT", f"/user/{alice.user_id}/account_data/m.push_rules", json={}, expect=405)
     again = await alice.sync(nxt["next_batch"])
     assert again["account_data"]["events"] == []
+
+
+def test_a_hostile_pattern_does_not_backtrack_forever() -> None:
+    import time
+    pattern = "*a" * 30 + "*b"
+    text = "a " * 30_000  # no b: every start fails
+    t0 = time.perf_counter()
+    assert not matches({"kind": "event_match", "key": "content.body", "pattern": pattern}, body(text))
+    assert not matches({"kind": "event_match", "key": "content.topic", "pattern": pattern}, topic("a" * 60_000))
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_glob_brackets_are_literal() -> None:
+    assert matches({"kind": "event_match", "key": "content.topic", "pattern": "[x]*"}, topic("[x] yes"))
+    assert not matches({"kind": "event_match", "key": "content.topic", "pattern": "[x]*"}, topic("x yes"))
+
+
+async def test_rule_size_limits(client: Any) -> None:
+    alice = await User.new(client, "alice")
+    many = [{"kind": "event_match", "key": "type", "pattern": "x"}] * 33
+    await alice.call("PUT", "/pushrules/global/override/big", json={"actions": [], "conditions": many}, expect=400)
+    await alice.call("PUT", "/pushrules/global/content/long", json={"actions": [], "pattern": "x" * 1001}, expect=400)

@@ -7,6 +7,7 @@ ID, localpart or display name in the room). Unknown or malformed conditions neve
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import re
 from collections.abc import Callable, Sequence
@@ -16,6 +17,8 @@ from typing import Any
 from homeserver.push.rules import LOCALPART, USER_ID
 
 MAX_SAFE_INT = 2**53 - 1
+# How much of content.body a pattern with `*` is searched in (see _scan).
+MAX_BODY_SCAN = 8_192
 _WORD = "A-Za-z0-9_"
 _IS = re.compile(r"^(==|<=|>=|<|>)?([0-9]+)$")
 
@@ -90,11 +93,21 @@ def lookup(pdu: dict[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
 @functools.lru_cache(maxsize=4096)
 def glob(pattern: str, words: bool) -> re.Pattern[str]:
     """A glob (`*`, `?`) matched case-insensitively: the whole value, or (`words`: content.body)
-    any substring that starts and ends at word boundaries."""
-    body = "".join(".*?" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    any substring that starts and ends at word boundaries.
+
+    Patterns come from users and so do bodies: fnmatch's translation puts every `*` but the last
+    in an atomic group, so a pattern with many stars cannot make the match backtrack without end."""
+    translated = fnmatch.translate(pattern.replace("[", "[[]"))  # the spec's globs have no classes
+    inner = translated[len("(?s:"):-len(")\\Z")]
     if words:
-        return re.compile(f"(?<![{_WORD}]){body}(?![{_WORD}])", re.IGNORECASE | re.DOTALL)
-    return re.compile(f"{body}", re.IGNORECASE | re.DOTALL)
+        return re.compile(f"(?<![{_WORD}])(?:{inner})(?![{_WORD}])", re.IGNORECASE | re.DOTALL)
+    return re.compile(f"(?:{inner})", re.IGNORECASE | re.DOTALL)
+
+
+def _scan(value: str, pattern: str) -> str:
+    """The part of a body a starred pattern is searched in: a word-boundary search tries every
+    start, so a hostile body and pattern are kept to a bounded cost."""
+    return value[:MAX_BODY_SCAN] if "*" in pattern else value
 
 
 def _never(_: EventFacts) -> bool:
@@ -137,7 +150,7 @@ def _event_match(cond: dict[str, Any]) -> Compiled:
         found, value = lookup(facts.pdu, path)
         if not found or not isinstance(value, str):
             return False
-        return (regex.search(value) if words else regex.fullmatch(value)) is not None
+        return (regex.search(_scan(value, pattern)) if words else regex.fullmatch(value)) is not None
     return shared, None
 
 

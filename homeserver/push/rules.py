@@ -18,6 +18,9 @@ from homeserver.errors import MatrixError, bad_json, not_found
 KINDS = ("override", "content", "room", "sender", "underride")
 MASTER = ".m.rule.master"
 MAX_RULES_PER_KIND = 1_000
+# Every rule of a user is evaluated for every event of their rooms: bound their size.
+MAX_CONDITIONS = 32
+MAX_PATTERN_LENGTH = 1_000
 MAX_RULE_ID_LENGTH = 255
 # Actions the spec defines; dont_notify and coalesce are legacy no-ops clients still send.
 STRING_ACTIONS = ("notify", "dont_notify", "coalesce")
@@ -209,6 +212,11 @@ def _validate_conditions(conditions: Any) -> list[dict[str, Any]]:
     if not isinstance(conditions, list) or not all(isinstance(c, dict) and isinstance(c.get("kind"), str)
                                                    for c in conditions):
         raise bad_json("conditions must be a list of objects with a kind")
+    if len(conditions) > MAX_CONDITIONS:
+        raise MatrixError(400, "M_INVALID_PARAM", f"A rule has at most {MAX_CONDITIONS} conditions")
+    for c in conditions:
+        if len(str(c.get("pattern", ""))) > MAX_PATTERN_LENGTH or len(str(c.get("key", ""))) > MAX_PATTERN_LENGTH:
+            raise MatrixError(400, "M_INVALID_PARAM", f"Keys and patterns are at most {MAX_PATTERN_LENGTH} characters")
     return conditions
 
 
@@ -226,6 +234,8 @@ def put_rule(edits: RuleEdits, kind: str, rule_id: str, body: dict[str, Any], be
     elif kind == "content":
         if not isinstance(body.get("pattern"), str):
             raise bad_json("A content rule needs a pattern string")
+        if len(body["pattern"]) > MAX_PATTERN_LENGTH:
+            raise MatrixError(400, "M_INVALID_PARAM", f"A pattern is at most {MAX_PATTERN_LENGTH} characters")
         rule["pattern"] = body["pattern"]
     elif kind == "room":
         rule["conditions"] = [_match("room_id", rule_id)]
