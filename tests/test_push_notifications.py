@@ -3,8 +3,11 @@ receipts, per thread when asked), GET /notifications, on both backends."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
+
+import pytest
 
 from tests.rooms_helpers import User
 
@@ -145,3 +148,16 @@ async def test_invites_notify_the_invitee(client: Any) -> None:
     found = await bob.call("GET", "/notifications")
     assert [n["event"]["type"] for n in found["notifications"]] == ["m.room.member"]
     assert found["notifications"][0]["event"]["state_key"] == bob.user_id
+
+
+@pytest.mark.parametrize("backend", ["postgres+redis"], indirect=True)  # several workers need both
+async def test_a_rule_changed_on_one_worker_holds_on_the_other(serve: Any, backend: dict[str, Any]) -> None:
+    a, b = await serve(), await serve()
+    alice, bob, room = await pair(a)
+    alice_b = User(b, {"user_id": alice.user_id, "access_token": alice.token})
+    start = await bob.sync()
+    await alice_b.send(room, "counted")  # B compiles bob's rules (the defaults)
+    await bob.call("PUT", f"/pushrules/global/room/{room}", json={"actions": []})  # changed on A
+    await asyncio.sleep(0.3)  # the notifier relays the change to B
+    await alice_b.send(room, "muted")
+    assert unread(await bob.sync(start["next_batch"]), room) == (1, 0)

@@ -1,9 +1,9 @@
 """Each user's push rules: rendered for the API, compiled for evaluation, both kept until they change.
 
 Edits are stored with the rendered rules as the user's `m.push_rules` account data in one
-transaction (storage/push.py), so /sync reports every change. The cache is this process's: a
-change made through another worker reaches it when that user's cached edits are dropped
-(`forget`), which the account-data notification does (see Notifications)."""
+transaction (storage/push.py), so /sync reports every change. The cache is this process's; with
+several workers (a shared notifier), a user's cached edits are read again once the notifier
+reports any change of that user after they were read (a change made by another worker is one)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class PushRules:
         self._edits: OrderedDict[str, RuleEdits | None] = OrderedDict()
         self._compiled: dict[str, CompiledRules] = {}
         self._shared: tuple[int, CompiledRules] | None = None
+        self._read_at: dict[str, int] = {}  # with a shared notifier: the position each user's edits were read at
 
     def add_default_rule(self, kind: str, rule: dict[str, Any], after: str | None = None) -> None:
         """A server-default rule of a Whispr feature (e.g. friend requests); see DefaultRules.add."""
@@ -35,23 +36,32 @@ class PushRules:
         self._compiled.clear()
 
     async def _load(self, user_ids: Iterable[str]) -> None:
-        missing = [u for u in user_ids if u not in self._edits]
+        if self._notifier.shared:
+            missing = [u for u in user_ids if u not in self._edits
+                       or self._notifier.user_changed_since(u, self._read_at.get(u, 0))]
+        else:
+            missing = [u for u in user_ids if u not in self._edits]
         if not missing:
             return
+        position = self._notifier.position  # read first: a change after it is seen next time
         found = await self._store.push.rule_edits(missing)
         for user_id in missing:
-            self._remember(user_id, RuleEdits.from_json(found[user_id]) if user_id in found else None)
+            self._remember(user_id, RuleEdits.from_json(found[user_id]) if user_id in found else None, position)
 
-    def _remember(self, user_id: str, edits: RuleEdits | None) -> None:
+    def _remember(self, user_id: str, edits: RuleEdits | None, position: int) -> None:
         self._edits[user_id] = edits
+        if self._notifier.shared:
+            self._read_at[user_id] = position
         self._compiled.pop(user_id, None)
         if len(self._edits) > EDITS_CACHE_SIZE:
             gone, _ = self._edits.popitem(last=False)
             self._compiled.pop(gone, None)
+            self._read_at.pop(gone, None)
 
     def forget(self, user_id: str) -> None:
         self._edits.pop(user_id, None)
         self._compiled.pop(user_id, None)
+        self._read_at.pop(user_id, None)
 
     async def ruleset(self, user_id: str) -> dict[str, list[dict[str, Any]]]:
         """The user's rules as the API shows them (their IDs filled in)."""
