@@ -133,6 +133,7 @@ class HomeServer:
             pushers=Pushers(store, notifications, rooms, gateway, config.push), gateway=gateway,
             email_notifier=EmailNotifier(config, store, notifications, rooms, mailer))
         await hs.media.start()
+        hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
         await hs.pushers.start()
         hs.email_notifier.start()
         if config.federation.enabled:

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from client_api.http import HS
 from homeserver.app import make_app
 from tests.conftest import WhisprTestServer
 from tests.rooms_helpers import User
@@ -164,3 +165,16 @@ async def test_no_push_is_lost_across_a_restart(aiohttp_client: Any, make_config
     assert [n["event_id"] for n in got] == [*sent, last]
     await asyncio.sleep(0.2)
     assert len(gateway.received) == 4
+
+
+async def test_deactivation_removes_the_pushers(serve: Callable[..., Any], gateway: Any) -> None:
+    from tests.test_conformance import deactivate
+    client = await serve(**PUSH)
+    alice, bob, room = await two_in_a_room(client)
+    await bob.call("POST", "/pushers/set", json=pusher(gateway.url))
+    resp = await deactivate(client, bob.token, "bob")
+    assert resp.status == 200, await resp.text()
+    await alice.send(room, "gone")
+    await asyncio.sleep(0.3)
+    assert gateway.received == []
+    assert await client.app[HS].store.push.pushers(bob.user_id) == []

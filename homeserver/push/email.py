@@ -58,6 +58,10 @@ class EmailNotifier:
         """Turn the mails on (about what happens from now on) or off."""
         await self._store.push.set_email(user_id, enabled, position)
 
+    async def remove_user(self, user_id: str) -> None:
+        """Account deactivation: no more mails."""
+        await self._store.push.set_email(user_id, False, 0)
+
     def unsubscribe_token(self, user_id: str) -> str:
         key = self._config.secrets.jwt_secret.encode()
         return hmac.new(key, b"email-unsubscribe\0" + user_id.encode(), hashlib.sha256).hexdigest()

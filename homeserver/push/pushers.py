@@ -163,6 +163,12 @@ class Pushers:
         else:
             self._run(pusher)
 
+    async def remove_user(self, user_id: str) -> None:
+        """Every pusher of a user (account deactivation)."""
+        for p in await self._store.push.pushers(user_id):
+            await self._store.push.delete_pusher(user_id, p.app_id, p.pushkey)
+            self._stop((user_id, p.app_id, p.pushkey))
+
     # --- delivery ----------------------------------------------------------------------
 
     def _run(self, pusher: Pusher) -> None:
