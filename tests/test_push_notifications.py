@@ -106,11 +106,22 @@ async def test_thread_counts_when_the_filter_asks(client: Any) -> None:
     assert unread(body, room) == (1, 0)
     assert body["rooms"]["join"][room]["unread_thread_notifications"] == {
         root: {"notification_count": 2, "highlight_count": 1}}
+    # incremental syncs carry the thread counts forward
+    await alice.send(room, "main again")
+    await send(alice, room, {"msgtype": "m.text", "body": "third",
+                             "m.relates_to": {"rel_type": "m.thread", "event_id": root}})
+    inc = await bob.sync(body["next_batch"], filter=THREADS)
+    assert unread(inc, room) == (2, 0)
+    assert inc["rooms"]["join"][room]["unread_thread_notifications"] == {
+        root: {"notification_count": 3, "highlight_count": 1}}
+    assert (await bob.sync(filter=THREADS))["rooms"]["join"][room]["unread_thread_notifications"] == \
+        inc["rooms"]["join"][room]["unread_thread_notifications"]
     # a threaded receipt clears that thread only
     await bob.call("POST", f"/rooms/{room}/receipt/m.read/{reply2}", json={"thread_id": root})
-    body = await bob.sync(filter=THREADS)
-    assert unread(body, room) == (1, 0)
-    assert body["rooms"]["join"][room]["unread_thread_notifications"] == {}
+    body = await bob.sync(inc["next_batch"], filter=THREADS)
+    assert unread(body, room) == (2, 0)
+    assert body["rooms"]["join"][room]["unread_thread_notifications"] == {
+        root: {"notification_count": 1, "highlight_count": 0}}
     # without the filter flag: one count for the room, and no thread section
     plain = await bob.sync()
     assert "unread_thread_notifications" not in plain["rooms"]["join"][room]

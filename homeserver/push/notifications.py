@@ -11,9 +11,9 @@ so /sync can carry its counts forward without asking the database.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from homeserver.clock import now_ms
 from homeserver.events.auth_rules import user_power_level
@@ -44,6 +44,34 @@ class RoomContext:
     members: tuple[Member, ...]  # local joined users
     joined: int
     auth_state: dict[StateKey, Event]  # create and power levels
+
+
+@dataclass
+class ThreadCounts:
+    """A user's counts in a room per thread ("main" for the rest) as of `upto`, each thread's
+    counted after max(`base`, its own receipt); `base` is the latest receipt without a thread,
+    or the join."""
+
+    upto: int
+    fallback: int
+    base: int
+    receipts: dict[str, int]
+    counts: dict[str, list[int]] = field(default_factory=dict)  # thread -> [notifications, highlights]
+
+    def threshold(self, thread_id: str) -> int:
+        return max(self.base, self.receipts.get(thread_id, 0))
+
+    def add(self, thread_id: str, bits: int) -> None:
+        entry = self.counts.setdefault(thread_id, [0, 0])
+        entry[0] += 1 if bits & NOTIFY else 0
+        entry[1] += 1 if bits & HIGHLIGHT else 0
+
+    def sections(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """unread_notifications (the main timeline) and unread_thread_notifications."""
+        def as_json(c: list[int]) -> dict[str, int]:
+            return {"notification_count": c[0], "highlight_count": c[1]}
+        threads = {t: as_json(c) for t, c in self.counts.items() if t != MAIN_THREAD and c[0]}
+        return as_json(self.counts.get(MAIN_THREAD, [0, 0])), threads
 
 
 def thread_of(event: Event) -> str:
@@ -167,23 +195,17 @@ class Notifications:
     async def counts(self, user_id: str, room_id: str, fallback: int, upto: int) -> tuple[int, int, int]:
         return await self._store.push.counts(user_id, room_id, fallback, upto)
 
-    async def thread_counts(self, user_id: str, room_id: str, fallback: int, upto: int
-                            ) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    async def thread_counts(self, user_id: str, room_id: str, fallback: int, upto: int) -> ThreadCounts:
         """The main timeline's counts and each thread's, each after its own read receipt (a
         receipt without a thread counts for all of them)."""
         receipts = await self._store.push.receipt_streams(user_id, room_id)
-        unthreaded = max([s for _, t, s in receipts if t == ""], default=fallback)
-        per_thread = {t: s for _, t, s in receipts if t}
-        start = min([unthreaded, fallback, *per_thread.values()])
-        counts: dict[str, dict[str, int]] = defaultdict(lambda: {"notification_count": 0, "highlight_count": 0})
+        base = max([fallback, *(s for _, t, s in receipts if t == "")])
+        counts = ThreadCounts(upto, fallback, base, {t: s for _, t, s in receipts if t})
+        start = min([base, *counts.receipts.values()])
         for thread_id, stream, highlight in await self._store.push.thread_rows(user_id, room_id, start, upto):
-            if stream <= max(unthreaded, fallback, per_thread.get(thread_id, 0)):
-                continue
-            entry = counts[thread_id]
-            entry["notification_count"] += 1
-            entry["highlight_count"] += int(highlight)
-        main = counts.pop(MAIN_THREAD, {"notification_count": 0, "highlight_count": 0})
-        return main, dict(counts)
+            if stream > counts.threshold(thread_id):
+                counts.add(thread_id, NOTIFY | (HIGHLIGHT if highlight else 0))
+        return counts
 
     async def page(self, user_id: str, before: int | None, limit: int, only_highlight: bool
                    ) -> tuple[list[tuple[Notification, bool]], int | None]:

@@ -19,7 +19,7 @@ from homeserver.clock import now_ms
 from homeserver.errors import MatrixError
 from homeserver.events.event import Event
 from homeserver.sync.filters import SyncFilter
-from homeserver.push.notifications import Notifications
+from homeserver.push.notifications import Notifications, ThreadCounts, thread_of
 from homeserver.push.push_rules import PushRules
 from homeserver.sync.notifier import Notifier
 from homeserver.rooms.rooms import Rooms
@@ -87,6 +87,7 @@ class SyncService:
         self._visibility = visibility
         self._membership_cache: dict[str, tuple[int, dict[str, tuple[str, str]]]] = {}
         self._unread_cache: dict[tuple[str, str], _Unread] = {}
+        self._thread_cache: dict[tuple[str, str], ThreadCounts] = {}
         self._lazy_sent: OrderedDict[tuple[str, str, str], set[str]] = OrderedDict()
         # Push evaluation (its results are the counts) and the users' push rules; wired by the HomeServer.
         self.notifications: Notifications | None = None
@@ -315,10 +316,9 @@ class SyncService:
         notifications = self.notifications
         if notifications is None:
             return {"notification_count": 0, "highlight_count": 0}, ({} if threaded else None)
-        if threaded:
-            main, threads = await notifications.thread_counts(user_id, room_id, fallback, upto)
-            return main, threads
         key = (user_id, room_id)
+        if threaded:
+            return await self._thread_unread(notifications, key, fallback, upto)
         cached = self._unread_cache.get(key)
         if (cached is not None and cached.fallback == fallback and cached.upto <= upto
                 and not self._notifier.receipts_changed_since(room_id, cached.upto)):
@@ -343,6 +343,31 @@ class SyncService:
                 self._unread_cache.pop(next(iter(self._unread_cache)))
             self._unread_cache[key] = _Unread(upto, fallback, threshold, count, highlights)
         return {"notification_count": count, "highlight_count": highlights}, None
+
+    async def _thread_unread(self, notifications: Notifications, key: tuple[str, str], fallback: int, upto: int
+                             ) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """_unread per thread, carried forward the same way (Element asks for thread counts)."""
+        user_id, room_id = key
+        cached = self._thread_cache.get(key)
+        if (cached is not None and cached.fallback == fallback and cached.upto <= upto
+                and not self._notifier.receipts_changed_since(room_id, cached.upto)):
+            new = self._recent(room_id, cached.upto, upto, None)
+            if new is not None and not any(e.type == "m.room.redaction" for e in new):
+                found = [(e, notifications.result(e.event_id)) for e in new
+                         if e.sender != user_id and not e.unsigned.get("redacted_by")]
+                if all(bits is not None for _, bits in found):
+                    for e, bits in found:
+                        mine = bits.get(user_id, 0) if bits else 0
+                        if mine and e.stream > cached.threshold(thread_of(e)):
+                            cached.add(thread_of(e), mine)
+                    cached.upto = upto
+                    return cached.sections()
+        counts = await notifications.thread_counts(user_id, room_id, fallback, upto)
+        if counts.base >= 0:
+            if key not in self._thread_cache and len(self._thread_cache) >= UNREAD_CACHE_SIZE:
+                self._thread_cache.pop(next(iter(self._thread_cache)))
+            self._thread_cache[key] = counts
+        return counts.sections()
 
     async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
         """Counts, and heroes: the first members (joined or invited, else those who left) but the user."""
