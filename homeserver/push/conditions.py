@@ -11,7 +11,7 @@ import fnmatch
 import functools
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.push.rules import LOCALPART, USER_ID
@@ -25,11 +25,16 @@ _IS = re.compile(r"^(==|<=|>=|<|>)?([0-9]+)$")
 
 @dataclass(frozen=True)
 class Member:
-    """A local user an event is evaluated for."""
+    """A local user an event is evaluated for (with the lower-case forms the matching compares)."""
 
     user_id: str
     localpart: str
     display_name: str | None
+    lower: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.lower.update(user_id=self.user_id.lower(), localpart=self.localpart.lower(),
+                          display_name=(self.display_name or "").lower())
 
 
 @dataclass
@@ -139,9 +144,9 @@ def _event_match(cond: dict[str, Any]) -> Compiled:
                 return set()
             lowered = value.lower()
             if not words:
-                return {m.user_id for m in members if getattr(m, attr).lower() == lowered}
+                return {m.user_id for m in members if m.lower[attr] == lowered}
             # the cheap substring test first; the word-boundary match only where it passed
-            return {m.user_id for m in members if getattr(m, attr).lower() in lowered
+            return {m.user_id for m in members if m.lower[attr] in lowered
                     and glob(getattr(m, attr), True).search(value) is not None}
         return None, personal
     regex = glob(pattern, words)
@@ -218,8 +223,8 @@ def _display_name(facts: EventFacts, members: Sequence[Member]) -> set[str]:
     if body is None:
         return set()
     # the cheap substring test first: most bodies hold nobody's name
-    return {m.user_id for m in members if m.display_name and m.display_name.lower() in body
-            and re.search(f"(?<![{_WORD}]){re.escape(m.display_name.lower())}(?![{_WORD}])", body) is not None}
+    return {m.user_id for m in members if m.display_name and m.lower["display_name"] in body
+            and re.search(f"(?<![{_WORD}]){re.escape(m.lower['display_name'])}(?![{_WORD}])", body) is not None}
 
 
 Compiled = tuple[Shared | None, Personal | None]
