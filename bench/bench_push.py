@@ -11,6 +11,8 @@ order per round):
          --members local members (the senders plus idle members who never sync)
   pairs  the same senders, each into a room of two (itself and a partner): the same load with
          one user to evaluate per message
+  fanout bench_rooms' fan-out: --receivers members each holding a long-poll /sync (whose rooms
+         carry their notification counts); a message is sent when every receiver got the last
 
 The report gives messages/s, latency and server CPU per message, the Whispr ÷ Synapse ratios, and
 Whispr's big ÷ pairs ratio (the issue's targets: ≥ 10× Synapse's messages/s in the big room, and
@@ -31,7 +33,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.bench_rooms import PASSWORD, CpuMeter, SendPhase, _session
+from bench import bench_rooms
+from bench.bench_rooms import PASSWORD, CpuMeter, Fanout, SendPhase, _session
 from bench.client import Account, create_room, join_room, register_users, run_phase, run_workers, send_message
 from bench.servers import SYNAPSE_VERSION, PostgresAdmin, RunningServer, start_synapse, start_whispr, synapse_python
 
@@ -44,6 +47,8 @@ class Side:
     rooms: dict[str, str] = field(default_factory=dict)
     pair_rooms: list[str] = field(default_factory=list)
     results: dict[str, list[SendPhase]] = field(default_factory=lambda: {"big": [], "pairs": []})
+    fan: bench_rooms.Side | None = None  # the fan-out's users and room, as bench_rooms keeps them
+    fanouts: list[Fanout] = field(default_factory=list)
 
 
 async def setup(side: Side, args: argparse.Namespace, tag: str) -> None:
@@ -66,6 +71,15 @@ async def setup(side: Side, args: argparse.Namespace, tag: str) -> None:
 
         async def op(s: object, i: int) -> None:
             await join_room(s, base, joins[i][0], joins[i][1])  # type: ignore[arg-type]
+
+        if args.receivers:
+            fan = side.fan = bench_rooms.Side(side.label, server=side.server, sender=side.senders[0])
+            fan.receivers = [Account(f"p{tag}f{i}", PASSWORD) for i in range(args.receivers)]
+            more = await register_users(base, fan.receivers, 10)
+            if more.failed:
+                raise RuntimeError(f"{side.label}: {more.failed} registrations failed: {more.errors[:3]}")
+            fan.rooms["fanout"] = await create_room(session, base, side.senders[0], name="push bench fan-out")
+            joins += [(a, fan.rooms["fanout"]) for a in fan.receivers]
 
         res = await run_phase("join", len(joins), 5, op)
         if res.failed:
@@ -132,6 +146,23 @@ def report(sides: list[Side], args: argparse.Namespace) -> str:
     if w and b:
         lines.append(f"| Whispr ÷ baseline messages/s, big room | {thr(w, 'big') / thr(b, 'big'):.2f} |")
         lines.append(f"| Whispr ÷ baseline messages/s, pairs | {thr(w, 'pairs') / thr(b, 'pairs'):.2f} |")
+
+    def fan_p(side: Side, q: float) -> float:
+        lat = sorted(x for f in side.fanouts for x in f.latencies_s)
+        return 1000 * lat[min(len(lat) - 1, max(0, int(q / 100 * len(lat) + 0.5) - 1))] if lat else float("nan")
+
+    if any(side.fanouts for side in sides):
+        lines += ["", (f"Fan-out: {args.receivers} receivers × {args.fanout_messages} messages, each receiver's "
+                       "/sync carrying its room's notification counts."), "",
+                  "| server | delivery p50 ms | p99 ms | delivered |", "| --- | ---: | ---: | ---: |"]
+        for side in sides:
+            lines.append(f"| {side.label} | {fan_p(side, 50):.1f} | {fan_p(side, 99):.1f} "
+                         f"| {sum(f.delivered for f in side.fanouts)}/{sum(f.expected for f in side.fanouts)} |")
+        if w and s and w.fanouts and s.fanouts:
+            lines.append(f"\nSynapse ÷ Whispr fan-out p99: {fan_p(s, 99) / fan_p(w, 99):.2f}")
+        b0 = by.get("Whispr baseline")
+        if w and b0 and w.fanouts and b0.fanouts:
+            lines.append(f"\nbaseline ÷ Whispr fan-out p99: {fan_p(b0, 99) / fan_p(w, 99):.2f}")
     return "\n".join(lines)
 
 
@@ -143,6 +174,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--senders", type=int, default=20)
     p.add_argument("--per-sender", type=int, default=25)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--receivers", type=int, default=50, help="fan-out receivers (0: no fan-out phase)")
+    p.add_argument("--fanout-messages", type=int, default=20)
+    p.add_argument("--delivery-timeout", type=float, default=30.0)
     p.add_argument("--only", choices=["whispr", "synapse"])
     p.add_argument("--baseline", type=Path, help="another Whispr checkout to run beside (e.g. main)")
     p.add_argument("--synapse-python", default=None)
@@ -172,11 +206,18 @@ async def main_async(args: argparse.Namespace) -> int:
                     side.results[name].append(result)
                     print(f"round {round_no} {side.label:16s} {name:5s} {result.phase.throughput:8.1f} msg/s "
                           f"CPU {result.cpu_ms_per_op():.2f} ms/msg failed {result.phase.failed}", file=sys.stderr)
+            for side in order:
+                if side.fan is not None:
+                    fan = await bench_rooms.phase_fanout(side.fan, args, "sync")
+                    side.fanouts.append(fan)
+                    print(f"round {round_no} {side.label:16s} fanout {fan.delivered}/{fan.expected} delivered "
+                          f"p99 {1000 * fan.percentile(99):.1f} ms", file=sys.stderr)
         print(report(sides, args))
         if args.json:
             args.json.write_text(json.dumps({s.label: {k: [asdict(p) for p in v] for k, v in s.results.items()}
                                              for s in sides}))
-        return 1 if any(p.phase.failed for s in sides for v in s.results.values() for p in v) else 0
+        failed = any(p.phase.failed for s in sides for v in s.results.values() for p in v)
+        return 1 if failed or any(f.delivered < f.expected for s in sides for f in s.fanouts) else 0
     finally:
         for side in sides:
             side.server.stop()
