@@ -172,3 +172,21 @@ async def test_a_rule_changed_on_one_worker_holds_on_the_other(serve: Any, backe
     await asyncio.sleep(0.3)  # the notifier relays the change to B
     await alice_b.send(room, "muted")
     assert unread(await bob.sync(start["next_batch"]), room) == (1, 0)
+
+
+async def test_counts_in_a_room_of_many(client: Any) -> None:
+    """More members than a small group: the in-memory results share the room's member set."""
+    alice = await User.new(client, "alice")
+    room = await alice.create_room(preset="public_chat")
+    others = [await User.new(client, f"m{i}") for i in range(10)]
+    for u in others:
+        await u.call("POST", f"/join/{room}")
+    starts = [await u.sync() for u in others]
+    await alice.send(room, "everyone")
+    await send(alice, room, {"msgtype": "m.text", "body": "you", "m.mentions": {"user_ids": [others[3].user_id]}})
+    late = await User.new(client, "late")
+    await late.call("POST", f"/join/{room}")
+    for i, (u, start) in enumerate(zip(others, starts)):
+        assert unread(await u.sync(start["next_batch"]), room) == ((2, 1) if i == 3 else (2, 0)), i
+    assert unread(await late.sync(), room) == (0, 0)
+    assert unread(await alice.sync(), room) == (0, 0)

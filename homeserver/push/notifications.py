@@ -30,6 +30,8 @@ log = logging.getLogger("whispr.push")
 
 CONTEXT_CACHE_SIZE = 2_048
 RESULTS_CACHE_SIZE = 4_096
+# Groups this small are kept as a dict of their own (cheaper than the shared-set form).
+SMALL_GROUP = 8
 CREATE: StateKey = ("m.room.create", "")
 POWER_LEVELS: StateKey = ("m.room.power_levels", "")
 MAIN_THREAD = "main"
@@ -44,6 +46,26 @@ class RoomContext:
     members: tuple[Member, ...]  # local joined users
     joined: int
     auth_state: dict[StateKey, Event]  # create and power levels
+    member_ids: frozenset[str] = frozenset()
+
+
+@dataclass
+class Result:
+    """Whom an event notified, kept in memory for /sync: `bits` for every user of `everyone` (the
+    room context's own set, shared by all its events) but `sender`, else what `others` says."""
+
+    others: dict[str, int]
+    everyone: frozenset[str] | None = None
+    sender: str = ""
+    bits: int = 0
+
+    def get(self, user_id: str, default: int = 0) -> int:
+        found = self.others.get(user_id)
+        if found is not None:
+            return found
+        if self.everyone is not None and user_id in self.everyone and user_id != self.sender:
+            return self.bits
+        return default
 
 
 @dataclass
@@ -93,7 +115,7 @@ class Notifications:
         self._rooms = rooms
         self._store = store
         self._contexts: OrderedDict[int, RoomContext] = OrderedDict()
-        self._results: OrderedDict[str, dict[str, int]] = OrderedDict()
+        self._results: OrderedDict[str, Result] = OrderedDict()
         # Told about each stored event's notifications (pushers wake on them).
         self.on_stored: list[Callable[[EventPush], None]] = []
 
@@ -117,7 +139,7 @@ class Notifications:
             if ev.state_key.endswith(self._suffix):
                 members.append(_member(ev.state_key, ev))
         auth = {k: events[state[k]] for k in (CREATE, POWER_LEVELS) if k in state and state[k] in events}
-        context = RoomContext(tuple(members), joined, auth)
+        context = RoomContext(tuple(members), joined, auth, frozenset(m.user_id for m in members))
         if group is not None:
             self._contexts[group] = context
             if len(self._contexts) > CONTEXT_CACHE_SIZE:
@@ -136,12 +158,13 @@ class Notifications:
     async def _evaluate(self, event: Event, state: StateMap, group: int | None) -> EventPush | None:
         context = await self._context(state, group)
         members = [m for m in context.members if m.user_id != event.sender]
+        in_context = len(members)
         if event.type == "m.room.member" and event.state_key and event.state_key.endswith(self._suffix) \
                 and event.membership == "invite" and event.state_key != event.sender \
                 and not any(m.user_id == event.state_key for m in members):
             members.append(_member(event.state_key, event))
         if not members:
-            self._keep(event.event_id, {})
+            self._keep(event.event_id, Result({}))
             return None
         version = await self._rooms.room_version(event.room_id)
         power = user_power_level(event.sender, context.auth_state, version) if version is not None else 0
@@ -163,17 +186,23 @@ class Notifications:
             for outcome, user_ids in rules.assign(rules.candidates(facts), facts, users).items():
                 if outcome.notify:
                     notified.setdefault(outcome, []).extend(user_ids)
-        bits: dict[str, int] = {}
+        result = Result({})
         for outcome, user_ids in notified.items():
-            bits.update(dict.fromkeys(user_ids, NOTIFY | (HIGHLIGHT if outcome.highlight else 0)))
-        self._keep(event.event_id, bits)
+            bits = NOTIFY | (HIGHLIGHT if outcome.highlight else 0)
+            if len(user_ids) == in_context == len(members) and result.everyone is None \
+                    and len(user_ids) > SMALL_GROUP:
+                # every local member but the sender (the usual message): the room's own set, not a copy
+                result = Result(result.others, context.member_ids, event.sender, bits)
+            else:
+                result.others.update(dict.fromkeys(user_ids, bits))
+        self._keep(event.event_id, result)
         if not notified:
             return None
         groups = tuple(PushGroup(o.actions_json, o.highlight, tuple(u)) for o, u in notified.items())
         return EventPush(event.event_id, event.room_id, thread_of(event), now_ms(), groups)
 
-    def _keep(self, event_id: str, bits: dict[str, int]) -> None:
-        self._results[event_id] = bits
+    def _keep(self, event_id: str, result: Result) -> None:
+        self._results[event_id] = result
         if len(self._results) > RESULTS_CACHE_SIZE:
             self._results.popitem(last=False)
 
@@ -186,7 +215,7 @@ class Notifications:
             except Exception:
                 log.exception("a push hook failed for %s", event.event_id)
 
-    def result(self, event_id: str) -> dict[str, int] | None:
+    def result(self, event_id: str) -> Result | None:
         """The users an event this process evaluated notified (bits NOTIFY, HIGHLIGHT); None if unknown."""
         return self._results.get(event_id)
 
