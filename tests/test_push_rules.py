@@ -205,7 +205,10 @@ async def test_put_delete_and_order(client: Any) -> None:
     room = await alice.create_room()
     await alice.call("PUT", f"{g}/room/{room}", json={"actions": []})
     await alice.call("PUT", f"{g}/sender/@spambot:matrix.org", json={"actions": []})
-    assert (await alice.call("GET", f"{g}/room/{room}"))["rule_id"] == room
+    assert await alice.call("GET", f"{g}/room/{room}") == {"rule_id": room, "default": False, "enabled": True,
+                                                           "actions": []}
+    sender_rule = await alice.call("GET", f"{g}/sender/@spambot:matrix.org")
+    assert "conditions" not in sender_rule and "pattern" not in sender_rule
     await alice.call("DELETE", f"{g}/content/pie")
     await alice.call("GET", f"{g}/content/pie", expect=404)
     await alice.call("DELETE", f"{g}/content/pie", expect=404)

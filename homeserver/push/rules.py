@@ -237,10 +237,7 @@ def put_rule(edits: RuleEdits, kind: str, rule_id: str, body: dict[str, Any], be
         if len(body["pattern"]) > MAX_PATTERN_LENGTH:
             raise MatrixError(400, "M_INVALID_PARAM", f"A pattern is at most {MAX_PATTERN_LENGTH} characters")
         rule["pattern"] = body["pattern"]
-    elif kind == "room":
-        rule["conditions"] = [_match("room_id", rule_id)]
-    else:
-        rule["conditions"] = [_match("sender", rule_id)]
+    # room and sender rules match their rule_id (evaluator.py): the API shows them without conditions
     rules = edits.user[kind]
     index = next((i for i, r in enumerate(rules) if r["rule_id"] == rule_id), None)
     if index is not None:
