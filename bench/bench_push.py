@@ -128,7 +128,8 @@ def report(sides: list[Side], args: argparse.Namespace) -> str:
              (f"{time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs, load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; Synapse {SYNAPSE_VERSION}. "
               f"{args.senders} senders × {args.per_sender} messages; big room: {args.members} members."), "",
-             "| server | room | messages/s | p50 ms | p99 ms | server CPU ms/msg |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+             "| server | room | messages/s | p50 ms | p99 ms | server CPU ms/msg |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
     for side in sides:
         for name in ("big", "pairs"):
             lines.append(f"| {side.label} | {name} | {thr(side, name):.1f} | {pct(side, name, 50):.1f} "

@@ -13,7 +13,8 @@ from storage.database import Connection, Database
 ACTION_COLUMNS = "room_id, stream, grp, event_id, thread_id, highlight, actions, ts, users"
 # The read receipt a room's counts start after: the user's latest m.read / m.read.private.
 _RECEIPT_STREAM = ("SELECT MAX(e.stream) FROM receipts r JOIN events e ON e.event_id = r.event_id"
-                   " WHERE r.room_id = {room} AND r.user_id = {user} AND r.receipt_type IN ('m.read', 'm.read.private')")
+                   " WHERE r.room_id = {room} AND r.user_id = {user}"
+                   " AND r.receipt_type IN ('m.read', 'm.read.private')")
 _NOT_REDACTED = "NOT EXISTS (SELECT 1 FROM events x WHERE x.event_id = a.event_id AND x.redacted_by IS NOT NULL)"
 
 
@@ -165,7 +166,8 @@ class PushStore:
                              " ON CONFLICT (user_id) DO UPDATE SET content = excluded.content",
                              user_id, json.dumps(edits))
             await tx.execute(
-                "INSERT INTO account_data (user_id, room_id, type, content, stream) VALUES (?, '', 'm.push_rules', ?, ?)"
+                "INSERT INTO account_data (user_id, room_id, type, content, stream)"
+                " VALUES (?, '', 'm.push_rules', ?, ?)"
                 " ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content,"
                 " stream = excluded.stream", user_id, json.dumps(rendered), stream)
         return stream

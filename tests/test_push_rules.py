@@ -232,7 +232,8 @@ async def test_enabled_and_actions_of_default_and_user_rules(client: Any) -> Non
     assert await alice.call("GET", f"{g}/override/.m.rule.master/enabled") == {"enabled": False}
     await alice.call("PUT", f"{g}/override/.m.rule.master/enabled", json={"enabled": True})
     assert await alice.call("GET", f"{g}/override/.m.rule.master/enabled") == {"enabled": True}
-    await alice.call("PUT", f"{g}/underride/.m.rule.message/actions", json={"actions": ["notify", {"set_tweak": "sound", "value": "x"}]})
+    await alice.call("PUT", f"{g}/underride/.m.rule.message/actions",
+                     json={"actions": ["notify", {"set_tweak": "sound", "value": "x"}]})
     assert (await alice.call("GET", f"{g}/underride/.m.rule.message/actions"))["actions"][1]["value"] == "x"
     await alice.call("PUT", f"{g}/override/mine", json={"actions": ["notify"], "conditions": []})
     await alice.call("PUT", f"{g}/override/mine/enabled", json={"enabled": False})
