@@ -130,8 +130,9 @@ class HomeServer:
                                   limiter),
             deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name),
             push_rules=push_rules, notifications=notifications,
-            pushers=Pushers(store, notifications, rooms, gateway, config.push), gateway=gateway,
-            email_notifier=EmailNotifier(config, store, notifications, rooms, mailer))
+            pushers=Pushers(store, notifications, rooms, gateway, config.push, lambda: notifier.position),
+            gateway=gateway,
+            email_notifier=EmailNotifier(config, store, notifications, rooms, mailer, lambda: notifier.position))
         await hs.media.start()
         hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
         await hs.pushers.start()

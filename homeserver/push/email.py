@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 from homeserver.accounts.mailer import Mailer
@@ -32,8 +33,10 @@ UNSUBSCRIBE_PATH = "/_matrix/client/unstable/org.whispr/notifications/email/unsu
 
 class EmailNotifier:
     def __init__(self, config: Config, store: Store, notifications: Notifications, rooms: Rooms,
-                 mailer: Mailer) -> None:
+                 mailer: Mailer, position: Callable[[], int]) -> None:
         self._config = config
+        self._position = position  # the stream position everything up to is committed (the notifier's)
+        self._scanned: dict[str, int] = {}
         self._store = store
         self._notifications = notifications
         self._rooms = rooms
@@ -88,11 +91,15 @@ class EmailNotifier:
     async def run_once(self) -> None:
         cutoff = now_ms() - int(self._config.push.email_delay_s * 1000)
         for user_id, last in await self._store.push.email_users():
-            await self._user(user_id, last, cutoff)
+            await self._user(user_id, max(last, self._scanned.get(user_id, 0)), cutoff)
 
     async def _user(self, user_id: str, last: int, cutoff: int) -> None:
+        seen = self._position()  # read first: everything of the user's up to it is in the answer
         due = await self._store.push.notifications_after(user_id, last, MAX_PER_MAIL)
-        if not due or due[0].ts > cutoff:
+        if not due:
+            self._scanned[user_id] = seen  # the next round reads from here, not from the last mail
+            return
+        if due[0].ts > cutoff:
             return  # nothing has waited long enough yet; once something has, the newer ones go with it
         read: dict[str, int] = {}
         for room_id, _, stream in await self._store.push.receipt_streams(user_id):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -76,8 +76,9 @@ class _Worker:
 
 class Pushers:
     def __init__(self, store: Store, notifications: Notifications, rooms: Rooms, gateway: Gateway,
-                 config: PushConfig) -> None:
+                 config: PushConfig, position: Callable[[], int]) -> None:
         self._store = store
+        self._position = position  # the stream position everything up to is committed (the notifier's)
         self._notifications = notifications
         self._rooms = rooms
         self._gateway = gateway
@@ -200,13 +201,22 @@ class Pushers:
         while not self._closing:
             worker.wake.clear()  # before reading: a notification stored meanwhile wakes us again
             p = worker.pusher
+            seen = self._position()  # read first: everything up to it is in the answer
             try:
                 batch = await self._store.push.notifications_after(p.user_id, p.last_stream, BATCH)
             except Exception:
                 log.exception("reading notifications for pusher %s of %s failed", p.app_id, p.user_id)
                 await self._pause(worker, delay_ms)
                 continue
+            if len(batch) < BATCH and seen > p.last_stream and not (batch and batch[-1].stream > seen):
+                # Nothing else of the user's up to `seen`: the next read starts there, not at the last
+                # push (in memory; after a restart the stored position is a little further back).
+                upto = seen
+            else:
+                upto = 0
             if not batch:
+                if upto:
+                    worker.pusher = replace(worker.pusher, last_stream=upto)
                 await worker.wake.wait()
                 continue
             for n in batch:
@@ -232,6 +242,8 @@ class Pushers:
                     return
                 await self._store.push.advance_pusher(p.user_id, p.app_id, p.pushkey, n.stream)
                 worker.pusher = replace(worker.pusher, last_stream=n.stream)
+            if upto > worker.pusher.last_stream:
+                worker.pusher = replace(worker.pusher, last_stream=upto)
 
     async def _send(self, p: Pusher, n: Notification) -> list[str]:
         unread, missed_calls = await self._notifications.unread_totals(p.user_id)
