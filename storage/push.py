@@ -84,6 +84,9 @@ def _like(user_id: str) -> str:
 
 
 _LIKE = "a.users LIKE ? ESCAPE '\\'"
+# Only rooms the user has a membership in (any: a room left keeps its notifications) are looked at.
+_IN_USERS_ROOMS = ("a.room_id IN (SELECT m.room_id FROM current_state m WHERE m.type = 'm.room.member'"
+                   " AND m.state_key = ?)")
 
 
 def _has(row: Any, user_id: str) -> bool:
@@ -211,16 +214,17 @@ class PushStore:
                             ) -> list[Notification]:
         """The user's notifications newest first, below `before`."""
         rows = await self.db.fetchall(
-            f"SELECT {ACTION_COLUMNS} FROM event_push_actions a WHERE a.stream < ? AND {_LIKE}"
-            f"{' AND a.highlight = 1' if only_highlight else ''} AND {_NOT_REDACTED} ORDER BY a.stream DESC LIMIT ?",
-            before if before is not None else 2**62, _like(user_id), limit)
+            f"SELECT {ACTION_COLUMNS} FROM event_push_actions a WHERE a.stream < ? AND {_IN_USERS_ROOMS}"
+            f" AND {_LIKE}{' AND a.highlight = 1' if only_highlight else ''} AND {_NOT_REDACTED}"
+            f" ORDER BY a.stream DESC LIMIT ?",
+            before if before is not None else 2**62, user_id, _like(user_id), limit)
         return [_notification(r, user_id) for r in rows if _has(r, user_id)]
 
     async def notifications_after(self, user_id: str, after: int, limit: int) -> list[Notification]:
         """The user's notifications above `after`, oldest first (what a pusher or a mail sends next)."""
         rows = await self.db.fetchall(
-            f"SELECT {ACTION_COLUMNS} FROM event_push_actions a WHERE a.stream > ? AND {_LIKE}"
-            f" ORDER BY a.stream LIMIT ?", after, _like(user_id), limit)
+            f"SELECT {ACTION_COLUMNS} FROM event_push_actions a WHERE a.stream > ? AND {_IN_USERS_ROOMS}"
+            f" AND {_LIKE} ORDER BY a.stream LIMIT ?", after, user_id, _like(user_id), limit)
         return [_notification(r, user_id) for r in rows if _has(r, user_id)]
 
     async def unread_totals(self, user_id: str) -> tuple[int, int]:
