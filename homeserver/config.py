@@ -213,6 +213,10 @@ class PushConfig:
     gateway_min_retry_ms: int = 1_000
     gateway_max_retry_ms: int = 600_000
     gateway_timeout_s: float = 30.0
+    # Deliver pushes and notification mails from this process; with several workers, from one only
+    # (false on the others), which looks for what the others wrote every pusher_refresh_s.
+    deliver: bool = True
+    pusher_refresh_s: float = 5.0
     # Push gateways at loopback, private or link-local addresses are refused unless listed here (CIDRs).
     allowed_private_ranges: list[str] = field(default_factory=list)
     # Email notifications (a per-user setting): a notification still unread this long after its

@@ -135,8 +135,9 @@ class HomeServer:
             email_notifier=EmailNotifier(config, store, notifications, rooms, mailer, lambda: notifier.position))
         await hs.media.start()
         hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
-        await hs.pushers.start()
-        hs.email_notifier.start()
+        await hs.pushers.start(notifier.shared)
+        if config.push.deliver:
+            hs.email_notifier.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)
         log.info("homeserver %s started (database: %s, redis: %s)", config.server_name,

@@ -178,3 +178,16 @@ async def test_deactivation_removes_the_pushers(serve: Callable[..., Any], gatew
     await asyncio.sleep(0.3)
     assert gateway.received == []
     assert await client.app[HS].store.push.pushers(bob.user_id) == []
+
+
+@pytest.mark.parametrize("backend", ["postgres+redis"], indirect=True)  # several workers need both
+async def test_one_worker_delivers_what_another_stored(serve: Callable[..., Any], backend: dict[str, Any],
+                                                       gateway: Any) -> None:
+    delivering = await serve(push={**PUSH["push"], "pusher_refresh_s": 0.2})
+    other = await serve(push={**PUSH["push"], "deliver": False})
+    alice, bob, room = await two_in_a_room(other)
+    await bob.call("POST", "/pushers/set", json=pusher(gateway.url))  # set on the worker that does not deliver
+    sent = await alice.send(room, "via the other worker")
+    got = await gateway.wait_for(1)
+    assert [n["event_id"] for n in got] == [sent]
+    assert delivering is not None

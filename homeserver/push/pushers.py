@@ -86,16 +86,41 @@ class Pushers:
         self._workers: dict[tuple[str, str, str], _Worker] = {}
         self._by_user: dict[str, set[tuple[str, str, str]]] = {}
         self._closing = False
+        self._refresher: asyncio.Task[None] | None = None
         notifications.on_stored.append(self._on_stored)
 
-    async def start(self) -> None:
+    async def start(self, shared: bool) -> None:
+        """Start delivering (unless push.deliver is off here). `shared`: other workers write too,
+        so pushers they set and events they store are picked up every push.pusher_refresh_s."""
+        if not self._config.deliver:
+            return
         for pusher in await self._store.push.pushers():
             self._run(pusher)
+        if shared:
+            self._refresher = asyncio.create_task(self._refresh(), name="pushers refresh")
+
+    async def _refresh(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self._config.pusher_refresh_s)
+            try:
+                stored = {(p.user_id, p.app_id, p.pushkey): p for p in await self._store.push.pushers()}
+            except Exception:
+                log.exception("reading the pushers failed")
+                continue
+            for key in [k for k in self._workers if k not in stored]:
+                self._stop(key)
+            for key, pusher in stored.items():
+                if key not in self._workers:
+                    self._run(pusher)
+            for worker in self._workers.values():
+                worker.wake.set()  # events other workers stored wake nobody here
 
     async def close(self) -> None:
         """Let each delivery in flight finish and record its position (so it is not sent again
         after the restart), then stop."""
         self._closing = True
+        if self._refresher is not None:
+            self._refresher.cancel()
         tasks = [w.task for w in self._workers.values() if w.task is not None]
         for worker in self._workers.values():
             worker.wake.set()
@@ -159,6 +184,8 @@ class Pushers:
         for removed in await self._store.push.set_pusher(pusher, append):
             self._stop(removed)
         worker = self._workers.get(key)
+        if not self._config.deliver:
+            return  # the delivering worker picks it up
         if worker is not None:  # an update: the same position, new details
             worker.pusher = replace(pusher, created_ts=worker.pusher.created_ts, last_stream=worker.pusher.last_stream)
         else:
