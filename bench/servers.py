@@ -369,8 +369,9 @@ def start_whispr(*, python: str | None = None, db: DbEngine = "sqlite", pg: Post
                  port: int | None = None, server_name: str | None = None, argon2_opslimit: int = 1,
                  argon2_memlimit_kib: int = 8192, rate_limits: bool = False,
                  extra_config: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
-                 startup_timeout: float = 60.0, keep_data: bool = False) -> RunningServer:
-    """Run ``<python> -m homeserver --config FILE`` from the repository root until it answers.
+                 startup_timeout: float = 60.0, keep_data: bool = False, repo: Path | None = None) -> RunningServer:
+    """Run ``<python> -m homeserver --config FILE`` from the repository root (or another
+    checkout, `repo`, to compare two versions) until it answers.
 
     ``python`` defaults to the interpreter running this code (the project venv).
     WHISPR_* variables of our own environment are not passed on (Whispr reads them as
@@ -387,7 +388,7 @@ def start_whispr(*, python: str | None = None, db: DbEngine = "sqlite", pg: Post
     child_env.update(env or {})
     child_env["PYTHONUNBUFFERED"] = "1"
     cmd = [python or sys.executable, "-m", "homeserver", "--config"]
-    return _launch("whispr", cmd, REPO_ROOT, child_env, config, tmp, port, server_name, db,
+    return _launch("whispr", cmd, repo or REPO_ROOT, child_env, config, tmp, port, server_name, db,
                    cleanups, startup_timeout, keep_data)
 
 

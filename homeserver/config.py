@@ -215,6 +215,24 @@ class FederationConfig:
     destination_max_retry_ms: int = 3_600_000
 
 
+@dataclass
+class PushConfig:
+    # Retries of a push gateway that fails: exponential backoff between these bounds.
+    gateway_min_retry_ms: int = 1_000
+    gateway_max_retry_ms: int = 600_000
+    gateway_timeout_s: float = 30.0
+    # Deliver pushes and notification mails from this process; with several workers, from one only
+    # (false on the others), which looks for what the others wrote every pusher_refresh_s.
+    deliver: bool = True
+    pusher_refresh_s: float = 5.0
+    # Push gateways at loopback, private or link-local addresses are refused unless listed here (CIDRs).
+    allowed_private_ranges: list[str] = field(default_factory=list)
+    # Email notifications (a per-user setting): a notification still unread this long after its
+    # event is mailed, batched per user, looked for every email_interval_s.
+    email_delay_s: float = 600.0
+    email_interval_s: float = 60.0
+
+
 # media.extra_thumbnail_sizes: how many, and how each is spelt ("640x480-scale").
 MAX_EXTRA_THUMBNAIL_SIZES = 4
 MAX_THUMBNAIL_SIDE = 4096
@@ -288,6 +306,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
+    push: PushConfig = field(default_factory=PushConfig)
 
     @property
     def data_path(self) -> Path:

@@ -19,11 +19,18 @@ from homeserver.sync.ignored import IgnoredUsers
 from homeserver.accounts.login import LoginService
 from homeserver.accounts.mailer import Mailer
 from homeserver.rooms.membership import Membership
+from homeserver.push.notifications import Notifications
+from homeserver.push.push_rules import PushRules
+from homeserver.push.rules import USER_ID
+from homeserver.push.pushers import Pushers
+from homeserver.push.gateway import HttpGateway
+from homeserver.push.email import EmailNotifier
 from homeserver.sync.notifier import Notifier, make_notifier
 from homeserver.accounts.passwords import PasswordHasher
 from homeserver.accounts.profiles import Profiles
 from homeserver.accounts.deactivation import Deactivation
 from homeserver.accounts.openid import OpenId
+from homeserver.friends.markers import friend_request_push_rule
 from homeserver.friends.service import Friends
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreator
@@ -85,6 +92,11 @@ class HomeServer:
     admin_users: AdminUsers
     admin_rooms: AdminRooms
     admin_media: AdminMedia
+    push_rules: PushRules
+    notifications: Notifications
+    pushers: Pushers
+    gateway: HttpGateway
+    email_notifier: EmailNotifier
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -116,6 +128,13 @@ class HomeServer:
         visibility = HistoryVisibility(rooms, store)
         ignored = IgnoredUsers(store, notifier)
         sync = SyncService(rooms, store, notifier, typing, visibility, ignored)
+        push_rules = PushRules(store, notifier)
+        push_rules.add_default_rule("override", friend_request_push_rule(USER_ID), after=".m.rule.suppress_notices")
+        notifications = Notifications(config.server_name, push_rules, rooms, store)
+        rooms.push = notifications
+        sync.notifications, sync.push_rules = notifications, push_rules
+        from federation.client import AddressGuard  # the same SSRF guard as outbound federation
+        gateway = HttpGateway(AddressGuard(config.push.allowed_private_ranges), config.push.gateway_timeout_s)
         guest_eviction = GuestEviction(rooms, store)
         timeline = Timeline(rooms, store, sync.current_token, visibility, ignored)
         rooms.on_stored.append(guest_eviction.observe)
@@ -145,8 +164,16 @@ class HomeServer:
                                                    store.admin),
             admin_users=AdminUsers(config.server_name, accounts, deactivation, profiles, store),
             admin_rooms=AdminRooms(config.server_name, rooms, membership, store, ephemeral),
-            admin_media=AdminMedia(config.server_name, media, store))
+            admin_media=AdminMedia(config.server_name, media, store),
+            push_rules=push_rules, notifications=notifications,
+            pushers=Pushers(store, notifications, rooms, gateway, config.push, lambda: notifier.position),
+            gateway=gateway,
+            email_notifier=EmailNotifier(config, store, notifications, rooms, mailer, lambda: notifier.position))
         await hs.media.start()
+        hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
+        await hs.pushers.start(notifier.shared)
+        if config.push.deliver:
+            hs.email_notifier.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)
         log.info("homeserver %s started (database: %s, redis: %s)", config.server_name,
@@ -181,6 +208,9 @@ class HomeServer:
             await self.federation.client.close()
         await self.friends.close()
         await self.admin_rooms.close()
+        await self.pushers.close()
+        await self.email_notifier.close()
+        await self.gateway.close()
         await self.membership.close()
         await self.guest_eviction.close()
         await self.media.close()

@@ -360,6 +360,49 @@ MIGRATIONS: tuple[Migration, ...] = (
             blocked_ts BIGINT NOT NULL
         )""",
     )),
+    Migration(13, "push: rule edits, notifications, pushers, email notifications", (
+        # What a user changed of the server-default rules, as JSON (homeserver/push/rules.py RuleEdits).
+        """CREATE TABLE push_rule_edits (
+            user_id TEXT PRIMARY KEY,
+            content TEXT NOT NULL
+        )""",
+        # Per event, one row per group of users it notified with the same actions (users: their IDs,
+        # each between newlines), written in the event's own transaction.
+        """CREATE TABLE event_push_actions (
+            room_id TEXT NOT NULL,
+            stream BIGINT NOT NULL,
+            grp INTEGER NOT NULL,
+            event_id TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            highlight INTEGER NOT NULL,
+            actions TEXT NOT NULL,
+            ts BIGINT NOT NULL,
+            users TEXT NOT NULL,
+            PRIMARY KEY (room_id, stream, grp)
+        )""",
+        "CREATE INDEX event_push_actions_stream ON event_push_actions (stream)",
+        # last_stream: the user's notifications up to there were delivered (or given up on).
+        """CREATE TABLE pushers (
+            user_id TEXT NOT NULL,
+            app_id TEXT NOT NULL,
+            pushkey TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            app_display_name TEXT NOT NULL,
+            device_display_name TEXT NOT NULL,
+            profile_tag TEXT NOT NULL,
+            lang TEXT NOT NULL,
+            data TEXT NOT NULL,
+            created_ts BIGINT NOT NULL,
+            last_stream BIGINT NOT NULL,
+            PRIMARY KEY (user_id, app_id, pushkey)
+        )""",
+        "CREATE INDEX pushers_key ON pushers (app_id, pushkey)",
+        """CREATE TABLE email_notifications (
+            user_id TEXT PRIMARY KEY,
+            enabled INTEGER NOT NULL,
+            last_stream BIGINT NOT NULL
+        )""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Sequence
 
 from homeserver.events.event import Event, StateKey
 from storage.database import Connection, Database, Row
+from storage.push import EventPush, insert_actions, insert_actions_at_position, pg_actions_cte
 
 # A group stores only what changed since its parent; after this many links a
 # full snapshot is written so that reading any group walks a bounded chain.
@@ -145,7 +146,8 @@ class RoomStore:
 
     async def persist_event(self, event: Event, *, state_before: int | None, before_map: StateMap | None,
                             prev_extremities: Sequence[str], txn: TxnRef | None = None,
-                            unsigned: dict[str, Any] | None = None, redacts: str | None = None) -> Persisted:
+                            unsigned: dict[str, Any] | None = None, redacts: str | None = None,
+                            push: EventPush | None = None) -> Persisted:
         """Store one accepted event and everything that follows from it, in one transaction.
 
         `before_map` is the full state before the event (from the state cache), so
@@ -155,8 +157,9 @@ class RoomStore:
         if not event.is_state:
             if self.db.engine == "postgres":
                 return await self._persist_message_pg(event, state_before, prev_extremities, txn, unsigned,
-                                                      redacts)
-            return await self._persist_message(event, state_before, prev_extremities, txn, unsigned, redacts)
+                                                      redacts, push)
+            return await self._persist_message(event, state_before, prev_extremities, txn, unsigned, redacts,
+                                               push)
         async with self.db.transaction() as tx:
             stream = await next_stream(tx)
             state_after = state_before
@@ -180,11 +183,12 @@ class RoomStore:
             await tx.execute("UPDATE rooms SET last_stream = ?, current_group = ? WHERE room_id = ?",
                              stream, state_after, event.room_id)
             await _extend_and_redact(tx, event, prev_extremities, redacts)
+            await insert_actions(tx, push, stream)
         return Persisted(stream, state_after)
 
     async def _persist_message(self, event: Event, state_group: int | None, prev_extremities: Sequence[str],
                                txn: TxnRef | None, unsigned: dict[str, Any] | None,
-                               redacts: str | None) -> Persisted:
+                               redacts: str | None, push: EventPush | None = None) -> Persisted:
         """persist_event for an event that adds no state: every write refers to the new position
         through a subquery and the position is read last, with COMMIT, so that on SQLite the
         whole transaction is one hand-off to the writer thread."""
@@ -202,12 +206,13 @@ class RoomStore:
             await tx.execute(f"UPDATE rooms SET last_stream = {position}, current_group = ? WHERE room_id = ?",
                              state_group, event.room_id)
             await _extend_and_redact(tx, event, prev_extremities, redacts)
+            await insert_actions_at_position(tx, push)
             stream = await tx.fetchval_and_commit("SELECT pos FROM stream_counter WHERE name = 'stream'")
         return Persisted(int(stream), state_group)
 
     async def _persist_message_pg(self, event: Event, state_group: int | None, prev_extremities: Sequence[str],
                                   txn: TxnRef | None, unsigned: dict[str, Any] | None,
-                                  redacts: str | None) -> Persisted:
+                                  redacts: str | None, push: EventPush | None = None) -> Persisted:
         """persist_event for an event that adds no state, on PostgreSQL: the same writes as one
         statement of data-modifying CTEs (one round trip, atomic), since the room's lock is held
         meanwhile and round trips are what bound a busy room's messages/s there."""
@@ -220,6 +225,8 @@ class RoomStore:
             state_group, event.room_id, event.room_id, list(prev_extremities), event.room_id, event.event_id]
         if redacts:
             args += [event.event_id, redacts, event.room_id]
+        actions, action_args = pg_actions_cte(push)
+        args += action_args
         stream = await self.db.fetchval(
             "WITH s AS (UPDATE stream_counter SET pos = pos + 1 WHERE name = 'stream' RETURNING pos),"
             " e AS (INSERT INTO events (stream, event_id, room_id, type, sender, depth, origin_server_ts,"
@@ -228,7 +235,7 @@ class RoomStore:
             " r AS (UPDATE rooms SET last_stream = (SELECT pos FROM s), current_group = ? WHERE room_id = ?),"
             " d AS (DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ANY(?::text[])),"
             " f AS (INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?))"
-            f"{redaction} SELECT pos FROM s", *args)
+            f"{redaction}{actions} SELECT pos FROM s", *args)
         return Persisted(int(stream), state_group)
 
     async def persist_outlier(self, event: Event, *, rejected: str | None = None, soft_failed: bool = False,
@@ -292,7 +299,7 @@ class RoomStore:
                                    current_before: StateMap, new_current: StateMap | None,
                                    prev_extremities: Sequence[str],
                                    unsigned: dict[str, Any] | None = None, redacts: str | None = None,
-                                   held: HeldRedaction | None = None) -> Persisted:
+                                   held: HeldRedaction | None = None, push: EventPush | None = None) -> Persisted:
         """Store an accepted event from another server, whose parents may fork the room.
 
         `new_current` is the room's resolved state after it (None: the state after the event).
@@ -331,6 +338,7 @@ class RoomStore:
             await tx.execute("INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?)"
                              " ON CONFLICT DO NOTHING", event.room_id, event.event_id)
             await _redact(tx, event, redacts, held)
+            await insert_actions(tx, push, stream)
         return Persisted(stream, state_after, redacted_by)
 
     async def _write_current_state(self, tx: Connection, room_id: str, old: StateMap, new: StateMap) -> None:
@@ -358,7 +366,7 @@ class RoomStore:
             await tx.execute("UPDATE rooms SET current_group = ? WHERE room_id = ?", group, room_id)
 
     async def record_invite(self, event: Event, room_version: str, ts: int,
-                            unsigned: dict[str, Any] | None = None) -> int:
+                            unsigned: dict[str, Any] | None = None, push: EventPush | None = None) -> int:
         """An invite to a room we are not in (or its rejection): the invitee's membership row,
         visible to their sync. The event is an outlier, outside any timeline, but takes a
         positive position so that the invitee's sync reports it."""
@@ -367,12 +375,15 @@ class RoomStore:
                 "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING", event.room_id, room_version, event.sender, ts)
             stream = await next_stream(tx)
-            await tx.execute(
+            inserted = await tx.fetchval(
                 "INSERT INTO events (stream, event_id, room_id, type, state_key, sender, depth, origin_server_ts,"
-                " json, unsigned, outlier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (event_id) DO NOTHING",
+                " json, unsigned, outlier) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (event_id) DO NOTHING"
+                " RETURNING event_id",
                 stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
                 event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")),
                 json.dumps(unsigned) if unsigned else None)
+            if inserted is not None:
+                await insert_actions(tx, push, stream)
             await tx.execute(
                 "INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id,"

@@ -14,6 +14,7 @@ from storage.friends import FriendStore
 from storage.media import MediaStore
 from storage.openid import OpenIdStore
 from storage.registration_tokens import RegistrationTokenStore
+from storage.push import PushStore
 from storage.rooms import RoomStore
 from storage.server_keys import ServerKeyStore
 from storage.user_data import UserDataStore
@@ -328,6 +329,7 @@ class Store:
         self.friends = FriendStore(db)
         self.admin = AdminStore(db)
         self.registration_tokens = RegistrationTokenStore(db)
+        self.push = PushStore(db)
 
     async def ping(self) -> None:
         """One round trip to the database (health checks); raises if it does not answer."""

@@ -60,22 +60,6 @@ class UserDataStore:
                               r["ts"], r["stream"]) for r in rows]
         return found
 
-    async def count_unread(self, room_id: str, user_id: str, fallback: int, types: Sequence[str],
-                           upto: int) -> tuple[int, int]:
-        """Events of `types` by others at most at `upto` and after the user's latest read receipt
-        (else after `fallback`): (count, the position counted from)."""
-        marks = ",".join("?" * len(types))
-        row = await self.db.fetchone(
-            f"WITH t AS (SELECT COALESCE((SELECT MAX(e.stream) FROM receipts r JOIN events e"
-            f" ON e.event_id = r.event_id WHERE r.room_id = ? AND r.user_id = ?"
-            f" AND r.receipt_type IN ('m.read', 'm.read.private')), ?) AS threshold)"
-            f" SELECT (SELECT COUNT(*) FROM events WHERE room_id = ? AND sender != ? AND type IN ({marks})"
-            f" AND rejected IS NULL AND redacted_by IS NULL AND stream > t.threshold AND stream <= ?) AS n,"
-            f" t.threshold AS threshold FROM t",
-            room_id, user_id, fallback, room_id, user_id, *types, upto)
-        assert row is not None
-        return int(row["n"] or 0), int(row["threshold"])
-
     async def put_account_data(self, user_id: str, room_id: str, data_type: str, content: dict[str, Any]) -> int:
         async with self.db.transaction() as tx:
             stream = await next_stream(tx)

@@ -3,12 +3,13 @@
 The users row is kept (deactivated), so its user ID is never given to anyone else: other
 servers' rooms still hold its events and their authors must stay unambiguous. Everything that
 lets the account act goes: devices and tokens, OpenID tokens, email addresses (free to sign
-up again), memberships (left, with the leave events sent like any other).
+up again), memberships (left, with the leave events sent like any other), pushers.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Awaitable, Callable
 
 from homeserver.accounts.accounts import Accounts
 from homeserver.rooms.membership import Membership
@@ -25,6 +26,8 @@ class Deactivation:
         self._accounts = accounts
         self._membership = membership
         self._store = store
+        # Other domains' clean-ups (push: pushers and email notifications), called with the user ID.
+        self.on_deactivated: list[Callable[[str], Awaitable[None]]] = []
 
     async def deactivate(self, user_id: str, erase: bool) -> None:
         # First the flag (logins fail from here on), then the tokens, then the rooms.
@@ -42,4 +45,6 @@ class Deactivation:
         # After the leaves, so that no profile change is announced to the rooms.
         if erase:
             await self._store.profiles.erase(user_id)
+        for hook in self.on_deactivated:
+            await hook(user_id)
         log.info("deactivated %s%s", user_id, " and erased its profile" if erase else "")

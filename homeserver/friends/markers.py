@@ -71,3 +71,15 @@ def message_of(invite: Event) -> str | None:
     message = marker.get("message") if isinstance(marker, dict) else None
     return message[:MAX_MESSAGE] if isinstance(message, str) else None
 
+
+
+# The server-default push rule of friend requests (an override, so that it wins over the plain
+# invite rule): a direct-chat invite for the user notifies with a sound and highlights, as a
+# request from a person is worth more than an invite into a group. USER_ID is filled in per user.
+def friend_request_push_rule(user_id_placeholder: str) -> dict[str, Any]:
+    return {"rule_id": ".org.whispr.rule.friend_request", "conditions": [
+        {"kind": "event_match", "key": "type", "pattern": "m.room.member"},
+        {"kind": "event_match", "key": "content.membership", "pattern": "invite"},
+        {"kind": "event_match", "key": "state_key", "pattern": user_id_placeholder},
+        {"kind": "event_property_is", "key": "content.is_direct", "value": True}],
+        "actions": ["notify", {"set_tweak": "sound", "value": "default"}, {"set_tweak": "highlight"}]}

@@ -13,7 +13,7 @@ import re
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 from canonicaljson import encode_canonical_json
 from signedjson.key import SigningKey
@@ -30,6 +30,7 @@ from homeserver.events.room_versions import RoomVersion, get_room_version
 from homeserver.events.state_res import resolve_state
 from homeserver.json_input import non_canonical_reason
 from storage.database import ConstraintViolation
+from storage.push import EventPush
 from storage.rooms import HeldRedaction, RoomInfo, StateMap, TxnRef
 from storage.store import Store
 
@@ -93,6 +94,14 @@ def _redacts_where_kept(version: RoomVersion, content: dict[str, Any],
     return extra
 
 
+class PushHook(Protocol):
+    """Push evaluation (homeserver/push): its rows are stored in the event's own transaction."""
+
+    async def evaluate(self, event: Event, state: StateMap, group: int | None) -> EventPush | None: ...
+
+    def stored(self, event: Event, push: EventPush | None) -> None: ...
+
+
 @dataclass(frozen=True)
 class _Head:
     """A room as this process left it after its last write: the send context without a query."""
@@ -126,6 +135,7 @@ class Rooms:
         self._servers: OrderedDict[int, frozenset[str]] = OrderedDict()
         # What this process last wrote to each room (see _head_of); only when it is the only writer.
         self._heads: OrderedDict[str, _Head] = OrderedDict()
+        self.push: PushHook | None = None
 
     @property
     def signing_key(self) -> SigningKey:
@@ -440,9 +450,10 @@ class Rooms:
                        txn: TxnRef | None, extremities: list[str] | None = None,
                        redacts: str | None = None) -> Event:
         unsigned = await self._replaced_state(event, state)
+        push = await self.push.evaluate(event, state, room.current_group) if self.push is not None else None
         persisted = await self._store.rooms.persist_event(
             event, state_before=room.current_group, before_map=state, prev_extremities=prev_ids, txn=txn,
-            unsigned=unsigned, redacts=redacts)
+            unsigned=unsigned, redacts=redacts, push=push)
         if txn is not None:
             unsigned = {**unsigned, "_txn": [txn.device_id, txn.txn_id]}
         stored = Event(event.event_id, event.pdu, stream=persisted.stream, unsigned=unsigned)
@@ -460,6 +471,8 @@ class Rooms:
         # Membership changes must also wake the target, who may not watch the room yet.
         targets = [stored.state_key] if stored.type == "m.room.member" and stored.state_key else []
         await self._notifier.notify(persisted.stream, room.room_id, targets)
+        if self.push is not None:
+            self.push.stored(stored, push)
         self._stored(stored)
         for hook in self.on_local_event:
             try:
@@ -499,10 +512,12 @@ class Rooms:
         unsigned = await self._replaced_state(event, state_before)
         redacts, held = await self._judge_received_redaction(event, version, state_before) \
             if event.type == "m.room.redaction" else (None, None)
+        push = await self.push.evaluate(event, state_before, before_group) \
+            if self.push is not None and not soft_failed else None
         persisted = await self._store.rooms.persist_remote_event(
             event, state_before=before_group, before_map=state_before, current_before=current,
             new_current=new_current, prev_extremities=event.prev_event_ids, unsigned=unsigned,
-            redacts=redacts, held=held)
+            redacts=redacts, held=held, push=push)
         if persisted.redacted_by:  # a redaction that came first, and was allowed
             unsigned = {**unsigned, "redacted_by": persisted.redacted_by}
         stored = Event(event.event_id, event.pdu, stream=persisted.stream, unsigned=unsigned)
@@ -515,6 +530,8 @@ class Rooms:
         if new_current is not None:  # resolution may have changed anyone's membership
             targets += [k[1] for k, v in new_current.items() if k[0] == "m.room.member" and current.get(k) != v]
         await self._notifier.notify(persisted.stream, event.room_id, targets)
+        if self.push is not None:
+            self.push.stored(stored, push)
         self._stored(stored)
         await self._run_event_hooks(stored)
         return stored
@@ -539,8 +556,13 @@ class Rooms:
         room = await self._store.rooms.get_room(event.room_id)
         if room is not None and room.current_group is not None:
             raise forbidden("This server is in that room: its memberships are events of the room")
-        stream = await self._store.rooms.record_invite(event, room_version, now_ms(), unsigned)
+        # An invite notifies the invitee (.m.rule.invite_for_me); no state of the room is known here.
+        push = await self.push.evaluate(event, {}, None) \
+            if self.push is not None and event.membership == "invite" else None
+        stream = await self._store.rooms.record_invite(event, room_version, now_ms(), unsigned, push=push)
         await self._notifier.notify(stream, event.room_id, [event.state_key] if event.state_key else [])
+        if self.push is not None:
+            self.push.stored(event, push)
         await self._run_event_hooks(event)
 
     async def _group_for(self, room_id: str, state: StateMap) -> int | None:

@@ -25,6 +25,7 @@ class EventFilter:
     not_senders: tuple[str, ...] = ()
     lazy_load_members: bool = False
     include_redundant_members: bool = False
+    unread_thread_notifications: bool = False
 
     def allows(self, event_type: str, sender: str) -> bool:
         if any(fnmatch.fnmatchcase(event_type, p) for p in self.not_types):
@@ -71,7 +72,7 @@ def parse_event_filter(raw: Any, name: str) -> EventFilter:
     limit = raw.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise bad_json(f"{name}.limit must be a non-negative integer")
-    for flag in ("lazy_load_members", "include_redundant_members"):
+    for flag in ("lazy_load_members", "include_redundant_members", "unread_thread_notifications"):
         if flag in raw and not isinstance(raw[flag], bool):
             raise bad_json(f"{name}.{flag} must be a boolean")
     return EventFilter(
@@ -81,7 +82,8 @@ def parse_event_filter(raw: Any, name: str) -> EventFilter:
         senders=_strings(raw.get("senders"), f"{name}.senders"),
         not_senders=_strings(raw.get("not_senders"), f"{name}.not_senders") or (),
         lazy_load_members=raw.get("lazy_load_members", False),
-        include_redundant_members=raw.get("include_redundant_members", False))
+        include_redundant_members=raw.get("include_redundant_members", False),
+        unread_thread_notifications=raw.get("unread_thread_notifications", False))
 
 
 def parse_sync_filter(raw: Any) -> SyncFilter:

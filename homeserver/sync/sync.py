@@ -20,6 +20,8 @@ from homeserver.errors import MatrixError
 from homeserver.events.event import Event
 from homeserver.sync.filters import SyncFilter
 from homeserver.sync.ignored import IgnoredUsers
+from homeserver.push.notifications import Notifications, ThreadCounts, thread_of
+from homeserver.push.push_rules import PushRules
 from homeserver.sync.notifier import Notifier
 from homeserver.rooms.rooms import Rooms
 from homeserver.rooms.visibility import HistoryVisibility
@@ -34,7 +36,6 @@ UNREAD_CACHE_SIZE = 50_000
 # an evicted entry only makes the next sync send some members again, which the spec allows.
 LAZY_MEMBERS_CACHE_SIZE = 20_000
 MAX_HEROES = 5
-UNREAD_TYPES = ("m.room.message", "m.room.encrypted")
 FRIENDS_SECTION = "org.whispr.friends"
 INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                       "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
@@ -60,12 +61,14 @@ class SyncToken:
 
 @dataclass(frozen=True)
 class _Unread:
-    """A user's unread count in a room as of `upto`, counting events above `threshold`."""
+    """A user's notification and highlight counts in a room as of `upto`, counting events above
+    `threshold`."""
 
     upto: int
     fallback: int
     threshold: int
     count: int
+    highlights: int
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,11 @@ class SyncService:
         self._visibility = visibility
         self._membership_cache: dict[str, tuple[int, dict[str, tuple[str, str]]]] = {}
         self._unread_cache: dict[tuple[str, str], _Unread] = {}
+        self._thread_cache: dict[tuple[str, str], ThreadCounts] = {}
         self._lazy_sent: OrderedDict[tuple[str, str, str], set[str]] = OrderedDict()
+        # Push evaluation (its results are the counts) and the users' push rules; wired by the HomeServer.
+        self.notifications: Notifications | None = None
+        self.push_rules: PushRules | None = None
 
     def current_token(self) -> SyncToken:
         return SyncToken(self._notifier.position, self._typing.serial)
@@ -161,6 +168,12 @@ class SyncService:
         friend_events = [{"type": e.type, "content": e.content, "origin_server_ts": e.ts}
                          for e in await self._store.friends.events_since(user_id, s, upto.stream)
                          if e.content.get("user_id") not in ignored] if since is not None and user_changed else []
+        if self.push_rules is not None and filt.account_data.allows("m.push_rules", user_id) and (
+                since is None or any(d["type"] == "m.push_rules" for d in account_data)):
+            # Always the rules as they are now, and in every initial sync even if never changed.
+            account_data = [d for d in account_data if d["type"] != "m.push_rules"]
+            account_data.append({"type": "m.push_rules",
+                                 "content": {"global": await self.push_rules.ruleset(user_id)}})
         body: dict[str, Any] = {
             "next_batch": str(upto),
             "rooms": {"join": joined, "invite": invited, "leave": left, "knock": knocked},
@@ -213,19 +226,24 @@ class SyncService:
                      if filt.room_account_data.allows(d.type, who.user_id)]
         if since is not None and not with_full_state and not (timeline_events or state or ephemeral or room_data):
             return None
+        unread, threads = await self._unread(room_id, who.user_id, member_event_id, upto.stream,
+                                             filt.timeline.unread_thread_notifications)
         prev_batch = SyncToken(timeline_events[0].stream - 1, upto.typing) if timeline_events else upto
         redactions = await self._redactions(timeline_events)
         device = (who.user_id, who.device_id)
-        return {
+        room: dict[str, Any] = {
             "timeline": {"events": [client_event(e, version, now, device=device,
                                                  redaction=redactions.get(e.event_id)) for e in timeline_events],
                          "limited": limited, "prev_batch": str(prev_batch)},
             "state": {"events": [client_event(e, version, now) for e in state]},
             "ephemeral": {"events": ephemeral},
             "account_data": {"events": room_data},
-            "unread_notifications": await self._unread(room_id, who.user_id, member_event_id, upto.stream),
+            "unread_notifications": unread,
             "summary": await self._summary(room_id, who.user_id) if with_full_state or state else {},
         }
+        if threads is not None:
+            room["unread_thread_notifications"] = threads
+        return room
 
     def _recent(self, room_id: str, after: int | None, upto: int, limit: int | None) -> list[Event] | None:
         """Timeline events in (after, upto], newest first, from memory; None when it may lack some."""
@@ -301,31 +319,72 @@ class SyncService:
         found = await self._rooms.get_events(ids.values())
         return {target: found[r] for target, r in ids.items() if r in found}
 
-    async def _unread(self, room_id: str, user_id: str, member_event_id: str, upto: int) -> dict[str, int]:
-        """Messages from others after the user's read receipt (or their join, without one), up to `upto`.
+    async def _unread(self, room_id: str, user_id: str, member_event_id: str, upto: int, threaded: bool
+                      ) -> tuple[dict[str, int], dict[str, dict[str, int]] | None]:
+        """The user's notification and highlight counts (push rule results) after their read
+        receipt (or their join, without one), up to `upto`; with `threaded`, the main timeline's
+        and each thread's apart (unread_thread_notifications).
 
-        Counted once, then carried forward over the new events while no receipt in the room
-        and no redaction moved; anything unsure asks the database again."""
+        Counted once, then carried forward over the new events with the evaluation results this
+        process kept, while no receipt in the room and no redaction moved; anything unsure asks
+        the database again."""
         member = await self._rooms.get_event(member_event_id)
         fallback = member.stream if member else 0
+        notifications = self.notifications
+        if notifications is None:
+            return {"notification_count": 0, "highlight_count": 0}, ({} if threaded else None)
         key = (user_id, room_id)
+        if threaded:
+            return await self._thread_unread(notifications, key, fallback, upto)
         cached = self._unread_cache.get(key)
         if (cached is not None and cached.fallback == fallback and cached.upto <= upto
                 and not self._notifier.receipts_changed_since(room_id, cached.upto)):
             new = self._recent(room_id, cached.upto, upto, None)
             if new is not None and not any(e.type == "m.room.redaction" for e in new):
-                count = cached.count + sum(
-                    1 for e in new if e.stream > cached.threshold and e.type in UNREAD_TYPES
-                    and e.sender != user_id and not e.unsigned.get("redacted_by"))
-                self._unread_cache[key] = _Unread(upto, fallback, cached.threshold, count)
-                return {"notification_count": count, "highlight_count": 0}
-        count, threshold = await self._store.user_data.count_unread(room_id, user_id, fallback, UNREAD_TYPES,
-                                                                    upto)
+                count, highlights = cached.count, cached.highlights
+                for e in new:
+                    if e.stream <= cached.threshold or e.sender == user_id or e.unsigned.get("redacted_by"):
+                        continue
+                    result = notifications.result(e.event_id)
+                    if result is None:
+                        break  # not evaluated here (or forgotten): ask the database
+                    bits = result.get(user_id, 0)
+                    count += bits & 1
+                    highlights += (bits >> 1) & 1
+                else:
+                    self._unread_cache[key] = _Unread(upto, fallback, cached.threshold, count, highlights)
+                    return {"notification_count": count, "highlight_count": highlights}, None
+        count, highlights, threshold = await notifications.counts(user_id, room_id, fallback, upto)
         if threshold >= 0:  # a receipt on an outlier would let negative positions count
             if key not in self._unread_cache and len(self._unread_cache) >= UNREAD_CACHE_SIZE:
                 self._unread_cache.pop(next(iter(self._unread_cache)))
-            self._unread_cache[key] = _Unread(upto, fallback, threshold, count)
-        return {"notification_count": count, "highlight_count": 0}
+            self._unread_cache[key] = _Unread(upto, fallback, threshold, count, highlights)
+        return {"notification_count": count, "highlight_count": highlights}, None
+
+    async def _thread_unread(self, notifications: Notifications, key: tuple[str, str], fallback: int, upto: int
+                             ) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """_unread per thread, carried forward the same way (Element asks for thread counts)."""
+        user_id, room_id = key
+        cached = self._thread_cache.get(key)
+        if (cached is not None and cached.fallback == fallback and cached.upto <= upto
+                and not self._notifier.receipts_changed_since(room_id, cached.upto)):
+            new = self._recent(room_id, cached.upto, upto, None)
+            if new is not None and not any(e.type == "m.room.redaction" for e in new):
+                found = [(e, notifications.result(e.event_id)) for e in new
+                         if e.sender != user_id and not e.unsigned.get("redacted_by")]
+                if all(bits is not None for _, bits in found):
+                    for e, bits in found:
+                        mine = bits.get(user_id, 0) if bits else 0
+                        if mine and e.stream > cached.threshold(thread_of(e)):
+                            cached.add(thread_of(e), mine)
+                    cached.upto = upto
+                    return cached.sections()
+        counts = await notifications.thread_counts(user_id, room_id, fallback, upto)
+        if counts.base >= 0:
+            if key not in self._thread_cache and len(self._thread_cache) >= UNREAD_CACHE_SIZE:
+                self._thread_cache.pop(next(iter(self._thread_cache)))
+            self._thread_cache[key] = counts
+        return counts.sections()
 
     async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
         """Counts, and heroes: the first members (joined or invited, else those who left) but the user."""
