@@ -11,6 +11,7 @@ from homeserver.accounts.accounts import Accounts
 from homeserver.rooms.chats import Chats
 from homeserver.config import Config, ensure_secrets
 from homeserver.rooms.directory import Directory
+from homeserver.e2ee.service import E2ee
 from homeserver.accounts.email_verification import EmailVerifier
 from homeserver.ephemeral import Ephemeral, make_ephemeral
 from homeserver.events.crypto import load_or_create_signing_key
@@ -67,6 +68,7 @@ class HomeServer:
     media: MediaRepository
     deactivation: Deactivation
     openid: OpenId
+    e2ee: E2ee
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -97,6 +99,9 @@ class HomeServer:
         typing = Typing(notifier)
         visibility = HistoryVisibility(rooms, store)
         sync = SyncService(rooms, store, notifier, typing, visibility)
+        e2ee = E2ee(config.server_name, store, notifier)
+        sync.e2ee = e2ee.sync
+        accounts.on_devices_deleted.append(e2ee.devices_deleted)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),
@@ -112,7 +117,8 @@ class HomeServer:
             filters=Filters(store), executor=executor,
             media=MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
                                   limiter),
-            deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name))
+            deactivation=Deactivation(accounts, membership, store), openid=OpenId(store, config.server_name),
+            e2ee=e2ee)
         await hs.media.start()
         if config.federation.enabled:
             await hs._start_federation(signing_key)

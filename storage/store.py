@@ -7,6 +7,7 @@ from typing import Any
 
 from homeserver.accounts.models import Device, EmailValidation, Profile, RefreshToken, Threepid, User
 from storage.database import Database, Row
+from storage.e2ee import E2eeStore
 from storage.federation import FederationStore
 from storage.media import MediaStore
 from storage.openid import OpenIdStore
@@ -300,6 +301,7 @@ class Store:
         self.server_keys = ServerKeyStore(db)
         self.media = MediaStore(db)
         self.openid = OpenIdStore(db)
+        self.e2ee = E2eeStore(db)
 
     async def close(self) -> None:
         await self.db.close()

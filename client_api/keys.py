@@ -1,0 +1,56 @@
+"""Encryption keys: upload, query, claim, changes; cross-signing keys and signatures."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from client_api.http import CLIENT_V3, hs, json_body, ok, requester
+from homeserver.errors import MatrixError
+from homeserver.sync.sync import SyncToken
+
+
+async def upload(request: web.Request) -> web.Response:
+    who = await requester(request)
+    body = await json_body(request, allow_empty=True)
+    return ok(await hs(request).e2ee.upload(who.user_id, who.device_id, body))
+
+
+async def upload_for_device(request: web.Request) -> web.Response:
+    """The deprecated /keys/upload/{deviceId}: only for the requesting device."""
+    who = await requester(request)
+    if request.match_info["device_id"] != who.device_id:
+        raise MatrixError(400, "M_INVALID_PARAM", "keys can only be uploaded for the requesting device")
+    return await upload(request)
+
+
+async def query(request: web.Request) -> web.Response:
+    who = await requester(request)
+    body = await json_body(request, allow_empty=True)
+    return ok(await hs(request).e2ee.device_keys.query(who.user_id, body.get("device_keys", {}),
+                                                       body.get("timeout")))
+
+
+async def claim(request: web.Request) -> web.Response:
+    await requester(request)
+    body = await json_body(request, allow_empty=True)
+    return ok(await hs(request).e2ee.one_time_keys.claim(body.get("one_time_keys", {}), body.get("timeout")))
+
+
+async def changes(request: web.Request) -> web.Response:
+    who = await requester(request)
+    try:
+        start, end = SyncToken.parse(request.query["from"]), SyncToken.parse(request.query["to"])
+    except KeyError:
+        raise MatrixError(400, "M_MISSING_PARAM", "from and to are required") from None
+    server = hs(request)
+    rooms = list(await server.store.rooms.rooms_for_user(who.user_id))
+    found = await server.e2ee.lists.changes(who.user_id, start.stream, end.stream, rooms)
+    return ok({"changed": found.changed, "left": found.left})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post(f"{CLIENT_V3}/keys/upload", upload)
+    app.router.add_post(f"{CLIENT_V3}/keys/upload/{{device_id}}", upload_for_device)
+    app.router.add_post(f"{CLIENT_V3}/keys/query", query)
+    app.router.add_post(f"{CLIENT_V3}/keys/claim", claim)
+    app.router.add_get(f"{CLIENT_V3}/keys/changes", changes)

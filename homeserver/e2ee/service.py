@@ -1,0 +1,40 @@
+"""The encryption domain assembled: device lists, keys, to-device messages, cross-signing, backups."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from homeserver.e2ee.device_keys import DeviceKeys
+from homeserver.e2ee.device_lists import DeviceLists
+from homeserver.e2ee.one_time_keys import OneTimeKeys
+from homeserver.e2ee.sync_section import E2eeSync
+from homeserver.e2ee.to_device import ToDevice
+from homeserver.sync.notifier import Notifier
+from storage.store import Store
+
+
+class E2ee:
+    def __init__(self, server_name: str, store: Store, notifier: Notifier) -> None:
+        self._store = store
+        self.lists = DeviceLists(server_name, store, notifier)
+        self.device_keys = DeviceKeys(server_name, store, self.lists)
+        self.one_time_keys = OneTimeKeys(store, self.lists, notifier)
+        self.to_device = ToDevice(server_name, store, notifier)
+        self.sync = E2eeSync(notifier, self.lists, self.one_time_keys, self.to_device)
+
+    async def upload(self, user_id: str, device_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """/keys/upload: device keys, one-time keys, fallback keys; the device's key counts."""
+        device_keys = None
+        if body.get("device_keys") is not None:
+            device_keys = await self.device_keys.upload_device_keys(user_id, device_id, body["device_keys"])
+        fallback = body.get("fallback_keys", body.get("org.matrix.msc2732.fallback_keys"))
+        await self.one_time_keys.upload(user_id, device_id, body.get("one_time_keys"), fallback, device_keys)
+        counts, _ = await self.one_time_keys.counts(user_id, device_id)
+        return {"one_time_key_counts": counts}
+
+    async def devices_deleted(self, user_id: str, device_ids: Sequence[str]) -> None:
+        """A device logged out or deleted: its keys and messages go, and its users hear of it."""
+        stream = await self._store.e2ee.delete_devices(user_id, device_ids)
+        if stream is not None:
+            await self.lists.announce(user_id, stream, device_ids, deleted=True)

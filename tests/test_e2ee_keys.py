@@ -1,0 +1,153 @@
+"""Device, one-time and fallback keys over HTTP: upload, query, claim, changes, and their /sync fields."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.conftest import auth, login
+from tests.e2ee_helpers import Device
+from tests.rooms_helpers import V3, User
+
+
+async def keyed(client: Any, name: str) -> tuple[User, Device]:
+    user = await User.new(client, name)
+    who = await user.call("GET", "/account/whoami")
+    device = Device(user.user_id, who["device_id"])
+    await user.call("POST", "/keys/upload", json={"device_keys": device.device_keys()})
+    return user, device
+
+
+async def test_upload_query_and_counts(client: Any) -> None:
+    alice, dev = await keyed(client, "alice")
+    body = await alice.call("POST", "/keys/upload", json={"one_time_keys": dev.one_time_keys(5)})
+    assert body["one_time_key_counts"] == {"signed_curve25519": 5}
+    # the same keys again are no change; a key ID reused with other content is refused
+    again = await alice.call("POST", "/keys/upload", json={"one_time_keys": dev.one_time_keys(5)}, expect=400)
+    assert again["errcode"] == "M_INVALID_PARAM"
+    empty = await alice.call("POST", "/keys/upload", json={})
+    assert empty["one_time_key_counts"] == {"signed_curve25519": 5}
+    bob = await User.new(client, "bob")
+    await alice.call("PUT", f"/devices/{dev.device_id}", json={"display_name": "Phone"})
+    found = await bob.call("POST", "/keys/query", json={"device_keys": {alice.user_id: []}})
+    keys = found["device_keys"][alice.user_id][dev.device_id]
+    assert keys["keys"] == dev.device_keys()["keys"]
+    assert keys["signatures"] == dev.device_keys()["signatures"]
+    assert keys["unsigned"] == {"device_display_name": "Phone"}
+    assert found["failures"] == {}
+    # asking for one device only; an unknown user has no entry beyond an empty map
+    only = await bob.call("POST", "/keys/query", json={"device_keys": {alice.user_id: ["NOPE"],
+                                                                     "@ghost:test.local": []}})
+    assert only["device_keys"][alice.user_id] == {}
+
+
+async def test_bad_device_keys_are_refused_and_not_stored(client: Any) -> None:
+    alice = await User.new(client, "alice")
+    who = await alice.call("GET", "/account/whoami")
+    dev = Device(alice.user_id, who["device_id"])
+    forged = dev.device_keys()
+    forged["keys"][f"curve25519:{dev.device_id}"] = "AAAA"  # changed after signing
+    bad = await alice.call("POST", "/keys/upload", json={"device_keys": forged}, expect=400)
+    assert bad["errcode"] == "M_INVALID_PARAM"
+    other = Device(alice.user_id, "OTHERDEVICE")
+    bad = await alice.call("POST", "/keys/upload", json={"device_keys": other.device_keys()}, expect=400)
+    assert bad["errcode"] == "M_INVALID_PARAM"
+    shape = await alice.call("POST", "/keys/upload", json={"device_keys": "nope"}, expect=400)
+    assert shape["errcode"] == "M_BAD_JSON"
+    shape = await alice.call("POST", "/keys/upload", json={"one_time_keys": {"nocolon": "x"}}, expect=400)
+    assert shape["errcode"] == "M_BAD_JSON"
+    found = await alice.call("POST", "/keys/query", json={"device_keys": {alice.user_id: []}})
+    assert found["device_keys"][alice.user_id] == {}
+    # a one-time key not signed by the device is refused once its identity key is known
+    await alice.call("POST", "/keys/upload", json={"device_keys": dev.device_keys()})
+    stranger = Device(alice.user_id, dev.device_id)
+    bad = await alice.call("POST", "/keys/upload", json={"one_time_keys": stranger.one_time_keys(1)}, expect=400)
+    assert bad["errcode"] == "M_INVALID_PARAM"
+
+
+async def test_claim_hands_each_key_out_once_then_the_fallback(client: Any) -> None:
+    alice, dev = await keyed(client, "alice")
+    await alice.call("POST", "/keys/upload", json={"one_time_keys": dev.one_time_keys(3),
+                                                   "fallback_keys": dev.fallback_key()})
+    bob = await User.new(client, "bob")
+    query = {"one_time_keys": {alice.user_id: {dev.device_id: "signed_curve25519"}}}
+    got = []
+    for _ in range(5):
+        body = await bob.call("POST", "/keys/claim", json=query)
+        got.append(next(iter(body["one_time_keys"][alice.user_id][dev.device_id])))
+    assert got[:3] == sorted(set(got[:3])) and len(set(got[:3])) == 3
+    assert got[3] == got[4] == "signed_curve25519:F1"
+    sync = await alice.sync()
+    assert sync["device_one_time_keys_count"] == {"signed_curve25519": 0}
+    assert sync["device_unused_fallback_key_types"] == []
+    # a new fallback key is unused again
+    await alice.call("POST", "/keys/upload", json={"fallback_keys": dev.fallback_key("F2")})
+    assert (await alice.sync())["device_unused_fallback_key_types"] == ["signed_curve25519"]
+    missing = await bob.call("POST", "/keys/claim", json={"one_time_keys": {alice.user_id: {"NOPE": "x"}}})
+    assert missing["one_time_keys"] == {}
+
+
+async def test_concurrent_claims_never_share_a_key(client: Any) -> None:
+    alice, dev = await keyed(client, "alice")
+    await alice.call("POST", "/keys/upload", json={"one_time_keys": dev.one_time_keys(20)})
+    bob = await User.new(client, "bob")
+    query = {"one_time_keys": {alice.user_id: {dev.device_id: "signed_curve25519"}}}
+    bodies = await asyncio.gather(*(bob.call("POST", "/keys/claim", json=query) for _ in range(50)))
+    keys = [k for b in bodies for k in b["one_time_keys"].get(alice.user_id, {}).get(dev.device_id, {})]
+    assert len(keys) == 20 and len(set(keys)) == 20
+
+
+async def test_device_lists_in_sync_and_changes(client: Any) -> None:
+    alice, _ = await keyed(client, "alice")
+    bob, bdev = await keyed(client, "bob")
+    carol = await User.new(client, "carol")
+    room = await alice.create_room(invite=[bob.user_id])
+    first = await alice.sync()
+    await bob.call("POST", f"/join/{room}")
+    joined = await alice.sync(first["next_batch"])
+    assert bob.user_id in joined["device_lists"]["changed"]  # a new member: their keys are news
+    # bob's new keys wake alice's waiting sync
+    waiting = asyncio.create_task(alice.sync(joined["next_batch"], timeout=10_000))
+    await asyncio.sleep(0.2)
+    bdev.curve25519 = "x" * 43
+    await bob.call("POST", "/keys/upload", json={"device_keys": bdev.device_keys()})
+    woke = await asyncio.wait_for(waiting, 5)
+    assert woke["device_lists"]["changed"] == [bob.user_id]
+    # carol shares no room: her keys are not news to alice
+    cdev = Device(carol.user_id, (await carol.call("GET", "/account/whoami"))["device_id"])
+    await carol.call("POST", "/keys/upload", json={"device_keys": cdev.device_keys()})
+    quiet = await alice.sync(woke["next_batch"])
+    assert carol.user_id not in quiet["device_lists"]["changed"]
+    changes = await alice.call("GET", "/keys/changes", params={"from": first["next_batch"],
+                                                              "to": quiet["next_batch"]})
+    assert bob.user_id in changes["changed"] and carol.user_id not in changes["changed"]
+    # bob leaves the only room they shared: left
+    await bob.call("POST", f"/rooms/{room}/leave")
+    after = await alice.sync(quiet["next_batch"])
+    assert after["device_lists"]["left"] == [bob.user_id]
+    assert bob.user_id not in after["device_lists"]["changed"]
+
+
+async def test_deleting_a_device_removes_its_keys_and_tells_room_members(client: Any) -> None:
+    alice, adev = await keyed(client, "alice")
+    bob = await User.new(client, "bob")
+    room = await alice.create_room(invite=[bob.user_id])
+    await bob.call("POST", f"/join/{room}")
+    second = await (await login(client, "alice")).json()
+    dev2 = Device(alice.user_id, second["device_id"])
+    h2 = auth(second["access_token"])
+    resp = await client.post(f"{V3}/keys/upload", headers=h2, json={
+        "device_keys": dev2.device_keys(), "one_time_keys": dev2.one_time_keys(2)})
+    assert resp.status == 200
+    mark = await bob.sync()
+    found = await bob.call("POST", "/keys/query", json={"device_keys": {alice.user_id: []}})
+    assert set(found["device_keys"][alice.user_id]) == {adev.device_id, dev2.device_id}
+    resp = await client.post(f"{V3}/logout", headers=h2)
+    assert resp.status == 200
+    news = await bob.sync(mark["next_batch"])
+    assert alice.user_id in news["device_lists"]["changed"]
+    found = await bob.call("POST", "/keys/query", json={"device_keys": {alice.user_id: []}})
+    assert set(found["device_keys"][alice.user_id]) == {adev.device_id}
+    claim = await bob.call("POST", "/keys/claim", json={
+        "one_time_keys": {alice.user_id: {dev2.device_id: "signed_curve25519"}}})
+    assert claim["one_time_keys"] == {}
