@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
-from tests.conftest import auth, login
+import aiohttp
+import yaml
+
+from bench.servers import PostgresAdmin, start_whispr
+from tests.conftest import POSTGRES_URL, REDIS_URL, auth, login, need
 from tests.e2ee_helpers import Device
 from tests.rooms_helpers import V3, User
 
@@ -151,3 +156,49 @@ async def test_deleting_a_device_removes_its_keys_and_tells_room_members(client:
     claim = await bob.call("POST", "/keys/claim", json={
         "one_time_keys": {alice.user_id: {dev2.device_id: "signed_curve25519"}}})
     assert claim["one_time_keys"] == {}
+
+
+async def test_concurrent_claims_across_two_processes_on_postgres(tmp_path: Any) -> None:
+    """Two Whispr processes on one PostgreSQL database: 50 claims split between them, 20 keys."""
+    need(POSTGRES_URL, "postgres")
+    need(REDIS_URL, "redis")
+    redis = {"redis": {"url": REDIS_URL, "key_prefix": f"whispr-test-{secrets.token_hex(4)}:"},
+             "secrets": {"jwt_secret": secrets.token_hex(32)}}
+    first = await asyncio.to_thread(start_whispr, db="postgres", pg=PostgresAdmin(POSTGRES_URL), extra_config=redis)
+    try:
+        url = yaml.safe_load(first.config_path.read_text())["database"]["url"]
+        second = await asyncio.to_thread(start_whispr, db="postgres", pg=PostgresAdmin(POSTGRES_URL),
+                                         server_name=first.server_name,
+                                         extra_config={**redis, "database": {"engine": "postgres", "url": url}})
+        try:
+            async with aiohttp.ClientSession() as http:
+                async def call(base: str, path: str, body: Any, token: str | None = None) -> Any:
+                    headers = {"Authorization": f"Bearer {token}"} if token else {}
+                    async with http.post(base + V3 + path, json=body, headers=headers) as resp:
+                        return resp.status, await resp.json()
+
+                async def register(name: str) -> dict[str, Any]:
+                    _, started = await call(first.base_url, "/register", {"username": name, "password": "pw-pw-pw-1"})
+                    status, body = await call(first.base_url, "/register", {
+                        "username": name, "password": "pw-pw-pw-1",
+                        "auth": {"type": "m.login.dummy", "session": started["session"]}})
+                    assert status == 200, body
+                    return dict(body)
+
+                alice, bob = await register("alice"), await register("bob")
+                dev = Device(alice["user_id"], alice["device_id"])
+                status, _ = await call(first.base_url, "/keys/upload", {
+                    "device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(20)}, alice["access_token"])
+                assert status == 200
+                query = {"one_time_keys": {alice["user_id"]: {dev.device_id: "signed_curve25519"}}}
+                answers = await asyncio.gather(*(
+                    call((first if i % 2 else second).base_url, "/keys/claim", query, bob["access_token"])
+                    for i in range(50)))
+        finally:
+            await asyncio.to_thread(second.stop)
+    finally:
+        await asyncio.to_thread(first.stop)
+    assert all(status == 200 for status, _ in answers), answers
+    keys = [k for _, body in answers for k in body["one_time_keys"].get(alice["user_id"], {})
+            .get(dev.device_id, {})]
+    assert len(keys) == 20 and len(set(keys)) == 20
