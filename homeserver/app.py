@@ -6,7 +6,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from client_api import (account, devices, directory, keys, login, media, profile, register, rooms, sync,
+from client_api import (account, devices, directory, keys, login, media, profile, register, room_keys, rooms, sync,
                         to_device, user_data, versions, wellknown, whispr)
 from client_api.http import HS
 from client_api.middleware import matrix_errors
@@ -31,6 +31,6 @@ def make_app(config: Config) -> web.Application:
         app.cleanup_ctx.append(federation_listener_ctx(endpoints.setup, federation_media.setup))
         setup_well_known(app, config)
     for module in (versions, wellknown, login, register, account, devices, profile, whispr, rooms, sync,
-                   user_data, directory, media, keys, to_device):
+                   user_data, directory, media, keys, to_device, room_keys):
         module.setup(app)
     return app

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from homeserver.e2ee.cross_signing import CrossSigning
 from homeserver.e2ee.device_keys import DeviceKeys
 from homeserver.e2ee.device_lists import DeviceLists
+from homeserver.e2ee.key_backup import KeyBackups
 from homeserver.e2ee.one_time_keys import OneTimeKeys
 from homeserver.e2ee.sync_section import E2eeSync
 from homeserver.e2ee.to_device import ToDevice
@@ -21,6 +23,8 @@ class E2ee:
         self.device_keys = DeviceKeys(server_name, store, self.lists)
         self.one_time_keys = OneTimeKeys(store, self.lists, notifier)
         self.to_device = ToDevice(server_name, store, notifier)
+        self.cross_signing = CrossSigning(store, self.lists)
+        self.backups = KeyBackups(store)
         self.sync = E2eeSync(notifier, self.lists, self.one_time_keys, self.to_device)
 
     async def upload(self, user_id: str, device_id: str, body: dict[str, Any]) -> dict[str, Any]:
