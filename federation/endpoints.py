@@ -11,6 +11,7 @@ from aiohttp import web
 
 from client_api.access_log import REQUESTER
 from client_api.http import hs
+from federation import e2ee as federation_e2ee
 from federation.ingest import PduRejected, server_of
 from federation.remote_rooms import received_invite_state
 from homeserver.events.auth_rules import AuthError, check_auth
@@ -404,13 +405,6 @@ async def query_directory(request: web.Request, origin: str) -> web.Response:
     return web.json_response(await hs(request).directory.resolve_local(request.query.get("room_alias", "")))
 
 
-async def user_devices(request: web.Request, origin: str) -> web.Response:
-    user_id = request.match_info["user_id"]
-    if await hs(request).store.users.get(user_id) is None:
-        raise not_found("Unknown user")
-    return web.json_response({"user_id": user_id, "stream_id": 0, "devices": []})
-
-
 async def openid_userinfo(request: web.Request) -> web.Response:
     return web.json_response({"sub": await hs(request).openid.userinfo(request.query.get("access_token"))})
 
@@ -432,4 +426,6 @@ def setup(app: web.Application) -> None:
     r.add_post(f"{F1}/get_missing_events/{{room_id}}", authed(get_missing_events))
     r.add_get(f"{F1}/query/profile", authed(query_profile))
     r.add_get(f"{F1}/query/directory", authed(query_directory))
-    r.add_get(f"{F1}/user/devices/{{user_id}}", authed(user_devices))
+    r.add_get(f"{F1}/user/devices/{{user_id}}", authed(lambda q, o: federation_e2ee.user_devices(q, o, hs(q))))
+    r.add_post(f"{F1}/user/keys/query", authed(lambda q, o: federation_e2ee.keys_query(q, o, hs(q))))
+    r.add_post(f"{F1}/user/keys/claim", authed(lambda q, o: federation_e2ee.keys_claim(q, o, hs(q))))

@@ -141,6 +141,9 @@ class HomeServer:
             self.keyring, client, config.federation.destination_min_retry_ms,
             config.federation.destination_max_retry_ms)
         await self.federation.start()
+        from federation.e2ee import FederationE2ee
+        self.federation.e2ee = FederationE2ee(config.server_name, self.store, self.e2ee, self.federation.sender,
+                                              client)
         self.timeline.remote = self.federation.backfiller
         self.profiles.remote = self.federation
         self.directory.remote = self.federation
@@ -149,6 +152,8 @@ class HomeServer:
 
     async def close(self) -> None:
         if self.federation is not None:
+            if self.federation.e2ee is not None:
+                await self.federation.e2ee.close()
             await self.federation.close()
             await self.federation.client.close()
         await self.membership.close()
