@@ -184,6 +184,32 @@ class E2eeStore:
                 " RETURNING key_id, key_json", user_id, device_id, algorithm)
         return None if row is None else (row["key_id"], json.loads(row["key_json"]))
 
+    async def claim_many(self, wanted: Sequence[tuple[str, str, str]]
+                         ) -> dict[tuple[str, str, str], tuple[str, dict[str, Any]]]:
+        """Claim for many (user, device, algorithm) at once: one statement takes the lowest key of each.
+
+        On PostgreSQL a concurrent claim can make that statement skip a device (its row went to
+        the other claim); those, and devices without keys, go through `claim` one by one."""
+        found: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
+        wanted = list(dict.fromkeys(wanted))
+        for start in range(0, len(wanted), CHUNK // 3):
+            chunk = wanted[start:start + CHUNK // 3]
+            values = ",".join("(?, ?, ?)" for _ in chunk)
+            rows = await self.db.fetchall(
+                "DELETE FROM e2e_one_time_keys WHERE (user_id, device_id, algorithm, key_id) IN"
+                " (SELECT user_id, device_id, algorithm, MIN(key_id) FROM e2e_one_time_keys"
+                f" WHERE (user_id, device_id, algorithm) IN (VALUES {values})"
+                " GROUP BY user_id, device_id, algorithm) RETURNING user_id, device_id, algorithm, key_id, key_json",
+                *[v for t in chunk for v in t])
+            for r in rows:
+                found[(r["user_id"], r["device_id"], r["algorithm"])] = (r["key_id"], json.loads(r["key_json"]))
+        for target in wanted:
+            if target not in found:
+                got = await self.claim(*target)
+                if got is not None:
+                    found[target] = got
+        return found
+
     # --- cross-signing keys -------------------------------------------------------------------
 
     async def cross_signing_keys(self, user_ids: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:

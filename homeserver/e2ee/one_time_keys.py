@@ -134,19 +134,17 @@ class OneTimeKeys:
             raise MatrixError(400, "M_LIMIT_EXCEEDED", f"at most {MAX_CLAIM_DEVICES} devices per claim")
         result: dict[str, Any] = {"one_time_keys": {}, "failures": {}}
         remote: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
-        claimed: list[tuple[str, str]] = []
+        local: list[tuple[str, str, str]] = []
         for user_id, devices in wanted.items():
             if not self._lists.is_local(user_id):
                 if not local_only:
                     remote[server_of(user_id)][user_id] = devices
                 continue
-            for device_id, algorithm in devices.items():
-                got = await self._store.e2ee.claim(user_id, device_id, algorithm)
-                if got is not None:
-                    key_id, key = got
-                    result["one_time_keys"].setdefault(user_id, {})[device_id] = {f"{algorithm}:{key_id}": key}
-                    claimed.append((user_id, device_id))
-        await self._mark_moved(claimed)
+            local += [(user_id, device_id, algorithm) for device_id, algorithm in devices.items()]
+        claimed = await self._store.e2ee.claim_many(local) if local else {}
+        for (user_id, device_id, algorithm), (key_id, key) in claimed.items():
+            result["one_time_keys"].setdefault(user_id, {})[device_id] = {f"{algorithm}:{key_id}": key}
+        await self._mark_moved([(u, d) for u, d, _ in claimed])
         if remote and self.remote is not None:
             await self._claim_remote(result, remote, remote_timeout(timeout))
         return result
