@@ -1,9 +1,10 @@
 """End-to-end encryption storage: device, one-time, fallback and cross-signing keys, device list
 changes, to-device messages and room key backups.
 
-A one-time key is handed out by a single DELETE ... RETURNING: on PostgreSQL its row is picked
-with FOR UPDATE SKIP LOCKED, so concurrent claims (in any process) each take a different key and
-none comes back empty while keys remain; SQLite runs each statement alone under its write lock.
+A one-time key is handed out by a single DELETE ... RETURNING, so concurrent claims (in any
+process) never take the same key: a row deleted by one is gone for the other. SQLite runs each
+statement alone under its write lock; on PostgreSQL rows are picked FOR UPDATE SKIP LOCKED, so
+concurrent claims take different keys and none comes back empty while keys remain.
 """
 
 from __future__ import annotations
@@ -186,28 +187,39 @@ class E2eeStore:
 
     async def claim_many(self, wanted: Sequence[tuple[str, str, str]]
                          ) -> dict[tuple[str, str, str], tuple[str, dict[str, Any]]]:
-        """Claim for many (user, device, algorithm) at once: one statement takes the lowest key of each.
+        """Claim for many (user, device, algorithm) at once: one statement takes the lowest one-time key
+        of each, one more hands out the fallback keys of those without.
 
-        On PostgreSQL a concurrent claim can make that statement skip a device (its row went to
-        the other claim); those, and devices without keys, go through `claim` one by one."""
+        On PostgreSQL each device's row is picked FOR UPDATE SKIP LOCKED, so a concurrent claim takes
+        another key instead of making this one miss; a miss means no key is left."""
         found: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
         wanted = list(dict.fromkeys(wanted))
-        for start in range(0, len(wanted), CHUNK // 3):
-            chunk = wanted[start:start + CHUNK // 3]
-            values = ",".join("(?, ?, ?)" for _ in chunk)
+        if self.db.engine == "postgres":
+            pick = ("DELETE FROM e2e_one_time_keys WHERE ctid IN (SELECT k.ctid FROM (VALUES {values}) AS w(u, d, a)"
+                    " CROSS JOIN LATERAL (SELECT ctid FROM e2e_one_time_keys WHERE user_id = w.u AND device_id = w.d"
+                    " AND algorithm = w.a ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) k)")
+        else:
+            pick = ("DELETE FROM e2e_one_time_keys WHERE (user_id, device_id, algorithm, key_id) IN"
+                    " (SELECT user_id, device_id, algorithm, MIN(key_id) FROM e2e_one_time_keys"
+                    " WHERE (user_id, device_id, algorithm) IN (VALUES {values}) GROUP BY user_id, device_id, algorithm)")
+        found.update(await self._batch(wanted, pick))
+        missing = [t for t in wanted if t not in found]
+        found.update(await self._batch(missing, "UPDATE e2e_fallback_keys SET used = 1 WHERE"
+                                       " (user_id, device_id, algorithm) IN (VALUES {values})"))
+        return found
+
+    async def _batch(self, targets: Sequence[tuple[str, str, str]], sql: str
+                     ) -> dict[tuple[str, str, str], tuple[str, dict[str, Any]]]:
+        found: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
+        for start in range(0, len(targets), CHUNK // 3):
+            chunk = targets[start:start + CHUNK // 3]
+            cast = "(?::text, ?::text, ?::text)" if self.db.engine == "postgres" else "(?, ?, ?)"
+            values = ",".join(cast for _ in chunk)
             rows = await self.db.fetchall(
-                "DELETE FROM e2e_one_time_keys WHERE (user_id, device_id, algorithm, key_id) IN"
-                " (SELECT user_id, device_id, algorithm, MIN(key_id) FROM e2e_one_time_keys"
-                f" WHERE (user_id, device_id, algorithm) IN (VALUES {values})"
-                " GROUP BY user_id, device_id, algorithm) RETURNING user_id, device_id, algorithm, key_id, key_json",
+                sql.format(values=values) + " RETURNING user_id, device_id, algorithm, key_id, key_json",
                 *[v for t in chunk for v in t])
             for r in rows:
                 found[(r["user_id"], r["device_id"], r["algorithm"])] = (r["key_id"], json.loads(r["key_json"]))
-        for target in wanted:
-            if target not in found:
-                got = await self.claim(*target)
-                if got is not None:
-                    found[target] = got
         return found
 
     # --- cross-signing keys -------------------------------------------------------------------
