@@ -128,3 +128,28 @@ async def test_encrypted_chat_second_device_and_deleted_device(server_url: str, 
             if p is not None:
                 await p.close()
         await asyncio.sleep(0)
+
+
+async def encrypted_story(owner_url: str, guest_url: str, tmp: Path, tag: str) -> None:
+    """Two nio users, each on the given server: the owner's encrypted room, messages both ways."""
+    owner_id = (await http_register(owner_url, f"owner{tag}"))["user_id"]
+    guest_id = (await http_register(guest_url, f"guest{tag}"))["user_id"]
+    owner = Person(owner_url, owner_id, tmp / f"owner{tag}")
+    guest = Person(guest_url, guest_id, tmp / f"guest{tag}")
+    try:
+        await owner.login()
+        await guest.login()
+        created = await owner.client.room_create(invite=[guest_id], is_direct=True, initial_state=[ENCRYPTION])
+        assert isinstance(created, nio.RoomCreateResponse), created
+        room = created.room_id
+        await until([guest], lambda: room in guest.client.invited_rooms, timeout=60)
+        assert isinstance(await guest.client.join(room), nio.JoinResponse)
+        await until([owner, guest], lambda: room in owner.client.rooms and guest_id in owner.client.rooms[room].users
+                    and room in guest.client.rooms and guest.client.rooms[room].encrypted, timeout=60)
+        await owner.send(room, f"to the guest {tag}")
+        await until([owner, guest], lambda: f"to the guest {tag}" in guest.plain, timeout=60)
+        await guest.send(room, f"to the owner {tag}")
+        await until([owner, guest], lambda: f"to the owner {tag}" in owner.plain, timeout=60)
+    finally:
+        await owner.close()
+        await guest.close()
