@@ -14,6 +14,7 @@ import pytest
 from bench.servers import RunningServer
 from tests.e2ee_helpers import Device
 from tests.test_e2ee_cross_signing import CrossKey
+from tests.test_federation_forged import Peer, setup  # noqa: F401 (fixture)
 from tests.test_federation_whispr import V3, Client, membership_in_timeline, pair, users_on_both  # noqa: F401
 
 
@@ -97,3 +98,55 @@ async def test_keys_to_device_and_device_lists_across_servers(pair: tuple[Runnin
             return got["master_keys"].get(bob.user_id, {}).get("keys") == {msk.key_id: msk.public}
         await eventually(has_master)
         assert adev.device_id  # alice's own keys stayed home
+
+
+async def test_hostile_peer_encryption_edus(setup: tuple[RunningServer, Peer]) -> None:  # noqa: F811
+    """EDUs about users of another server are dropped; malformed ones never fail the transaction."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        adev = await keyed(alice)
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        mallory = f"@mallory:{peer.name}"
+        await peer.join(server.server_name, room, mallory)
+        mark = await alice.sync_until(lambda _: True)
+
+        def edu(kind: str, content: Any) -> dict[str, Any]:
+            return {"edu_type": kind, "content": content}
+
+        forged_keys = {"user_id": alice.user_id, "device_id": adev.device_id, "algorithms": [],
+                       "keys": {f"ed25519:{adev.device_id}": "AAAA"}, "signatures": {}}
+        edus = [
+            edu("m.direct_to_device", {"sender": "@eve:elsewhere.example", "type": "m.x", "message_id": "1",
+                                       "messages": {alice.user_id: {"*": {"forged": True}}}}),
+            edu("m.device_list_update", {"user_id": alice.user_id, "device_id": adev.device_id, "stream_id": 99,
+                                         "prev_id": [], "deleted": True}),
+            edu("m.device_list_update", {"user_id": alice.user_id, "device_id": "NEW", "stream_id": 99,
+                                         "prev_id": [], "keys": forged_keys}),
+            edu("m.signing_key_update", {"user_id": alice.user_id, "master_key": {"user_id": alice.user_id,
+                                                                                  "usage": ["master"], "keys": {}}}),
+            edu("m.direct_to_device", {"sender": mallory, "type": "m.x", "message_id": 5, "messages": "x"}),
+            edu("m.device_list_update", {"user_id": mallory, "device_id": None, "stream_id": "x"}),
+            edu("m.direct_to_device", {"sender": mallory, "type": "m.x", "message_id": "2",
+                                       "messages": {alice.user_id: {adev.device_id: {"from": "mallory"}}}}),
+        ]
+        answer = await peer.client.put_json(server.server_name, "/_matrix/federation/v1/send/e2ee1", {
+            "origin": peer.name, "origin_server_ts": int(time.time() * 1000), "pdus": [], "edus": edus})
+        assert answer == {"pdus": {}}
+        got = await alice.sync_until(lambda body: body["to_device"]["events"])
+        assert [e["content"] for e in got["to_device"]["events"]] == [{"from": "mallory"}]
+        assert mark
+        found = await alice.call("POST", "/keys/query", json={"device_keys": {alice.user_id: []}})
+        assert set(found["device_keys"][alice.user_id]) == {adev.device_id}
+        assert found["device_keys"][alice.user_id][adev.device_id]["keys"] == adev.device_keys()["keys"]
+        assert alice.user_id not in found["master_keys"]
+        # the peer may ask for our users' keys, not make us answer for others
+        theirs = await peer.client.post_json(server.server_name, "/_matrix/federation/v1/user/keys/query",
+                                             {"device_keys": {alice.user_id: [], mallory: []}})
+        assert set(theirs["device_keys"]) == {alice.user_id}
+        assert "unsigned" not in theirs["device_keys"][alice.user_id][adev.device_id]
+        claimed = await peer.client.post_json(server.server_name, "/_matrix/federation/v1/user/keys/claim", {
+            "one_time_keys": {alice.user_id: {adev.device_id: "signed_curve25519"}}})
+        assert len(claimed["one_time_keys"][alice.user_id][adev.device_id]) == 1
+        devices = await peer.client.get_json(server.server_name, f"/_matrix/federation/v1/user/devices/{alice.user_id}")
+        assert [d["device_id"] for d in devices["devices"]] == [adev.device_id] and devices["stream_id"] > 0
