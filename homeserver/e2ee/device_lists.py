@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from homeserver.events.auth_rules import server_of
 from homeserver.sync.notifier import Notifier
@@ -40,6 +40,19 @@ class DeviceLists:
         self._store = store
         self._notifier = notifier
         self.remote: DeviceListPublisher | None = None
+        # user -> the last stream position at which a change was announced to them (every process
+        # hears it through the notifier, before the position itself), so a sync asks the database
+        # only when there is something to find.
+        self._heard: dict[str, int] = {}
+        notifier.on_handler("device_lists", self._on_heard)
+
+    def _on_heard(self, msg: dict[str, Any]) -> None:
+        stream = int(msg["stream"])
+        for user_id in msg.get("user_ids", []):
+            self._heard[user_id] = max(stream, self._heard.get(user_id, 0))
+
+    def heard_since(self, user_id: str, stream: int) -> bool:
+        return self._heard.get(user_id, self._notifier.start_position) > stream
 
     def is_local(self, user_id: str) -> bool:
         return server_of(user_id) == self._server_name
@@ -48,7 +61,9 @@ class DeviceLists:
                        signing_keys: bool = False) -> None:
         """A change committed at `stream`: wake the local users who share a room, tell other servers."""
         interested = await self._store.e2ee.users_sharing_rooms(user_id)
-        await self._notifier.notify(stream, user_ids=[u for u in interested if self.is_local(u)])
+        local = [u for u in interested if self.is_local(u)]
+        await self._notifier.publish("device_lists", {"user_ids": local, "stream": stream})
+        await self._notifier.notify(stream, user_ids=local)
         if self.remote is not None and self.is_local(user_id):
             if device_ids:
                 await self.remote.devices_changed(user_id, device_ids, stream, deleted)

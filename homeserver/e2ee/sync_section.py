@@ -1,8 +1,9 @@
 """What /sync carries for encryption: to-device messages, device list changes, key counts.
 
-Nothing here costs a query on a sync that nothing of it concerns: the to-device inbox, the device
-list changes and the key counts are read only when the notifier says the user moved (every
-to-device message and device list change wakes its users) or a claim or upload moved the counts.
+Nothing here costs a query on a sync that nothing of it concerns: the to-device inbox is read only
+when a message was stored for the device, the device list changes only when one was announced to
+the user (or a room's membership moved), the key counts only when a claim or upload moved them;
+every process hears of those through the notifier before the stream position they took.
 """
 
 from __future__ import annotations
@@ -42,15 +43,15 @@ class E2eeSync:
 
     async def section(self, user_id: str, device_id: str, since: int | None, to_device_from: int | None,
                       upto: int, rooms: Sequence[str]) -> E2eeSection:
-        moved = since is None or self._notifier.user_changed_since(user_id, since)
         fields: dict[str, Any] = {}
         changed: list[str] = []
         left: list[str] = []
-        if since is not None and (moved or rooms):
-            changes = await self._lists.changes(user_id, since, upto, rooms, with_changes=moved)
+        lists_moved = since is not None and self._lists.heard_since(user_id, since)
+        if since is not None and (lists_moved or rooms):
+            changes = await self._lists.changes(user_id, since, upto, rooms, with_changes=lists_moved)
             changed, left = changes.changed, changes.left
         fields["device_lists"] = {"changed": changed, "left": left}
-        if moved | self._otks.take_moved(user_id, device_id):
+        if self._otks.take_moved(user_id, device_id) or since is None:
             counts, unused_fallback = await self._otks.counts(user_id, device_id)
             fields["device_one_time_keys_count"] = counts
             fields["device_unused_fallback_key_types"] = unused_fallback
@@ -59,7 +60,7 @@ class E2eeSync:
         await self._acknowledge(user_id, device_id, start)
         events: list[dict[str, Any]] = []
         truncated_at: int | None = None
-        if moved or to_device_from is not None:
+        if since is None or to_device_from is not None or self._to_device.stored_since(user_id, device_id, start):
             messages = await self._to_device.pending(user_id, device_id, start, upto, MAX_TO_DEVICE_PER_SYNC + 1)
             if len(messages) > MAX_TO_DEVICE_PER_SYNC:
                 messages = messages[:MAX_TO_DEVICE_PER_SYNC]
@@ -74,7 +75,7 @@ class E2eeSync:
             return
         key = (user_id, device_id)
         clean = self._clean.get(key)
-        if clean is not None and (clean >= upto or not self._notifier.user_changed_since(user_id, clean)):
+        if clean is not None and (clean >= upto or not self._to_device.stored_since(user_id, device_id, clean)):
             return
         await self._to_device.acknowledge(user_id, device_id, upto)
         self._clean[key] = upto

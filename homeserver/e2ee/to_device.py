@@ -52,6 +52,20 @@ class ToDevice:
         self._store = store
         self._notifier = notifier
         self.remote: RemoteToDevice | None = None
+        # (user, device) -> the last position a message was stored at for it; every process hears
+        # of it through the notifier before the position itself.
+        self._stored: dict[tuple[str, str], int] = {}
+        notifier.on_handler("to_device", self._on_stored)
+
+    def _on_stored(self, msg: dict[str, Any]) -> None:
+        stream = int(msg["stream"])
+        for user_id, device_id in msg.get("devices", []):
+            key = (user_id, device_id)
+            self._stored[key] = max(stream, self._stored.get(key, 0))
+
+    def stored_since(self, user_id: str, device_id: str, stream: int) -> bool:
+        """Whether a message for the device may have been stored after `stream`."""
+        return self._stored.get((user_id, device_id), self._notifier.start_position) > stream
 
     async def send(self, sender: str, sender_device: str, event_type: str, txn_id: str, raw: object) -> None:
         if not event_type or len(event_type) > MAX_TXN_ID_LENGTH or len(txn_id) > MAX_TXN_ID_LENGTH:
@@ -84,6 +98,7 @@ class ToDevice:
         stream = await self._store.e2ee.add_to_device(
             sender, event_type, [(u, d, c) for (u, d), c in rows.items()], txn, now_ms(), MAX_PENDING_PER_DEVICE)
         if stream is not None:
+            await self._notifier.publish("to_device", {"stream": stream, "devices": [list(k) for k in rows]})
             await self._notifier.notify(stream, user_ids=sorted({u for u, _ in rows}))
         return stream
 
