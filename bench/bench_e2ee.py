@@ -164,7 +164,8 @@ async def main_async(args: argparse.Namespace) -> int:
     sides: list[Side] = []
     try:
         if args.only in (None, "whispr"):
-            sides.append(Side("whispr", await asyncio.to_thread(start_whispr, db=args.db, pg=pg)))
+            sides.append(Side("whispr", await asyncio.to_thread(start_whispr, db=args.db, pg=pg,
+                                                                python=args.whispr_python)))
         if args.only in (None, "synapse"):
             sides.append(Side("synapse", await asyncio.to_thread(start_synapse, db=args.db, pg=pg)))
     except ServerStartError as e:
@@ -208,6 +209,7 @@ def main() -> None:
     p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--pg-url", default=None)
     p.add_argument("--only", choices=["whispr", "synapse"], default=None)
+    p.add_argument("--whispr-python", default=None, help="interpreter (or wrapper) to run Whispr with")
     sys.exit(asyncio.run(main_async(p.parse_args())))
 
 

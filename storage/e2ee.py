@@ -113,23 +113,22 @@ class E2eeStore:
                                        r["display_name"]) for r in rows]
         return found
 
-    async def delete_devices(self, user_id: str, device_ids: Sequence[str]) -> int | None:
-        """Remove the devices' keys and waiting messages; the device list change's stream position
-        (None if none of them had keys)."""
+    async def delete_devices(self, user_id: str, device_ids: Sequence[str]) -> list[tuple[str, int]]:
+        """Remove the devices' keys and waiting messages; (device, stream position of its change) for
+        each that had keys: one position per device, so each update over federation follows the last."""
         if not device_ids:
-            return None
+            return []
         marks = _marks(len(device_ids))
         async with self.db.transaction() as tx:
-            had = await tx.fetchval(
-                f"SELECT COUNT(*) FROM e2e_device_keys WHERE user_id = ? AND device_id IN ({marks})",
+            rows = await tx.fetchall(
+                f"SELECT device_id FROM e2e_device_keys WHERE user_id = ? AND device_id IN ({marks})",
                 user_id, *device_ids)
             for table in ("e2e_device_keys", "e2e_one_time_keys", "e2e_fallback_keys", "to_device_inbox",
                           "to_device_txns"):
                 await tx.execute(f"DELETE FROM {table} WHERE user_id = ? AND device_id IN ({marks})",
                                  user_id, *device_ids)
-            if not had:
-                return None
-            return await record_device_list_change(tx, [user_id])
+            return [(r["device_id"], await record_device_list_change(tx, [user_id]))
+                    for r in sorted(rows, key=lambda r: r["device_id"])]
 
     # --- one-time and fallback keys --------------------------------------------------------
 
@@ -349,13 +348,17 @@ class E2eeStore:
         row = await self.db.fetchone("SELECT stream_id, stale FROM remote_device_lists WHERE user_id = ?", user_id)
         return None if row is None else (int(row["stream_id"]), bool(row["stale"]))
 
-    async def tracked_remote(self, user_ids: Sequence[str]) -> set[str]:
-        """Remote users whose device list we hold and trust (not stale)."""
+    async def tracked_remote(self, user_ids: Sequence[str], local_server: str) -> set[str]:
+        """Remote users whose device list we hold and can trust: not stale, and still in a room with
+        one of our users (else their server no longer sends us updates)."""
         found: set[str] = set()
         for chunk in _chunks(list(user_ids)):
             rows = await self.db.fetchall(
-                f"SELECT user_id FROM remote_device_lists WHERE stale = 0 AND user_id IN ({_marks(len(chunk))})",
-                *chunk)
+                "SELECT r.user_id FROM remote_device_lists r WHERE r.stale = 0"
+                f" AND r.user_id IN ({_marks(len(chunk))}) AND EXISTS (SELECT 1 FROM current_state a"
+                " JOIN current_state b ON b.room_id = a.room_id AND b.type = 'm.room.member'"
+                " AND b.membership = 'join' AND b.state_key LIKE ? WHERE a.type = 'm.room.member'"
+                " AND a.state_key = r.user_id AND a.membership = 'join')", *chunk, f"%:{local_server}")
             found |= {r["user_id"] for r in rows}
         return found
 

@@ -97,7 +97,27 @@ async def test_keys_to_device_and_device_lists_across_servers(pair: tuple[Runnin
             got = await alice.call("POST", "/keys/query", json={"device_keys": {bob.user_id: []}})
             return got["master_keys"].get(bob.user_id, {}).get("keys") == {msk.key_id: msk.public}
         await eventually(has_master)
-        assert adev.device_id  # alice's own keys stayed home
+
+        # several devices at once (logout/all): each deletion follows the one before over federation
+        more = []
+        for _ in range(2):
+            login = await (await session.post(b.base_url + V3 + "/login", json={
+                "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
+                "password": "long enough pw"})).json()
+            more.append(await keyed(Client(session, b, bob.user_id, login["access_token"])))
+
+        async def has_three() -> bool:
+            got = await alice.call("POST", "/keys/query", json={"device_keys": {bob.user_id: []}})
+            return set(got["device_keys"][bob.user_id]) == {bdev.device_id, *(d.device_id for d in more)}
+        await eventually(has_three)
+        await bob.call("POST", "/logout/all")
+
+        async def none_left() -> bool:
+            got = await alice.call("POST", "/keys/query", json={"device_keys": {bob.user_id: []}})
+            return got["device_keys"].get(bob.user_id) == {}
+        await eventually(none_left)
+        own = await alice.call("POST", "/keys/query", json={"device_keys": {alice.user_id: []}})
+        assert set(own["device_keys"][alice.user_id]) == {adev.device_id}
 
 
 async def test_hostile_peer_encryption_edus(setup: tuple[RunningServer, Peer]) -> None:  # noqa: F811

@@ -92,7 +92,7 @@ class DeviceKeys:
             raise MatrixError(400, "M_LIMIT_EXCEEDED", f"at most {MAX_QUERY_USERS} users per query")
         local = [u for u in wanted if self._lists.is_local(u)]
         remote = [u for u in wanted if not self._lists.is_local(u)] if requester is not None else []
-        tracked = await self._store.e2ee.tracked_remote(remote) if remote else set()
+        tracked = await self._store.e2ee.tracked_remote(remote, self._server_name) if remote else set()
         from_db = local + sorted(tracked)
         result: dict[str, Any] = {"device_keys": {u: {} for u in wanted if u in from_db or u in local},
                                   "failures": {}, "master_keys": {}, "self_signing_keys": {}}

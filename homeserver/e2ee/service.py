@@ -39,6 +39,5 @@ class E2ee:
 
     async def devices_deleted(self, user_id: str, device_ids: Sequence[str]) -> None:
         """A device logged out or deleted: its keys and messages go, and its users hear of it."""
-        stream = await self._store.e2ee.delete_devices(user_id, device_ids)
-        if stream is not None:
-            await self.lists.announce(user_id, stream, device_ids, deleted=True)
+        for device_id, stream in await self._store.e2ee.delete_devices(user_id, device_ids):
+            await self.lists.announce(user_id, stream, [device_id], deleted=True)
