@@ -171,12 +171,11 @@ class E2eeStore:
         return counts, sorted(r["algorithm"] for r in rows if r["kind"] == "fallback")
 
     async def claim(self, user_id: str, device_id: str, algorithm: str) -> tuple[str, dict[str, Any]] | None:
-        """Take one one-time key (atomically, never the same twice), else the fallback key."""
+        """Take the oldest one-time key (atomically, never the same twice), else the fallback key."""
         lock = " FOR UPDATE SKIP LOCKED" if self.db.engine == "postgres" else ""
         row = await self.db.fetchone(
-            "DELETE FROM e2e_one_time_keys WHERE (user_id, device_id, algorithm, key_id) IN"
-            " (SELECT user_id, device_id, algorithm, key_id FROM e2e_one_time_keys WHERE user_id = ?"
-            f" AND device_id = ? AND algorithm = ? ORDER BY key_id LIMIT 1{lock}) RETURNING key_id, key_json",
+            "DELETE FROM e2e_one_time_keys WHERE id IN (SELECT id FROM e2e_one_time_keys WHERE user_id = ?"
+            f" AND device_id = ? AND algorithm = ? ORDER BY id LIMIT 1{lock}) RETURNING key_id, key_json",
             user_id, device_id, algorithm)
         if row is None:
             row = await self.db.fetchone(
@@ -186,7 +185,7 @@ class E2eeStore:
 
     async def claim_many(self, wanted: Sequence[tuple[str, str, str]]
                          ) -> dict[tuple[str, str, str], tuple[str, dict[str, Any]]]:
-        """Claim for many (user, device, algorithm) at once: one statement takes the lowest one-time key
+        """Claim for many (user, device, algorithm) at once: one statement takes the oldest one-time key
         of each, one more hands out the fallback keys of those without.
 
         On PostgreSQL each device's row is picked FOR UPDATE SKIP LOCKED, so a concurrent claim takes
@@ -194,12 +193,11 @@ class E2eeStore:
         found: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
         wanted = list(dict.fromkeys(wanted))
         if self.db.engine == "postgres":
-            pick = ("DELETE FROM e2e_one_time_keys WHERE ctid IN (SELECT k.ctid FROM (VALUES {values}) AS w(u, d, a)"
-                    " CROSS JOIN LATERAL (SELECT ctid FROM e2e_one_time_keys WHERE user_id = w.u AND device_id = w.d"
-                    " AND algorithm = w.a ORDER BY key_id LIMIT 1 FOR UPDATE SKIP LOCKED) k)")
+            pick = ("DELETE FROM e2e_one_time_keys WHERE id IN (SELECT k.id FROM (VALUES {values}) AS w(u, d, a)"
+                    " CROSS JOIN LATERAL (SELECT id FROM e2e_one_time_keys WHERE user_id = w.u AND device_id = w.d"
+                    " AND algorithm = w.a ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) k)")
         else:
-            pick = ("DELETE FROM e2e_one_time_keys WHERE (user_id, device_id, algorithm, key_id) IN"
-                    " (SELECT user_id, device_id, algorithm, MIN(key_id) FROM e2e_one_time_keys"
+            pick = ("DELETE FROM e2e_one_time_keys WHERE id IN (SELECT MIN(id) FROM e2e_one_time_keys"
                     " WHERE (user_id, device_id, algorithm) IN (VALUES {values}) GROUP BY user_id, device_id, algorithm)")
         found.update(await self._batch(wanted, pick))
         missing = [t for t in wanted if t not in found]

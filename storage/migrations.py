@@ -318,13 +318,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             display_name TEXT,
             PRIMARY KEY (user_id, device_id)
         )""",
+        # `id` keeps the upload order: keys are handed out oldest first (MSC4225, in the spec).
         """CREATE TABLE e2e_one_time_keys (
+            id {serial_pk},
             user_id TEXT NOT NULL,
             device_id TEXT NOT NULL,
             algorithm TEXT NOT NULL,
             key_id TEXT NOT NULL,
             key_json TEXT NOT NULL,
-            PRIMARY KEY (user_id, device_id, algorithm, key_id)
+            UNIQUE (user_id, device_id, algorithm, key_id)
         )""",
         # One fallback key per device and algorithm; `used` once handed out (it stays until replaced).
         """CREATE TABLE e2e_fallback_keys (

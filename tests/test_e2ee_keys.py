@@ -202,3 +202,33 @@ async def test_concurrent_claims_across_two_processes_on_postgres(tmp_path: Any)
     keys = [k for _, body in answers for k in body["one_time_keys"].get(alice["user_id"], {})
             .get(dev.device_id, {})]
     assert len(keys) == 20 and len(set(keys)) == 20
+
+
+async def test_one_time_keys_are_handed_out_in_upload_order(client: Any) -> None:
+    alice, dev = await keyed(client, "alice")
+    keys = dev.one_time_keys(3)
+    names = list(keys)
+    for name in (names[2], names[0], names[1]):  # uploaded out of key ID order
+        await alice.call("POST", "/keys/upload", json={"one_time_keys": {name: keys[name]}})
+    bob = await User.new(client, "bob")
+    query = {"one_time_keys": {alice.user_id: {dev.device_id: "signed_curve25519"}}}
+    got = [next(iter((await bob.call("POST", "/keys/claim", json=query))["one_time_keys"][alice.user_id]
+                     [dev.device_id])) for _ in range(3)]
+    assert got == [names[2], names[0], names[1]]
+
+
+async def test_bare_device_ids_and_unsigned_string_keys_as_old_suites_upload_them(client: Any) -> None:
+    alice = await User.new(client, "alice")
+    device = (await alice.call("GET", "/account/whoami"))["device_id"]
+    body = await alice.call("POST", "/keys/upload/whatever_device", json={
+        "device_keys": {"user_id": alice.user_id, "device_id": device},
+        "one_time_keys": {"test_algorithm:test_id": "test+base64+key"}})
+    assert body["one_time_key_counts"]["test_algorithm"] == 1
+    bob = await User.new(client, "bob")
+    claim = await bob.call("POST", "/keys/claim", json={"one_time_keys": {alice.user_id: {device: "test_algorithm"}}})
+    assert claim["one_time_keys"][alice.user_id][device] == {"test_algorithm:test_id": "test+base64+key"}
+    # keys present without a signature are still refused
+    unsigned = {"user_id": alice.user_id, "device_id": device, "algorithms": [],
+                "keys": {f"ed25519:{device}": "AAAA"}, "signatures": {}}
+    bad = await alice.call("POST", "/keys/upload", json={"device_keys": unsigned}, expect=400)
+    assert bad["errcode"] == "M_INVALID_PARAM"
