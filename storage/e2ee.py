@@ -49,7 +49,7 @@ class ToDeviceMessage:
 class BackupVersion:
     version: int
     algorithm: str
-    auth_data: dict[str, Any]
+    auth_data: Any
     etag: int
 
 
@@ -60,7 +60,7 @@ class BackedUpKey:
     first_message_index: int
     forwarded_count: int
     is_verified: bool
-    session_data: dict[str, Any]
+    session_data: Any
 
     def to_json(self) -> dict[str, Any]:
         return {"first_message_index": self.first_message_index, "forwarded_count": self.forwarded_count,
@@ -450,7 +450,7 @@ class E2eeStore:
 
     # --- room key backups -------------------------------------------------------------------
 
-    async def create_backup(self, user_id: str, algorithm: str, auth_data: dict[str, Any]) -> int:
+    async def create_backup(self, user_id: str, algorithm: str, auth_data: Any) -> int:
         async with self.db.transaction() as tx:
             top = await tx.fetchval("SELECT MAX(version) FROM room_key_backup_versions WHERE user_id = ?", user_id)
             version = int(top or 0) + 1
@@ -472,7 +472,7 @@ class E2eeStore:
             return None
         return BackupVersion(int(row["version"]), row["algorithm"], json.loads(row["auth_data"]), int(row["etag"]))
 
-    async def update_backup(self, user_id: str, version: int, auth_data: dict[str, Any]) -> bool:
+    async def update_backup(self, user_id: str, version: int, auth_data: Any) -> bool:
         row = await self.db.fetchone(
             "UPDATE room_key_backup_versions SET auth_data = ? WHERE user_id = ? AND version = ? AND deleted = 0"
             " RETURNING version", _dump(auth_data), user_id, version)

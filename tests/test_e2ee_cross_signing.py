@@ -113,3 +113,18 @@ async def test_room_key_backup(client: Any) -> None:
     await alice.call("DELETE", f"/room_keys/version/{newer}")
     assert (await alice.call("GET", "/room_keys/version"))["version"] == version
     await alice.call("GET", "/room_keys/version/99", expect=404)
+
+
+async def test_backup_with_opaque_strings_as_older_clients_send(client: Any) -> None:
+    alice = await User.new(client, "alice")
+    version = (await alice.call("POST", "/room_keys/version", json={
+        "algorithm": "m.megolm_backup.v1", "auth_data": "anopaquestring"}))["version"]
+    assert (await alice.call("GET", f"/room_keys/version/{version}"))["auth_data"] == "anopaquestring"
+    await alice.call("PUT", "/room_keys/keys/!abcd/1234", params={"version": version}, json={
+        "first_message_index": 3, "forwarded_count": 0, "is_verified": False, "session_data": "opaque"})
+    got = await alice.call("GET", "/room_keys/keys/!abcd/1234", params={"version": version})
+    assert got["session_data"] == "opaque"
+    assert (await alice.call("GET", "/room_keys/keys/!none", params={"version": version})) == {"sessions": {}}
+    await alice.call("GET", "/room_keys/keys", params={"version": "bogusversion"}, expect=404)
+    bad = await alice.call("POST", "/room_keys/version", json={"algorithm": "x"}, expect=400)
+    assert bad["errcode"] == "M_BAD_JSON"

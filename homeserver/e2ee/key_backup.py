@@ -37,7 +37,7 @@ def _key(room_id: str, session_id: str, data: object) -> BackedUpKey:
                                    data.get("is_verified"), data.get("session_data"))
     if not (isinstance(fmi, int) and not isinstance(fmi, bool) and fmi >= 0
             and isinstance(fwd, int) and not isinstance(fwd, bool) and fwd >= 0
-            and isinstance(verified, bool) and isinstance(session, dict)):
+            and isinstance(verified, bool) and isinstance(session, (dict, str))):
         raise bad_json("key data needs first_message_index, forwarded_count, is_verified and session_data")
     return BackedUpKey(room_id, session_id, fmi, fwd, verified, session)
 
@@ -65,9 +65,10 @@ class KeyBackups:
         self._store = store
 
     @staticmethod
-    def _check(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def _check(body: dict[str, Any]) -> tuple[str, Any]:
         algorithm, auth_data = body.get("algorithm"), body.get("auth_data")
-        if not isinstance(algorithm, str) or not isinstance(auth_data, dict):
+        # auth_data is an object in the spec; older clients and suites send an opaque string.
+        if not isinstance(algorithm, str) or not isinstance(auth_data, (dict, str)):
             raise bad_json("algorithm (a string) and auth_data (an object) are required")
         return algorithm, auth_data
 
