@@ -231,9 +231,11 @@ class E2eeStore:
                 found.setdefault(r["user_id"], {})[r["key_type"]] = json.loads(r["key_json"])
         return found
 
-    async def set_cross_signing_keys(self, user_id: str, keys: dict[str, dict[str, Any]]) -> int:
+    async def set_cross_signing_keys(self, user_id: str, keys: dict[str, dict[str, Any]],
+                                     record: bool = True) -> int | None:
+        """Store the keys; the stream position of the device list change (None when `record` is off)."""
         async with self.db.transaction() as tx:
-            stream = await record_device_list_change(tx, [user_id])
+            stream = await record_device_list_change(tx, [user_id]) if record else None
             await tx.executemany(
                 "INSERT INTO e2e_cross_signing_keys (user_id, key_type, key_json) VALUES (?, ?, ?)"
                 " ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
@@ -404,7 +406,9 @@ class E2eeStore:
         return stream
 
     async def set_remote_cross_signing(self, user_id: str, keys: dict[str, dict[str, Any]]) -> int:
-        return await self.set_cross_signing_keys(user_id, keys)
+        stream = await self.set_cross_signing_keys(user_id, keys)
+        assert stream is not None
+        return stream
 
     # --- to-device messages ---------------------------------------------------------------
 

@@ -128,3 +128,25 @@ async def test_backup_with_opaque_strings_as_older_clients_send(client: Any) -> 
     await alice.call("GET", "/room_keys/keys", params={"version": "bogusversion"}, expect=404)
     bad = await alice.call("POST", "/room_keys/version", json={"algorithm": "x"}, expect=400)
     assert bad["errcode"] == "M_BAD_JSON"
+
+
+async def test_who_hears_of_cross_signing_changes(client: Any) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(invite=[bob.user_id])
+    await bob.call("POST", f"/join/{room}")
+    start = await bob.sync()
+    msk, ssk, usk = (CrossKey(alice.user_id, u) for u in ("master", "self_signing", "user_signing"))
+    await alice.call("POST", "/keys/device_signing/upload", json={"master_key": msk.body(),
+                                                                  "self_signing_key": ssk.body(msk)})
+    seen = await bob.sync(start["next_batch"])
+    assert alice.user_id in seen["device_lists"]["changed"]
+    # a new user-signing key is alice's own business (password asked: keys exist now)
+    first = await alice.call("POST", "/keys/device_signing/upload", json={"user_signing_key": usk.body(msk)},
+                             expect=401)
+    await alice.call("POST", "/keys/device_signing/upload", json={
+        "user_signing_key": usk.body(msk), "auth": {"type": "m.login.password", "user": alice.user_id,
+                                                    "password": PASSWORD, "session": first["session"]}})
+    quiet = await bob.sync(seen["next_batch"])
+    assert alice.user_id not in quiet["device_lists"]["changed"]
+    own = await alice.call("POST", "/keys/query", json={"device_keys": {alice.user_id: []}})
+    assert own["user_signing_keys"][alice.user_id]["keys"] == {usk.key_id: usk.public}

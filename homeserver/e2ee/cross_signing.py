@@ -65,7 +65,12 @@ class CrossSigning:
                 raise invalid_signature(f"the {t} key must be signed by the master key")
         if not new:
             return
+        if set(new) == {"user_signing"}:
+            # Only the user's own clients care about their user-signing key: nobody is told.
+            await self._store.e2ee.set_cross_signing_keys(user_id, new, record=False)
+            return
         stream = await self._store.e2ee.set_cross_signing_keys(user_id, new)
+        assert stream is not None
         await self._lists.announce(user_id, stream, signing_keys=True)
 
     async def upload_signatures(self, user_id: str, body: dict[str, Any]) -> dict[str, Any]:
