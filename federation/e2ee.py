@@ -62,16 +62,14 @@ class FederationE2ee:
         if not servers:
             return
         prev = await self._store.e2ee.last_change(user_id, stream)
-        names = {d.device_id: d.display_name for d in await self._store.e2ee.devices_of([user_id])}
         for device_id in device_ids:
+            # Device names stay home, as Synapse's default (allow_device_name_lookup_over_federation).
             content: dict[str, Any] = {"user_id": user_id, "device_id": device_id, "stream_id": stream,
                                        "prev_id": [prev] if prev is not None else [], "deleted": deleted}
             if not deleted:
                 keys = await self._store.e2ee.device_keys(user_id, device_id)
                 if keys is not None:
                     content["keys"] = keys
-                if names.get(device_id):
-                    content["device_display_name"] = names[device_id]
             await self._sender.send_edu(servers, "m.device_list_update", content)
 
     async def signing_keys_changed(self, user_id: str) -> None:

@@ -102,6 +102,7 @@ class HomeServer:
         e2ee = E2ee(config.server_name, store, notifier)
         sync.e2ee = e2ee.sync
         accounts.on_devices_deleted.append(e2ee.devices_deleted)
+        accounts.on_device_updated.append(e2ee.device_updated)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),

@@ -115,20 +115,16 @@ class E2eeStore:
 
     async def delete_devices(self, user_id: str, device_ids: Sequence[str]) -> list[tuple[str, int]]:
         """Remove the devices' keys and waiting messages; (device, stream position of its change) for
-        each that had keys: one position per device, so each update over federation follows the last."""
+        each: one position per device, so each update over federation follows the one before."""
         if not device_ids:
             return []
         marks = _marks(len(device_ids))
         async with self.db.transaction() as tx:
-            rows = await tx.fetchall(
-                f"SELECT device_id FROM e2e_device_keys WHERE user_id = ? AND device_id IN ({marks})",
-                user_id, *device_ids)
             for table in ("e2e_device_keys", "e2e_one_time_keys", "e2e_fallback_keys", "to_device_inbox",
                           "to_device_txns"):
                 await tx.execute(f"DELETE FROM {table} WHERE user_id = ? AND device_id IN ({marks})",
                                  user_id, *device_ids)
-            return [(r["device_id"], await record_device_list_change(tx, [user_id]))
-                    for r in sorted(rows, key=lambda r: r["device_id"])]
+            return [(d, await record_device_list_change(tx, [user_id])) for d in sorted(set(device_ids))]
 
     # --- one-time and fallback keys --------------------------------------------------------
 

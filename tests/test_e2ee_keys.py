@@ -232,3 +232,20 @@ async def test_bare_device_ids_and_unsigned_string_keys_as_old_suites_upload_the
                 "keys": {f"ed25519:{device}": "AAAA"}, "signatures": {}}
     bad = await alice.call("POST", "/keys/upload", json={"device_keys": unsigned}, expect=400)
     assert bad["errcode"] == "M_INVALID_PARAM"
+
+
+async def test_new_renamed_and_deleted_devices_are_news_even_without_keys(client: Any) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(invite=[bob.user_id])
+    await bob.call("POST", f"/join/{room}")
+    mark = (await alice.sync())["next_batch"]
+    second = await (await login(client, "bob")).json()
+    body = await alice.sync(mark)
+    assert bob.user_id in body["device_lists"]["changed"]
+    await bob.call("PUT", f"/devices/{second['device_id']}", json={"display_name": "wibble"})
+    body2 = await alice.sync(body["next_batch"])
+    assert bob.user_id in body2["device_lists"]["changed"]
+    resp = await client.post(f"{V3}/logout", headers=auth(second["access_token"]))
+    assert resp.status == 200
+    body3 = await alice.sync(body2["next_batch"])
+    assert bob.user_id in body3["device_lists"]["changed"]

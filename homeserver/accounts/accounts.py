@@ -88,8 +88,10 @@ class Accounts:
         self._live_tokens: dict[tuple[str, str], str] = {}
         self._notifier = notifier
         notifier.on_handler("device", self._forget_device)
-        # Called after devices are deleted or logged out (their encryption keys go with them).
+        # Called after devices are deleted or logged out (their encryption keys go with them), and
+        # after a device is created or renamed: who shares a room with the user hears of it.
         self.on_devices_deleted: list[Callable[[str, Sequence[str]], Awaitable[None]]] = []
+        self.on_device_updated: list[Callable[[str, str], Awaitable[None]]] = []
 
     def _forget_device(self, msg: dict[str, Any]) -> None:
         self._live_tokens.pop((msg["user_id"], msg["device_id"]), None)
@@ -212,6 +214,8 @@ class Accounts:
         expires_ts = ts + self._config.tokens.access_token_lifetime_s * 1000 if want_refresh else None
         await self._store.devices.upsert(Device(user_id, device_id, display_name, token_id, expires_ts, ts))
         await self._device_changed(user_id, [device_id])
+        for hook in self.on_device_updated:
+            await hook(user_id, device_id)
         return await self._issue(user_id, device_id, token_id, ts, expires_ts, want_refresh)
 
     async def _issue(self, user_id: str, device_id: str, token_id: str, ts: int, expires_ts: int | None,
@@ -302,6 +306,8 @@ class Accounts:
         if await self._store.devices.get(user_id, device_id) is None:
             raise MatrixError(404, "M_NOT_FOUND", "Unknown device")
         await self._store.devices.set_display_name(user_id, device_id, name)
+        for hook in self.on_device_updated:
+            await hook(user_id, device_id)
 
     async def delete_devices(self, user_id: str, device_ids: list[str]) -> None:
         await self._store.devices.delete(user_id, device_ids)

@@ -37,6 +37,11 @@ class E2ee:
         counts, _ = await self.one_time_keys.counts(user_id, device_id)
         return {"one_time_key_counts": counts}
 
+    async def device_updated(self, user_id: str, device_id: str) -> None:
+        """A device was created (login) or renamed: a device list change like any other."""
+        stream = await self._store.e2ee.record_change([user_id])
+        await self.lists.announce(user_id, stream, [device_id])
+
     async def devices_deleted(self, user_id: str, device_ids: Sequence[str]) -> None:
         """A device logged out or deleted: its keys and messages go, and its users hear of it."""
         for device_id, stream in await self._store.e2ee.delete_devices(user_id, device_ids):
