@@ -38,13 +38,17 @@ async def eventually(check: Any, timeout: float = 30) -> Any:
 
 
 async def test_keys_to_device_and_device_lists_across_servers(pair: tuple[RunningServer, RunningServer]) -> None:  # noqa: F811
-    a, b = pair
+    await keys_story(*pair)
+
+
+async def keys_story(a: RunningServer, b: RunningServer) -> None:
+    """alice on `a`, bob on `b`, in alice's room: what alice sees of bob's keys and devices."""
     async with aiohttp.ClientSession() as session:
         alice, bob = await users_on_both(session, a, "alice", b, "bob")
         adev, bdev = await keyed(alice), await keyed(bob)
         room = (await alice.call("POST", "/createRoom", json={"preset": "private_chat"}))["room_id"]
         await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": bob.user_id})
-        await bob.sync_until(lambda body: room in body["rooms"]["invite"])
+        await bob.sync_until(lambda body: room in body.get("rooms", {}).get("invite", {}))
         await bob.call("POST", f"/join/{room}")
         await alice.sync_until(membership_in_timeline(room, bob.user_id, "join"))
 
@@ -56,15 +60,16 @@ async def test_keys_to_device_and_device_lists_across_servers(pair: tuple[Runnin
         (key_id, key), = claimed["one_time_keys"][bob.user_id][bdev.device_id].items()
         assert key_id.startswith("signed_curve25519:") and "signatures" in key
         unreachable = await alice.call("POST", "/keys/query", json={"device_keys": {"@x:127.0.0.1:1": []}})
-        assert "127.0.0.1:1" in unreachable["failures"]
+        if a.kind == "whispr":
+            assert "127.0.0.1:1" in unreachable["failures"]
 
         # to-device both ways
         await alice.call("PUT", "/sendToDevice/m.room_key_request/t1", json={
             "messages": {bob.user_id: {bdev.device_id: {"from": "alice"}}}})
         await bob.sync_until(lambda body: any(e["content"] == {"from": "alice"} and e["sender"] == alice.user_id
-                                              for e in body["to_device"]["events"]))
+                                              for e in body.get("to_device", {}).get("events", [])))
         await bob.call("PUT", "/sendToDevice/m.x/t1", json={"messages": {alice.user_id: {"*": {"from": "bob"}}}})
-        await alice.sync_until(lambda body: any(e["content"] == {"from": "bob"} for e in body["to_device"]["events"]))
+        await alice.sync_until(lambda body: any(e["content"] == {"from": "bob"} for e in body.get("to_device", {}).get("events", [])))
 
         # bob's new device: alice hears of it, and her server's answer holds it
         login = await (await session.post(b.base_url + V3 + "/login", json={
@@ -72,7 +77,7 @@ async def test_keys_to_device_and_device_lists_across_servers(pair: tuple[Runnin
             "password": "long enough pw"})).json()
         bob2 = Client(session, b, bob.user_id, login["access_token"])
         dev2 = await keyed(bob2)
-        await alice.sync_until(lambda body: bob.user_id in body["device_lists"]["changed"])
+        await alice.sync_until(lambda body: bob.user_id in body.get("device_lists", {}).get("changed", []))
 
         async def has_both() -> bool:
             got = await alice.call("POST", "/keys/query", json={"device_keys": {bob.user_id: []}})

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.servers import RunningServer
+from tests.test_federation_e2ee import keys_story
 from tests.test_federation_whispr import pair  # noqa: F401 (fixture)
 from tests.test_nio_e2ee import encrypted_story
 from tests.test_synapse_interop import peers, synapse_interpreter  # noqa: F401 (fixtures)
@@ -27,3 +28,9 @@ async def test_encrypted_chat_with_synapse_both_ways(peers: tuple[RunningServer,
     whispr, synapse = peers
     await encrypted_story(whispr.base_url, synapse.base_url, tmp_path, "ws")  # room on Whispr
     await encrypted_story(synapse.base_url, whispr.base_url, tmp_path, "sw")  # room on Synapse
+
+
+async def test_keys_and_device_lists_with_synapse_both_ways(peers: tuple[RunningServer, RunningServer]) -> None:  # noqa: F811
+    whispr, synapse = peers
+    await keys_story(whispr, synapse)  # a Whispr user follows a Synapse user's keys and devices
+    await keys_story(synapse, whispr)  # and the other way
