@@ -52,7 +52,8 @@ def key_upload(user_id: str, device_id: str) -> dict[str, Any]:
     kid = f"ed25519:{device_id}"
     device = _signed({"user_id": user_id, "device_id": device_id,
                       "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-                      "keys": {kid: _b64(bytes(key.verify_key)), f"curve25519:{device_id}": _b64(secrets.token_bytes(32))}},
+                      "keys": {kid: _b64(bytes(key.verify_key)),
+                               f"curve25519:{device_id}": _b64(secrets.token_bytes(32))}},
                      user_id, kid, key)
     otks = {f"signed_curve25519:A{i:04d}": _signed({"key": _b64(secrets.token_bytes(32))}, user_id, kid, key)
             for i in range(20)}

@@ -194,7 +194,8 @@ class E2eeStore:
                     " AND algorithm = w.a ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) k)")
         else:
             pick = ("DELETE FROM e2e_one_time_keys WHERE id IN (SELECT MIN(id) FROM e2e_one_time_keys"
-                    " WHERE (user_id, device_id, algorithm) IN (VALUES {values}) GROUP BY user_id, device_id, algorithm)")
+                    " WHERE (user_id, device_id, algorithm) IN (VALUES {values})"
+                    " GROUP BY user_id, device_id, algorithm)")
         found.update(await self._batch(wanted, pick))
         missing = [t for t in wanted if t not in found]
         found.update(await self._batch(missing, "UPDATE e2e_fallback_keys SET used = 1 WHERE"

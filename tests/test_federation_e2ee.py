@@ -69,7 +69,8 @@ async def keys_story(a: RunningServer, b: RunningServer) -> None:
         await bob.sync_until(lambda body: any(e["content"] == {"from": "alice"} and e["sender"] == alice.user_id
                                               for e in body.get("to_device", {}).get("events", [])))
         await bob.call("PUT", "/sendToDevice/m.x/t1", json={"messages": {alice.user_id: {"*": {"from": "bob"}}}})
-        await alice.sync_until(lambda body: any(e["content"] == {"from": "bob"} for e in body.get("to_device", {}).get("events", [])))
+        await alice.sync_until(lambda body: any(e["content"] == {"from": "bob"}
+                                                for e in body.get("to_device", {}).get("events", [])))
 
         # bob's new device: alice hears of it, and her server's answer holds it
         login = await (await session.post(b.base_url + V3 + "/login", json={
@@ -131,7 +132,8 @@ async def test_hostile_peer_encryption_edus(setup: tuple[RunningServer, Peer]) -
     async with aiohttp.ClientSession() as session:
         alice = await Client.register(session, server, "alice")
         adev = await keyed(alice)
-        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        room = (await alice.call("POST", "/createRoom",
+                                 json={"preset": "public_chat", "room_version": "10"}))["room_id"]
         mallory = f"@mallory:{peer.name}"
         await peer.join(server.server_name, room, mallory)
         mark = await alice.sync_until(lambda _: True)
