@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from typing import Any
 
@@ -249,3 +250,19 @@ async def test_new_renamed_and_deleted_devices_are_news_even_without_keys(client
     assert resp.status == 200
     body3 = await alice.sync(body2["next_batch"])
     assert bob.user_id in body3["device_lists"]["changed"]
+
+
+async def test_a_join_hidden_in_a_timeline_gap_is_still_news(client: Any) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(preset="public_chat")
+    lazy = json.dumps({"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": True}}})
+    mark = (await alice.sync(filter=lazy))["next_batch"]
+    await bob.call("POST", f"/join/{room}")
+    for i in range(3):
+        await alice.send(room, f"m{i}")  # bob's join falls out of a one-event timeline
+    body = await alice.sync(mark, filter=lazy)
+    assert body["rooms"]["join"][room]["timeline"]["limited"]
+    assert bob.user_id in body["device_lists"]["changed"]
+    # plain messages afterwards move no membership: nothing to report
+    await alice.send(room, "again")
+    assert (await alice.sync(body["next_batch"], filter=lazy))["device_lists"]["changed"] == []

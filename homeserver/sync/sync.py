@@ -171,7 +171,7 @@ class SyncService:
         empty = not (joined or invited or left or account_data)
         next_batch = upto
         if self.e2ee is not None:
-            next_batch, e2ee_empty = await self._e2ee_section(who, since, upto, [*joined, *left], body)
+            next_batch, e2ee_empty = await self._e2ee_section(who, since, upto, _membership_moved(joined, left), body)
             empty = empty and e2ee_empty
         return SyncResult(body, next_batch, empty, [r for r, (m, _) in memberships.items() if m == "join"])
 
@@ -399,3 +399,15 @@ class SyncService:
                                         for e in events], "limited": limited, "prev_batch": str(prev_batch)},
                 "state": {"events": [client_event(e, version, now) for e in state]},
                 "account_data": {"events": []}}
+
+
+def _membership_moved(joined: dict[str, Any], left: dict[str, Any]) -> list[str]:
+    """Rooms whose membership may have moved in this sync (for the device list changes): the rooms
+    left, and joined rooms with a member event in their timeline or state, or a gap before it."""
+    moved = list(left)
+    for room_id, room in joined.items():
+        timeline = room.get("timeline", {})
+        events = [*timeline.get("events", []), *room.get("state", {}).get("events", [])]
+        if timeline.get("limited") or any(e.get("type") == "m.room.member" for e in events):
+            moved.append(room_id)
+    return moved
