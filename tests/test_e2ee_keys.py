@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
+import pytest
 import yaml
 
-from bench.servers import PostgresAdmin, start_whispr
+from bench.servers import PostgresAdmin, RunningServer, start_whispr
 from tests.conftest import POSTGRES_URL, REDIS_URL, auth, login, need
 from tests.e2ee_helpers import Device
 from tests.rooms_helpers import V3, User
@@ -159,50 +160,95 @@ async def test_deleting_a_device_removes_its_keys_and_tells_room_members(client:
     assert claim["one_time_keys"] == {}
 
 
-async def test_concurrent_claims_across_two_processes_on_postgres(tmp_path: Any) -> None:
-    """Two Whispr processes on one PostgreSQL database: 50 claims split between them, 20 keys."""
+@pytest.fixture
+async def two_workers() -> AsyncIterator[tuple[RunningServer, RunningServer]]:
+    """Two Whispr processes on one PostgreSQL database and one Redis, as a deployment with workers."""
     need(POSTGRES_URL, "postgres")
     need(REDIS_URL, "redis")
-    redis = {"redis": {"url": REDIS_URL, "key_prefix": f"whispr-test-{secrets.token_hex(4)}:"},
-             "secrets": {"jwt_secret": secrets.token_hex(32)}}
-    first = await asyncio.to_thread(start_whispr, db="postgres", pg=PostgresAdmin(POSTGRES_URL), extra_config=redis)
+    shared = {"redis": {"url": REDIS_URL, "key_prefix": f"whispr-test-{secrets.token_hex(4)}:"},
+              "secrets": {"jwt_secret": secrets.token_hex(32)}}
+    first = await asyncio.to_thread(start_whispr, db="postgres", pg=PostgresAdmin(POSTGRES_URL), extra_config=shared)
     try:
         url = yaml.safe_load(first.config_path.read_text())["database"]["url"]
         second = await asyncio.to_thread(start_whispr, db="postgres", pg=PostgresAdmin(POSTGRES_URL),
                                          server_name=first.server_name,
-                                         extra_config={**redis, "database": {"engine": "postgres", "url": url}})
+                                         extra_config={**shared, "database": {"engine": "postgres", "url": url}})
         try:
-            async with aiohttp.ClientSession() as http:
-                async def call(base: str, path: str, body: Any, token: str | None = None) -> Any:
-                    headers = {"Authorization": f"Bearer {token}"} if token else {}
-                    async with http.post(base + V3 + path, json=body, headers=headers) as resp:
-                        return resp.status, await resp.json()
-
-                async def register(name: str) -> dict[str, Any]:
-                    _, started = await call(first.base_url, "/register", {"username": name, "password": "pw-pw-pw-1"})
-                    status, body = await call(first.base_url, "/register", {
-                        "username": name, "password": "pw-pw-pw-1",
-                        "auth": {"type": "m.login.dummy", "session": started["session"]}})
-                    assert status == 200, body
-                    return dict(body)
-
-                alice, bob = await register("alice"), await register("bob")
-                dev = Device(alice["user_id"], alice["device_id"])
-                status, _ = await call(first.base_url, "/keys/upload", {
-                    "device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(20)}, alice["access_token"])
-                assert status == 200
-                query = {"one_time_keys": {alice["user_id"]: {dev.device_id: "signed_curve25519"}}}
-                answers = await asyncio.gather(*(
-                    call((first if i % 2 else second).base_url, "/keys/claim", query, bob["access_token"])
-                    for i in range(50)))
+            yield first, second
         finally:
             await asyncio.to_thread(second.stop)
     finally:
         await asyncio.to_thread(first.stop)
+
+
+class Http:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def call(self, base: str, method: str, path: str, body: Any = None, token: str | None = None,
+                   params: dict[str, str] | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.session.request(method, base + V3 + path, json=body, headers=headers,
+                                        params=params) as resp:
+            return resp.status, await resp.json()
+
+    async def register(self, base: str, name: str) -> dict[str, Any]:
+        _, started = await self.call(base, "POST", "/register", {"username": name, "password": "pw-pw-pw-1"})
+        status, body = await self.call(base, "POST", "/register", {
+            "username": name, "password": "pw-pw-pw-1",
+            "auth": {"type": "m.login.dummy", "session": started["session"]}})
+        assert status == 200, body
+        return dict(body)
+
+
+async def test_concurrent_claims_across_two_processes_on_postgres(
+        two_workers: tuple[RunningServer, RunningServer]) -> None:
+    """50 claims split between two processes on one database, 20 keys: each handed out once."""
+    first, second = two_workers
+    async with aiohttp.ClientSession() as session:
+        http = Http(session)
+        alice, bob = await http.register(first.base_url, "alice"), await http.register(first.base_url, "bob")
+        dev = Device(alice["user_id"], alice["device_id"])
+        status, _ = await http.call(first.base_url, "POST", "/keys/upload", {
+            "device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(20)}, alice["access_token"])
+        assert status == 200
+        query = {"one_time_keys": {alice["user_id"]: {dev.device_id: "signed_curve25519"}}}
+        answers = await asyncio.gather(*(
+            http.call((first if i % 2 else second).base_url, "POST", "/keys/claim", query, bob["access_token"])
+            for i in range(50)))
     assert all(status == 200 for status, _ in answers), answers
     keys = [k for _, body in answers for k in body["one_time_keys"].get(alice["user_id"], {})
             .get(dev.device_id, {})]
     assert len(keys) == 20 and len(set(keys)) == 20
+
+
+async def test_to_device_and_device_lists_across_workers(two_workers: tuple[RunningServer, RunningServer]) -> None:
+    """Sent and changed through one process, seen by a sync waiting on the other."""
+    first, second = two_workers
+    async with aiohttp.ClientSession() as session:
+        http = Http(session)
+        alice, bob = await http.register(first.base_url, "alice"), await http.register(first.base_url, "bob")
+        _, made = await http.call(first.base_url, "POST", "/createRoom", {"invite": [bob["user_id"]]},
+                                  alice["access_token"])
+        await http.call(first.base_url, "POST", f"/join/{made['room_id']}", {}, bob["access_token"])
+        _, start = await http.call(second.base_url, "GET", "/sync", token=bob["access_token"], params={"timeout": "0"})
+        waiting = asyncio.create_task(http.call(second.base_url, "GET", "/sync", token=bob["access_token"],
+                                                params={"since": start["next_batch"], "timeout": "10000"}))
+        await asyncio.sleep(0.5)
+        await http.call(first.base_url, "PUT", "/sendToDevice/m.x/t1", {
+            "messages": {bob["user_id"]: {bob["device_id"]: {"hello": "bob"}}}}, alice["access_token"])
+        status, woke = await asyncio.wait_for(waiting, 8)
+        assert status == 200 and [e["content"] for e in woke["to_device"]["events"]] == [{"hello": "bob"}]
+        dev = Device(alice["user_id"], alice["device_id"])
+        await http.call(first.base_url, "POST", "/keys/upload", {"device_keys": dev.device_keys()},
+                        alice["access_token"])
+        deadline = asyncio.get_running_loop().time() + 8
+        since, seen = woke["next_batch"], False
+        while not seen and asyncio.get_running_loop().time() < deadline:
+            _, body = await http.call(second.base_url, "GET", "/sync", token=bob["access_token"],
+                                      params={"since": since, "timeout": "2000"})
+            since, seen = body["next_batch"], alice["user_id"] in body["device_lists"]["changed"]
+        assert seen
 
 
 async def test_one_time_keys_are_handed_out_in_upload_order(client: Any) -> None:
