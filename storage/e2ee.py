@@ -420,11 +420,15 @@ class E2eeStore:
         return found
 
     async def add_to_device(self, sender: str, event_type: str, messages: Sequence[tuple[str, str, Any]],
-                            txn: tuple[str, str, str] | None, ts: int, max_pending: int) -> int | None:
+                            txn: tuple[str, str, str] | None, ts: int, max_pending: int,
+                            forget_txns_before: int = 0) -> int | None:
         """Queue the messages (user, device, content) at one new stream position; None if the txn was
-        already used. A device with `max_pending` messages waiting gets no more until it syncs."""
+        already used (the sender's txn IDs older than `forget_txns_before` are forgotten here). A device
+        with `max_pending` messages waiting gets no more until it syncs."""
         async with self.db.transaction() as tx:
             if txn is not None:
+                await tx.execute("DELETE FROM to_device_txns WHERE user_id = ? AND device_id = ? AND ts < ?",
+                                 txn[0], txn[1], forget_txns_before)
                 fresh = await tx.fetchval(
                     "INSERT INTO to_device_txns (user_id, device_id, txn_id, ts) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT DO NOTHING RETURNING 1", *txn, ts)

@@ -87,3 +87,17 @@ async def test_a_long_queue_comes_in_pages(client: Any, monkeypatch: Any) -> Non
         seen += [e["content"]["i"] for e in to_device(body)]
         token = body["next_batch"]
     assert seen == list(range(7))
+
+
+async def test_transaction_ids_are_forgotten_after_a_day(client: Any, monkeypatch: Any) -> None:
+    from homeserver.e2ee import to_device as to_device_module
+
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    bob_dev = await device_of(bob)
+    msg = {"messages": {bob.user_id: {bob_dev: {"n": 1}}}}
+    await alice.call("PUT", "/sendToDevice/m.x/same", json=msg)
+    await alice.call("PUT", "/sendToDevice/m.x/same", json=msg)
+    assert len(to_device(await bob.sync())) == 1  # remembered: sent once
+    monkeypatch.setattr(to_device_module, "TXN_MEMORY_MS", -1_000)  # as if a day went by
+    await alice.call("PUT", "/sendToDevice/m.x/same", json=msg)
+    assert len(to_device(await bob.sync())) == 2

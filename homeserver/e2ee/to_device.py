@@ -25,6 +25,8 @@ log = logging.getLogger("whispr.e2ee")
 MAX_PENDING_PER_DEVICE = 10_000
 MAX_MESSAGES_PER_REQUEST = 10_000
 MAX_TXN_ID_LENGTH = 255
+# A transaction ID is remembered this long: clients retry within seconds, servers within hours.
+TXN_MEMORY_MS = 24 * 3600 * 1000
 ALL_DEVICES = "*"
 
 
@@ -95,8 +97,10 @@ class ToDevice:
                 targets = devices if device_id == ALL_DEVICES else [device_id] if device_id in devices else []
                 for target in targets:
                     rows.setdefault((user_id, target), content)
+        ts = now_ms()
         stream = await self._store.e2ee.add_to_device(
-            sender, event_type, [(u, d, c) for (u, d), c in rows.items()], txn, now_ms(), MAX_PENDING_PER_DEVICE)
+            sender, event_type, [(u, d, c) for (u, d), c in rows.items()], txn, ts, MAX_PENDING_PER_DEVICE,
+            ts - TXN_MEMORY_MS)
         if stream is not None:
             await self._notifier.publish("to_device", {"stream": stream, "devices": [list(k) for k in rows]})
             await self._notifier.notify(stream, user_ids=sorted({u for u, _ in rows}))
