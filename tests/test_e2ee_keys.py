@@ -312,3 +312,15 @@ async def test_a_join_hidden_in_a_timeline_gap_is_still_news(client: Any) -> Non
     # plain messages afterwards move no membership: nothing to report
     await alice.send(room, "again")
     assert (await alice.sync(body["next_batch"], filter=lazy))["device_lists"]["changed"] == []
+
+
+async def test_a_bad_part_of_an_upload_stores_nothing(client: Any) -> None:
+    alice = await User.new(client, "alice")
+    dev = Device(alice.user_id, (await alice.call("GET", "/account/whoami"))["device_id"])
+    stranger = Device(alice.user_id, dev.device_id)  # same device ID, another identity key
+    bad = await alice.call("POST", "/keys/upload", json={"device_keys": dev.device_keys(),
+                                                         "one_time_keys": stranger.one_time_keys(2)}, expect=400)
+    assert bad["errcode"] == "M_INVALID_PARAM"
+    found = await alice.call("POST", "/keys/query", json={"device_keys": {alice.user_id: []}})
+    assert found["device_keys"][alice.user_id] == {}
+    assert (await alice.call("POST", "/keys/upload", json={}))["one_time_key_counts"] == {"signed_curve25519": 0}

@@ -75,13 +75,12 @@ class DeviceKeys:
         self._lists = lists
         self.remote: RemoteKeys | None = None
 
-    async def upload_device_keys(self, user_id: str, device_id: str, raw: object) -> dict[str, Any]:
-        keys = check_device_keys(raw, user_id, device_id)
+    async def store_device_keys(self, user_id: str, device_id: str, keys: dict[str, Any]) -> None:
+        """Keep checked keys (`check_device_keys`); a change is announced, the same keys again are not."""
         held = await self._store.e2ee.device_keys(user_id, device_id)
         if held != keys:
             stream = await self._store.e2ee.set_device_keys(user_id, device_id, keys)
             await self._lists.announce(user_id, stream, [device_id])
-        return keys
 
     async def query(self, requester: str | None, wanted: object, timeout: object,
                     with_display_names: bool = True) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from homeserver.e2ee.device_keys import MAX_KEY_ID_LENGTH, RemoteKeys, invalid, remote_timeout
@@ -29,6 +30,16 @@ MAX_ONE_TIME_KEYS_PER_DEVICE = 10_000
 MAX_CLAIM_DEVICES = 10_000
 # Always reported, even at zero: older clients count on it.
 SIGNED_CURVE25519 = "signed_curve25519"
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    """One-time and fallback keys of an upload, checked, waiting to be stored."""
+
+    user_id: str
+    device_id: str
+    one_time: list[tuple[str, str, Any]]
+    fallback: list[tuple[str, str, Any]]
 
 
 def _parse_keys(raw: object, what: str) -> list[tuple[str, str, Any]]:
@@ -89,18 +100,21 @@ class OneTimeKeys:
             return True
         return False
 
-    async def upload(self, user_id: str, device_id: str, one_time: object, fallback: object,
-                     device_keys: dict[str, Any] | None) -> None:
+    async def prepare(self, user_id: str, device_id: str, one_time: object, fallback: object,
+                      device_keys: dict[str, Any] | None) -> UploadPlan:
+        """Check an upload's one-time and fallback keys (nothing is stored yet): what to store."""
         otks = _parse_keys(one_time, "one_time_keys")
         fallbacks = _parse_keys(fallback, "fallback_keys")
         if not otks and not fallbacks:
-            return
+            return UploadPlan(user_id, device_id, [], [])
         if device_keys is None:
             device_keys = await self._store.e2ee.device_keys(user_id, device_id)
         _check_signed(otks + fallbacks, user_id, device_id, device_keys)
+        if len({a for a, _, _ in fallbacks}) != len(fallbacks):
+            raise invalid("at most one fallback key per algorithm")
+        new = []
         if otks:
             held = await self._store.e2ee.one_time_keys(user_id, device_id, [(a, k) for a, k, _ in otks])
-            new = []
             for algorithm, kid, key in otks:
                 before = held.get((algorithm, kid))
                 if before is None:
@@ -111,12 +125,15 @@ class OneTimeKeys:
             if sum(counts.values()) + len(new) > MAX_ONE_TIME_KEYS_PER_DEVICE:
                 raise MatrixError(400, "M_LIMIT_EXCEEDED",
                                   f"a device may hold at most {MAX_ONE_TIME_KEYS_PER_DEVICE} one-time keys")
-            await self._store.e2ee.add_one_time_keys(user_id, device_id, new)
-        if fallbacks:
-            if len({a for a, _, _ in fallbacks}) != len(fallbacks):
-                raise invalid("at most one fallback key per algorithm")
-            await self._store.e2ee.set_fallback_keys(user_id, device_id, fallbacks)
-        await self._mark_moved([(user_id, device_id)])
+        return UploadPlan(user_id, device_id, new, fallbacks)
+
+    async def store(self, plan: UploadPlan) -> None:
+        if plan.one_time:
+            await self._store.e2ee.add_one_time_keys(plan.user_id, plan.device_id, plan.one_time)
+        if plan.fallback:
+            await self._store.e2ee.set_fallback_keys(plan.user_id, plan.device_id, plan.fallback)
+        if plan.one_time or plan.fallback:
+            await self._mark_moved([(plan.user_id, plan.device_id)])
 
     async def counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
         counts, unused_fallback = await self._store.e2ee.key_counts(user_id, device_id)

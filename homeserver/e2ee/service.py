@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from homeserver.e2ee.cross_signing import CrossSigning
-from homeserver.e2ee.device_keys import DeviceKeys
+from homeserver.e2ee.device_keys import DeviceKeys, check_device_keys
 from homeserver.e2ee.device_lists import DeviceLists
 from homeserver.e2ee.key_backup import KeyBackups
 from homeserver.e2ee.one_time_keys import OneTimeKeys
@@ -28,12 +28,16 @@ class E2ee:
         self.sync = E2eeSync(notifier, self.lists, self.one_time_keys, self.to_device)
 
     async def upload(self, user_id: str, device_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """/keys/upload: device keys, one-time keys, fallback keys; the device's key counts."""
+        """/keys/upload: device keys, one-time keys, fallback keys; the device's key counts. Everything
+        is checked before anything is stored: a bad part leaves the device's keys as they were."""
         device_keys = None
         if body.get("device_keys") is not None:
-            device_keys = await self.device_keys.upload_device_keys(user_id, device_id, body["device_keys"])
+            device_keys = check_device_keys(body["device_keys"], user_id, device_id)
         fallback = body.get("fallback_keys", body.get("org.matrix.msc2732.fallback_keys"))
-        await self.one_time_keys.upload(user_id, device_id, body.get("one_time_keys"), fallback, device_keys)
+        plan = await self.one_time_keys.prepare(user_id, device_id, body.get("one_time_keys"), fallback, device_keys)
+        if device_keys is not None:
+            await self.device_keys.store_device_keys(user_id, device_id, device_keys)
+        await self.one_time_keys.store(plan)
         counts, _ = await self.one_time_keys.counts(user_id, device_id)
         return {"one_time_key_counts": counts}
 
