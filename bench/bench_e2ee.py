@@ -171,7 +171,7 @@ async def run_round(session: aiohttp.ClientSession, side: Side, round_no: int, a
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    pg = PostgresAdmin(args.pg_url) if args.db == "postgres" else None
+    pg = (PostgresAdmin(args.pg_url) if args.pg_url else PostgresAdmin()) if args.db == "postgres" else None
     sides: list[Side] = []
     try:
         if args.only in (None, "whispr"):

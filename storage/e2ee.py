@@ -18,6 +18,7 @@ from storage.database import Connection, Database
 from storage.rooms import next_stream
 
 CHUNK = 500
+_RETURNING = " RETURNING user_id, device_id, algorithm, key_id, key_json"
 
 
 def _marks(n: int) -> str:
@@ -196,10 +197,24 @@ class E2eeStore:
             pick = ("DELETE FROM e2e_one_time_keys WHERE id IN (SELECT MIN(id) FROM e2e_one_time_keys"
                     " WHERE (user_id, device_id, algorithm) IN (VALUES {values})"
                     " GROUP BY user_id, device_id, algorithm)")
-        found.update(await self._batch(wanted, pick))
+        found.update(await self._batch(wanted, pick + _RETURNING))
         missing = [t for t in wanted if t not in found]
-        found.update(await self._batch(missing, "UPDATE e2e_fallback_keys SET used = 1 WHERE"
-                                       " (user_id, device_id, algorithm) IN (VALUES {values})"))
+        if not missing:
+            return found
+        # The fallback keys: marked used (rows locked in one order on PostgreSQL, so concurrent claims
+        # cannot deadlock), then read, used or not.
+        if self.db.engine == "postgres":
+            mark = ("UPDATE e2e_fallback_keys SET used = 1 WHERE (user_id, device_id, algorithm) IN"
+                    " (SELECT user_id, device_id, algorithm FROM e2e_fallback_keys WHERE used = 0 AND"
+                    " (user_id, device_id, algorithm) IN (VALUES {values})"
+                    " ORDER BY user_id, device_id, algorithm FOR UPDATE)")
+        else:
+            mark = ("UPDATE e2e_fallback_keys SET used = 1 WHERE used = 0 AND"
+                    " (user_id, device_id, algorithm) IN (VALUES {values})")
+        await self._batch(missing, mark)
+        found.update(await self._batch(missing, "SELECT user_id, device_id, algorithm, key_id, key_json"
+                                       " FROM e2e_fallback_keys WHERE (user_id, device_id, algorithm) IN"
+                                       " (VALUES {values})"))
         return found
 
     async def _batch(self, targets: Sequence[tuple[str, str, str]], sql: str
@@ -209,9 +224,7 @@ class E2eeStore:
             chunk = targets[start:start + CHUNK // 3]
             cast = "(?::text, ?::text, ?::text)" if self.db.engine == "postgres" else "(?, ?, ?)"
             values = ",".join(cast for _ in chunk)
-            rows = await self.db.fetchall(
-                sql.format(values=values) + " RETURNING user_id, device_id, algorithm, key_id, key_json",
-                *[v for t in chunk for v in t])
+            rows = await self.db.fetchall(sql.format(values=values), *[v for t in chunk for v in t])
             for r in rows:
                 found[(r["user_id"], r["device_id"], r["algorithm"])] = (r["key_id"], json.loads(r["key_json"]))
         return found

@@ -324,3 +324,32 @@ async def test_a_bad_part_of_an_upload_stores_nothing(client: Any) -> None:
     found = await alice.call("POST", "/keys/query", json={"device_keys": {alice.user_id: []}})
     assert found["device_keys"][alice.user_id] == {}
     assert (await alice.call("POST", "/keys/upload", json={}))["one_time_key_counts"] == {"signed_curve25519": 0}
+
+
+async def test_one_claim_for_many_users(client: Any) -> None:
+    owners = [await keyed(client, f"u{i}") for i in range(5)]
+    for user, dev in owners:
+        await user.call("POST", "/keys/upload", json={"one_time_keys": dev.one_time_keys(2),
+                                                      "fallback_keys": dev.fallback_key()})
+    bob = await User.new(client, "bob")
+    query = {"one_time_keys": {u.user_id: {d.device_id: "signed_curve25519"} for u, d in owners}}
+    seen: dict[str, list[str]] = {u.user_id: [] for u, _ in owners}
+    for _ in range(3):
+        body = await bob.call("POST", "/keys/claim", json=query)
+        for user, dev in owners:
+            seen[user.user_id] += list(body["one_time_keys"][user.user_id][dev.device_id])
+    for keys in seen.values():
+        assert keys == ["signed_curve25519:K00000", "signed_curve25519:K00001", "signed_curve25519:F1"]
+
+
+async def test_concurrent_claims_for_many_users_run_into_the_fallback_keys(client: Any) -> None:
+    owners = [await keyed(client, f"u{i}") for i in range(30)]
+    for user, dev in owners:
+        await user.call("POST", "/keys/upload", json={"one_time_keys": dev.one_time_keys(2),
+                                                      "fallback_keys": dev.fallback_key()})
+    bob = await User.new(client, "bob")
+    query = {"one_time_keys": {u.user_id: {d.device_id: "signed_curve25519"} for u, d in owners}}
+    bodies = await asyncio.gather(*(bob.call("POST", "/keys/claim", json=query) for _ in range(30)))
+    for user, dev in owners:
+        keys = sorted(k for b in bodies for k in b["one_time_keys"][user.user_id][dev.device_id])
+        assert keys == ["signed_curve25519:F1"] * 28 + ["signed_curve25519:K00000", "signed_curve25519:K00001"]
