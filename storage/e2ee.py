@@ -121,11 +121,13 @@ class E2eeStore:
             return []
         marks = _marks(len(device_ids))
         async with self.db.transaction() as tx:
+            # The stream positions first: like every writer here, take the counter's lock before any row's.
+            changes = [(d, await record_device_list_change(tx, [user_id])) for d in sorted(set(device_ids))]
             for table in ("e2e_device_keys", "e2e_one_time_keys", "e2e_fallback_keys", "to_device_inbox",
                           "to_device_txns"):
                 await tx.execute(f"DELETE FROM {table} WHERE user_id = ? AND device_id IN ({marks})",
                                  user_id, *device_ids)
-            return [(d, await record_device_list_change(tx, [user_id])) for d in sorted(set(device_ids))]
+            return changes
 
     # --- one-time and fallback keys --------------------------------------------------------
 
