@@ -11,6 +11,7 @@ from aiohttp import web
 
 from homeserver.web.access_log import REQUESTER
 from homeserver.web.requests import hs
+from federation import e2ee as federation_e2ee
 from federation.ingest import PduRejected, server_of
 from federation.remote_rooms import INVITE_STATE_TYPES, full_pdus_in_invite_state, received_invite_state
 from homeserver.events.client_format import stripped_state
@@ -514,13 +515,6 @@ async def public_rooms(request: web.Request, origin: str) -> web.Response:
         min(limit, MAX_PUBLIC_ROOMS_LIMIT) if limit else None, since, term, room_types, federating_only=True))
 
 
-async def user_devices(request: web.Request, origin: str) -> web.Response:
-    user_id = request.match_info["user_id"]
-    if await hs(request).store.users.get(user_id) is None:
-        raise not_found("Unknown user")
-    return web.json_response({"user_id": user_id, "stream_id": 0, "devices": []})
-
-
 async def openid_userinfo(request: web.Request) -> web.Response:
     return web.json_response({"sub": await hs(request).openid.userinfo(request.query.get("access_token"))})
 
@@ -547,6 +541,8 @@ def setup(app: web.Application) -> None:
     r.add_post(f"{F1}/get_missing_events/{{room_id}}", authed(get_missing_events))
     r.add_get(f"{F1}/query/profile", authed(query_profile))
     r.add_get(f"{F1}/query/directory", authed(query_directory))
-    r.add_get(f"{F1}/user/devices/{{user_id}}", authed(user_devices))
+    r.add_get(f"{F1}/user/devices/{{user_id}}", authed(lambda q, o: federation_e2ee.user_devices(q, o, hs(q))))
+    r.add_post(f"{F1}/user/keys/query", authed(lambda q, o: federation_e2ee.keys_query(q, o, hs(q))))
+    r.add_post(f"{F1}/user/keys/claim", authed(lambda q, o: federation_e2ee.keys_claim(q, o, hs(q))))
     r.add_get(f"{F1}/publicRooms", authed(public_rooms))
     r.add_post(f"{F1}/publicRooms", authed(public_rooms))

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from federation.backfill import Backfiller
+from federation.e2ee import E2EE_EDUS
 from federation.ingest import Ingester, server_of
 from federation.public_rooms import remote_public_rooms
 from federation.remote_rooms import RemoteRooms
@@ -48,6 +49,8 @@ class Federation:
         typing.on_local_change.append(self._local_typing)
         room_data.on_local_receipt.append(self._local_receipt)
         membership.remote = self
+        # Encryption EDUs (federation/e2ee.py), wired in by the server.
+        self.e2ee: Any = None
 
     async def start(self) -> None:
         await self.sender.start()
@@ -152,4 +155,6 @@ class Federation:
                             await self._room_data.receipt(user_id, room_id, "m.read", event_ids[0], local=False)
                         except MatrixError as e:
                             log.info("ignoring a receipt from %s: %s", origin, e.error)
-        # m.presence, m.device_list_update and others: accepted and ignored for now.
+        elif kind in E2EE_EDUS and self.e2ee is not None:
+            await self.e2ee.receive_edu(origin, kind, content)
+        # m.presence and others: accepted and ignored for now.

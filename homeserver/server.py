@@ -11,6 +11,7 @@ from homeserver.accounts.accounts import Accounts
 from homeserver.rooms.chats import Chats
 from homeserver.config import Config, ensure_secrets
 from homeserver.rooms.directory import Directory
+from homeserver.e2ee.service import E2ee
 from homeserver.accounts.email_verification import EmailVerifier
 from homeserver.ephemeral import Ephemeral, make_ephemeral
 from homeserver.events.crypto import load_or_create_signing_key
@@ -97,6 +98,7 @@ class HomeServer:
     pushers: Pushers
     gateway: HttpGateway
     email_notifier: EmailNotifier
+    e2ee: E2ee
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -128,6 +130,10 @@ class HomeServer:
         visibility = HistoryVisibility(rooms, store)
         ignored = IgnoredUsers(store, notifier)
         sync = SyncService(rooms, store, notifier, typing, visibility, ignored)
+        e2ee = E2ee(config.server_name, store, notifier)
+        sync.e2ee = e2ee.sync
+        accounts.on_devices_deleted.append(e2ee.devices_deleted)
+        accounts.on_device_updated.append(e2ee.device_updated)
         push_rules = PushRules(store, notifier)
         push_rules.add_default_rule("override", friend_request_push_rule(USER_ID), after=".m.rule.suppress_notices")
         notifications = Notifications(config.server_name, push_rules, rooms, store)
@@ -168,7 +174,8 @@ class HomeServer:
             push_rules=push_rules, notifications=notifications,
             pushers=Pushers(store, notifications, rooms, gateway, config.push, lambda: notifier.position),
             gateway=gateway,
-            email_notifier=EmailNotifier(config, store, notifications, rooms, mailer, lambda: notifier.position))
+            email_notifier=EmailNotifier(config, store, notifications, rooms, mailer, lambda: notifier.position),
+            e2ee=e2ee)
         await hs.media.start()
         hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
         await hs.pushers.start(notifier.shared)
@@ -195,6 +202,9 @@ class HomeServer:
             self.keyring, client, config.federation.destination_min_retry_ms,
             config.federation.destination_max_retry_ms)
         await self.federation.start()
+        from federation.e2ee import FederationE2ee
+        self.federation.e2ee = FederationE2ee(config.server_name, self.store, self.e2ee, self.federation.sender,
+                                              client)
         self.timeline.remote = self.federation.backfiller
         self.profiles.remote = self.federation
         self.directory.remote = self.federation
@@ -204,6 +214,8 @@ class HomeServer:
 
     async def close(self) -> None:
         if self.federation is not None:
+            if self.federation.e2ee is not None:
+                await self.federation.e2ee.close()
             await self.federation.close()
             await self.federation.client.close()
         await self.friends.close()

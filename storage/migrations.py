@@ -403,6 +403,103 @@ MIGRATIONS: tuple[Migration, ...] = (
             last_stream BIGINT NOT NULL
         )""",
     )),
+    Migration(14, "end-to-end encryption: device, one-time, fallback and cross-signing keys, device list"
+                  " changes, to-device messages, room key backups", (
+        # Device keys as uploaded (signed JSON); for remote users also the display name their server gave.
+        """CREATE TABLE e2e_device_keys (
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            key_json TEXT,
+            display_name TEXT,
+            PRIMARY KEY (user_id, device_id)
+        )""",
+        # `id` keeps the upload order: keys are handed out oldest first (MSC4225, in the spec).
+        """CREATE TABLE e2e_one_time_keys (
+            id {serial_pk},
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            algorithm TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            key_json TEXT NOT NULL,
+            UNIQUE (user_id, device_id, algorithm, key_id)
+        )""",
+        # One fallback key per device and algorithm; `used` once handed out (it stays until replaced).
+        """CREATE TABLE e2e_fallback_keys (
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            algorithm TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            key_json TEXT NOT NULL,
+            used INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (user_id, device_id, algorithm)
+        )""",
+        # key_type: master, self_signing, user_signing.
+        """CREATE TABLE e2e_cross_signing_keys (
+            user_id TEXT NOT NULL,
+            key_type TEXT NOT NULL,
+            key_json TEXT NOT NULL,
+            PRIMARY KEY (user_id, key_type)
+        )""",
+        # Signatures by a user's user-signing key on other users' master keys: shown to the signer only.
+        """CREATE TABLE e2e_user_signatures (
+            signer_id TEXT NOT NULL,
+            target_id TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            PRIMARY KEY (signer_id, target_id, key_id)
+        )""",
+        # A user's devices or keys changed at this stream position (local and remote users).
+        """CREATE TABLE device_list_changes (
+            stream BIGINT NOT NULL,
+            user_id TEXT NOT NULL,
+            PRIMARY KEY (stream, user_id)
+        )""",
+        "CREATE INDEX device_list_changes_user ON device_list_changes (user_id, stream)",
+        # What we last heard of a remote user's device list (the m.device_list_update stream_id);
+        # stale: a gap was seen, the list must be fetched again before it is trusted.
+        """CREATE TABLE remote_device_lists (
+            user_id TEXT PRIMARY KEY,
+            stream_id BIGINT NOT NULL,
+            stale INTEGER NOT NULL DEFAULT 0
+        )""",
+        # Messages waiting for a device; deleted once it syncs past their stream position.
+        """CREATE TABLE to_device_inbox (
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            stream BIGINT NOT NULL,
+            sender TEXT NOT NULL,
+            type TEXT NOT NULL,
+            content TEXT NOT NULL,
+            PRIMARY KEY (user_id, device_id, stream)
+        )""",
+        """CREATE TABLE to_device_txns (
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            txn_id TEXT NOT NULL,
+            ts BIGINT NOT NULL,
+            PRIMARY KEY (user_id, device_id, txn_id)
+        )""",
+        """CREATE TABLE room_key_backup_versions (
+            user_id TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            algorithm TEXT NOT NULL,
+            auth_data TEXT NOT NULL,
+            etag BIGINT NOT NULL DEFAULT 0,
+            deleted INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (user_id, version)
+        )""",
+        """CREATE TABLE room_key_backup_keys (
+            user_id TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            room_id TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            first_message_index BIGINT NOT NULL,
+            forwarded_count BIGINT NOT NULL,
+            is_verified INTEGER NOT NULL,
+            session_data TEXT NOT NULL,
+            PRIMARY KEY (user_id, version, room_id, session_id)
+        )""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

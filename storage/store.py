@@ -9,6 +9,7 @@ from typing import Any
 from homeserver.accounts.models import Device, EmailValidation, Profile, RefreshToken, Threepid, User
 from storage.admin import AdminStore
 from storage.database import Database, Row
+from storage.e2ee import E2eeStore
 from storage.federation import FederationStore
 from storage.friends import FriendStore
 from storage.media import MediaStore
@@ -330,6 +331,7 @@ class Store:
         self.admin = AdminStore(db)
         self.registration_tokens = RegistrationTokenStore(db)
         self.push = PushStore(db)
+        self.e2ee = E2eeStore(db)
 
     async def ping(self) -> None:
         """One round trip to the database (health checks); raises if it does not answer."""

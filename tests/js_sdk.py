@@ -21,7 +21,7 @@ SCRIPT_TIMEOUT_S = 60
 
 def js_node() -> Path:
     """The Node binary of tests/js, installed with npm when missing (skips without npm)."""
-    if not NODE.exists():
+    if not NODE.exists() or not (JS_DIR / "node_modules" / "@matrix-org" / "matrix-sdk-crypto-wasm").exists():
         npm = shutil.which("npm")
         if npm is None:
             message = "the matrix-js-sdk tests need npm to install tests/js"

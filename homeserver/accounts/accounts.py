@@ -6,7 +6,7 @@ import logging
 import secrets
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable, Sequence
 
 from homeserver.clock import now_ms
 from homeserver.config import Config
@@ -90,6 +90,10 @@ class Accounts:
         self._live_tokens: dict[tuple[str, str], str] = {}
         self._notifier = notifier
         notifier.on_handler("device", self._forget_device)
+        # Called after devices are deleted or logged out (their encryption keys go with them), and
+        # after a device is created or renamed: who shares a room with the user hears of it.
+        self.on_devices_deleted: list[Callable[[str, Sequence[str]], Awaitable[None]]] = []
+        self.on_device_updated: list[Callable[[str, str], Awaitable[None]]] = []
 
     def _forget_device(self, msg: dict[str, Any]) -> None:
         self._live_tokens.pop((msg["user_id"], msg["device_id"]), None)
@@ -97,6 +101,11 @@ class Accounts:
     async def _device_changed(self, user_id: str, device_ids: list[str]) -> None:
         for device_id in device_ids:
             await self._notifier.publish("device", {"user_id": user_id, "device_id": device_id})
+
+    async def _devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
+        await self._device_changed(user_id, device_ids)
+        for hook in self.on_devices_deleted:
+            await hook(user_id, device_ids)
 
     @property
     def server_name(self) -> str:
@@ -238,6 +247,8 @@ class Accounts:
         expires_ts = ts + self._config.tokens.access_token_lifetime_s * 1000 if want_refresh else None
         await self._store.devices.upsert(Device(user_id, device_id, display_name, token_id, expires_ts, ts))
         await self._device_changed(user_id, [device_id])
+        for hook in self.on_device_updated:
+            await hook(user_id, device_id)
         return await self._issue(user_id, device_id, token_id, ts, expires_ts, want_refresh, is_guest)
 
     async def _issue(self, user_id: str, device_id: str, token_id: str, ts: int, expires_ts: int | None,
@@ -282,7 +293,7 @@ class Accounts:
             log.warning("reuse of a spent refresh token for %s/%s: revoking the session",
                         stored.user_id, stored.device_id)
             await self._store.devices.delete(stored.user_id, [stored.device_id])
-            await self._device_changed(stored.user_id, [stored.device_id])
+            await self._devices_deleted(stored.user_id, [stored.device_id])
             raise unknown_token("This refresh token was already used; the session is revoked")
         if stored.expires_ts <= now_ms():
             raise unknown_token("This refresh token has expired")
@@ -297,12 +308,12 @@ class Accounts:
 
     async def logout(self, requester: Requester) -> None:
         await self._store.devices.delete(requester.user_id, [requester.device_id])
-        await self._device_changed(requester.user_id, [requester.device_id])
+        await self._devices_deleted(requester.user_id, [requester.device_id])
         self._last_seen.pop((requester.user_id, requester.device_id), None)
 
     async def logout_all(self, user_id: str, except_device: str | None = None) -> list[str]:
         gone = await self._store.devices.delete_all(user_id, except_device)
-        await self._device_changed(user_id, gone)
+        await self._devices_deleted(user_id, gone)
         for device_id in gone:
             self._last_seen.pop((user_id, device_id), None)
         return gone
@@ -328,10 +339,12 @@ class Accounts:
         if await self._store.devices.get(user_id, device_id) is None:
             raise MatrixError(404, "M_NOT_FOUND", "Unknown device")
         await self._store.devices.set_display_name(user_id, device_id, name)
+        for hook in self.on_device_updated:
+            await hook(user_id, device_id)
 
     async def delete_devices(self, user_id: str, device_ids: list[str]) -> None:
         await self._store.devices.delete(user_id, device_ids)
-        await self._device_changed(user_id, device_ids)
+        await self._devices_deleted(user_id, device_ids)
         for device_id in device_ids:
             self._last_seen.pop((user_id, device_id), None)
 

@@ -11,7 +11,7 @@ import asyncio
 import re
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from homeserver.accounts.accounts import Requester
 from homeserver.events.client_format import client_event, stripped_from_json, stripped_state
@@ -29,6 +29,9 @@ from homeserver.sync.typing_state import Typing
 from storage.store import Store
 from storage.user_data import AccountData
 
+if TYPE_CHECKING:
+    from homeserver.e2ee.sync_section import E2eeSync
+
 MAX_TIMEOUT_MS = 300_000
 MEMBERSHIP_CACHE_SIZE = 10_000
 UNREAD_CACHE_SIZE = 50_000
@@ -40,15 +43,19 @@ FRIENDS_SECTION = "org.whispr.friends"
 INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                       "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
 # Positions below zero are history fetched later (backfill); /messages pages down into them.
-_TOKEN = re.compile(r"^s(-?\d+)_(\d+)$")
+# An optional third part is the to-device cursor, when more messages waited than one sync carries.
+_TOKEN = re.compile(r"^s(-?\d+)_(\d+)(?:_(\d+))?$")
 
 
 @dataclass(frozen=True)
 class SyncToken:
     stream: int
     typing: int
+    to_device: int | None = None
 
     def __str__(self) -> str:
+        if self.to_device is not None:
+            return f"s{self.stream}_{self.typing}_{self.to_device}"
         return f"s{self.stream}_{self.typing}"
 
     @classmethod
@@ -56,7 +63,10 @@ class SyncToken:
         m = _TOKEN.match(raw)
         if m is None:
             raise MatrixError(400, "M_INVALID_PARAM", "Unknown sync token")
-        return cls(int(m.group(1)), int(m.group(2)))
+        to_device = int(m.group(3)) if m.group(3) is not None else None
+        if to_device is not None and to_device >= int(m.group(1)):
+            to_device = None
+        return cls(int(m.group(1)), int(m.group(2)), to_device)
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,8 @@ class SyncService:
         # Push evaluation (its results are the counts) and the users' push rules; wired by the HomeServer.
         self.notifications: Notifications | None = None
         self.push_rules: PushRules | None = None
+        # To-device messages, device lists and key counts (homeserver/e2ee), wired in by the server.
+        self.e2ee: E2eeSync | None = None
 
     def current_token(self) -> SyncToken:
         return SyncToken(self._notifier.position, self._typing.serial)
@@ -185,7 +197,24 @@ class SyncService:
             **({FRIENDS_SECTION: {"events": friend_events}} if friend_events else {}),
         }
         empty = not (joined or invited or left or knocked or account_data or friend_events)
-        return SyncResult(body, upto, empty, [r for r, (m, _) in memberships.items() if m == "join"])
+        next_batch = upto
+        if self.e2ee is not None:
+            next_batch, e2ee_empty = await self._e2ee_section(who, since, upto, _membership_moved(joined, left), body)
+            empty = empty and e2ee_empty
+        return SyncResult(body, next_batch, empty, [r for r, (m, _) in memberships.items() if m == "join"])
+
+    async def _e2ee_section(self, who: Requester, since: SyncToken | None, upto: SyncToken, rooms: list[str],
+                            body: dict[str, Any]) -> tuple[SyncToken, bool]:
+        """Fill in the encryption fields; the next token (its to-device cursor when more wait)."""
+        assert self.e2ee is not None
+        section = await self.e2ee.section(who.user_id, who.device_id, since.stream if since else None,
+                                          since.to_device if since else None, upto.stream, rooms)
+        body.update(section.fields)
+        if section.to_device_upto is None:
+            return upto, section.empty
+        next_batch = SyncToken(upto.stream, upto.typing, section.to_device_upto)
+        body["next_batch"] = str(next_batch)
+        return next_batch, False
 
     async def _memberships(self, user_id: str) -> dict[str, tuple[str, str]]:
         """The user's rooms, cached until the notifier reports a change for the user."""
@@ -451,3 +480,15 @@ class SyncService:
                                         for e in events], "limited": limited, "prev_batch": str(prev_batch)},
                 "state": {"events": [client_event(e, version, now) for e in state]},
                 "account_data": {"events": []}}
+
+
+def _membership_moved(joined: dict[str, Any], left: dict[str, Any]) -> list[str]:
+    """Rooms whose membership may have moved in this sync (for the device list changes): the rooms
+    left, and joined rooms with a member event in their timeline or state, or a gap before it."""
+    moved = list(left)
+    for room_id, room in joined.items():
+        timeline = room.get("timeline", {})
+        events = [*timeline.get("events", []), *room.get("state", {}).get("events", [])]
+        if timeline.get("limited") or any(e.get("type") == "m.room.member" for e in events):
+            moved.append(room_id)
+    return moved
