@@ -153,7 +153,7 @@ async def send_transaction(request: web.Request, origin: str) -> web.Response:
     results: dict[str, Any] = {}
     denied = await _rooms_denying(request, origin, pdus)
     for pdu in pdus:
-        if isinstance(pdu, dict) and pdu.get("room_id") in denied:
+        if isinstance(pdu, dict) and isinstance(pdu.get("room_id"), str) and pdu["room_id"] in denied:
             event_id = await _event_id_of(request, pdu)
             log.warning("ignored PDU %s from %s: the server ACL of %s denies it", event_id, origin, pdu["room_id"])
             if event_id:
