@@ -512,15 +512,8 @@ class E2eeStore:
 
     async def backed_up_keys(self, user_id: str, version: int, room_id: str | None = None,
                              session_id: str | None = None) -> list[BackedUpKey]:
-        sql = "SELECT * FROM room_key_backup_keys WHERE user_id = ? AND version = ?"
-        args: list[Any] = [user_id, version]
-        if room_id is not None:
-            sql += " AND room_id = ?"
-            args.append(room_id)
-        if session_id is not None:
-            sql += " AND session_id = ?"
-            args.append(session_id)
-        rows = await self.db.fetchall(sql, *args)
+        where, args = _backup_keys_where(user_id, version, room_id, session_id)
+        rows = await self.db.fetchall("SELECT * FROM room_key_backup_keys WHERE " + where, *args)
         return [BackedUpKey(r["room_id"], r["session_id"], int(r["first_message_index"]), int(r["forwarded_count"]),
                             bool(r["is_verified"]), json.loads(r["session_data"])) for r in rows]
 
@@ -566,15 +559,21 @@ class E2eeStore:
                 " AND deleted = 0 RETURNING etag", user_id, version)
             if etag is None:
                 return None
-            sql = "DELETE FROM room_key_backup_keys WHERE user_id = ? AND version = ?"
-            args: list[Any] = [user_id, version]
-            if room_id is not None:
-                sql += " AND room_id = ?"
-                args.append(room_id)
-            if session_id is not None:
-                sql += " AND session_id = ?"
-                args.append(session_id)
-            await tx.execute(sql, *args)
+            where, args = _backup_keys_where(user_id, version, room_id, session_id)
+            await tx.execute("DELETE FROM room_key_backup_keys WHERE " + where, *args)
             count = await tx.fetchval("SELECT COUNT(*) FROM room_key_backup_keys WHERE user_id = ? AND version = ?",
                                       user_id, version)
         return int(etag), int(count)
+
+
+def _backup_keys_where(user_id: str, version: int, room_id: str | None,
+                       session_id: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause picking a backup's keys: all of them, a room's, or one session's."""
+    where, args = "user_id = ? AND version = ?", [user_id, version]
+    if room_id is not None:
+        where += " AND room_id = ?"
+        args.append(room_id)
+    if session_id is not None:
+        where += " AND session_id = ?"
+        args.append(session_id)
+    return where, args
