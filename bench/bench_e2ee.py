@@ -20,18 +20,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import secrets
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from canonicaljson import encode_canonical_json
 from nacl.signing import SigningKey
 
 from bench.client import Account, register_users
+from bench.raw_http import RawConnection
 from bench.servers import PostgresAdmin, RunningServer, ServerStartError, start_synapse, start_whispr
 
 V3 = "/_matrix/client/v3"
@@ -112,40 +115,68 @@ async def key_share(session: aiohttp.ClientSession, side: Side, round_no: int) -
                "ciphertext": {"k": {"type": 0, "body": _b64(secrets.token_bytes(768))}}, "marker": marker}
     messages = {side.recipient: {d: payload for d in device_ids}}
     got: list[float] = []
+    needle = marker.encode()
 
-    async def device(i: int) -> None:
+    async def device(i: int, conn: RawConnection) -> None:
         token, since = side.devices[i]
+        headers = {"Authorization": f"Bearer {token}"}
         while True:
-            body = await call(session, side, "GET", "/sync", token, params={"since": since, "timeout": "10000"})
+            status, raw = await conn.request("GET", f"{V3}/sync?since={quote(since)}&timeout=10000", headers=headers)
+            arrived = time.perf_counter()  # before parsing: the load client's own cost is not the server's
+            if status != 200:
+                raise RuntimeError(f"GET /sync: {status} {raw[:200]!r}")
+            body = json.loads(raw)
             since = body["next_batch"]
-            if any(e["content"].get("marker") == marker for e in body.get("to_device", {}).get("events", [])):
-                got.append(time.perf_counter())
+            if needle in raw and any(e["content"].get("marker") == marker
+                                     for e in body.get("to_device", {}).get("events", [])):
+                got.append(arrived)
                 break
         side.devices[i] = (token, since)
 
     # Every device is already waiting in /sync when the key share is sent, as real clients are.
-    waiting = [asyncio.create_task(device(i)) for i in range(len(side.devices))]
+    # One bare keep-alive connection per device (bench/raw_http.py): 100 answers arrive at once, and
+    # aiohttp's client would spend longer taking them in than the server spends sending them.
+    connections = [await RawConnection.open(side.server.base_url) for _ in side.devices]
+    waiting = [asyncio.create_task(device(i, c)) for i, c in enumerate(connections)]
     await asyncio.sleep(1.0)
     t0 = time.perf_counter()
     await call(session, side, "PUT", f"/sendToDevice/m.room.encrypted/{marker}", str(side.sender.access_token),
                {"messages": messages})
-    await asyncio.gather(*waiting)
+    try:
+        await asyncio.gather(*waiting)
+    finally:
+        for c in connections:
+            await c.close()
     return max(got) - t0
 
 
 async def rate(session: aiohttp.ClientSession, side: Side, path: str, body: dict[str, Any], requests: int,
                concurrency: int) -> float:
+    """Requests/s of one POST, `concurrency` keep-alive connections each with one request in flight.
+    Answers are read whole but not parsed (the first is, to check it), over bare connections
+    (bench/raw_http.py): the load client must not be what limits the rate (a keys/query answer for
+    50 users is 25 KB)."""
     token = str(side.users[0].access_token)
+    payload = encode_canonical_json(body)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    await call(session, side, "POST", path, token, body)
+    connections = [await RawConnection.open(side.server.base_url) for _ in range(concurrency)]
     left = [requests]
 
-    async def worker() -> None:
+    async def worker(conn: RawConnection) -> None:
         while left[0] > 0:
             left[0] -= 1
-            await call(session, side, "POST", path, token, body)
+            status, answer = await conn.request("POST", V3 + path, payload, headers)
+            if status != 200:
+                raise RuntimeError(f"POST {path}: {status} {answer[:200]!r}")
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return requests / (time.perf_counter() - t0)
+    try:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in connections))
+        return requests / (time.perf_counter() - t0)
+    finally:
+        for c in connections:
+            await c.close()
 
 
 async def run_round(session: aiohttp.ClientSession, side: Side, round_no: int, args: argparse.Namespace) -> None:

@@ -8,13 +8,13 @@ reconnects with Last-Event-ID resumes exactly after the last delta it saw.
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiohttp import web
 from aiohttp_sse import sse_response
 
 from client_api.http import CLIENT_V3, WHISPR, hs, ok, requester
 from homeserver.errors import MatrixError
+from homeserver.web.json_output import encode_json
 from homeserver.sync.sync import SyncToken
 
 SSE_HEARTBEAT_S = 15.0
@@ -51,7 +51,7 @@ async def sync_stream(request: web.Request) -> web.StreamResponse:
         while resp.is_connected():
             result = await server.sync.sync(who, since, SSE_POLL_TIMEOUT_MS if since else 0, False, filt)
             if not result.empty or since is None:
-                await resp.send(json.dumps(result.body, separators=(",", ":")), id=str(result.next_batch),
+                await resp.send(encode_json(result.body).decode(), id=str(result.next_batch),
                                 event="sync")
             since = result.next_batch
             await asyncio.sleep(0)

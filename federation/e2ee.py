@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from homeserver.web.json_output import json_response
 from federation.ingest import server_of
 from federation.sender import FederationSender
 from homeserver.e2ee.service import E2ee
@@ -216,7 +217,7 @@ async def user_devices(request: web.Request, origin: str, server: Any) -> web.Re
         body["master_key"] = cross["master"]
     if "self_signing" in cross:
         body["self_signing_key"] = cross["self_signing"]
-    return web.json_response(body)
+    return json_response(body)
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
@@ -231,11 +232,11 @@ async def keys_query(request: web.Request, origin: str, server: Any) -> web.Resp
     result = await server.e2ee.device_keys.query(None, body.get("device_keys", {}), None,
                                                  with_display_names=False)
     result.pop("failures", None)
-    return web.json_response(result)
+    return json_response(result)
 
 
 async def keys_claim(request: web.Request, origin: str, server: Any) -> web.Response:
     body = await _json(request)
     result = await server.e2ee.one_time_keys.claim(body.get("one_time_keys", {}), None, local_only=True)
     result.pop("failures", None)
-    return web.json_response(result)
+    return json_response(result)

@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from homeserver.web.json_output import json_response
 from homeserver.web.access_log import REQUESTER
 from homeserver.web.requests import hs
 from federation import e2ee as federation_e2ee
@@ -142,7 +143,7 @@ async def send_transaction(request: web.Request, origin: str) -> web.Response:
     txn_id = request.match_info["txn_id"]
     done = await server.store.federation.inbound_txn(origin, txn_id)
     if done is not None:
-        return web.json_response(done)
+        return json_response(done)
     body = await _body(request)
     if not isinstance(body, dict) or not isinstance(body.get("pdus", []), list) \
             or not isinstance(body.get("edus", []), list):
@@ -169,7 +170,7 @@ async def send_transaction(request: web.Request, origin: str) -> web.Response:
             log.exception("ignoring a bad EDU from %s", origin)
     response = {"pdus": results}
     await server.store.federation.record_inbound_txn(origin, txn_id, response, now_ms())
-    return web.json_response(response)
+    return json_response(response)
 
 
 async def _rooms_denying(request: web.Request, origin: str, pdus: list[Any]) -> set[str]:
@@ -214,17 +215,17 @@ async def make_membership(request: web.Request, origin: str, membership: str) ->
         check_auth(probe, state, version)
     except AuthError as e:
         raise forbidden(f"You are not allowed to {membership} this room: {e}") from None
-    return web.json_response({"event": template, "room_version": version.identifier})
+    return json_response({"event": template, "room_version": version.identifier})
 
 
 async def send_membership(request: web.Request, origin: str, membership: str) -> web.Response:
     """v2 send_join / send_leave: the answer as it is."""
-    return web.json_response(await _send_membership(request, origin, membership))
+    return json_response(await _send_membership(request, origin, membership))
 
 
 async def send_membership_v1(request: web.Request, origin: str, membership: str) -> web.Response:
     """v1 send_join / send_leave (deprecated, still called by older servers): `[200, answer]`."""
-    return web.json_response([200, await _send_membership(request, origin, membership)])
+    return json_response([200, await _send_membership(request, origin, membership)])
 
 
 async def _send_membership(request: web.Request, origin: str, membership: str) -> dict[str, Any]:
@@ -296,7 +297,7 @@ async def invite(request: web.Request, origin: str) -> web.Response:
         raise bad_json("The body needs the invite event")
     signed = await _invite(request, origin, body["event"], str(body.get("room_version", V1_ROOM_VERSION)),
                            body.get("invite_room_state"))
-    return web.json_response({"event": signed})
+    return json_response({"event": signed})
 
 
 async def invite_v1(request: web.Request, origin: str) -> web.Response:
@@ -310,7 +311,7 @@ async def invite_v1(request: web.Request, origin: str) -> web.Response:
     unsigned = body.get("unsigned")
     invite_state = unsigned.get("invite_room_state") if isinstance(unsigned, dict) else None
     signed = await _invite(request, origin, body, V1_ROOM_VERSION, invite_state)
-    return web.json_response([200, {"event": signed}])
+    return json_response([200, {"event": signed}])
 
 
 async def _invite(request: web.Request, origin: str, pdu: dict[str, Any], version_id: str,
@@ -383,13 +384,13 @@ async def _state_before(request: web.Request, origin: str) -> tuple[dict[Any, st
 
 async def state_ids(request: web.Request, origin: str) -> web.Response:
     ids, chain = await _state_before(request, origin)
-    return web.json_response({"pdu_ids": list(ids.values()), "auth_chain_ids": [e.event_id for e in chain]})
+    return json_response({"pdu_ids": list(ids.values()), "auth_chain_ids": [e.event_id for e in chain]})
 
 
 async def state(request: web.Request, origin: str) -> web.Response:
     ids, chain = await _state_before(request, origin)
     events = await hs(request).rooms.get_events(ids.values())
-    return web.json_response({"pdus": [e.pdu for e in events.values()], "auth_chain": [e.pdu for e in chain]})
+    return json_response({"pdus": [e.pdu for e in events.values()], "auth_chain": [e.pdu for e in chain]})
 
 
 async def get_event(request: web.Request, origin: str) -> web.Response:
@@ -398,7 +399,7 @@ async def get_event(request: web.Request, origin: str) -> web.Response:
     if ev is None or ev.rejected:
         raise not_found("Unknown event")
     await _require_server_in_room(request, ev.room_id, origin)
-    return web.json_response({"origin": server.config.server_name, "origin_server_ts": now_ms(),
+    return json_response({"origin": server.config.server_name, "origin_server_ts": now_ms(),
                               "pdus": await _as_seen_by(request, origin, ev.room_id, [ev])})
 
 
@@ -409,7 +410,7 @@ async def event_auth(request: web.Request, origin: str) -> web.Response:
     if ev is None or ev.room_id != room_id:
         raise not_found("Unknown event")
     chain = await _auth_chain(request, ev.auth_event_ids)
-    return web.json_response({"auth_chain": [e.pdu for e in chain]})
+    return json_response({"auth_chain": [e.pdu for e in chain]})
 
 
 async def backfill(request: web.Request, origin: str) -> web.Response:
@@ -424,7 +425,7 @@ async def backfill(request: web.Request, origin: str) -> web.Response:
         raise invalid_param(f"at most {MAX_BACKFILL_FROM} v event IDs")
     events = await server.store.rooms.events_by_depth(room_id, before, limit)
     events = [e for e in events if not e.unsigned.get("_soft_failed")]
-    return web.json_response({"origin": server.config.server_name, "origin_server_ts": now_ms(),
+    return json_response({"origin": server.config.server_name, "origin_server_ts": now_ms(),
                               "pdus": await _as_seen_by(request, origin, room_id, events)})
 
 
@@ -455,7 +456,7 @@ async def get_missing_events(request: web.Request, origin: str) -> web.Response:
                 found[ev.event_id] = ev
                 walk.append(ev)
     ordered = sorted(found.values(), key=lambda e: (e.depth, e.stream))
-    return web.json_response({"events": await _as_seen_by(request, origin, room_id, ordered)})
+    return json_response({"events": await _as_seen_by(request, origin, room_id, ordered)})
 
 
 async def query_profile(request: web.Request, origin: str) -> web.Response:
@@ -467,12 +468,12 @@ async def query_profile(request: web.Request, origin: str) -> web.Response:
     field = request.query.get("field")
     if field:
         # A known user without that field: 200 without it (as the spec and Synapse answer).
-        return web.json_response({field: profile[field]} if field in profile else {})
-    return web.json_response(profile)
+        return json_response({field: profile[field]} if field in profile else {})
+    return json_response(profile)
 
 
 async def query_directory(request: web.Request, origin: str) -> web.Response:
-    return web.json_response(await hs(request).directory.resolve_local(request.query.get("room_alias", "")))
+    return json_response(await hs(request).directory.resolve_local(request.query.get("room_alias", "")))
 
 
 async def public_rooms(request: web.Request, origin: str) -> web.Response:
@@ -510,13 +511,13 @@ async def public_rooms(request: web.Request, origin: str) -> web.Response:
     if instance is not None and all_networks:
         raise invalid_param("third_party_instance_id cannot be used with include_all_networks")
     if instance is not None:
-        return web.json_response({"chunk": [], "total_room_count_estimate": 0})
-    return web.json_response(await hs(request).directory.public_rooms(
+        return json_response({"chunk": [], "total_room_count_estimate": 0})
+    return json_response(await hs(request).directory.public_rooms(
         min(limit, MAX_PUBLIC_ROOMS_LIMIT) if limit else None, since, term, room_types, federating_only=True))
 
 
 async def openid_userinfo(request: web.Request) -> web.Response:
-    return web.json_response({"sub": await hs(request).openid.userinfo(request.query.get("access_token"))})
+    return json_response({"sub": await hs(request).openid.userinfo(request.query.get("access_token"))})
 
 
 def setup(app: web.Application) -> None:

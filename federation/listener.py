@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Callable, Protocol, Sequence
 
 from aiohttp import web
 
+from homeserver.web.json_output import json_response
 from homeserver.web.error_middleware import matrix_errors
 from homeserver.web.protocol import ConnectionLimits, MatrixAppRunner
 from federation.keys import KeyRing
@@ -57,11 +58,11 @@ def _state(request: web.Request) -> FederationState:
 
 
 async def version(_request: web.Request) -> web.Response:
-    return web.json_response({"server": {"name": "Whispr", "version": _server_version()}})
+    return json_response({"server": {"name": "Whispr", "version": _server_version()}})
 
 
 async def key_server(request: web.Request) -> web.Response:
-    return web.json_response(_state(request).keyring.server_keys_body())
+    return json_response(_state(request).keyring.server_keys_body())
 
 
 def _optional_ts(value: Any) -> int | None:
@@ -79,7 +80,7 @@ async def key_query_get(request: web.Request) -> web.Response:
             minimum = int(raw)
         except ValueError:
             raise MatrixError(400, "M_INVALID_PARAM", "minimum_valid_until_ts must be an integer") from None
-    return web.json_response(await _state(request).keyring.query_keys({server_name: {}}, minimum))
+    return json_response(await _state(request).keyring.query_keys({server_name: {}}, minimum))
 
 
 async def key_query_post(request: web.Request) -> web.Response:
@@ -104,7 +105,7 @@ async def key_query_post(request: web.Request) -> web.Response:
         criteria[server_name] = {
             key_id: _optional_ts(c.get("minimum_valid_until_ts")) if isinstance(c, dict) else None
             for key_id, c in keys.items()}
-    return web.json_response(await _state(request).keyring.query_keys(criteria))
+    return json_response(await _state(request).keyring.query_keys(criteria))
 
 
 def make_federation_app(hs_getter: Callable[[], FederationState], *,
@@ -135,7 +136,7 @@ async def well_known_server(request: web.Request) -> web.Response:
     delegated = hs(request).config.federation.well_known_server
     if not delegated:
         raise not_found("No delegation configured")
-    return web.json_response({"m.server": delegated})
+    return json_response({"m.server": delegated})
 
 
 def setup_well_known(app: web.Application, config: Config) -> None:

@@ -286,15 +286,12 @@ class E2eeStore:
                 [(user_id, t, k, s) for t, k, s in user_sigs])
         return stream
 
-    async def user_signatures(self, signer_id: str, target_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        """Signatures by `signer_id`'s user-signing key on the targets' master keys: target -> key ID -> sig."""
+    async def signatures_by(self, signer_id: str) -> dict[str, dict[str, str]]:
+        """Every signature by `signer_id`'s user-signing key on others' master keys: target -> key ID -> sig."""
         found: dict[str, dict[str, str]] = {}
-        for chunk in _chunks(list(target_ids)):
-            rows = await self.db.fetchall(
-                "SELECT target_id, key_id, signature FROM e2e_user_signatures WHERE signer_id = ?"
-                f" AND target_id IN ({_marks(len(chunk))})", signer_id, *chunk)
-            for r in rows:
-                found.setdefault(r["target_id"], {})[r["key_id"]] = r["signature"]
+        for r in await self.db.fetchall(
+                "SELECT target_id, key_id, signature FROM e2e_user_signatures WHERE signer_id = ?", signer_id):
+            found.setdefault(r["target_id"], {})[r["key_id"]] = r["signature"]
         return found
 
     # --- device lists ---------------------------------------------------------------------

@@ -251,6 +251,64 @@ async def test_to_device_and_device_lists_across_workers(two_workers: tuple[Runn
         assert seen
 
 
+async def test_keys_queried_on_one_worker_follow_changes_made_on_the_other(
+        two_workers: tuple[RunningServer, RunningServer]) -> None:
+    """Each process keeps the keys it read in memory: every change through the other one (new keys, a
+    rename, a user-signing key that nobody else is told of, a deleted device) must reach its answers."""
+    from tests.test_e2ee_cross_signing import CrossKey
+
+    first, second = two_workers
+    async with aiohttp.ClientSession() as session:
+        http = Http(session)
+        alice = await http.register(first.base_url, "alice")
+        me, token = alice["user_id"], alice["access_token"]
+
+        async def seen_on_second(check: Any) -> dict[str, Any]:
+            deadline = asyncio.get_running_loop().time() + 8
+            while True:
+                status, body = await http.call(second.base_url, "POST", "/keys/query",
+                                               {"device_keys": {me: []}}, token)
+                assert status == 200, body
+                if check(body) or asyncio.get_running_loop().time() > deadline:
+                    return dict(body)
+                await asyncio.sleep(0.1)
+
+        assert (await seen_on_second(lambda b: True))["device_keys"] == {me: {}}
+        dev = Device(me, alice["device_id"])
+        await http.call(first.base_url, "POST", "/keys/upload", {"device_keys": dev.device_keys()}, token)
+        body = await seen_on_second(lambda b: dev.device_id in b["device_keys"][me])
+        assert body["device_keys"][me][dev.device_id]["keys"] == dev.device_keys()["keys"]
+        await http.call(first.base_url, "PUT", f"/devices/{dev.device_id}", {"display_name": "kitchen"}, token)
+        body = await seen_on_second(
+            lambda b: b["device_keys"][me][dev.device_id].get("unsigned", {}).get("device_display_name"))
+        assert body["device_keys"][me][dev.device_id]["unsigned"] == {"device_display_name": "kitchen"}
+        msk = CrossKey(me, "master")
+        await http.call(first.base_url, "POST", "/keys/device_signing/upload", {"master_key": msk.body()}, token)
+        assert me in (await seen_on_second(lambda b: me in b["master_keys"]))["master_keys"]
+        usk = CrossKey(me, "user_signing")
+        status, asked = await http.call(first.base_url, "POST", "/keys/device_signing/upload",
+                                        {"user_signing_key": usk.body(msk)}, token)
+        assert status == 401  # a key added to existing ones needs the password
+        status, _ = await http.call(first.base_url, "POST", "/keys/device_signing/upload", {
+            "user_signing_key": usk.body(msk), "auth": {
+                "type": "m.login.password", "identifier": {"type": "m.id.user", "user": me},
+                "password": "pw-pw-pw-1", "session": asked["session"]}}, token)
+        assert status == 200
+        body = await seen_on_second(lambda b: me in b["user_signing_keys"])
+        assert body["user_signing_keys"][me]["keys"] == {usk.key_id: usk.public}
+        status, other = await http.call(first.base_url, "POST", "/login", {
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": me},
+            "password": "pw-pw-pw-1"})
+        second_dev = Device(me, other["device_id"])
+        await http.call(first.base_url, "POST", "/keys/upload", {"device_keys": second_dev.device_keys()},
+                        other["access_token"])
+        assert set((await seen_on_second(lambda b: len(b["device_keys"][me]) == 2))["device_keys"][me]) == {
+            dev.device_id, second_dev.device_id}
+        await http.call(first.base_url, "POST", "/logout", {}, other["access_token"])
+        body = await seen_on_second(lambda b: len(b["device_keys"][me]) == 1)
+        assert set(body["device_keys"][me]) == {dev.device_id}
+
+
 async def test_one_time_keys_are_handed_out_in_upload_order(client: Any) -> None:
     alice, dev = await keyed(client, "alice")
     keys = dev.one_time_keys(3)

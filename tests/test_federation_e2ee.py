@@ -177,3 +177,26 @@ async def test_hostile_peer_encryption_edus(setup: tuple[RunningServer, Peer]) -
         assert len(claimed["one_time_keys"][alice.user_id][adev.device_id]) == 1
         devices = await peer.client.get_json(server.server_name, f"/_matrix/federation/v1/user/devices/{alice.user_id}")
         assert [d["device_id"] for d in devices["devices"]] == [adev.device_id] and devices["stream_id"] > 0
+
+
+async def test_a_peers_to_device_content_beyond_64_bits_still_syncs(setup: tuple[RunningServer, Peer]) -> None:  # noqa: F811
+    """Federation bodies keep big integers (one bad PDU is dropped alone); content a peer relays
+    with one must still reach the device: the fast JSON writer falls back instead of a 500."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        adev = await keyed(alice)
+        room = (await alice.call("POST", "/createRoom",
+                                 json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+        mallory = f"@mallory:{peer.name}"
+        await peer.join(server.server_name, room, mallory)
+        await alice.sync_until(lambda _: True)
+        huge = 2**70 + 1
+        edu = {"edu_type": "m.direct_to_device", "content": {
+            "sender": mallory, "type": "m.x", "message_id": "big",
+            "messages": {alice.user_id: {adev.device_id: {"n": huge, "text": "ünïcode"}}}}}
+        answer = await peer.client.put_json(server.server_name, "/_matrix/federation/v1/send/big1", {
+            "origin": peer.name, "origin_server_ts": int(time.time() * 1000), "pdus": [], "edus": [edu]})
+        assert answer == {"pdus": {}}
+        got = await alice.sync_until(lambda body: body["to_device"]["events"])
+        assert [e["content"] for e in got["to_device"]["events"]] == [{"n": huge, "text": "ünïcode"}]

@@ -68,6 +68,7 @@ class CrossSigning:
         if set(new) == {"user_signing"}:
             # Only the user's own clients care about their user-signing key: nobody is told.
             await self._store.e2ee.set_cross_signing_keys(user_id, new, record=False)
+            await self._lists.keys_changed_quietly(user_id)
             return
         stream = await self._store.e2ee.set_cross_signing_keys(user_id, new)
         assert stream is not None

@@ -1,12 +1,18 @@
 """Device keys: upload (checked against the device's own ed25519 key), query (local users from the
-database, remote users from what their servers told us, or asked over federation)."""
+database, remote users from what their servers told us, or asked over federation).
+
+Queries far outnumber changes (every client asks for the keys of everyone it shares a room with,
+again after each device list change), so what the database holds for a user is kept in memory
+until a change of that user is announced, in whichever process it happened (`DeviceLists`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from homeserver.e2ee.device_lists import DeviceLists
@@ -22,6 +28,8 @@ MAX_KEY_ID_LENGTH = 255
 DEFAULT_REMOTE_TIMEOUT_MS = 10_000
 MAX_REMOTE_TIMEOUT_MS = 30_000
 CROSS_SIGNING_TYPES = ("master", "self_signing", "user_signing")
+# Users whose keys are kept in memory (a few KiB each), and signers whose signatures are.
+KEY_CACHE_USERS = 50_000
 
 
 def invalid(message: str) -> MatrixError:
@@ -68,12 +76,63 @@ def check_device_keys(keys: object, user_id: str, device_id: str) -> dict[str, A
     return {k: v for k, v in keys.items() if k != "unsigned"}
 
 
+@dataclass(frozen=True)
+class UserKeys:
+    """What the database holds for one user; shared by every answer, so never changed in place."""
+
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)  # with unsigned.device_display_name
+    bare: dict[str, dict[str, Any]] = field(default_factory=dict)  # as uploaded (for other servers)
+    cross: dict[str, dict[str, Any]] = field(default_factory=dict)  # key type -> key
+
+
 class DeviceKeys:
     def __init__(self, server_name: str, store: Store, lists: DeviceLists) -> None:
         self._server_name = server_name
         self._store = store
         self._lists = lists
         self.remote: RemoteKeys | None = None
+        self._keys: OrderedDict[str, UserKeys] = OrderedDict()
+        self._signatures: OrderedDict[str, dict[str, dict[str, str]]] = OrderedDict()
+        # Bumped by every change: a read that overlapped one does not keep what it read.
+        self._epoch = 0
+        lists.on_keys_changed.append(self._forget)
+
+    def _forget(self, user_id: str) -> None:
+        self._epoch += 1
+        self._keys.pop(user_id, None)
+        self._signatures.pop(user_id, None)
+
+    async def _held(self, user_ids: Sequence[str]) -> dict[str, UserKeys]:
+        found = {u: k for u in user_ids if (k := self._keys.get(u)) is not None}
+        missing = [u for u in user_ids if u not in found]
+        if missing:
+            epoch = self._epoch
+            read = {u: UserKeys() for u in missing}
+            for dev in await self._store.e2ee.devices_of(missing):
+                if dev.keys is None:
+                    continue
+                read[dev.user_id].bare[dev.device_id] = dev.keys
+                read[dev.user_id].devices[dev.device_id] = dev.keys if dev.display_name is None else {
+                    **dev.keys, "unsigned": {"device_display_name": dev.display_name}}
+            for user_id, keys in (await self._store.e2ee.cross_signing_keys(missing)).items():
+                read[user_id].cross.update(keys)
+            found.update(read)
+            if epoch == self._epoch:
+                self._keys.update(read)
+                while len(self._keys) > KEY_CACHE_USERS:
+                    self._keys.popitem(last=False)
+        return found
+
+    async def _signatures_by(self, signer_id: str) -> dict[str, dict[str, str]]:
+        held = self._signatures.get(signer_id)
+        if held is None:
+            epoch = self._epoch
+            held = await self._store.e2ee.signatures_by(signer_id)
+            if epoch == self._epoch:
+                self._signatures[signer_id] = held
+                if len(self._signatures) > KEY_CACHE_USERS:
+                    self._signatures.popitem(last=False)
+        return held
 
     async def store_device_keys(self, user_id: str, device_id: str, keys: dict[str, Any]) -> None:
         """Keep checked keys (`check_device_keys`); a change is announced, the same keys again are not."""
@@ -96,40 +155,22 @@ class DeviceKeys:
         remote = [u for u in wanted if not self._lists.is_local(u)] if requester is not None else []
         tracked = await self._store.e2ee.tracked_remote(remote, self._server_name) if remote else set()
         from_db = local + sorted(tracked)
-        result: dict[str, Any] = {"device_keys": {u: {} for u in wanted if u in from_db or u in local},
+        known = set(from_db)
+        result: dict[str, Any] = {"device_keys": {u: {} for u in wanted if u in known},
                                   "failures": {}, "master_keys": {}, "self_signing_keys": {}}
         if requester is not None:
             result["user_signing_keys"] = {}
-        for dev in await self._store.e2ee.devices_of(from_db):
-            only = wanted.get(dev.user_id) or []
-            if dev.keys is None or (only and dev.device_id not in only):
-                continue
-            keys = dict(dev.keys)
-            if with_display_names and dev.display_name is not None:
-                keys["unsigned"] = {"device_display_name": dev.display_name}
-            result["device_keys"][dev.user_id][dev.device_id] = keys
-        await self._add_cross_signing(result, requester, from_db)
+        held = await self._held(from_db)
+        sigs = await self._signatures_by(requester) if requester is not None else {}
+        for user_id, keys in held.items():
+            devices = keys.devices if with_display_names else keys.bare
+            only = wanted.get(user_id)
+            result["device_keys"][user_id] = {d: k for d, k in devices.items() if d in only} if only else devices
+            _add_cross_signing(result, requester, user_id, keys.cross, sigs.get(user_id))
         untracked = [u for u in remote if u not in tracked]
         if untracked and self.remote is not None:
             await self._query_remote(result, untracked, wanted, remote_timeout(timeout))
         return result
-
-    async def _add_cross_signing(self, result: dict[str, Any], requester: str | None,
-                                 user_ids: Sequence[str]) -> None:
-        cross = await self._store.e2ee.cross_signing_keys(user_ids)
-        sigs = await self._store.e2ee.user_signatures(requester, list(cross)) if requester else {}
-        for user_id, keys in cross.items():
-            if "master" in keys:
-                master = keys["master"]
-                if user_id in sigs:
-                    master = {**master, "signatures": {**master.get("signatures", {}),
-                                                       requester: {**master.get("signatures", {}).get(requester, {}),
-                                                                   **sigs[user_id]}}}
-                result["master_keys"][user_id] = master
-            if "self_signing" in keys:
-                result["self_signing_keys"][user_id] = keys["self_signing"]
-            if "user_signing" in keys and user_id == requester:
-                result["user_signing_keys"][user_id] = keys["user_signing"]
 
     async def _query_remote(self, result: dict[str, Any], user_ids: Sequence[str], wanted: dict[str, Any],
                             timeout_ms: int) -> None:
@@ -151,6 +192,23 @@ class DeviceKeys:
         await asyncio.gather(*(ask(s, q) for s, q in by_server.items()))
 
 
+def _add_cross_signing(result: dict[str, Any], requester: str | None, user_id: str, cross: dict[str, dict[str, Any]],
+                       requester_sigs: dict[str, str] | None) -> None:
+    """The user's cross-signing keys: the user-signing key only to its owner, and the requester's own
+    signatures of the master key (nobody else's) added to it."""
+    master = cross.get("master")
+    if master is not None:
+        if requester is not None and requester_sigs:
+            signatures = master.get("signatures", {})
+            master = {**master, "signatures": {**signatures,
+                                               requester: {**signatures.get(requester, {}), **requester_sigs}}}
+        result["master_keys"][user_id] = master
+    if "self_signing" in cross:
+        result["self_signing_keys"][user_id] = cross["self_signing"]
+    if "user_signing" in cross and user_id == requester:
+        result["user_signing_keys"][user_id] = cross["user_signing"]
+
+
 def _merge_remote(result: dict[str, Any], server: str, query: dict[str, list[str]], body: Any) -> None:
     """Take from a server's answer only keys of its own users that were asked for."""
     if not isinstance(body, dict):
@@ -163,10 +221,10 @@ def _merge_remote(result: dict[str, Any], server: str, query: dict[str, list[str
             result["device_keys"][user_id] = {
                 d: k for d, k in by_device.items()
                 if isinstance(k, dict) and k.get("user_id") == user_id and k.get("device_id") == d}
-    for field in ("master_keys", "self_signing_keys"):
-        section = body.get(field)
+    for section_name in ("master_keys", "self_signing_keys"):
+        section = body.get(section_name)
         if isinstance(section, dict):
             for user_id, key in section.items():
                 if user_id in query and server_of(user_id) == server and isinstance(key, dict) \
                         and key.get("user_id") == user_id:
-                    result[field][user_id] = key
+                    result[section_name][user_id] = key

@@ -11,7 +11,7 @@ share any (`left`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,12 +44,18 @@ class DeviceLists:
         # hears it through the notifier, before the position itself), so a sync asks the database
         # only when there is something to find.
         self._heard: dict[str, int] = {}
+        # Told, in every process, of the user whose devices or keys changed (caches of keys forget them).
+        self.on_keys_changed: list[Callable[[str], None]] = []
         notifier.on_handler("device_lists", self._on_heard)
 
     def _on_heard(self, msg: dict[str, Any]) -> None:
         stream = int(msg["stream"])
         for user_id in msg.get("user_ids", []):
             self._heard[user_id] = max(stream, self._heard.get(user_id, 0))
+        changed = msg.get("changed")
+        if isinstance(changed, str):
+            for forget in self.on_keys_changed:
+                forget(changed)
 
     def heard_since(self, user_id: str, stream: int) -> bool:
         return self._heard.get(user_id, self._notifier.start_position) > stream
@@ -62,13 +68,17 @@ class DeviceLists:
         """A change committed at `stream`: wake the local users who share a room, tell other servers."""
         interested = await self._store.e2ee.users_sharing_rooms(user_id)
         local = [u for u in interested if self.is_local(u)]
-        await self._notifier.publish("device_lists", {"user_ids": local, "stream": stream})
-        await self._notifier.notify(stream, user_ids=local)
+        await self._notifier.publish("device_lists", {"user_ids": local, "stream": stream, "changed": user_id})
+        await self._notifier.notify(stream, wake_only=local)
         if self.remote is not None and self.is_local(user_id):
             if device_ids:
                 await self.remote.devices_changed(user_id, device_ids, stream, deleted)
             if signing_keys:
                 await self.remote.signing_keys_changed(user_id)
+
+    async def keys_changed_quietly(self, user_id: str) -> None:
+        """A change only the user's own clients see (their user-signing key): caches forget it, nobody is woken."""
+        await self._notifier.publish("device_lists", {"user_ids": [], "stream": 0, "changed": user_id})
 
     async def changes(self, user_id: str, after: int, upto: int, rooms: Sequence[str],
                       with_changes: bool = True) -> ListChanges:

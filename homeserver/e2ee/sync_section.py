@@ -75,7 +75,7 @@ class E2eeSync:
             return
         key = (user_id, device_id)
         clean = self._clean.get(key)
-        if clean is not None and (clean >= upto or not self._to_device.stored_since(user_id, device_id, clean)):
+        if clean is not None and (clean >= upto or not self._to_device.stored_between(user_id, device_id, clean, upto)):
             return
         await self._to_device.acknowledge(user_id, device_id, upto)
         self._clean[key] = upto

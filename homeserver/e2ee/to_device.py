@@ -57,6 +57,10 @@ class ToDevice:
         # (user, device) -> the last position a message was stored at for it; every process hears
         # of it through the notifier before the position itself.
         self._stored: dict[tuple[str, str], int] = {}
+        # (user, device) -> the lowest and highest positions stored for it (since this process
+        # started) that it may not have acknowledged yet: a sync woken by a new message then knows
+        # there is nothing older to delete, and writes nothing.
+        self._unacknowledged: dict[tuple[str, str], tuple[int, int]] = {}
         notifier.on_handler("to_device", self._on_stored)
 
     def _on_stored(self, msg: dict[str, Any]) -> None:
@@ -64,10 +68,20 @@ class ToDevice:
         for user_id, device_id in msg.get("devices", []):
             key = (user_id, device_id)
             self._stored[key] = max(stream, self._stored.get(key, 0))
+            low, high = self._unacknowledged.get(key, (stream, stream))
+            self._unacknowledged[key] = (min(low, stream), max(high, stream))
 
     def stored_since(self, user_id: str, device_id: str, stream: int) -> bool:
         """Whether a message for the device may have been stored after `stream`."""
         return self._stored.get((user_id, device_id), self._notifier.start_position) > stream
+
+    def stored_between(self, user_id: str, device_id: str, after: int, upto: int) -> bool:
+        """Whether a message for the device may have been stored in (after, upto]: before this
+        process started anything may have been; since, it heard of every message."""
+        if after < self._notifier.start_position:
+            return True
+        span = self._unacknowledged.get((user_id, device_id))
+        return span is not None and span[0] <= upto and span[1] > after
 
     async def send(self, sender: str, sender_device: str, event_type: str, txn_id: str, raw: object) -> None:
         if not event_type or len(event_type) > MAX_TXN_ID_LENGTH or len(txn_id) > MAX_TXN_ID_LENGTH:
@@ -103,7 +117,7 @@ class ToDevice:
             ts - TXN_MEMORY_MS)
         if stream is not None:
             await self._notifier.publish("to_device", {"stream": stream, "devices": [list(k) for k in rows]})
-            await self._notifier.notify(stream, user_ids=sorted({u for u, _ in rows}))
+            await self._notifier.notify(stream, wake_only=sorted({u for u, _ in rows}))
         return stream
 
     async def receive_remote(self, origin: str, content: dict[str, Any]) -> None:
@@ -128,3 +142,10 @@ class ToDevice:
 
     async def acknowledge(self, user_id: str, device_id: str, upto: int) -> None:
         await self._store.e2ee.delete_to_device(user_id, device_id, upto)
+        key = (user_id, device_id)
+        span = self._unacknowledged.get(key)
+        if span is not None:
+            if span[1] <= upto:
+                del self._unacknowledged[key]
+            else:
+                self._unacknowledged[key] = (max(span[0], upto + 1), span[1])

@@ -21,6 +21,15 @@ CHANNEL = "whispr:notify"
 GAP_TIMEOUT_S = 2.0
 
 
+def _stream_message(stream: int, room_id: str | None, user_ids: Iterable[str], receipt: bool,
+                    wake_only: Iterable[str]) -> dict[str, Any]:
+    msg: dict[str, Any] = {"kind": "stream", "stream": stream, "room_id": room_id, "user_ids": list(user_ids),
+                           "receipt": receipt}
+    if wake_only:
+        msg["wake_only"] = list(wake_only)
+    return msg
+
+
 class Notifier:
     """In-process notifier. Positions only move forward."""
 
@@ -55,10 +64,11 @@ class Notifier:
         self._handlers[kind] = handler
 
     async def notify(self, stream: int, room_id: str | None = None, user_ids: Iterable[str] = (),
-                     receipt: bool = False) -> None:
-        """A new stream position was committed; wake who watches the room or the users."""
-        self._apply({"kind": "stream", "stream": stream, "room_id": room_id, "user_ids": list(user_ids),
-                     "receipt": receipt})
+                     receipt: bool = False, wake_only: Iterable[str] = ()) -> None:
+        """A new stream position was committed; wake who watches the room or the users. `wake_only`:
+        users woken whose memberships and account data did not change (what did, to-device messages
+        or device lists, keeps its own record of who it concerns), so their syncs need not read those."""
+        self._apply(_stream_message(stream, room_id, user_ids, receipt, wake_only))
 
     async def publish(self, kind: str, payload: dict[str, Any]) -> None:
         """Apply a replicated message here (and, with Redis, everywhere)."""
@@ -71,6 +81,7 @@ class Notifier:
             keys = list(msg.get("user_ids") or [])
             for user_id in keys:
                 self.user_positions[user_id] = max(stream, self.user_positions.get(user_id, 0))
+            keys += msg.get("wake_only") or []
             room_id = msg.get("room_id")
             for observer in self.on_stream:
                 observer(stream, room_id or None, bool(msg.get("receipt")))
@@ -198,9 +209,8 @@ class RedisNotifier(Notifier):
             await pubsub.aclose()
 
     async def notify(self, stream: int, room_id: str | None = None, user_ids: Iterable[str] = (),
-                     receipt: bool = False) -> None:
-        msg = {"kind": "stream", "stream": stream, "room_id": room_id, "user_ids": list(user_ids),
-               "receipt": receipt}
+                     receipt: bool = False, wake_only: Iterable[str] = ()) -> None:
+        msg = _stream_message(stream, room_id, user_ids, receipt, wake_only)
         self._apply(msg)
         await self._redis.publish(self._channel, json.dumps({**msg, "origin": self._origin}))
 

@@ -10,6 +10,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from homeserver.errors import MatrixError, UIARequired
+from homeserver.web.json_output import json_response
 from storage.database import UnstorableValue
 
 log = logging.getLogger("whispr.http")
@@ -38,7 +39,7 @@ def request_id(request: web.BaseRequest) -> str:
 
 
 def error_response(status: int, errcode: str, error: str, **extra: object) -> web.Response:
-    return web.json_response({"errcode": errcode, "error": error, **extra}, status=status, headers=CORS_HEADERS)
+    return json_response({"errcode": errcode, "error": error, **extra}, status=status, headers=CORS_HEADERS)
 
 
 @web.middleware
@@ -48,9 +49,9 @@ async def matrix_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         response = await handler(request)
     except MatrixError as e:
-        return web.json_response(e.to_json(), status=e.status, headers=CORS_HEADERS)
+        return json_response(e.to_json(), status=e.status, headers=CORS_HEADERS)
     except UIARequired as e:
-        return web.json_response(e.body, status=401, headers=CORS_HEADERS)
+        return json_response(e.body, status=401, headers=CORS_HEADERS)
     except web.HTTPNotFound:
         return error_response(404, "M_UNRECOGNIZED", "Unrecognized request")
     except web.HTTPMethodNotAllowed:

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from homeserver.errors import MatrixError, invalid_param
 from homeserver.json_input import parse_json
+from homeserver.web.json_output import json_response
 from homeserver.server import HomeServer
 
 HS = web.AppKey("homeserver", HomeServer)
@@ -30,7 +31,7 @@ async def json_body(request: web.Request, *, allow_empty: bool = False) -> dict[
 
 
 def ok(body: Any = None, status: int = 200) -> web.Response:
-    return web.json_response({} if body is None else body, status=status)
+    return json_response({} if body is None else body, status=status)
 
 
 @overload
