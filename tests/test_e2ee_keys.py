@@ -251,6 +251,34 @@ async def test_to_device_and_device_lists_across_workers(two_workers: tuple[Runn
         assert seen
 
 
+async def test_to_device_messages_sent_through_both_workers_arrive_once_each_in_order(
+        two_workers: tuple[RunningServer, RunningServer]) -> None:
+    """A process serves a device's messages from memory while it stored them all; one stored by the
+    other process (heard of without its content) must still arrive, and nothing twice."""
+    first, second = two_workers
+    async with aiohttp.ClientSession() as session:
+        http = Http(session)
+        alice, bob = await http.register(first.base_url, "alice"), await http.register(first.base_url, "bob")
+        _, body = await http.call(second.base_url, "GET", "/sync", token=bob["access_token"], params={"timeout": "0"})
+        since, got, sent = body["next_batch"], [], []
+        for round_no in range(4):
+            for n, server in enumerate((second, first, second) if round_no % 2 else (first, second, second)):
+                sent.append(f"{round_no}.{n}")
+                status, _ = await http.call(server.base_url, "PUT", f"/sendToDevice/m.x/t{round_no}-{n}", {
+                    "messages": {bob["user_id"]: {bob["device_id"]: {"n": sent[-1]}}}}, alice["access_token"])
+                assert status == 200
+            deadline = asyncio.get_running_loop().time() + 8
+            while len(got) < len(sent) and asyncio.get_running_loop().time() < deadline:
+                _, body = await http.call(second.base_url, "GET", "/sync", token=bob["access_token"],
+                                          params={"since": since, "timeout": "1000"})
+                since = body["next_batch"]
+                got += [e["content"]["n"] for e in body["to_device"]["events"]]
+        _, body = await http.call(second.base_url, "GET", "/sync", token=bob["access_token"],
+                                  params={"since": since, "timeout": "500"})
+        got += [e["content"]["n"] for e in body["to_device"]["events"]]
+    assert got == sent
+
+
 async def test_keys_queried_on_one_worker_follow_changes_made_on_the_other(
         two_workers: tuple[RunningServer, RunningServer]) -> None:
     """Each process keeps the keys it read in memory: every change through the other one (new keys, a

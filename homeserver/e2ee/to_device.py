@@ -10,7 +10,8 @@ until it syncs. Messages to unknown users or devices are dropped silently, as th
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from homeserver.clock import now_ms
@@ -23,6 +24,9 @@ from storage.store import Store
 log = logging.getLogger("whispr.e2ee")
 
 MAX_PENDING_PER_DEVICE = 10_000
+# Inboxes held in memory (see `HeldInbox`), and the messages one may hold before it is dropped.
+HELD_INBOXES = 100_000
+HELD_MESSAGES = 200
 MAX_MESSAGES_PER_REQUEST = 10_000
 MAX_TXN_ID_LENGTH = 255
 # A transaction ID is remembered this long: clients retry within seconds, servers within hours.
@@ -48,6 +52,15 @@ def check_messages(messages: object) -> dict[str, dict[str, dict[str, Any]]]:
     return messages
 
 
+@dataclass
+class HeldInbox:
+    """Every message of one device stored after `complete_after`, known because this process stored
+    them all: the syncs a send wakes then read nothing from the database."""
+
+    complete_after: int
+    messages: list[ToDeviceMessage] = field(default_factory=list)
+
+
 class ToDevice:
     def __init__(self, server_name: str, store: Store, notifier: Notifier) -> None:
         self._server_name = server_name
@@ -61,6 +74,7 @@ class ToDevice:
         # started) that it may not have acknowledged yet: a sync woken by a new message then knows
         # there is nothing older to delete, and writes nothing.
         self._unacknowledged: dict[tuple[str, str], tuple[int, int]] = {}
+        self._held: OrderedDict[tuple[str, str], HeldInbox] = OrderedDict()
         notifier.on_handler("to_device", self._on_stored)
 
     def _on_stored(self, msg: dict[str, Any]) -> None:
@@ -70,6 +84,9 @@ class ToDevice:
             self._stored[key] = max(stream, self._stored.get(key, 0))
             low, high = self._unacknowledged.get(key, (stream, stream))
             self._unacknowledged[key] = (min(low, stream), max(high, stream))
+            held = self._held.get(key)
+            if held is not None and not any(m.stream == stream for m in held.messages):
+                del self._held[key]  # stored by another process: its content is only in the database
 
     def stored_since(self, user_id: str, device_id: str, stream: int) -> bool:
         """Whether a message for the device may have been stored after `stream`."""
@@ -116,6 +133,8 @@ class ToDevice:
             sender, event_type, [(u, d, c) for (u, d), c in rows.items()], txn, ts, MAX_PENDING_PER_DEVICE,
             ts - TXN_MEMORY_MS)
         if stream is not None:
+            for (user_id, device_id), content in rows.items():
+                self._hold((user_id, device_id), ToDeviceMessage(stream, sender, event_type, content))
             await self._notifier.publish("to_device", {"stream": stream, "devices": [list(k) for k in rows]})
             await self._notifier.notify(stream, wake_only=sorted({u for u, _ in rows}))
         return stream
@@ -136,8 +155,19 @@ class ToDevice:
         local = {u: d for u, d in messages.items() if server_of(u) == self._server_name}
         await self.deliver(sender, event_type, local, (sender, "", message_id[:MAX_TXN_ID_LENGTH]))
 
+    def _hold(self, key: tuple[str, str], message: ToDeviceMessage) -> None:
+        held = self._held.get(key)
+        if held is None:
+            return
+        held.messages.append(message)
+        if len(held.messages) > HELD_MESSAGES:
+            del self._held[key]
+
     async def pending(self, user_id: str, device_id: str, after: int, upto: int,
                       limit: int) -> list[ToDeviceMessage]:
+        held = self._held.get((user_id, device_id))
+        if held is not None and after >= held.complete_after:
+            return [m for m in held.messages if after < m.stream <= upto][:limit]
         return await self._store.e2ee.to_device_for(user_id, device_id, after, upto, limit)
 
     async def acknowledge(self, user_id: str, device_id: str, upto: int) -> None:
@@ -147,5 +177,14 @@ class ToDevice:
         if span is not None:
             if span[1] <= upto:
                 del self._unacknowledged[key]
+                span = None
             else:
                 self._unacknowledged[key] = (max(span[0], upto + 1), span[1])
+        held = self._held.get(key)
+        if held is not None:
+            held.messages = [m for m in held.messages if m.stream > upto]
+        elif span is None and upto >= self._notifier.start_position:
+            # Nothing older is left and every later message will be heard of: the inbox is empty.
+            self._held[key] = HeldInbox(upto)
+            if len(self._held) > HELD_INBOXES:
+                self._held.popitem(last=False)
