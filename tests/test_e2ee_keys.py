@@ -261,18 +261,27 @@ async def test_to_device_messages_sent_through_both_workers_arrive_once_each_in_
         alice, bob = await http.register(first.base_url, "alice"), await http.register(first.base_url, "bob")
         _, body = await http.call(second.base_url, "GET", "/sync", token=bob["access_token"], params={"timeout": "0"})
         since, got, sent = body["next_batch"], [], []
+
+        async def sync(timeout: str) -> None:
+            nonlocal since
+            _, body = await http.call(second.base_url, "GET", "/sync", token=bob["access_token"],
+                                      params={"since": since, "timeout": timeout})
+            since = body["next_batch"]
+            got.extend(e["content"]["n"] for e in body["to_device"]["events"])
+
         for round_no in range(4):
-            for n, server in enumerate((second, first, second) if round_no % 2 else (first, second, second)):
+            # A sync waiting on the second process as the messages come (as a device waits for a key share).
+            waiting = asyncio.create_task(sync("5000"))
+            await asyncio.sleep(0.3)
+            for n, server in enumerate((first, second, second) if round_no % 2 else (second, first, second)):
                 sent.append(f"{round_no}.{n}")
                 status, _ = await http.call(server.base_url, "PUT", f"/sendToDevice/m.x/t{round_no}-{n}", {
                     "messages": {bob["user_id"]: {bob["device_id"]: {"n": sent[-1]}}}}, alice["access_token"])
                 assert status == 200
+            await waiting
             deadline = asyncio.get_running_loop().time() + 8
             while len(got) < len(sent) and asyncio.get_running_loop().time() < deadline:
-                _, body = await http.call(second.base_url, "GET", "/sync", token=bob["access_token"],
-                                          params={"since": since, "timeout": "1000"})
-                since = body["next_batch"]
-                got += [e["content"]["n"] for e in body["to_device"]["events"]]
+                await sync("1000")
         _, body = await http.call(second.base_url, "GET", "/sync", token=bob["access_token"],
                                   params={"since": since, "timeout": "500"})
         got += [e["content"]["n"] for e in body["to_device"]["events"]]
