@@ -264,6 +264,14 @@ async def read_markers(request: web.Request) -> web.Response:
     return ok()
 
 
+async def upgrade(request: web.Request) -> web.Response:
+    who = await requester(request)
+    body = await json_body(request)
+    new_room = await hs(request).upgrades.upgrade(who.user_id, request.match_info["room_id"],
+                                                  body.get("new_version"), body.get("additional_creators"))
+    return ok({"replacement_room": new_room})
+
+
 async def room_aliases(request: web.Request) -> web.Response:
     who = await requester(request)
     return ok({"aliases": await hs(request).directory.aliases(who.user_id, request.match_info["room_id"])})
@@ -302,3 +310,4 @@ def setup(app: web.Application) -> None:
     add.add_post(f"{R}/receipt/{{receipt_type}}/{{event_id}}", receipt)
     add.add_post(f"{R}/read_markers", read_markers)
     add.add_get(f"{R}/aliases", room_aliases)
+    add.add_post(f"{R}/upgrade", upgrade)

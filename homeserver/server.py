@@ -41,6 +41,7 @@ from homeserver.rooms.room_data import RoomData
 from homeserver.rooms.rooms import Rooms
 from homeserver.sync.sync import SyncService
 from homeserver.rooms.timeline import Timeline
+from homeserver.rooms.upgrades import RoomUpgrades
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.accounts.totp import Totp
 from homeserver.sync.typing_state import Typing
@@ -99,6 +100,7 @@ class HomeServer:
     gateway: HttpGateway
     email_notifier: EmailNotifier
     e2ee: E2ee
+    upgrades: RoomUpgrades
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -175,7 +177,7 @@ class HomeServer:
             pushers=Pushers(store, notifications, rooms, gateway, config.push, lambda: notifier.position),
             gateway=gateway,
             email_notifier=EmailNotifier(config, store, notifications, rooms, mailer, lambda: notifier.position),
-            e2ee=e2ee)
+            e2ee=e2ee, upgrades=RoomUpgrades(rooms, membership, store))
         await hs.media.start()
         hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
         await hs.pushers.start(notifier.shared)

@@ -615,6 +615,10 @@ class RoomStore:
     async def delete_alias(self, alias: str) -> None:
         await self.db.execute("DELETE FROM room_aliases WHERE alias = ?", alias)
 
+    async def move_aliases(self, old_room_id: str, new_room_id: str) -> None:
+        """Every alias of a room now names another (a room upgrade)."""
+        await self.db.execute("UPDATE room_aliases SET room_id = ? WHERE room_id = ?", new_room_id, old_room_id)
+
     async def aliases_for_room(self, room_id: str) -> list[str]:
         rows = await self.db.fetchall("SELECT alias FROM room_aliases WHERE room_id = ? ORDER BY alias", room_id)
         return [r["alias"] for r in rows]
