@@ -13,6 +13,7 @@ from aiohttp import web
 from federation.backfill import Backfiller
 from federation.e2ee import E2EE_EDUS
 from federation.ingest import Ingester, server_of
+from federation.hierarchy import remote_hierarchy
 from federation.public_rooms import remote_public_rooms
 from federation.remote_rooms import RemoteRooms
 from federation.sender import FederationSender
@@ -111,6 +112,9 @@ class Federation:
 
     async def public_rooms(self, server: str, query: dict[str, Any]) -> dict[str, Any]:
         return await remote_public_rooms(self.client, server, query)
+
+    async def hierarchy(self, servers: list[str], room_id: str, suggested_only: bool) -> dict[str, Any] | None:
+        return await remote_hierarchy(self.client, servers, room_id, suggested_only)
 
     async def query_profile(self, user_id: str) -> dict[str, Any]:
         """A remote user's profile (string fields only, as a client may show them)."""

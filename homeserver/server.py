@@ -42,6 +42,7 @@ from homeserver.rooms.rooms import Rooms
 from homeserver.sync.sync import SyncService
 from homeserver.rooms.timeline import Timeline
 from homeserver.rooms.upgrades import RoomUpgrades
+from homeserver.spaces.hierarchy import Spaces
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.accounts.totp import Totp
 from homeserver.sync.typing_state import Typing
@@ -101,6 +102,7 @@ class HomeServer:
     email_notifier: EmailNotifier
     e2ee: E2ee
     upgrades: RoomUpgrades
+    spaces: Spaces
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -177,7 +179,8 @@ class HomeServer:
             pushers=Pushers(store, notifications, rooms, gateway, config.push, lambda: notifier.position),
             gateway=gateway,
             email_notifier=EmailNotifier(config, store, notifications, rooms, mailer, lambda: notifier.position),
-            e2ee=e2ee, upgrades=RoomUpgrades(rooms, membership, store))
+            e2ee=e2ee, upgrades=RoomUpgrades(rooms, membership, store),
+            spaces=Spaces(config.server_name, rooms, membership, store, ephemeral))
         await hs.media.start()
         hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
         await hs.pushers.start(notifier.shared)
@@ -211,6 +214,7 @@ class HomeServer:
         self.profiles.remote = self.federation
         self.directory.remote = self.federation
         self.directory.remote_public_rooms = self.federation
+        self.spaces.remote = self.federation
         from federation.media import FederationMediaSource
         self.media.remote = FederationMediaSource(client)
 
