@@ -42,6 +42,7 @@ from homeserver.rooms.rooms import Rooms
 from homeserver.sync.sync import SyncService
 from homeserver.rooms.timeline import Timeline
 from homeserver.rooms.upgrades import RoomUpgrades
+from homeserver.rooms.timestamps import EventsByTime
 from homeserver.spaces.hierarchy import Spaces
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.accounts.totp import Totp
@@ -103,6 +104,7 @@ class HomeServer:
     e2ee: E2ee
     upgrades: RoomUpgrades
     spaces: Spaces
+    events_by_time: EventsByTime
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -180,7 +182,8 @@ class HomeServer:
             gateway=gateway,
             email_notifier=EmailNotifier(config, store, notifications, rooms, mailer, lambda: notifier.position),
             e2ee=e2ee, upgrades=RoomUpgrades(rooms, membership, store),
-            spaces=Spaces(config.server_name, rooms, membership, store, ephemeral))
+            spaces=Spaces(config.server_name, rooms, membership, store, ephemeral),
+            events_by_time=EventsByTime(config.server_name, rooms, store, timeline))
         await hs.media.start()
         hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
         await hs.pushers.start(notifier.shared)
@@ -215,6 +218,7 @@ class HomeServer:
         self.directory.remote = self.federation
         self.directory.remote_public_rooms = self.federation
         self.spaces.remote = self.federation
+        self.events_by_time.remote = self.federation
         from federation.media import FederationMediaSource
         self.media.remote = FederationMediaSource(client)
 
