@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
+
+from bench.servers import RunningServer
 from tests.rooms_helpers import User
+from tests.test_federation_whispr import membership_in_timeline, pair, users_on_both  # noqa: F401 (fixture)
 
 
 def _by_key(state: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -123,3 +127,35 @@ async def test_upgrade_refused(client: Any) -> None:
     # Nothing changed.
     state = _by_key(await alice.call("GET", f"/rooms/{room}/state"))
     assert ("m.room.tombstone", "") not in state
+
+
+async def test_federated_upgrade(pair: tuple[RunningServer, RunningServer]) -> None:
+    """A member on another server sees the tombstone and joins the replacement room through it."""
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "name": "Across",
+                                                              "room_version": "10"}))["room_id"]
+        await bob.call("POST", f"/join/{room}")
+        await alice.sync_until(membership_in_timeline(room, bob.user_id, "join"))
+
+        new = (await alice.call("POST", f"/rooms/{room}/upgrade", json={"new_version": "12"}))["replacement_room"]
+
+        def tombstoned(body: dict[str, Any]) -> bool:
+            events = body["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", [])
+            return any(e["type"] == "m.room.tombstone" and e["content"].get("replacement_room") == new
+                       for e in events)
+
+        await bob.sync_until(tombstoned)
+        tombstone = await bob.call("GET", f"/rooms/{room}/state/m.room.tombstone", params={"format": "event"})
+        via = tombstone["sender"].split(":", 1)[1]  # the spec: join through the sender's server
+        await bob.call("POST", f"/join/{new}", params={"via": via})
+        await alice.sync_until(membership_in_timeline(new, bob.user_id, "join"))
+        create = await bob.call("GET", f"/rooms/{new}/state/m.room.create")
+        assert create["predecessor"] == {"room_id": room} and create["room_version"] == "12"
+        assert (await bob.call("GET", f"/rooms/{new}/state/m.room.name"))["name"] == "Across"
+        await bob.send(new, "hello again")
+        assert await alice.collect_messages(new, 1) == ["hello again"]
+        # Old room: bob may no longer speak there.
+        levels = await bob.call("GET", f"/rooms/{room}/state/m.room.power_levels")
+        assert levels["events_default"] == 50

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
+
+from bench.servers import RunningServer
 from tests.conftest import auth
+from tests.test_federation_whispr import pair, users_on_both  # noqa: F401 (fixture)
 from tests.rooms_helpers import User
 
 V1 = "/_matrix/client/v1"
@@ -120,3 +124,47 @@ async def test_room_summary(client: Any) -> None:
     await v1(bob, "/room_summary/%23nothing:test.local", 404)
     await v1(bob, "/room_summary/!nothing:test.local", 404)
     await v1(bob, "/room_summary/nonsense", 400)
+
+
+async def test_hierarchy_across_servers(pair: tuple[RunningServer, RunningServer]) -> None:
+    """A space on A with a subspace on B: each server walks into the other's rooms over federation's
+    /hierarchy, and a room closed to the asking server stays hidden."""
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        space_type = {"type": "m.space"}
+        space = (await alice.call("POST", "/createRoom", json={"name": "Space", "preset": "public_chat",
+                                                               "creation_content": space_type}))["room_id"]
+        sub = (await bob.call("POST", "/createRoom", json={"name": "Sub", "preset": "public_chat",
+                                                           "creation_content": space_type}))["room_id"]
+        public = (await bob.call("POST", "/createRoom", json={"name": "Public", "preset": "public_chat"}))["room_id"]
+        private = (await bob.call("POST", "/createRoom", json={"name": "Private"}))["room_id"]
+        for child in (public, private):
+            await bob.call("PUT", f"/rooms/{sub}/state/m.space.child/{child}", json={"via": [b.server_name]})
+        await alice.call("PUT", f"/rooms/{space}/state/m.space.child/{sub}", json={"via": [b.server_name]})
+
+        body = await alice.session.get(f"{a.base_url}{V1}/rooms/{space}/hierarchy", headers=alice.h)
+        found = await body.json()
+        assert body.status == 200, found
+        assert [r["room_id"] for r in found["rooms"]] == [space, sub, public]
+        remote_sub = found["rooms"][1]
+        assert remote_sub["name"] == "Sub" and remote_sub["room_type"] == "m.space"
+        assert {e["state_key"] for e in remote_sub["children_state"]} == {public, private}
+        assert found["rooms"][2]["name"] == "Public" and found["rooms"][2]["num_joined_members"] == 1
+
+        # B walks A's space (which it does not hold) into its own rooms, where bob sees his private one.
+        resp = await bob.session.get(f"{b.base_url}{V1}/rooms/{space}/hierarchy", headers=bob.h)
+        found = await resp.json()
+        assert resp.status == 200, found
+        assert [r["room_id"] for r in found["rooms"]] == [space, sub, public, private]
+        assert found["rooms"][0]["name"] == "Space"
+
+        # A remote room summary, through the federation hierarchy.
+        resp = await alice.session.get(f"{a.base_url}{V1}/room_summary/{public}", headers=alice.h,
+                                       params={"via": b.server_name})
+        summary = await resp.json()
+        assert resp.status == 200, summary
+        assert summary["name"] == "Public" and summary["membership"] == "leave" and summary["join_rule"] == "public"
+        resp = await alice.session.get(f"{a.base_url}{V1}/room_summary/{private}", headers=alice.h,
+                                       params={"via": b.server_name})
+        assert resp.status == 404

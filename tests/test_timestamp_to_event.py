@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
+
+from bench.servers import RunningServer
 from tests.conftest import auth
+from tests.test_federation_whispr import membership_in_timeline, pair, users_on_both  # noqa: F401 (fixture)
 from tests.rooms_helpers import User
 
 V1 = "/_matrix/client/v1"
@@ -59,3 +63,29 @@ async def test_timestamp_to_event_both_directions(client: Any) -> None:
     assert (await at(alice, room, leave["origin_server_ts"] + 1, "f"))["event_id"] == e4
     assert (await at(bob, room, leave["origin_server_ts"] + 1, "f", 404))["errcode"] == "M_NOT_FOUND"
     assert (await at(bob, room, t4, "b"))["event_id"] == leave["event_id"]
+
+
+async def test_timestamp_to_event_asks_the_room_servers(pair: tuple[RunningServer, RunningServer]) -> None:
+    """B joined late and holds none of the history before its join: it asks A, which does."""
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
+        early = await alice.send(room, "before bob")
+        early_ts = (await alice.call("GET", f"/rooms/{room}/event/{early}"))["origin_server_ts"]
+        await asyncio.sleep(0.05)
+        await bob.call("POST", f"/join/{room}")
+        await alice.sync_until(membership_in_timeline(room, bob.user_id, "join"))
+
+        url = f"{b.base_url}{V1}/rooms/{room}/timestamp_to_event"
+        resp = await session.get(url, headers=bob.h, params={"ts": str(early_ts), "dir": "b"})
+        body = await resp.json()
+        assert resp.status == 200, body
+        assert body == {"event_id": early, "origin_server_ts": early_ts}
+        # Forwards, B's own copy answers: bob's join is held there.
+        resp = await session.get(url, headers=bob.h, params={"ts": str(early_ts + 1), "dir": "f"})
+        body = await resp.json()
+        join = await bob.call("GET", f"/rooms/{room}/state/m.room.member/{bob.user_id}", params={"format": "event"})
+        assert body["event_id"] == join["event_id"]
+        resp = await session.get(url, headers=bob.h, params={"ts": "1", "dir": "b"})
+        assert resp.status == 404 and (await resp.json())["errcode"] == "M_NOT_FOUND"
