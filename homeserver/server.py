@@ -151,8 +151,8 @@ class HomeServer:
         timeline = Timeline(rooms, store, sync.current_token, visibility, ignored)
         rooms.on_stored.append(guest_eviction.observe)
         profiles = Profiles(store, config.server_name, membership)
-        chats = Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),
-                      room_data)
+        creator = RoomCreator(rooms, membership, store, config.rooms.default_version)
+        chats = Chats(rooms, membership, creator, room_data)
         deactivation = Deactivation(accounts, membership, store)
         media = MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
                                 limiter)
@@ -175,7 +175,7 @@ class HomeServer:
             shared_secret=SharedSecretRegistration(config.registration_shared_secret, ephemeral, accounts, profiles,
                                                    store.admin),
             admin_users=AdminUsers(config.server_name, accounts, deactivation, profiles, store),
-            admin_rooms=AdminRooms(config.server_name, rooms, membership, store, ephemeral),
+            admin_rooms=AdminRooms(config.server_name, rooms, membership, store, ephemeral, creator),
             admin_media=AdminMedia(config.server_name, media, store),
             push_rules=push_rules, notifications=notifications,
             pushers=Pushers(store, notifications, rooms, gateway, config.push, lambda: notifier.position),
