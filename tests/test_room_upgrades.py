@@ -110,6 +110,20 @@ async def test_upgrade_v10_to_v12_and_v12_to_v12(client: Any) -> None:
     assert state[("m.room.power_levels", "")]["content"]["users"][bob.user_id] == 100
 
 
+async def test_upgrade_of_a_space_keeps_its_type_and_children(client: Any) -> None:
+    alice = await User.new(client, "alice")
+    space = await alice.create_room(preset="public_chat", creation_content={"type": "m.space", "m.federate": False})
+    child = await alice.create_room(preset="public_chat")
+    await alice.call("PUT", f"/rooms/{space}/state/m.space.child/{child}", json={"via": ["test.local"]})
+    await alice.call("PUT", f"/rooms/{space}/state/m.room.join_rules", json={"join_rule": "knock"})
+    new = (await alice.call("POST", f"/rooms/{space}/upgrade", json={"new_version": "6"}))["replacement_room"]
+    state = _by_key(await alice.call("GET", f"/rooms/{new}/state"))
+    create = state[("m.room.create", "")]["content"]
+    assert create["type"] == "m.space" and create["m.federate"] is False and create["room_version"] == "6"
+    assert state[("m.space.child", child)]["content"] == {"via": ["test.local"]}
+    assert state[("m.room.join_rules", "")]["content"] == {"join_rule": "invite"}  # v6 cannot knock
+
+
 async def test_upgrade_refused(client: Any) -> None:
     alice, bob, eve = [await User.new(client, n) for n in ("alice", "bob", "eve")]
     room = await alice.create_room(preset="public_chat")

@@ -9,6 +9,7 @@ tombstone and join the new room themselves.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from typing import Any
@@ -99,6 +100,9 @@ class RoomUpgrades:
         self._rooms = rooms
         self._membership = membership
         self._store = store
+        # One upgrade of a room at a time in this process: a second one waits, and replaces the
+        # room the first left behind rather than interleaving with it.
+        self._upgrading: dict[str, asyncio.Lock] = {}
 
     async def upgrade(self, user_id: str, room_id: str, new_version: object,
                       additional_creators: object = None) -> str:
@@ -108,6 +112,11 @@ class RoomUpgrades:
                               f"try one of {', '.join(KNOWN_ROOM_VERSIONS)}")
         extra_creators = _additional_creators(additional_creators, version)
         await self._rooms.require_joined(room_id, user_id)
+        lock = self._upgrading.setdefault(room_id, asyncio.Lock())
+        async with lock:
+            return await self._upgrade(user_id, room_id, version, extra_creators)
+
+    async def _upgrade(self, user_id: str, room_id: str, version: RoomVersion, extra_creators: list[str]) -> str:
         old_room, old_version = await self._rooms.require_room(room_id)
         state = await self._rooms.current_state(room_id)
         auth_state = {k: state[k] for k in (CREATE_KEY, POWER_LEVELS_KEY) if k in state}
