@@ -30,6 +30,8 @@ async def test_upgrade_copies_state_moves_aliases_and_tombstones(client: Any) ->
     levels = await alice.call("GET", f"/rooms/{room}/state/m.room.power_levels")
     await alice.call("PUT", f"/rooms/{room}/state/m.room.power_levels",
                      json={**levels, "users": {**levels["users"], bob.user_id: 42}})
+    await bob.call("PUT", f"/user/{bob.user_id}/rooms/{room}/tags/m.favourite", json={"order": 0.5})
+    await bob.call("PUT", f"/user/{bob.user_id}/account_data/m.direct", json={alice.user_id: [room]})
     last = await bob.send(room, "last words")
     since = (await bob.sync())["next_batch"]
 
@@ -70,6 +72,10 @@ async def test_upgrade_copies_state_moves_aliases_and_tombstones(client: Any) ->
 
     await bob.call("POST", f"/join/{new}")
     await bob.send(new, "moved")
+    # Bob's tags and direct-chat entry follow him.
+    assert (await bob.call("GET", f"/user/{bob.user_id}/rooms/{new}/tags"))["tags"] == {"m.favourite": {"order": 0.5}}
+    direct = await bob.call("GET", f"/user/{bob.user_id}/account_data/m.direct")
+    assert direct == {alice.user_id: [room, new]}
 
 
 async def test_upgrade_v10_to_v12_and_v12_to_v12(client: Any) -> None:
