@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from federation.ingest import FederationRequests
+from federation.request_auth import is_server_name
 
 log = logging.getLogger("whispr.federation.hierarchy")
 
@@ -87,8 +88,8 @@ def sanitised(body: Any) -> dict[str, Any] | None:
 
 async def remote_hierarchy(client: FederationRequests, servers: list[str], room_id: str,
                            suggested_only: bool) -> dict[str, Any] | None:
-    """The first usable answer of `servers`, in order; None when none gives one."""
-    for server in servers:
+    """The first usable answer of `servers` (those that are server names), in order; None when none gives one."""
+    for server in [s for s in servers if is_server_name(s)][:MAX_VIA]:
         try:
             body = await client.get_json(server, f"/_matrix/federation/v1/hierarchy/{q(room_id)}",
                                          {"suggested_only": "true" if suggested_only else "false"})

@@ -7,7 +7,11 @@ from typing import Any
 import aiohttp
 
 from bench.servers import RunningServer
+from federation.hierarchy import sanitised
 from tests.conftest import auth
+from tests.test_federation_older_endpoints import F1, refused
+from tests.test_federation_receipt import ReceiptPeer, setup  # noqa: F401 (the fixture)
+from tests.test_federation_whispr import Client
 from tests.test_federation_whispr import pair, users_on_both  # noqa: F401 (fixture)
 from tests.rooms_helpers import User
 
@@ -168,3 +172,62 @@ async def test_hierarchy_across_servers(pair: tuple[RunningServer, RunningServer
         resp = await alice.session.get(f"{a.base_url}{V1}/room_summary/{private}", headers=alice.h,
                                        params={"via": b.server_name})
         assert resp.status == 404
+
+
+async def test_federation_hierarchy_endpoint(setup: tuple[RunningServer, ReceiptPeer]) -> None:  # noqa: F811
+    """What another server (a hand-built, signing peer) gets from our /hierarchy: the space, the
+    children it may see, the ones it may not as inaccessible, 404 for what it may see nothing of."""
+    server, peer = setup
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, server, "alice")
+        space = (await alice.call("POST", "/createRoom", json={
+            "name": "Space", "preset": "public_chat", "creation_content": {"type": "m.space"}}))["room_id"]
+        public = (await alice.call("POST", "/createRoom", json={"name": "Public", "preset": "public_chat"}))["room_id"]
+        private = (await alice.call("POST", "/createRoom", json={"name": "Private"}))["room_id"]
+        closed_space = (await alice.call("POST", "/createRoom", json={"creation_content": {"type": "m.space"}}))[
+            "room_id"]
+        await alice.call("PUT", f"/rooms/{space}/state/m.space.child/{public}",
+                         json={"via": [server.server_name], "suggested": True})
+        await alice.call("PUT", f"/rooms/{space}/state/m.space.child/{private}", json={"via": [server.server_name]})
+        await alice.call("PUT", f"/rooms/{space}/state/m.space.child/!elsewhere:other.example",
+                         json={"via": ["other.example"]})
+
+        answer = await peer.client.get_json(server.server_name, f"{F1}/hierarchy/{space}")
+        assert answer["room"]["room_id"] == space and answer["room"]["room_type"] == "m.space"
+        children = {e["state_key"] for e in answer["room"]["children_state"]}
+        assert children == {public, private, "!elsewhere:other.example"}
+        assert [c["room_id"] for c in answer["children"]] == [public]
+        assert answer["children"][0]["name"] == "Public" and answer["children"][0]["children_state"] == []
+        assert answer["inaccessible_children"] == [private]  # the room we do not hold is left out
+        suggested = await peer.client.get_json(server.server_name, f"{F1}/hierarchy/{space}",
+                                               {"suggested_only": "true"})
+        assert [c["room_id"] for c in suggested["children"]] == [public] and suggested["inaccessible_children"] == []
+
+        await refused(peer.client.get_json(server.server_name, f"{F1}/hierarchy/{closed_space}"), 404, "M_NOT_FOUND")
+        await refused(peer.client.get_json(server.server_name, f"{F1}/hierarchy/!nothing:{server.server_name}"),
+                      404, "M_NOT_FOUND")
+        await refused(peer.client.get_json(server.server_name, f"{F1}/hierarchy/{space}", {"suggested_only": "1"}),
+                      400, "M_INVALID_PARAM")
+        # timestamp_to_event is for servers in the room.
+        await refused(peer.client.get_json(server.server_name, f"{F1}/timestamp_to_event/{public}",
+                                           {"ts": "0", "dir": "f"}), 403, "M_FORBIDDEN")
+
+
+def test_remote_hierarchy_answers_are_sanitised() -> None:
+    raw = {"room": {"room_id": "!s:x", "name": 5, "topic": "ok", "num_joined_members": -3, "world_readable": "yes",
+                    "children_state": [{"type": "m.space.child", "state_key": "!c:x", "sender": "@a:x",
+                                        "content": {"via": ["x"], "order": "a", "evil": True}, "origin_server_ts": 1},
+                                       {"type": "m.room.name", "state_key": "", "sender": "@a:x", "content": {}},
+                                       {"type": "m.space.child", "state_key": "!d:x", "sender": "@a:x",
+                                        "content": {"via": []}}]},
+           "children": [{"room_id": "not a room"}, {"room_id": "!c:x", "join_rule": "public"}, "junk"],
+           "inaccessible_children": ["!p:x", 7]}
+    clean = sanitised(raw)
+    assert clean is not None
+    assert clean["room"] == {"room_id": "!s:x", "topic": "ok", "num_joined_members": 0, "world_readable": False,
+                             "guest_can_join": False, "join_rule": "invite", "children_state": [
+                                 {"type": "m.space.child", "state_key": "!c:x", "sender": "@a:x",
+                                  "content": {"via": ["x"], "order": "a"}, "origin_server_ts": 1}]}
+    assert [c["room_id"] for c in clean["children"]] == ["!c:x"]
+    assert clean["inaccessible_children"] == ["!p:x"]
+    assert sanitised({"room": {"name": "no ID"}}) is None and sanitised([]) is None
