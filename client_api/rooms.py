@@ -13,6 +13,7 @@ from homeserver.errors import MatrixError, bad_json, forbidden, not_found
 from homeserver.sync.filters import EventFilter, parse_event_filter
 from homeserver.json_input import parse_json
 from homeserver.rooms.timeline import INITIAL_SYNC_LIMIT
+from homeserver.rooms.timestamps import parse_query as parse_timestamp_query
 from homeserver.web.requests import int_param
 from storage.rooms import TxnRef
 
@@ -264,6 +265,20 @@ async def read_markers(request: web.Request) -> web.Response:
     return ok()
 
 
+async def upgrade(request: web.Request) -> web.Response:
+    who = await requester(request)
+    body = await json_body(request)
+    new_room = await hs(request).upgrades.upgrade(who.user_id, request.match_info["room_id"],
+                                                  body.get("new_version"), body.get("additional_creators"))
+    return ok({"replacement_room": new_room})
+
+
+async def timestamp_to_event(request: web.Request) -> web.Response:
+    who = await requester(request)
+    ts, direction = parse_timestamp_query(request.query.get("ts"), request.query.get("dir"))
+    return ok(await hs(request).events_by_time.for_user(who.user_id, request.match_info["room_id"], ts, direction))
+
+
 async def room_aliases(request: web.Request) -> web.Response:
     who = await requester(request)
     return ok({"aliases": await hs(request).directory.aliases(who.user_id, request.match_info["room_id"])})
@@ -302,3 +317,5 @@ def setup(app: web.Application) -> None:
     add.add_post(f"{R}/receipt/{{receipt_type}}/{{event_id}}", receipt)
     add.add_post(f"{R}/read_markers", read_markers)
     add.add_get(f"{R}/aliases", room_aliases)
+    add.add_post(f"{R}/upgrade", upgrade)
+    add.add_get("/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", timestamp_to_event)

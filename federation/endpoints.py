@@ -25,6 +25,7 @@ from homeserver.friends.markers import is_marked
 from homeserver.events.room_versions import RoomVersion, get_room_version
 from homeserver.json_input import parse_json
 from homeserver.rooms.restricted_joins import join_authoriser
+from homeserver.rooms.timestamps import parse_query as parse_timestamp_query
 
 log = logging.getLogger("whispr.federation.endpoints")
 
@@ -516,6 +517,23 @@ async def public_rooms(request: web.Request, origin: str) -> web.Response:
         min(limit, MAX_PUBLIC_ROOMS_LIMIT) if limit else None, since, term, room_types, federating_only=True))
 
 
+async def hierarchy(request: web.Request, origin: str) -> web.Response:
+    """A space and its children as the origin server may see them (404 when it may see none)."""
+    room_id = request.match_info["room_id"]
+    await _require_acl(request, room_id, origin)
+    suggested_only = {"true": True, "false": False}.get(request.query.get("suggested_only", "false"))
+    if suggested_only is None:
+        raise invalid_param("suggested_only must be true or false")
+    return web.json_response(await hs(request).spaces.for_server(origin, room_id, suggested_only))
+
+
+async def timestamp_to_event(request: web.Request, origin: str) -> web.Response:
+    room_id = request.match_info["room_id"]
+    await _require_server_in_room(request, room_id, origin)
+    ts, direction = parse_timestamp_query(request.query.get("ts"), request.query.get("dir"))
+    return web.json_response(await hs(request).events_by_time.for_server(room_id, ts, direction))
+
+
 async def openid_userinfo(request: web.Request) -> web.Response:
     return json_response({"sub": await hs(request).openid.userinfo(request.query.get("access_token"))})
 
@@ -547,3 +565,5 @@ def setup(app: web.Application) -> None:
     r.add_post(f"{F1}/user/keys/claim", authed(lambda q, o: federation_e2ee.keys_claim(q, o, hs(q))))
     r.add_get(f"{F1}/publicRooms", authed(public_rooms))
     r.add_post(f"{F1}/publicRooms", authed(public_rooms))
+    r.add_get(f"{F1}/hierarchy/{{room_id}}", authed(hierarchy))
+    r.add_get(f"{F1}/timestamp_to_event/{{room_id}}", authed(timestamp_to_event))

@@ -13,6 +13,7 @@ from aiohttp import web
 from federation.backfill import Backfiller
 from federation.e2ee import E2EE_EDUS
 from federation.ingest import Ingester, server_of
+from federation.hierarchy import remote_hierarchy
 from federation.public_rooms import remote_public_rooms
 from federation.remote_rooms import RemoteRooms
 from federation.sender import FederationSender
@@ -111,6 +112,29 @@ class Federation:
 
     async def public_rooms(self, server: str, query: dict[str, Any]) -> dict[str, Any]:
         return await remote_public_rooms(self.client, server, query)
+
+    async def hierarchy(self, servers: list[str], room_id: str, suggested_only: bool) -> dict[str, Any] | None:
+        return await remote_hierarchy(self.client, servers, room_id, suggested_only)
+
+    async def timestamp_to_event(self, servers: list[str], room_id: str, ts: int,
+                                 direction: str) -> tuple[str, int] | None:
+        """The first well-formed answer of `servers` on the right side of `ts`."""
+        for server in servers:
+            try:
+                body = await self.client.get_json(server, f"/_matrix/federation/v1/timestamp_to_event/{q(room_id)}",
+                                                  {"ts": str(ts), "dir": direction})
+            except Exception as e:
+                log.info("no event at %s in %s from %s: %s", ts, room_id, server, e)
+                continue
+            event_id = body.get("event_id") if isinstance(body, dict) else None
+            found_ts = body.get("origin_server_ts") if isinstance(body, dict) else None
+            if not isinstance(event_id, str) or not event_id.startswith("$") or len(event_id) > 255 \
+                    or not isinstance(found_ts, int) or isinstance(found_ts, bool) \
+                    or (found_ts < ts if direction == "f" else found_ts > ts):
+                log.info("%s answered timestamp_to_event in %s with nonsense", server, room_id)
+                continue
+            return event_id, found_ts
+        return None
 
     async def query_profile(self, user_id: str) -> dict[str, Any]:
         """A remote user's profile (string fields only, as a client may show them)."""

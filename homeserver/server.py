@@ -41,6 +41,9 @@ from homeserver.rooms.room_data import RoomData
 from homeserver.rooms.rooms import Rooms
 from homeserver.sync.sync import SyncService
 from homeserver.rooms.timeline import Timeline
+from homeserver.rooms.upgrades import RoomUpgrades
+from homeserver.rooms.timestamps import EventsByTime
+from homeserver.spaces.hierarchy import Spaces
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.accounts.totp import Totp
 from homeserver.sync.typing_state import Typing
@@ -99,6 +102,9 @@ class HomeServer:
     gateway: HttpGateway
     email_notifier: EmailNotifier
     e2ee: E2ee
+    upgrades: RoomUpgrades
+    spaces: Spaces
+    events_by_time: EventsByTime
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -145,8 +151,8 @@ class HomeServer:
         timeline = Timeline(rooms, store, sync.current_token, visibility, ignored)
         rooms.on_stored.append(guest_eviction.observe)
         profiles = Profiles(store, config.server_name, membership)
-        chats = Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),
-                      room_data)
+        creator = RoomCreator(rooms, membership, store, config.rooms.default_version)
+        chats = Chats(rooms, membership, creator, room_data)
         deactivation = Deactivation(accounts, membership, store)
         media = MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
                                 limiter)
@@ -169,13 +175,15 @@ class HomeServer:
             shared_secret=SharedSecretRegistration(config.registration_shared_secret, ephemeral, accounts, profiles,
                                                    store.admin),
             admin_users=AdminUsers(config.server_name, accounts, deactivation, profiles, store),
-            admin_rooms=AdminRooms(config.server_name, rooms, membership, store, ephemeral),
+            admin_rooms=AdminRooms(config.server_name, rooms, membership, store, ephemeral, creator),
             admin_media=AdminMedia(config.server_name, media, store),
             push_rules=push_rules, notifications=notifications,
             pushers=Pushers(store, notifications, rooms, gateway, config.push, lambda: notifier.position),
             gateway=gateway,
             email_notifier=EmailNotifier(config, store, notifications, rooms, mailer, lambda: notifier.position),
-            e2ee=e2ee)
+            e2ee=e2ee, upgrades=RoomUpgrades(rooms, membership, store),
+            spaces=Spaces(config.server_name, rooms, membership, store, ephemeral),
+            events_by_time=EventsByTime(config.server_name, rooms, store, timeline))
         await hs.media.start()
         hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
         await hs.pushers.start(notifier.shared)
@@ -209,6 +217,8 @@ class HomeServer:
         self.profiles.remote = self.federation
         self.directory.remote = self.federation
         self.directory.remote_public_rooms = self.federation
+        self.spaces.remote = self.federation
+        self.events_by_time.remote = self.federation
         from federation.media import FederationMediaSource
         self.media.remote = FederationMediaSource(client)
 

@@ -500,6 +500,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (user_id, version, room_id, session_id)
         )""",
     )),
+    Migration(15, "timestamp_to_event: a room's events by origin_server_ts", (
+        "CREATE INDEX events_room_ts ON events (room_id, origin_server_ts)",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -288,6 +288,19 @@ class RoomStore:
             await _redact(tx, event, redacts, held)
         return stream
 
+    async def event_at_time(self, room_id: str, ts: int, forwards: bool,
+                            max_stream: int | None = None) -> tuple[str, int] | None:
+        """The room's timeline event nearest `ts` at or after it (`forwards`) or at or before it:
+        (event ID, origin_server_ts). `max_stream` leaves out what was sent after it."""
+        compare, order = (">=", "ASC") if forwards else ("<=", "DESC")
+        bound = "" if max_stream is None else " AND stream <= ?"
+        args: list[Any] = [room_id, ts] + ([] if max_stream is None else [max_stream])
+        row = await self.db.fetchone(
+            f"SELECT event_id, origin_server_ts FROM events WHERE room_id = ? AND origin_server_ts {compare} ?"
+            f"{bound} AND rejected IS NULL AND outlier = 0 AND soft_failed = 0"
+            f" ORDER BY origin_server_ts {order}, stream {order} LIMIT 1", *args)
+        return None if row is None else (row["event_id"], int(row["origin_server_ts"]))
+
     async def earliest_timeline_event(self, room_id: str) -> Event | None:
         """The oldest event of the room's timeline as held here (where backfill continues from)."""
         row = await self.db.fetchone(
@@ -614,6 +627,10 @@ class RoomStore:
 
     async def delete_alias(self, alias: str) -> None:
         await self.db.execute("DELETE FROM room_aliases WHERE alias = ?", alias)
+
+    async def move_aliases(self, old_room_id: str, new_room_id: str) -> None:
+        """Every alias of a room now names another (a room upgrade)."""
+        await self.db.execute("UPDATE room_aliases SET room_id = ? WHERE room_id = ?", new_room_id, old_room_id)
 
     async def aliases_for_room(self, room_id: str) -> list[str]:
         rows = await self.db.fetchall("SELECT alias FROM room_aliases WHERE room_id = ? ORDER BY alias", room_id)

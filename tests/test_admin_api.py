@@ -371,6 +371,41 @@ async def test_list_rooms_details_members_state(serve: Any) -> None:
                      404, "M_NOT_FOUND")
 
 
+async def test_delete_room_moves_members_to_a_new_room(serve: Any) -> None:
+    """new_room_user_id: the local members land in a read-only room of that user, which keeps the aliases."""
+    client, token = await start(serve)
+    h = auth(token)
+    alice, bob = await register(client, "alice"), await register(client, "bob")
+    room = await create_room(client, alice["access_token"], name="Bad room", preset="public_chat",
+                             room_alias_name="bad")
+    await expect(await client.post(f"/_matrix/client/v3/join/{q(room)}", headers=auth(bob["access_token"]),
+                                   json={}), 200)
+    result = await expect(await client.delete(f"{ADMIN}/v1/rooms/{q(room)}", headers=h, json={
+        "new_room_user_id": uid("root"), "room_name": "Closed", "message": "That room broke the rules"}), 200)
+    new = result["new_room_id"]
+    assert new and new != room
+    assert sorted(result["kicked_users"]) == [uid("alice"), uid("bob")]
+    assert result["local_aliases"] == [f"#bad:{SERVER_NAME}"]
+
+    bob_h = auth(bob["access_token"])
+    joined = await expect(await client.get("/_matrix/client/v3/joined_rooms", headers=bob_h), 200)
+    assert joined["joined_rooms"] == [new]
+    name = await expect(await client.get(f"/_matrix/client/v3/rooms/{q(new)}/state/m.room.name", headers=bob_h), 200)
+    assert name == {"name": "Closed"}
+    messages = await expect(await client.get(f"/_matrix/client/v3/rooms/{q(new)}/messages", headers=bob_h), 200)
+    assert [e["content"]["body"] for e in messages["chunk"] if e["type"] == "m.room.message"] == [
+        "That room broke the rules"]
+    levels = await expect(await client.get(f"/_matrix/client/v3/rooms/{q(new)}/state/m.room.power_levels",
+                                           headers=bob_h), 200)
+    assert levels["users_default"] == -10
+    resp = await client.put(f"/_matrix/client/v3/rooms/{q(new)}/send/m.room.message/t1", headers=bob_h,
+                            json={"msgtype": "m.text", "body": "hey"})
+    await expect(resp, 403, "M_FORBIDDEN")
+    resolved = await expect(await client.get(f"/_matrix/client/v3/directory/room/{q('#bad:' + SERVER_NAME)}"), 200)
+    assert resolved["room_id"] == new
+    await expect(await client.get(f"{ADMIN}/v1/rooms/{q(room)}", headers=h), 404)  # purged
+
+
 async def wait_for_delete(client: Any, token: str, delete_id: str) -> dict[str, Any]:
     for _ in range(200):
         status = await expect(await client.get(f"{ADMIN}/v2/rooms/delete_status/{delete_id}", headers=auth(token)),
@@ -397,7 +432,9 @@ async def test_delete_room_blocks_purges_and_reports_status(serve: Any) -> None:
 
     url = f"{ADMIN}/v2/rooms/{q(room)}"
     await expect(await client.delete(url, headers=h, json={"block": "yes"}), 400, "M_BAD_JSON")
-    await expect(await client.delete(url, headers=h, json={"new_room_user_id": uid("root")}), 400)
+    await expect(await client.delete(url, headers=h, json={"new_room_user_id": "@root:elsewhere.org"}), 400,
+                 "M_INVALID_PARAM")
+    await expect(await client.delete(url, headers=h, json={"new_room_user_id": "root"}), 400)
     await expect(await client.delete(f"{ADMIN}/v2/rooms/{q('!unknown:' + SERVER_NAME)}", headers=h, json={}), 404)
     delete_id = (await expect(await client.delete(url, headers=h, json={"block": True, "purge": True}), 200))[
         "delete_id"]

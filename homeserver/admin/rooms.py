@@ -20,6 +20,8 @@ from homeserver.ephemeral import Ephemeral
 from homeserver.errors import MatrixError, bad_json, invalid_param, not_found
 from homeserver.events.client_format import client_event
 from homeserver.events.event import Event
+from homeserver.events.ids import parse_user_id
+from homeserver.rooms.creation import RoomCreator
 from homeserver.rooms.membership import Membership
 from homeserver.rooms.rooms import Rooms
 from storage.store import Store
@@ -38,20 +40,37 @@ ROOM_ORDER = (*_TEXT_ORDER, *_LARGEST_FIRST, *_ALIASES)
 _IN_ROOM = ("join", "invite", "knock")
 
 
+# What the room made for the members of a shut-down room says, unless the admin words it.
+DEFAULT_NEW_ROOM_NAME = "Room closed by the server's administrators"
+DEFAULT_NEW_ROOM_MESSAGE = "The room you were in was shut down for breaking this server's rules."
+NEW_ROOM_USERS_DEFAULT = -10  # its members may read, not speak
+
+
 @dataclass(frozen=True)
 class DeleteRequest:
     block: bool
     purge: bool
     force_purge: bool
+    # Synapse's Delete Room API: a new room made by this (local) user, into which the old room's
+    # local members are moved, with its name and a first message.
+    new_room_user_id: str | None = None
+    room_name: str = DEFAULT_NEW_ROOM_NAME
+    message: str = DEFAULT_NEW_ROOM_MESSAGE
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "DeleteRequest":
         for flag in ("block", "purge", "force_purge"):
             if flag in body and not isinstance(body[flag], bool):
                 raise bad_json(f"{flag} must be a boolean")
-        if body.get("new_room_user_id") is not None:
-            raise invalid_param("new_room_user_id is not supported: local members leave the room")
-        return cls(body.get("block", False), body.get("purge", True), body.get("force_purge", False))
+        for text in ("new_room_user_id", "room_name", "message"):
+            if body.get(text) is not None and not isinstance(body[text], str):
+                raise bad_json(f"{text} must be a string")
+        new_room_user_id = body.get("new_room_user_id")
+        if new_room_user_id is not None:
+            parse_user_id(new_room_user_id)
+        return cls(body.get("block", False), body.get("purge", True), body.get("force_purge", False),
+                   new_room_user_id, body.get("room_name") or DEFAULT_NEW_ROOM_NAME,
+                   body.get("message") or DEFAULT_NEW_ROOM_MESSAGE)
 
 
 def check_room_id(room_id: str) -> str:
@@ -68,8 +87,9 @@ def _content(state: dict[str, Event], event_type: str, key: str) -> Any:
 
 class AdminRooms:
     def __init__(self, server_name: str, rooms: Rooms, membership: Membership, store: Store,
-                 ephemeral: Ephemeral) -> None:
+                 ephemeral: Ephemeral, creator: RoomCreator) -> None:
         self._server_name = server_name
+        self._creator = creator
         self._rooms = rooms
         self._membership = membership
         self._store = store
@@ -226,6 +246,8 @@ class AdminRooms:
 
     async def _known_or_blockable(self, room_id: str, request: DeleteRequest) -> None:
         check_room_id(room_id)
+        if request.new_room_user_id is not None and not self._local(request.new_room_user_id):
+            raise invalid_param("new_room_user_id must be a user of this server")
         if await self._rooms.room(room_id) is None and not request.block:
             raise not_found("Room not found")
 
@@ -248,6 +270,8 @@ class AdminRooms:
         try:
             if request.block:
                 await self._store.admin.block_room(room_id, admin_id, now_ms())
+            new_room_id = await self._new_room(request) if request.new_room_user_id is not None else None
+            result["new_room_id"] = new_room_id
             members = await self._store.rooms.members(room_id)
             for user_id in sorted(members):
                 if not self._local(user_id):
@@ -262,10 +286,19 @@ class AdminRooms:
                 except Exception:  # one member must not keep the others in the room
                     log.exception("shutdown of %s: %s could not leave", room_id, user_id)
                     result["failed_to_kick_users"].append(user_id)
+                    continue
+                if new_room_id is not None and membership == "join":
+                    try:
+                        await self._membership.join(new_room_id, user_id)
+                    except Exception:
+                        log.exception("shutdown of %s: %s could not join %s", room_id, user_id, new_room_id)
             await self._save(status)
             for alias in await self._store.rooms.aliases_for_room(room_id):
-                await self._store.rooms.delete_alias(alias)
                 result["local_aliases"].append(alias)
+                if new_room_id is None:
+                    await self._store.rooms.delete_alias(alias)
+            if new_room_id is not None:
+                await self._store.rooms.move_aliases(room_id, new_room_id)  # as Synapse: aliases lead there
             if await self._rooms.room(room_id) is not None:
                 await self._store.rooms.set_public(room_id, False)
             if request.purge:
@@ -283,6 +316,17 @@ class AdminRooms:
             status["status"] = "failed"
             status["error"] = str(e)
         await self._save(status)
+
+    async def _new_room(self, request: DeleteRequest) -> str:
+        """The room the old room's local members are moved to: public, read-only for them."""
+        creator = request.new_room_user_id
+        assert creator is not None
+        room_id, _ = await self._creator.create(creator, {
+            "preset": "public_chat", "name": request.room_name,
+            "power_level_content_override": {"users_default": NEW_ROOM_USERS_DEFAULT}})
+        await self._rooms.create_event(room_id, creator, "m.room.message", {"msgtype": "m.text",
+                                                                            "body": request.message})
+        return room_id
 
     async def delete_status(self, delete_id: str) -> dict[str, Any]:
         status = await self._ephemeral.get(f"admin-delete:{delete_id}")

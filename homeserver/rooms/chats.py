@@ -36,4 +36,13 @@ class Chats:
         joined = await self._membership.join(room_id, user_id, reason, via=[*(via or []), *servers], guest=guest)
         if invite is not None and invite.membership == "invite" and invite.content.get("is_direct") is True:
             await self._room_data.add_direct_room(user_id, invite.sender, room_id)
+        await self._follow_upgrade(user_id, joined)
         return joined
+
+    async def _follow_upgrade(self, user_id: str, room_id: str) -> None:
+        """Joining the replacement of a room the user was in carries their tags and m.direct over."""
+        create = await self._rooms.state_event(room_id, "m.room.create")
+        predecessor = create.content.get("predecessor") if create is not None else None
+        old = predecessor.get("room_id") if isinstance(predecessor, dict) else None
+        if isinstance(old, str) and old != room_id and old in await self._membership.rooms_of(user_id):
+            await self._room_data.follow_upgrade(user_id, old, room_id)

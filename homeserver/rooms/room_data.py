@@ -146,6 +146,18 @@ class RoomData:
             return
         await self._put(user_id, "", "m.direct", {**current, other: rooms + [room_id]})
 
+    async def follow_upgrade(self, user_id: str, old_room_id: str, new_room_id: str) -> None:
+        """A user who joins the replacement of a room they were in keeps its tags, and the new room
+        joins the old one in their m.direct (as the spec's upgrades ask and Synapse does)."""
+        old_tags = (await self._store.user_data.get_account_data(user_id, old_room_id, TAG_TYPE) or {}).get("tags")
+        if isinstance(old_tags, dict) and old_tags:
+            await self._update_tags(user_id, new_room_id, lambda tags: {**old_tags, **tags})
+        direct = await self._store.user_data.get_account_data(user_id, "", "m.direct") or {}
+        changed = {other: [*rooms, new_room_id] for other, rooms in direct.items()
+                   if isinstance(rooms, list) and old_room_id in rooms and new_room_id not in rooms}
+        if changed:
+            await self._put(user_id, "", "m.direct", {**direct, **changed})
+
     async def _put(self, user_id: str, room_id: str, data_type: str, content: dict[str, Any]) -> None:
         stream = await self._store.user_data.put_account_data(user_id, room_id, data_type, content)
         await self._notifier.notify(stream, None, [user_id])
