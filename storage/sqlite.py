@@ -6,6 +6,13 @@ to that thread: the hand-off, not SQLite, is what a query costs here. Writes and
 transactions are serialised by a lock on the writer; reads outside a transaction
 go round-robin to the readers, which under WAL see the last commit and run in
 parallel (sqlite3 releases the GIL while it works).
+
+Group commit: a transaction that ends while other writers wait for the lock does not commit
+alone. Each transaction runs inside a savepoint of one open SQLite transaction; the writers
+waiting next join it, and the last of them (or the MAX_GROUP-th) commits for all, so a burst of
+concurrent writes costs one fsync instead of one each. Every caller is answered only after the
+COMMIT that holds its writes, so `synchronous=FULL` keeps its promise. A transaction that fails
+is rolled back to its savepoint and fails alone; a COMMIT that fails fails every member.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import itertools
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
@@ -27,6 +35,10 @@ _PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=5000",
 )
+# Transactions committed together at most (a bound on how long the first of them waits).
+MAX_GROUP = 64
+SAVEPOINT = "whispr_member"
+
 # FULL syncs the WAL at every commit, so an acknowledged write survives power loss; NORMAL syncs
 # only at checkpoints (faster; a crash of the machine may lose the last commits, never corrupts).
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
@@ -47,12 +59,6 @@ def _fetchall(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[R
         return list(cur.fetchall())
     finally:
         cur.close()
-
-
-def _fetchone_then_commit(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Row | None:
-    row = _fetchone(conn, sql, args)
-    conn.execute("COMMIT").close()
-    return row
 
 
 def _execute(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> None:
@@ -128,22 +134,105 @@ def _batch(conn: sqlite3.Connection, pending: list[tuple[str, Sequence[Any], boo
     return then(conn, *args) if then is not None else None
 
 
-class _Transaction:
-    """A transaction on the writer that defers statements whose result nobody reads.
+def _undo_member(conn: sqlite3.Connection) -> bool:
+    """Roll a member back to its savepoint; False when SQLite holds no transaction any more."""
+    if not conn.in_transaction:
+        return False
+    try:
+        conn.execute(f"ROLLBACK TO {SAVEPOINT}").close()
+        conn.execute(f"RELEASE {SAVEPOINT}").close()
+    except sqlite3.OperationalError:
+        pass  # its savepoint never began: nothing of it ran
+    return True
 
-    They are sent with the next read, or with COMMIT, so a transaction costs one
-    hand-off per read instead of one per statement. Order is kept; an error in a
-    deferred statement surfaces at that next read or at commit, still inside the
-    transaction, which then rolls back.
+
+@dataclass
+class _Ending:
+    """How a member's last hand-off went: its read, its own failure, its group's failure."""
+
+    value: Any = None
+    failure: BaseException | None = None
+    group_failure: BaseException | None = None
+
+
+def _end_member(conn: sqlite3.Connection, pending: list[tuple[str, Sequence[Any], bool]],
+                then: Callable[..., Any] | None, args: Sequence[Any], commit: bool) -> _Ending:
+    """A member's deferred statements, last read and savepoint release, then (if `commit`) the
+    group's COMMIT: one hand-off. A statement that fails undoes this member only."""
+    ending = _Ending()
+    try:
+        ending.value = _batch(conn, pending, then, *args)
+        conn.execute(f"RELEASE {SAVEPOINT}").close()
+    except Exception as e:  # noqa: BLE001 - handed back to the member's task
+        ending.failure = e
+        if not _undo_member(conn):
+            ending.group_failure = e
+            return ending
+    if commit:
+        try:
+            conn.execute("COMMIT").close()
+        except Exception as e:  # noqa: BLE001
+            if conn.in_transaction:
+                conn.execute("ROLLBACK").close()
+            ending.group_failure = e
+    return ending
+
+
+def _commit_open(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("COMMIT").close()
+    except Exception:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK").close()
+        raise
+
+
+def _storage_error(e: BaseException) -> BaseException:
+    if isinstance(e, sqlite3.IntegrityError):
+        return ConstraintViolation(str(e))
+    if isinstance(e, OverflowError):
+        return UnstorableValue(str(e))
+    return e
+
+
+class _Group:
+    """Transactions sharing one SQLite transaction and its COMMIT."""
+
+    def __init__(self) -> None:
+        self.begun = False  # BEGIN IMMEDIATE reached SQLite
+        self.members = 0  # transactions whose writes it holds
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def finish(self, error: BaseException | None) -> None:
+        if self.done.done():
+            return
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+            self.done.exception()  # marked retrieved: a group of one failing member has no reader
+
+
+class _Transaction:
+    """One member of a group: its statements, deferred when nobody reads their result.
+
+    They are sent with the next read, or with the member's end, so a transaction costs one
+    hand-off per read instead of one per statement. Order is kept; an error in a deferred
+    statement surfaces at that next read or at the end, and undoes this member only.
     """
 
-    def __init__(self, conn: _ThreadConn) -> None:
+    def __init__(self, conn: _ThreadConn, group: _Group, db: SqliteDatabase) -> None:
         self._conn = conn
-        self._pending: list[tuple[str, Sequence[Any], bool]] = [("BEGIN IMMEDIATE", (), False)]
-        self._committed = False
+        self._group = group
+        self._db = db
+        self._pending: list[tuple[str, Sequence[Any], bool]] = [] if group.begun else [("BEGIN IMMEDIATE", (), False)]
+        self._pending.append((f"SAVEPOINT {SAVEPOINT}", (), False))
+        self.ended: _Ending | None = None  # set once the member released its savepoint
 
     async def _flush_with(self, fn: Callable[..., T] | None, *args: Any) -> T | None:
         pending, self._pending = self._pending, []
+        if pending and pending[0][0] == "BEGIN IMMEDIATE":
+            self._group.begun = True  # from here on SQLite may hold the transaction, whatever happens
         return await self._conn.run(_batch, pending, fn, *args)
 
     async def execute(self, sql: str, *args: Any) -> None:
@@ -164,21 +253,40 @@ class _Transaction:
         return None if row is None else row[0]
 
     async def fetchval_and_commit(self, sql: str, *args: Any) -> Any:
-        row = await self._flush_with(_fetchone_then_commit, sql, args)
-        self._committed = True
+        """The last read, in the member's last hand-off (with the group's COMMIT when it is due)."""
+        ending = await self.end(_fetchone, (sql, args))
+        if ending.failure is not None:
+            raise _storage_error(ending.failure)
+        row = ending.value
         return None if row is None else row[0]
 
-    async def commit(self) -> None:
-        if self._committed:
-            return
-        self._pending.append(("COMMIT", (), False))
-        await self._flush_with(None)
+    async def end(self, then: Callable[..., Any] | None = None, args: Sequence[Any] = ()) -> _Ending:
+        """The member's last hand-off. It is shielded and booked when it is done, whatever happens
+        to this task meanwhile: other members wait on the COMMIT it may carry."""
+        if self.ended is None:
+            pending, self._pending = self._pending, []
+            if pending and pending[0][0] == "BEGIN IMMEDIATE":
+                self._group.begun = True
+            group, commit = self._group, self._db.should_commit(self._group)
+            if commit:
+                self._db.detach(group)  # who comes next starts a new group, after this COMMIT
+            handoff = asyncio.ensure_future(self._conn.run(_end_member, pending, then, args, commit))
 
-    async def rollback(self) -> None:
-        begun = not (self._pending and self._pending[0][0] == "BEGIN IMMEDIATE")
-        self._pending = []
-        if begun:
-            await self._conn.run(lambda conn: conn.execute("ROLLBACK").close() if conn.in_transaction else None)
+            def book(done: asyncio.Future[_Ending]) -> None:
+                failed = done.cancelled() or done.exception() is not None
+                self._db.ended(group, _Ending(group_failure=ConnectionAbortedError("hand-off failed"))
+                               if failed else done.result(), commit)
+
+            handoff.add_done_callback(book)
+            self.ended = await asyncio.shield(handoff)
+        return self.ended
+
+    async def undo(self) -> bool:
+        """Roll back what this member sent (its body raised); False if SQLite lost the whole group."""
+        unsent, self._pending = self._pending, []
+        if unsent and unsent[0][0] == "BEGIN IMMEDIATE":
+            return True  # nothing of it (nor of the group) reached SQLite
+        return bool(await self._conn.run(_undo_member))
 
 
 class SqliteDatabase:
@@ -189,6 +297,9 @@ class SqliteDatabase:
         self._readers = readers
         self._write_lock = asyncio.Lock()
         self._next_reader = itertools.cycle(readers)
+        self._group: _Group | None = None  # the open group, its COMMIT still to come
+        self._queued = 0  # transactions waiting for the write lock
+        self.commits = 0  # COMMITs run, each an fsync with synchronous=FULL (tests and metrics read it)
 
     @property
     def _r(self) -> _ThreadConn:
@@ -200,20 +311,94 @@ class SqliteDatabase:
         writer = await _ThreadConn.open(path, synchronous)  # first: it switches the file to WAL
         return cls(writer, [await _ThreadConn.open(path, synchronous) for _ in range(readers)])
 
+    def should_commit(self, group: _Group) -> bool:
+        """Whether the member ending now commits its group: nobody waits to join, or it is full."""
+        return self._queued == 0 or group.members + 1 >= MAX_GROUP
+
+    def detach(self, group: _Group) -> None:
+        if self._group is group:
+            self._group = None
+
+    def ended(self, group: _Group, ending: _Ending, commit: bool) -> None:
+        """Book a member's end: the group grows, commits, or is lost."""
+        if ending.group_failure is not None:
+            self.detach(group)
+            group.finish(ConnectionAbortedError(f"the transaction was lost: {ending.group_failure}"))
+            return
+        if ending.failure is None:
+            group.members += 1
+        if commit:
+            self.detach(group)
+            self.commits += 1
+            group.finish(None)
+
+    async def _acquire(self) -> None:
+        self._queued += 1
+        try:
+            await self._write_lock.acquire()
+        except BaseException:
+            # A waiter that gives up may have been the one an open group was left to.
+            if self._queued == 1 and self._group is not None and not self._write_lock.locked():
+                asyncio.get_running_loop().create_task(self._commit_left_group(self._group))
+            raise
+        finally:
+            self._queued -= 1
+
+    async def _commit_left_group(self, group: _Group) -> None:
+        await self._acquire()
+        try:
+            if self._group is group:
+                await self._close(group)
+        finally:
+            self._write_lock.release()
+
+    async def _close(self, group: _Group) -> None:
+        """COMMIT an open group now (under the write lock), shielded: its members wait on the outcome."""
+        self.detach(group)
+        if not group.begun:
+            group.finish(None)
+            return
+        task = asyncio.ensure_future(self._w.run(_commit_open))
+
+        def settle(t: asyncio.Future[None]) -> None:
+            committed = not t.cancelled() and t.exception() is None
+            self.commits += committed
+            group.finish(None if committed else ConnectionAbortedError("the transaction was lost"))
+
+        task.add_done_callback(settle)
+        try:
+            await asyncio.shield(task)
+        except Exception:  # noqa: BLE001 - the members hear of it through the group
+            pass
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        async with self._write_lock:
-            tx = _Transaction(self._w)
+        await self._acquire()
+        try:
+            if self._group is None:
+                self._group = _Group()
+            group = self._group
+            tx = _Transaction(self._w, group, self)
             try:
                 yield tx
-                await tx.commit()
             except BaseException:
-                await tx.rollback()
+                if tx.ended is None:
+                    if not await tx.undo():
+                        self.detach(group)
+                        group.finish(ConnectionAbortedError("the transaction was lost"))
+                    elif self._group is group and self.should_commit(group):
+                        await self._close(group)
                 raise
+            ending = await tx.end()
+            if ending.failure is not None:
+                raise _storage_error(ending.failure)
+        finally:
+            self._write_lock.release()
+        await group.done
 
     async def execute(self, sql: str, *args: Any) -> None:
-        async with self._write_lock:
-            await self._w.execute(sql, *args)
+        async with self.transaction() as tx:
+            await tx.execute(sql, *args)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         async with self.transaction() as conn:
@@ -221,14 +406,14 @@ class SqliteDatabase:
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
         if _writes(sql):
-            async with self._write_lock:
-                return await self._w.fetchone(sql, *args)
+            async with self.transaction() as tx:
+                return await tx.fetchone(sql, *args)
         return await self._r.fetchone(sql, *args)
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
         if _writes(sql):
-            async with self._write_lock:
-                return await self._w.fetchall(sql, *args)
+            async with self.transaction() as tx:
+                return await tx.fetchall(sql, *args)
         return await self._r.fetchall(sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
