@@ -20,7 +20,7 @@ from storage import Store, open_database
 from storage.migrations import MIGRATIONS, run_migrations
 from tests.conftest import POSTGRES_URL, fresh_postgres_database, need
 from tests.rooms_helpers import User
-from tests.test_federation_whispr import Client, membership_in_timeline, pair, users_on_both
+from tests.test_federation_whispr import Client, membership_in_timeline, page_back, pair, users_on_both
 
 __all__ = ["pair"]
 
@@ -282,11 +282,19 @@ async def test_thread_receipts_are_accepted_and_synced(client: Any) -> None:
 
 
 async def test_relation_received_over_federation_is_indexed(pair: tuple[RunningServer, RunningServer]) -> None:
+    """Relations from another Whispr server, live and backfilled, are indexed where they arrive."""
     a, b = pair
     async with aiohttp.ClientSession() as session:
         alice, bob = await users_on_both(session, a, "alice", b, "bob")
         room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
+        old_root = await alice.send(room, "old root")
+        old_reply = (await alice.call("PUT", f"/rooms/{room}/send/m.room.message/fed0",
+                                      json=thread_reply(old_root, "old reply")))["event_id"]
         await bob.call("POST", f"/join/{room}")
+        # History from before B joined comes by backfill as B pages back, and its thread with it.
+        await page_back(bob, room, 50)
+        old = relations_of(await bob.call("GET", f"/rooms/{room}/event/{old_root}"))["m.thread"]
+        assert (old["count"], old["latest_event"]["event_id"]) == (1, old_reply)
         await alice.sync_until(membership_in_timeline(room, bob.user_id, "join"))
         root = await alice.send(room, "root on A")
         await bob.collect_messages(room, 1)
