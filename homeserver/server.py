@@ -132,7 +132,7 @@ class HomeServer:
         typing = Typing(notifier)
         visibility = HistoryVisibility(rooms, store)
         ignored = IgnoredUsers(store, notifier)
-        aggregations = Aggregations(rooms, store)
+        aggregations = Aggregations(rooms, store, ignored)
         sync = SyncService(rooms, store, notifier, typing, visibility, ignored, aggregations)
         e2ee = E2ee(config.server_name, store, notifier)
         sync.e2ee = e2ee.sync

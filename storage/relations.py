@@ -81,19 +81,22 @@ class RelationStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def summaries(self, parent_ids: Sequence[str], user_id: str) -> list[Summary]:
-        """Count, latest position and the user's participation per (parent, bundled type): one
-        statement per 500 parents, and usually an empty answer from the index alone."""
+    async def summaries(self, parent_ids: Sequence[str], user_id: str,
+                        ignored: Sequence[str] = ()) -> list[Summary]:
+        """Count, latest position and the user's participation per (parent, bundled type), leaving
+        out the children of `ignored` senders: one statement per 500 parents, and usually an empty
+        answer from the index alone."""
         found: list[Summary] = []
         types = ",".join(f"'{t}'" for t in BUNDLED)
+        skip = f" AND sender NOT IN ({','.join('?' * len(ignored))})" if ignored else ""
         for start in range(0, len(parent_ids), _CHUNK):
             chunk = list(parent_ids[start:start + _CHUNK])
             marks = ",".join("?" * len(chunk))
             rows = await self.db.fetchall(
                 "SELECT relates_to_id, rel_type, room_id, COUNT(*) AS n, MAX(stream) AS latest,"
                 " MAX(CASE WHEN sender = ? THEN 1 ELSE 0 END) AS mine FROM event_relations"
-                f" WHERE relates_to_id IN ({marks}) AND rel_type IN ({types})"
-                " GROUP BY relates_to_id, rel_type, room_id", user_id, *chunk)
+                f" WHERE relates_to_id IN ({marks}) AND rel_type IN ({types}){skip}"
+                " GROUP BY relates_to_id, rel_type, room_id", user_id, *chunk, *ignored)
             found += [Summary(r["relates_to_id"], r["rel_type"], r["room_id"], int(r["n"]), int(r["latest"]),
                               bool(r["mine"])) for r in rows]
         return found

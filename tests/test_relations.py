@@ -268,6 +268,34 @@ async def test_who_may_read_relations_and_relations_across_rooms(client: Any) ->
     assert [e["event_id"] for e in (await v1(bob, f"/rooms/{public}/relations/{root}"))["chunk"]] == [before]
 
 
+async def test_thread_summary_shows_the_latest_edit_and_skips_ignored_users(client: Any) -> None:
+    alice, bob, mallory = [await User.new(client, n) for n in ("alice", "bob", "mallory")]
+    room = await room_with(alice, bob, mallory)
+    root = await send(alice, room, {"msgtype": "m.text", "body": "root"})
+    reply = await send(bob, room, thread_reply(root, "typo"))
+    fixed = await send(bob, room, edit(reply, "fixed"))
+    latest = relations_of(await alice.call("GET", f"/rooms/{room}/event/{root}"))["m.thread"]["latest_event"]
+    assert (latest["event_id"], relations_of(latest)["m.replace"]["event_id"]) == (reply, fixed)
+
+    await send(mallory, room, thread_reply(root, "spam"))
+    await send(mallory, room, {"msgtype": "m.text", "body": "see", "m.relates_to": {"rel_type": "m.reference",
+                                                                                   "event_id": root}})
+    assert relations_of(await alice.call("GET", f"/rooms/{room}/event/{root}"))["m.thread"]["count"] == 2
+    await alice.call("PUT", f"/user/{alice.user_id}/account_data/m.ignored_user_list",
+                     json={"ignored_users": {mallory.user_id: {}}})
+    bundle = relations_of(await alice.call("GET", f"/rooms/{room}/event/{root}"))
+    assert (bundle["m.thread"]["count"], bundle["m.thread"]["latest_event"]["event_id"]) == (1, reply)
+    assert "m.reference" not in bundle
+    assert relations_of(await bob.call("GET", f"/rooms/{room}/event/{root}"))["m.thread"]["count"] == 2
+    # A thread an ignored user started is listed, its root redacted (the spec's /threads).
+    spam_root = await send(mallory, room, {"msgtype": "m.text", "body": "buy now"})
+    await send(bob, room, thread_reply(spam_root, "no"))
+    listed = (await v1(alice, f"/rooms/{room}/threads"))["chunk"]
+    assert [(e["event_id"], e["content"]) for e in listed] == [(spam_root, {}), (root, {"msgtype": "m.text",
+                                                                                       "body": "root"})]
+    assert (await v1(bob, f"/rooms/{room}/threads"))["chunk"][0]["content"]["body"] == "buy now"
+
+
 async def test_thread_receipts_are_accepted_and_synced(client: Any) -> None:
     alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
     room = await room_with(alice, bob)

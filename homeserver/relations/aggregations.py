@@ -5,7 +5,9 @@ common answer, "none", ends there); only a page with children asks for the edits
 and threads' latest events, again one statement, and reads those events at once. Formats (the
 spec, v1.7 on): `m.thread` {latest_event, count, current_user_participated}; `m.replace` the
 most recent valid edit as a whole event, the original's content left as it is; `m.reference`
-{chunk: [{event_id}]}. State events get none.
+{chunk: [{event_id}]}. State events get none. Children sent by users the reader ignores are
+left out, as their events are from the timeline. A thread's latest event carries its own bundle
+(its edit: what a thread summary shows), one more round for a page with threads.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from homeserver.events.client_format import client_event
 from homeserver.events.event import Event
 from homeserver.events.relations import REFERENCE, REPLACE, THREAD, relation_of
 from homeserver.rooms.rooms import Rooms
+from homeserver.sync.ignored import IgnoredUsers
 from storage.relations import RelationRow
 from storage.store import Store
 
@@ -38,16 +41,18 @@ def _most_recent(edits: list[Event]) -> Event:
 
 
 class Aggregations:
-    def __init__(self, rooms: Rooms, store: Store) -> None:
+    def __init__(self, rooms: Rooms, store: Store, ignored: IgnoredUsers) -> None:
         self._rooms = rooms
         self._store = store
+        self._ignored = ignored
 
-    async def bundles(self, user_id: str, events: Sequence[Event], now: int) -> Bundles:
+    async def bundles(self, user_id: str, events: Sequence[Event], now: int, nested: bool = False) -> Bundles:
         """The bundled aggregations of the events (of any rooms) that have some."""
         parents = {e.event_id: e for e in events if not e.is_state and not e.rejected}
         if not parents:
             return {}
-        summaries = [s for s in await self._store.relations.summaries(list(parents), user_id)
+        ignored = sorted(await self._ignored.of(user_id))
+        summaries = [s for s in await self._store.relations.summaries(list(parents), user_id, ignored)
                      if s.room_id == parents[s.parent_id].room_id]
         if not summaries:
             return {}
@@ -67,10 +72,12 @@ class Aggregations:
             elif row.rel_type == REPLACE and row.sender == parent.sender and row.type == parent.type \
                     and not parent.unsigned.get("redacted_by"):
                 edits.setdefault(row.parent_id, []).append(row)
-            elif row.rel_type == REFERENCE:
+            elif row.rel_type == REFERENCE and row.sender not in ignored:
                 references.setdefault(row.parent_id, []).append(row.event_id)
         wanted = [r.event_id for r in latest.values()] + [r.event_id for rs in edits.values() for r in rs]
         found = await self._rooms.get_events(wanted) if wanted else {}
+        latest_events = [found[r.event_id] for r in latest.values() if r.event_id in found]
+        inner = await self.bundles(user_id, latest_events, now, nested=True) if latest_events and not nested else {}
         out: Bundles = {}
         for parent_id, parent in parents.items():
             bundle: dict[str, Any] = {}
@@ -81,7 +88,7 @@ class Aggregations:
             last = latest.get(parent_id)
             if thread is not None and last is not None and last.event_id in found:
                 bundle[THREAD] = {
-                    "latest_event": client_event(found[last.event_id], version, now),
+                    "latest_event": attach([client_event(found[last.event_id], version, now)], inner)[0],
                     "count": thread.count,
                     "current_user_participated": thread.participated or parent.sender == user_id,
                 }

@@ -14,6 +14,7 @@ from typing import Any
 from homeserver.accounts.accounts import Requester
 from homeserver.errors import MatrixError
 from homeserver.events.event import Event
+from homeserver.events.redaction import redact
 from homeserver.events.relations import THREAD, relation_of
 from homeserver.rooms.rooms import Rooms
 from homeserver.rooms.timeline import Timeline
@@ -105,6 +106,12 @@ class RelationsService:
         roots = [found[r] for r, _ in rows if r in found and found[r].room_id == room_id and not found[r].rejected
                  and not found[r].unsigned.get("_soft_failed") and found[r].stream <= reading.upto]
         roots = await self._visibility.filter(who.user_id, roots, reading.joined) if roots else roots
+        ignored = await self._ignored.of(who.user_id)
+        version = await self._rooms.room_version(room_id)
+        if version is not None and any(r.sender in ignored for r in roots):
+            # The spec: an ignored user's root is shown redacted, as a client aggregating itself would.
+            roots = [Event(r.event_id, redact(r.pdu, version), stream=r.stream, unsigned=r.unsigned)
+                     if r.sender in ignored else r for r in roots]
         body: dict[str, Any] = {"chunk": await self._timeline.serialise(who, room_id, roots, bundle=True)}
         if len(rows) == count:
             body["next_batch"] = str(SyncToken(rows[-1][1], 0))
