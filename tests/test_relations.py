@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import aiohttp
+import nio
 import pytest
+from nio.api import RelationshipType, ThreadInclusion
 
 from bench.servers import RunningServer
 from storage import Store, open_database
 from storage.migrations import MIGRATIONS, run_migrations
 from tests.conftest import POSTGRES_URL, fresh_postgres_database, need
 from tests.rooms_helpers import User
+from tests.test_nio_rooms import nio_client
 from tests.test_federation_whispr import Client, membership_in_timeline, page_back, pair, users_on_both
 
 __all__ = ["pair"]
@@ -307,6 +310,33 @@ async def test_thread_receipts_are_accepted_and_synced(client: Any) -> None:
     receipts = [e for e in body["rooms"]["join"][room]["ephemeral"]["events"] if e["type"] == "m.receipt"]
     assert receipts[0]["content"][reply]["m.read"][bob.user_id]["thread_id"] == root
     await bob.call("POST", f"/rooms/{room}/receipt/m.read/{reply}", json={"thread_id": 5}, expect=400)
+
+
+async def test_matrix_nio_reads_relations_and_threads(client: Any) -> None:
+    alice, bob = await nio_client(client, "alice"), await nio_client(client, "bob")
+    try:
+        room = (await alice.room_create(preset=nio.RoomPreset.public_chat)).room_id
+        assert isinstance(await bob.join(room), nio.JoinResponse)
+        root = (await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "root"})).event_id
+        replies = [(await bob.room_send(room, "m.room.message", thread_reply(root, f"r{i}"))).event_id
+                   for i in range(3)]
+        liked = (await alice.room_send(room, "m.reaction", reaction(root, "+1"))).event_id
+
+        # nio pages through next_batch on its own, two at a time here.
+        children = [e.event_id async for e in alice.room_get_event_relations(room, root, limit=2)]
+        assert children == [liked, *reversed(replies)]
+        threaded = [e.event_id async for e in alice.room_get_event_relations(
+            room, root, rel_type=RelationshipType.thread, event_type="m.room.message")]
+        assert threaded == list(reversed(replies))
+        roots = [e async for e in bob.room_get_threads(room, include=ThreadInclusion.participated)]
+        assert [e.event_id for e in roots] == [root]
+        assert roots[0].source["unsigned"]["m.relations"]["m.thread"]["count"] == 3
+        got = await bob.room_get_event(room, root)
+        assert isinstance(got, nio.RoomGetEventResponse), got
+        assert got.event.source["unsigned"]["m.relations"]["m.thread"]["latest_event"]["event_id"] == replies[-1]
+    finally:
+        await alice.close()
+        await bob.close()
 
 
 async def test_relation_received_over_federation_is_indexed(pair: tuple[RunningServer, RunningServer]) -> None:
