@@ -63,7 +63,8 @@ def pg_relation_cte(event: Event) -> tuple[str, list[Any]]:
     relation = relation_of(event.content)
     if relation is None:
         return "", []
-    return (f", rl AS (INSERT INTO event_relations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, (SELECT pos FROM s)))",
+    return (f", rl AS (INSERT INTO event_relations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, (SELECT pos FROM s))"
+            " ON CONFLICT DO NOTHING)",
             [event.event_id, relation.parent_id, relation.rel_type, event.room_id, event.sender, event.type])
 
 
@@ -140,14 +141,19 @@ class RelationStore:
             clauses.append("r.stream <= ?")
             args.append(upto)
         where = " AND ".join(clauses) or "1 = 1"
+        order = f"ORDER BY r.stream {'DESC' if backwards else 'ASC'} LIMIT ?"
+        columns = ", ".join("r." + c.strip() for c in _COLUMNS.split(","))
+        if depth <= 1:  # direct children: straight off the parent's index
+            rows = await self.db.fetchall(
+                f"SELECT {columns} FROM event_relations r WHERE r.relates_to_id = ? AND r.room_id = ? AND {where}"
+                f" {order}", parent_id, room_id, *args, limit)
+            return [_row(r) for r in rows]
         rows = await self.db.fetchall(
             "WITH RECURSIVE tree (event_id, depth) AS ("
             " SELECT event_id, 1 FROM event_relations WHERE relates_to_id = ? AND room_id = ?"
             " UNION SELECT c.event_id, t.depth + 1 FROM event_relations c JOIN tree t ON c.relates_to_id = t.event_id"
             " WHERE c.room_id = ? AND t.depth < ?)"
-            f" SELECT {', '.join('r.' + c.strip() for c in _COLUMNS.split(','))} FROM event_relations r"
-            f" JOIN tree t ON t.event_id = r.event_id WHERE {where}"
-            f" ORDER BY r.stream {'DESC' if backwards else 'ASC'} LIMIT ?",
+            f" SELECT {columns} FROM event_relations r JOIN tree t ON t.event_id = r.event_id WHERE {where} {order}",
             parent_id, room_id, room_id, depth, *args, limit)
         return [_row(r) for r in rows]
 
