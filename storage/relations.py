@@ -82,14 +82,15 @@ class RelationStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def summaries(self, parent_ids: Sequence[str], user_id: str,
-                        ignored: Sequence[str] = ()) -> list[Summary]:
+    async def summaries(self, parent_ids: Sequence[str], user_id: str, ignored: Sequence[str] = (),
+                        upto: int | None = None) -> list[Summary]:
         """Count, latest position and the user's participation per (parent, bundled type), leaving
-        out the children of `ignored` senders: one statement per 500 parents, and usually an empty
-        answer from the index alone."""
+        out the children of `ignored` senders and those after `upto`: one statement per 500
+        parents, and usually an empty answer from the index alone."""
         found: list[Summary] = []
         types = ",".join(f"'{t}'" for t in BUNDLED)
         skip = f" AND sender NOT IN ({','.join('?' * len(ignored))})" if ignored else ""
+        skip += " AND stream <= ?" if upto is not None else ""
         for start in range(0, len(parent_ids), _CHUNK):
             chunk = list(parent_ids[start:start + _CHUNK])
             marks = ",".join("?" * len(chunk))
@@ -97,7 +98,8 @@ class RelationStore:
                 "SELECT relates_to_id, rel_type, room_id, COUNT(*) AS n, MAX(stream) AS latest,"
                 " MAX(CASE WHEN sender = ? THEN 1 ELSE 0 END) AS mine FROM event_relations"
                 f" WHERE relates_to_id IN ({marks}) AND rel_type IN ({types}){skip}"
-                " GROUP BY relates_to_id, rel_type, room_id", user_id, *chunk, *ignored)
+                " GROUP BY relates_to_id, rel_type, room_id", user_id, *chunk, *ignored,
+                *([upto] if upto is not None else []))
             found += [Summary(r["relates_to_id"], r["rel_type"], r["room_id"], int(r["n"]), int(r["latest"]),
                               bool(r["mine"])) for r in rows]
         return found

@@ -269,6 +269,9 @@ async def test_who_may_read_relations_and_relations_across_rooms(client: Any) ->
     await bob.call("POST", f"/rooms/{public}/leave", json={})
     await send(alice, public, thread_reply(root, "after"))
     assert [e["event_id"] for e in (await v1(bob, f"/rooms/{public}/relations/{root}"))["chunk"]] == [before]
+    thread = relations_of(await bob.call("GET", f"/rooms/{public}/event/{root}"))["m.thread"]
+    assert (thread["count"], thread["latest_event"]["event_id"]) == (1, before)  # nothing from after the leave
+    assert relations_of(await alice.call("GET", f"/rooms/{public}/event/{root}"))["m.thread"]["count"] == 2
 
 
 async def test_thread_summary_shows_the_latest_edit_and_skips_ignored_users(client: Any) -> None:

@@ -46,13 +46,15 @@ class Aggregations:
         self._store = store
         self._ignored = ignored
 
-    async def bundles(self, user_id: str, events: Sequence[Event], now: int, nested: bool = False) -> Bundles:
-        """The bundled aggregations of the events (of any rooms) that have some."""
+    async def bundles(self, user_id: str, events: Sequence[Event], now: int, upto: int | None = None,
+                      nested: bool = False) -> Bundles:
+        """The bundled aggregations of the events (of any rooms) that have some, from children up to
+        `upto` (a user who left sees none sent after)."""
         parents = {e.event_id: e for e in events if not e.is_state and not e.rejected}
         if not parents:
             return {}
         ignored = sorted(await self._ignored.of(user_id))
-        summaries = [s for s in await self._store.relations.summaries(list(parents), user_id, ignored)
+        summaries = [s for s in await self._store.relations.summaries(list(parents), user_id, ignored, upto)
                      if s.room_id == parents[s.parent_id].room_id]
         if not summaries:
             return {}
@@ -64,7 +66,7 @@ class Aggregations:
         references: dict[str, list[str]] = {}
         for row in rows:
             parent = parents.get(row.parent_id)
-            if parent is None or row.room_id != parent.room_id:
+            if parent is None or row.room_id != parent.room_id or (upto is not None and row.stream > upto):
                 continue
             thread = threads.get(row.parent_id)
             if row.rel_type == THREAD and thread is not None and row.stream == thread.latest_stream:
@@ -77,7 +79,8 @@ class Aggregations:
         wanted = [r.event_id for r in latest.values()] + [r.event_id for rs in edits.values() for r in rs]
         found = await self._rooms.get_events(wanted) if wanted else {}
         latest_events = [found[r.event_id] for r in latest.values() if r.event_id in found]
-        inner = await self.bundles(user_id, latest_events, now, nested=True) if latest_events and not nested else {}
+        inner = await self.bundles(user_id, latest_events, now, upto, nested=True) if latest_events and not nested \
+            else {}
         out: Bundles = {}
         for parent_id, parent in parents.items():
             bundle: dict[str, Any] = {}

@@ -81,7 +81,8 @@ class RelationsService:
                                                     depth=depth)
         found = await self._rooms.get_events(r.event_id for r in rows)
         events = await self._shown(who, [found[r.event_id] for r in rows if r.event_id in found], reading.joined)
-        body: dict[str, Any] = {"chunk": await self._timeline.serialise(who, room_id, events, bundle=True)}
+        body: dict[str, Any] = {"chunk": await self._timeline.serialise(who, room_id, events,
+                                                                        bundle_upto=reading.upto)}
         if len(rows) == count:
             last = rows[-1].stream
             body["next_batch"] = str(SyncToken(last - 1 if backwards else last, 0))
@@ -112,7 +113,8 @@ class RelationsService:
             # The spec: an ignored user's root is shown redacted, as a client aggregating itself would.
             roots = [Event(r.event_id, redact(r.pdu, version), stream=r.stream, unsigned=r.unsigned)
                      if r.sender in ignored else r for r in roots]
-        body: dict[str, Any] = {"chunk": await self._timeline.serialise(who, room_id, roots, bundle=True)}
+        body: dict[str, Any] = {"chunk": await self._timeline.serialise(who, room_id, roots,
+                                                                        bundle_upto=reading.upto)}
         if len(rows) == count:
             body["next_batch"] = str(SyncToken(rows[-1][1], 0))
         return body

@@ -97,8 +97,9 @@ class Timeline:
         return dict(await self._rooms.state_at_event(reading.member_event_id))
 
     async def serialise(self, who: Requester, room_id: str, events: list[Event],
-                        bundle: bool = False) -> list[dict[str, Any]]:
-        """Client events; with `bundle`, with their bundled aggregations (one lookup for the page)."""
+                        bundle_upto: int | None = None) -> list[dict[str, Any]]:
+        """Client events; with `bundle_upto` (how far the user reads), with their bundled
+        aggregations (one lookup for the page)."""
         room = await self._rooms.room(room_id)
         version = get_room_version(room.room_version) if room else None
         redaction_ids = [e.unsigned["redacted_by"] for e in events if e.unsigned.get("redacted_by")]
@@ -106,7 +107,9 @@ class Timeline:
         now = now_ms()
         out = [client_event(e, version, now, device=(who.user_id, who.device_id),
                             redaction=redactions.get(e.unsigned.get("redacted_by", ""))) for e in events]
-        return attach(out, await self.aggregations.bundles(who.user_id, events, now)) if bundle else out
+        if bundle_upto is None:
+            return out
+        return attach(out, await self.aggregations.bundles(who.user_id, events, now, bundle_upto))
 
     async def _member_state(self, who: Requester, room_id: str, events: list[Event]) -> list[dict[str, Any]]:
         """Lazy-loaded members: the membership of each sender, as of now."""
@@ -143,7 +146,7 @@ class Timeline:
         events = await self._visibility.filter(who.user_id, [e for e in events if filt.allows(e.type, e.sender)
                                                              and (e.sender not in ignored or e.is_state)],
                                                joined_now=reading.joined)
-        body: dict[str, Any] = {"chunk": await self.serialise(who, room_id, events, bundle=True),
+        body: dict[str, Any] = {"chunk": await self.serialise(who, room_id, events, bundle_upto=upto),
                                 "start": str(start)}
         if end is not None:
             body["end"] = str(end)
@@ -162,8 +165,8 @@ class Timeline:
         return ev, reading
 
     async def event(self, who: Requester, room_id: str, event_id: str) -> dict[str, Any]:
-        ev, _ = await self.visible_event(who, room_id, event_id)
-        return (await self.serialise(who, room_id, [ev], bundle=True))[0]
+        ev, reading = await self.visible_event(who, room_id, event_id)
+        return (await self.serialise(who, room_id, [ev], bundle_upto=reading.upto))[0]
 
     async def context(self, who: Requester, room_id: str, event_id: str, limit: int,
                       filt: EventFilter) -> dict[str, Any]:
@@ -194,7 +197,7 @@ class Timeline:
             state_ids = {k: v for k, v in state_ids.items() if k[0] != "m.room.member" or k[1] in senders}
         state = await self._rooms.get_events(state_ids.values())
         typing = self._current().typing
-        bundles = await self.aggregations.bundles(who.user_id, [ev, *before, *after], now_ms())
+        bundles = await self.aggregations.bundles(who.user_id, [ev, *before, *after], now_ms(), upto)
         return {
             "event": attach(await self.serialise(who, room_id, [ev]), bundles)[0],
             "events_before": attach(await self.serialise(who, room_id, before), bundles),

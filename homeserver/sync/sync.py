@@ -175,7 +175,7 @@ class SyncService:
             elif membership in ("leave", "ban") and room_id not in forgotten and (
                     (since is not None and room_id in changes) or (since is None and filt.include_leave)):
                 leave_ev = changes.get(room_id) or await self._rooms.get_event(member_event_id)
-                left[room_id] = await self._left_room(who, room_id, since, leave_ev, filt, now, ignored, timelines)
+                left[room_id] = await self._left_room(who, room_id, since, leave_ev, filt, now, ignored)
 
         await self._bundle(user_id, timelines, now)
         account_data = [{"type": d.type, "content": d.content} for d in data
@@ -486,8 +486,7 @@ class SyncService:
         return {"invite_state": {"events": events}}
 
     async def _left_room(self, who: Requester, room_id: str, since: SyncToken | None, leave_ev: Event | None,
-                         filt: SyncFilter, now: int, ignored: frozenset[str],
-                         timelines: list[tuple[list[dict[str, Any]], list[Event]]]) -> dict[str, Any]:
+                         filt: SyncFilter, now: int, ignored: frozenset[str]) -> dict[str, Any]:
         version = await self._rooms.room_version(room_id)
         upto = leave_ev.stream if leave_ev else 0
         events, limited = await self._timeline(room_id, since.stream if since else None, upto,
@@ -497,9 +496,9 @@ class SyncService:
             state = await self._state_section(room_id, since, events, limited, since is None, filt, who.user_id,
                                               upto)
         prev_batch = SyncToken(events[0].stream - 1, 0) if events else SyncToken(upto, 0)
+        # No bundles here: the user sees none of the children sent since the leave, which a
+        # left room's page would need a bound of its own for.
         serialised = [client_event(e, version, now, device=(who.user_id, who.device_id)) for e in events]
-        if events:
-            timelines.append((serialised, events))
         return {"timeline": {"events": serialised, "limited": limited, "prev_batch": str(prev_batch)},
                 "state": {"events": [client_event(e, version, now) for e in state]},
                 "account_data": {"events": []}}
