@@ -131,6 +131,24 @@ async def test_threads_bundle_everywhere_and_list_by_activity(client: Any) -> No
     assert failed["errcode"] == "M_UNKNOWN"
 
 
+async def test_sync_bundles_a_root_older_than_the_events_kept_in_memory(client: Any) -> None:
+    """/sync skips the lookup only when its recent events prove there are no children: a root
+    that fell out of them (100 per room) still gets its bundle, from the database."""
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await room_with(alice, bob)
+    root = await send(alice, room, {"msgtype": "m.text", "body": "root"})
+    await send(bob, room, thread_reply(root, "reply"))
+    for i in range(110):
+        await alice.send(room, f"filler {i}")
+    body = await bob.sync(filter=json.dumps({"room": {"timeline": {"limit": 200}}}))
+    timeline = {e["event_id"]: e for e in body["rooms"]["join"][room]["timeline"]["events"]}
+    assert relations_of(timeline[root])["m.thread"]["count"] == 1
+    since = body["next_batch"]
+    await send(bob, room, thread_reply(root, "late reply"))
+    page = (await bob.sync(since))["rooms"]["join"][room]["timeline"]["events"]
+    assert [relations_of(e) for e in page] == [{}]  # the root is not in this page
+
+
 async def test_edits_bundle_the_latest_valid_one_and_keep_the_original_content(client: Any) -> None:
     alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
     room = await room_with(alice, bob)
