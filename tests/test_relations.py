@@ -23,9 +23,10 @@ from storage.migrations import MIGRATIONS, run_migrations
 from tests.conftest import POSTGRES_URL, fresh_postgres_database, need
 from tests.rooms_helpers import User
 from tests.test_nio_rooms import nio_client
+from tests.test_synapse_interop import peers, synapse_interpreter
 from tests.test_federation_whispr import Client, membership_in_timeline, page_back, pair, users_on_both
 
-__all__ = ["pair"]
+__all__ = ["pair", "peers", "synapse_interpreter"]
 
 V1 = "/_matrix/client/v1"
 _txn = itertools.count()
@@ -397,6 +398,45 @@ async def test_relation_received_over_federation_is_indexed(pair: tuple[RunningS
         while (await relations(alice))["chunk"] and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         assert (await relations(alice))["chunk"] == []
+
+
+async def test_threads_and_edits_agree_with_synapse(peers: tuple[RunningServer, RunningServer]) -> None:
+    """A room on Whispr with a Synapse (1.163.2) member: each side's thread replies and edits are
+    indexed by the other, and both servers bundle the same thread and edit for the same events."""
+    whispr, synapse = peers
+    async with aiohttp.ClientSession() as session:
+        wanda, sam = await users_on_both(session, whispr, "wanda", synapse, "sam")
+        room = (await wanda.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
+        await wanda.call("POST", f"/rooms/{room}/invite", json={"user_id": sam.user_id})
+        await sam.sync_until(lambda body: room in body["rooms"].get("invite", {}))
+        await sam.call("POST", f"/join/{room}")
+        await wanda.sync_until(membership_in_timeline(room, sam.user_id, "join"))
+        root = await wanda.send(room, "root on Whispr")
+        await sam.collect_messages(room, 1)
+        sams = (await sam.call("PUT", f"/rooms/{room}/send/m.room.message/s1",
+                               json=thread_reply(root, "from Synapse")))["event_id"]
+        await wanda.collect_messages(room, 1)
+        wandas = (await wanda.call("PUT", f"/rooms/{room}/send/m.room.message/w1",
+                                   json=thread_reply(root, "from Whispr")))["event_id"]
+        fixed = (await wanda.call("PUT", f"/rooms/{room}/send/m.room.message/w2",
+                                  json=edit(root, "root, edited")))["event_id"]
+        await sam.collect_messages(room, 2)
+
+        async def bundle(client: Client) -> dict[str, Any]:
+            return relations_of(await client.call("GET", f"/rooms/{room}/event/{root}"))
+
+        async def children(client: Client) -> list[str]:
+            url = f"{client.server.base_url}{V1}/rooms/{room}/relations/{root}/m.thread"
+            async with session.get(url, headers=client.h) as resp:
+                assert resp.status == 200
+                return [e["event_id"] for e in (await resp.json())["chunk"]]
+
+        assert await children(wanda) == await children(sam) == [wandas, sams]
+        ours, theirs = await bundle(wanda), await bundle(sam)
+        for b in (ours, theirs):
+            assert (b["m.thread"]["count"], b["m.thread"]["latest_event"]["event_id"], b["m.replace"]["event_id"]) \
+                == (2, wandas, fixed)
+        assert ours["m.thread"]["current_user_participated"] == theirs["m.thread"]["current_user_participated"]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
