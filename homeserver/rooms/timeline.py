@@ -57,7 +57,7 @@ class Timeline:
     def __init__(self, rooms: Rooms, store: Store, current: Any, visibility: HistoryVisibility,
                  ignored: IgnoredUsers, aggregations: Aggregations) -> None:
         self._rooms = rooms
-        self.aggregations = aggregations
+        self._aggregations = aggregations
         self._ignored = ignored
         self._store = store
         self._current = current  # () -> SyncToken
@@ -109,7 +109,7 @@ class Timeline:
                             redaction=redactions.get(e.unsigned.get("redacted_by", ""))) for e in events]
         if bundle_upto is None:
             return out
-        return attach(out, await self.aggregations.bundles(who.user_id, events, now, bundle_upto))
+        return attach(out, await self._aggregations.bundles(who.user_id, events, now, bundle_upto))
 
     async def _member_state(self, who: Requester, room_id: str, events: list[Event]) -> list[dict[str, Any]]:
         """Lazy-loaded members: the membership of each sender, as of now."""
@@ -197,7 +197,7 @@ class Timeline:
             state_ids = {k: v for k, v in state_ids.items() if k[0] != "m.room.member" or k[1] in senders}
         state = await self._rooms.get_events(state_ids.values())
         typing = self._current().typing
-        bundles = await self.aggregations.bundles(who.user_id, [ev, *before, *after], now_ms(), upto)
+        bundles = await self._aggregations.bundles(who.user_id, [ev, *before, *after], now_ms(), upto)
         return {
             "event": attach(await self.serialise(who, room_id, [ev]), bundles)[0],
             "events_before": attach(await self.serialise(who, room_id, before), bundles),

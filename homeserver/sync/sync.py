@@ -177,7 +177,7 @@ class SyncService:
                 leave_ev = changes.get(room_id) or await self._rooms.get_event(member_event_id)
                 left[room_id] = await self._left_room(who, room_id, since, leave_ev, filt, now, ignored)
 
-        await self._bundle(user_id, timelines, now)
+        await self._bundle(user_id, timelines, now, upto.stream)
         account_data = [{"type": d.type, "content": d.content} for d in data
                         if d.room_id == "" and filt.account_data.allows(d.type, user_id)]
         # Whispr's friend events (requests, accepts, ...): a namespaced section stock clients skip.
@@ -282,7 +282,7 @@ class SyncService:
         return room
 
     async def _bundle(self, user_id: str, timelines: list[tuple[list[dict[str, Any]], list[Event]]],
-                      now: int) -> None:
+                      now: int, upto: int) -> None:
         """Bundled aggregations for every room's timeline, in one lookup; none at all when the
         recent events show that no event of any page has children."""
         floor = self._notifier.gap_floor
@@ -290,7 +290,7 @@ class SyncService:
                  if self._rooms.recent.may_have_children(events[0].room_id, events, floor)]
         if not pages:
             return
-        bundles = await self._aggregations.bundles(user_id, [e for _, events in pages for e in events], now)
+        bundles = await self._aggregations.bundles(user_id, [e for _, events in pages for e in events], now, upto)
         for out, _ in pages:
             attach(out, bundles)
 
