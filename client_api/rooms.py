@@ -90,6 +90,7 @@ async def send(request: web.Request) -> web.Response:
     body = await json_body(request)
     room_id = request.match_info["room_id"]
     event_type = request.match_info["event_type"]
+    await server.relations.check_new(room_id, body)
     # Membership is checked by the auth rules inside create_event (403 M_FORBIDDEN).
     ev = await server.rooms.create_event(room_id, who.user_id, event_type, body,
                                          txn=TxnRef(who.device_id, request.match_info["txn_id"]))

@@ -44,6 +44,8 @@ from homeserver.rooms.timeline import Timeline
 from homeserver.rooms.upgrades import RoomUpgrades
 from homeserver.rooms.timestamps import EventsByTime
 from homeserver.spaces.hierarchy import Spaces
+from homeserver.relations.aggregations import Aggregations
+from homeserver.relations.service import RelationsService
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.accounts.totp import Totp
 from homeserver.sync.typing_state import Typing
@@ -79,6 +81,7 @@ class HomeServer:
     chats: Chats
     sync: SyncService
     timeline: Timeline
+    relations: RelationsService
     visibility: HistoryVisibility
     room_data: RoomData
     directory: Directory
@@ -135,7 +138,8 @@ class HomeServer:
         typing = Typing(notifier)
         visibility = HistoryVisibility(rooms, store)
         ignored = IgnoredUsers(store, notifier)
-        sync = SyncService(rooms, store, notifier, typing, visibility, ignored)
+        aggregations = Aggregations(rooms, store, ignored)
+        sync = SyncService(rooms, store, notifier, typing, visibility, ignored, aggregations)
         e2ee = E2ee(config.server_name, store, notifier)
         sync.e2ee = e2ee.sync
         accounts.on_devices_deleted.append(e2ee.devices_deleted)
@@ -148,7 +152,7 @@ class HomeServer:
         from federation.client import AddressGuard  # the same SSRF guard as outbound federation
         gateway = HttpGateway(AddressGuard(config.push.allowed_private_ranges), config.push.gateway_timeout_s)
         guest_eviction = GuestEviction(rooms, store)
-        timeline = Timeline(rooms, store, sync.current_token, visibility, ignored)
+        timeline = Timeline(rooms, store, sync.current_token, visibility, ignored, aggregations)
         rooms.on_stored.append(guest_eviction.observe)
         profiles = Profiles(store, config.server_name, membership)
         creator = RoomCreator(rooms, membership, store, config.rooms.default_version)
@@ -164,6 +168,7 @@ class HomeServer:
             totp=totp, profiles=profiles, notifier=notifier, typing=typing,
             rooms=rooms, membership=membership, chats=chats,
             sync=sync, timeline=timeline, visibility=visibility,
+            relations=RelationsService(rooms, store, timeline, visibility, ignored),
             room_data=room_data,
             directory=Directory(rooms, store, config.server_name, config.user_directory.search_all_users),
             filters=Filters(store), executor=executor,

@@ -162,5 +162,6 @@ class AdminStore:
             await tx.execute("DELETE FROM state_group_entries WHERE group_id IN"
                              " (SELECT id FROM state_groups WHERE room_id = ?)", room_id)
             for table in ("state_groups", "events", "current_state", "forward_extremities", "room_aliases",
-                          "receipts", "account_data", "forgotten_rooms", "held_redactions", "rooms"):
+                          "receipts", "account_data", "forgotten_rooms", "held_redactions", "event_relations",
+                          "rooms"):
                 await tx.execute(f"DELETE FROM {table} WHERE room_id = ?", room_id)

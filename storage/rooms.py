@@ -10,6 +10,7 @@ from typing import Any, Iterable, Sequence
 from homeserver.events.event import Event, StateKey
 from storage.database import Connection, Database, Row
 from storage.push import EventPush, insert_actions, insert_actions_at_position, pg_actions_cte
+from storage.relations import index_relation, pg_relation_cte, unindex_relation
 
 # A group stores only what changed since its parent; after this many links a
 # full snapshot is written so that reading any group walks a bounded chain.
@@ -174,6 +175,7 @@ class RoomStore:
                 event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")), state_before, state_after,
                 json.dumps(unsigned) if unsigned else None,
                 txn.device_id if txn else None, txn.txn_id if txn else None)
+            await index_relation(tx, event)
             if event.is_state:
                 await tx.execute(
                     "INSERT INTO current_state (room_id, type, state_key, event_id, membership) VALUES (?, ?, ?, ?, ?)"
@@ -203,6 +205,7 @@ class RoomStore:
                 json.dumps(event.pdu, separators=(",", ":")), state_group, state_group,
                 json.dumps(unsigned) if unsigned else None,
                 txn.device_id if txn else None, txn.txn_id if txn else None)
+            await index_relation(tx, event)
             await tx.execute(f"UPDATE rooms SET last_stream = {position}, current_group = ? WHERE room_id = ?",
                              state_group, event.room_id)
             await _extend_and_redact(tx, event, prev_extremities, redacts)
@@ -217,14 +220,17 @@ class RoomStore:
         statement of data-modifying CTEs (one round trip, atomic), since the room's lock is held
         meanwhile and round trips are what bound a busy room's messages/s there."""
         redaction = (" , x AS (UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
-                     " AND redacted_by IS NULL)") if redacts else ""
+                     " AND redacted_by IS NULL), xr AS (DELETE FROM event_relations WHERE event_id = ?"
+                     " AND room_id = ?)") if redacts else ""
         args: list[Any] = [
             event.event_id, event.room_id, event.type, event.sender, event.depth, event.origin_server_ts,
             json.dumps(event.pdu, separators=(",", ":")), state_group, state_group,
             json.dumps(unsigned) if unsigned else None, txn.device_id if txn else None, txn.txn_id if txn else None,
             state_group, event.room_id, event.room_id, list(prev_extremities), event.room_id, event.event_id]
         if redacts:
-            args += [event.event_id, redacts, event.room_id]
+            args += [event.event_id, redacts, event.room_id, redacts, event.room_id]
+        relation, relation_args = pg_relation_cte(event)
+        args += relation_args
         actions, action_args = pg_actions_cte(push)
         args += action_args
         stream = await self.db.fetchval(
@@ -235,7 +241,7 @@ class RoomStore:
             " r AS (UPDATE rooms SET last_stream = (SELECT pos FROM s), current_group = ? WHERE room_id = ?),"
             " d AS (DELETE FROM forward_extremities WHERE room_id = ? AND event_id = ANY(?::text[])),"
             " f AS (INSERT INTO forward_extremities (room_id, event_id) VALUES (?, ?))"
-            f"{redaction}{actions} SELECT pos FROM s", *args)
+            f"{redaction}{relation}{actions} SELECT pos FROM s", *args)
         return Persisted(int(stream), state_group)
 
     async def persist_outlier(self, event: Event, *, rejected: str | None = None, soft_failed: bool = False,
@@ -285,6 +291,7 @@ class RoomStore:
                     stream, event.event_id, event.room_id, event.type, event.state_key, event.sender,
                     event.depth, event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")),
                     *_held_args(event))
+            await index_relation(tx, event)
             await _redact(tx, event, redacts, held)
         return stream
 
@@ -342,6 +349,7 @@ class RoomStore:
                 stream, event.event_id, event.room_id, event.type, event.state_key, event.sender, event.depth,
                 event.origin_server_ts, json.dumps(event.pdu, separators=(",", ":")), state_before, state_after,
                 json.dumps(unsigned) if unsigned else None, *_held_args(event))
+            await index_relation(tx, event)
             await self._write_current_state(tx, event.room_id, current_before, current)
             await tx.execute("UPDATE rooms SET last_stream = ?, current_group = ? WHERE room_id = ?",
                              stream, current_group, event.room_id)
@@ -676,6 +684,7 @@ async def _redact(tx: Connection, event: Event, redacts: str | None, held: HeldR
     if redacts:
         await tx.execute("UPDATE events SET redacted_by = ? WHERE event_id = ? AND room_id = ?"
                          " AND redacted_by IS NULL", event.event_id, redacts, event.room_id)
+        await unindex_relation(tx, redacts, event.room_id)
     if held is not None:
         await tx.execute(
             "INSERT INTO held_redactions (target_id, redaction_id, room_id, sender_server, any_sender)"

@@ -16,6 +16,7 @@ from storage.media import MediaStore
 from storage.openid import OpenIdStore
 from storage.registration_tokens import RegistrationTokenStore
 from storage.push import PushStore
+from storage.relations import RelationStore
 from storage.rooms import RoomStore
 from storage.server_keys import ServerKeyStore
 from storage.user_data import UserDataStore
@@ -332,6 +333,7 @@ class Store:
         self.registration_tokens = RegistrationTokenStore(db)
         self.push = PushStore(db)
         self.e2ee = E2eeStore(db)
+        self.relations = RelationStore(db)
 
     async def ping(self) -> None:
         """One round trip to the database (health checks); raises if it does not answer."""

@@ -8,6 +8,10 @@ federation endpoints) raises the floor past it, as does an applied redaction of 
 event held here (the held copy no longer says it is redacted). A reader therefore
 gets either the exact answer the database would give, or None and asks the
 database.
+
+It also tells /sync when a page of events surely has no children (relations), so that the
+bundled aggregations cost no query in the common case: a relation is sent after its parent,
+so for a parent above the floor every child is held here too.
 """
 
 from __future__ import annotations
@@ -16,18 +20,20 @@ from bisect import bisect_right
 from collections import OrderedDict
 
 from homeserver.events.event import Event
+from homeserver.events.relations import relation_of
 
 EVENTS_PER_ROOM = 100
 MAX_ROOMS = 1024
 
 
 class _Ring:
-    __slots__ = ("floor", "streams", "events")
+    __slots__ = ("floor", "streams", "events", "parents")
 
     def __init__(self, floor: int) -> None:
         self.floor = floor  # every timeline event of the room above this position is held
         self.streams: list[int] = []
         self.events: list[Event] = []
+        self.parents: dict[str, int] = {}  # parent ID -> position of its latest child held
 
     def raise_floor(self, stream: int) -> None:
         if stream <= self.floor:
@@ -36,6 +42,8 @@ class _Ring:
         del self.streams[:cut]
         del self.events[:cut]
         self.floor = stream
+        if self.parents:
+            self.parents = {p: s for p, s in self.parents.items() if s > stream}
 
 
 class RecentEvents:
@@ -63,6 +71,9 @@ class RecentEvents:
                 if held.event_id == redacted:
                     ring.raise_floor(held.stream)
                     break
+        relation = relation_of(event.content)
+        if relation is not None:
+            ring.parents[relation.parent_id] = max(event.stream, ring.parents.get(relation.parent_id, event.stream))
         if ring.streams and event.stream < ring.streams[-1]:
             index = bisect_right(ring.streams, event.stream)
             ring.streams.insert(index, event.stream)
@@ -104,3 +115,12 @@ class RecentEvents:
         if limit is not None:
             lo = max(lo, hi - limit)
         return ring.events[lo:hi][::-1]
+
+    def may_have_children(self, room_id: str, events: list[Event], min_floor: int = 0) -> bool:
+        """False only when no event relates to any of these (of one room): all lie above the
+        room's floor and none is the parent of an event held."""
+        ring = self._rings.get(room_id)
+        if ring is None:
+            return True
+        floor = max(ring.floor, min_floor)
+        return any(e.stream <= floor or e.event_id in ring.parents for e in events)

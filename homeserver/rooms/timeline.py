@@ -18,6 +18,7 @@ from homeserver.events.event import Event, StateKey
 from homeserver.sync.filters import EventFilter
 from homeserver.sync.ignored import IgnoredUsers
 from homeserver.events.room_versions import get_room_version
+from homeserver.relations.aggregations import Aggregations, attach
 from homeserver.rooms.rooms import Rooms
 from homeserver.rooms.room_data import receipt_event
 from homeserver.sync.sync import SyncToken
@@ -54,8 +55,9 @@ class RemoteHistory(Protocol):
 
 class Timeline:
     def __init__(self, rooms: Rooms, store: Store, current: Any, visibility: HistoryVisibility,
-                 ignored: IgnoredUsers) -> None:
+                 ignored: IgnoredUsers, aggregations: Aggregations) -> None:
         self._rooms = rooms
+        self._aggregations = aggregations
         self._ignored = ignored
         self._store = store
         self._current = current  # () -> SyncToken
@@ -94,14 +96,20 @@ class Timeline:
             return await self._rooms.current_state_ids(room_id)
         return dict(await self._rooms.state_at_event(reading.member_event_id))
 
-    async def serialise(self, who: Requester, room_id: str, events: list[Event]) -> list[dict[str, Any]]:
+    async def serialise(self, who: Requester, room_id: str, events: list[Event],
+                        bundle_upto: int | None = None) -> list[dict[str, Any]]:
+        """Client events; with `bundle_upto` (how far the user reads), with their bundled
+        aggregations (one lookup for the page)."""
         room = await self._rooms.room(room_id)
         version = get_room_version(room.room_version) if room else None
         redaction_ids = [e.unsigned["redacted_by"] for e in events if e.unsigned.get("redacted_by")]
         redactions = await self._rooms.get_events(redaction_ids) if redaction_ids else {}
         now = now_ms()
-        return [client_event(e, version, now, device=(who.user_id, who.device_id),
-                             redaction=redactions.get(e.unsigned.get("redacted_by", ""))) for e in events]
+        out = [client_event(e, version, now, device=(who.user_id, who.device_id),
+                            redaction=redactions.get(e.unsigned.get("redacted_by", ""))) for e in events]
+        if bundle_upto is None:
+            return out
+        return attach(out, await self._aggregations.bundles(who.user_id, events, now, bundle_upto))
 
     async def _member_state(self, who: Requester, room_id: str, events: list[Event]) -> list[dict[str, Any]]:
         """Lazy-loaded members: the membership of each sender, as of now."""
@@ -138,20 +146,27 @@ class Timeline:
         events = await self._visibility.filter(who.user_id, [e for e in events if filt.allows(e.type, e.sender)
                                                              and (e.sender not in ignored or e.is_state)],
                                                joined_now=reading.joined)
-        body: dict[str, Any] = {"chunk": await self.serialise(who, room_id, events), "start": str(start)}
+        body: dict[str, Any] = {"chunk": await self.serialise(who, room_id, events, bundle_upto=upto),
+                                "start": str(start)}
         if end is not None:
             body["end"] = str(end)
         if filt.lazy_load_members:
             body["state"] = await self._member_state(who, room_id, events)
         return body
 
-    async def event(self, who: Requester, room_id: str, event_id: str) -> dict[str, Any]:
+    async def visible_event(self, who: Requester, room_id: str, event_id: str) -> tuple[Event, Reading]:
+        """An event of the room the user may read, and how they read the room: 403 if they may not
+        read it at all, 404 for an event they may not see (or not in the room)."""
         ev = await self._rooms.get_event(event_id)
         reading = await self.reading(room_id, who.user_id)
         if ev is None or ev.room_id != room_id or ev.rejected or ev.unsigned.get("_soft_failed") \
                 or ev.stream > reading.upto or not await self._visibility.filter(who.user_id, [ev], reading.joined):
             raise not_found("Event not found")
-        return (await self.serialise(who, room_id, [ev]))[0]
+        return ev, reading
+
+    async def event(self, who: Requester, room_id: str, event_id: str) -> dict[str, Any]:
+        ev, reading = await self.visible_event(who, room_id, event_id)
+        return (await self.serialise(who, room_id, [ev], bundle_upto=reading.upto))[0]
 
     async def context(self, who: Requester, room_id: str, event_id: str, limit: int,
                       filt: EventFilter) -> dict[str, Any]:
@@ -182,10 +197,11 @@ class Timeline:
             state_ids = {k: v for k, v in state_ids.items() if k[0] != "m.room.member" or k[1] in senders}
         state = await self._rooms.get_events(state_ids.values())
         typing = self._current().typing
+        bundles = await self._aggregations.bundles(who.user_id, [ev, *before, *after], now_ms(), upto)
         return {
-            "event": (await self.serialise(who, room_id, [ev]))[0],
-            "events_before": await self.serialise(who, room_id, before),
-            "events_after": await self.serialise(who, room_id, after),
+            "event": attach(await self.serialise(who, room_id, [ev]), bundles)[0],
+            "events_before": attach(await self.serialise(who, room_id, before), bundles),
+            "events_after": attach(await self.serialise(who, room_id, after), bundles),
             "state": await self.serialise(who, room_id, sorted(state.values(), key=lambda e: e.stream)),
             "start": str(SyncToken((before[-1].stream if before else ev.stream) - 1, typing)),
             "end": str(SyncToken(after[-1].stream if after else ev.stream, typing)),

@@ -23,6 +23,7 @@ from homeserver.sync.ignored import IgnoredUsers
 from homeserver.push.notifications import Notifications, ThreadCounts, thread_of
 from homeserver.push.push_rules import PushRules
 from homeserver.sync.notifier import Notifier
+from homeserver.relations.aggregations import Aggregations, attach
 from homeserver.rooms.rooms import Rooms
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.sync.typing_state import Typing
@@ -91,8 +92,9 @@ class SyncResult:
 
 class SyncService:
     def __init__(self, rooms: Rooms, store: Store, notifier: Notifier, typing: Typing,
-                 visibility: HistoryVisibility, ignored: IgnoredUsers) -> None:
+                 visibility: HistoryVisibility, ignored: IgnoredUsers, aggregations: Aggregations) -> None:
         self._rooms = rooms
+        self._aggregations = aggregations
         self._ignored = ignored
         self._store = store
         self._notifier = notifier
@@ -147,6 +149,7 @@ class SyncService:
         ignored = await self._ignored.of(user_id)
         joined, invited, left, knocked = {}, {}, {}, {}
         now = now_ms()
+        timelines: list[tuple[list[dict[str, Any]], list[Event]]] = []  # bundled at the end, in one lookup
 
         for room_id, (membership, member_event_id) in memberships.items():
             if not filt.room_allowed(room_id):
@@ -158,7 +161,7 @@ class SyncService:
                     continue
                 room_data = [d for d in data if d.room_id == room_id]
                 room_body = await self._joined_room(who, room_id, member_event_id, since, upto,
-                                                    newly or full_state, filt, now, room_data, ignored)
+                                                    newly or full_state, filt, now, room_data, ignored, timelines)
                 if room_body is not None:
                     joined[room_id] = room_body
             elif membership == "invite" and (since is None or room_id in changes):
@@ -174,6 +177,7 @@ class SyncService:
                 leave_ev = changes.get(room_id) or await self._rooms.get_event(member_event_id)
                 left[room_id] = await self._left_room(who, room_id, since, leave_ev, filt, now, ignored)
 
+        await self._bundle(user_id, timelines, now, upto.stream)
         account_data = [{"type": d.type, "content": d.content} for d in data
                         if d.room_id == "" and filt.account_data.allows(d.type, user_id)]
         # Whispr's friend events (requests, accepts, ...): a namespaced section stock clients skip.
@@ -236,7 +240,8 @@ class SyncService:
 
     async def _joined_room(self, who: Requester, room_id: str, member_event_id: str, since: SyncToken | None,
                            upto: SyncToken, with_full_state: bool, filt: SyncFilter, now: int,
-                           data: list[AccountData], ignored: frozenset[str]) -> dict[str, Any] | None:
+                           data: list[AccountData], ignored: frozenset[str],
+                           timelines: list[tuple[list[dict[str, Any]], list[Event]]]) -> dict[str, Any] | None:
         version = await self._rooms.room_version(room_id)
         s = since.stream if since and not with_full_state else None
         limit = filt.timeline_limit
@@ -272,7 +277,22 @@ class SyncService:
         }
         if threads is not None:
             room["unread_thread_notifications"] = threads
+        if timeline_events:
+            timelines.append((room["timeline"]["events"], timeline_events))
         return room
+
+    async def _bundle(self, user_id: str, timelines: list[tuple[list[dict[str, Any]], list[Event]]],
+                      now: int, upto: int) -> None:
+        """Bundled aggregations for every room's timeline, in one lookup; none at all when the
+        recent events show that no event of any page has children."""
+        floor = self._notifier.gap_floor
+        pages = [(out, events) for out, events in timelines
+                 if self._rooms.recent.may_have_children(events[0].room_id, events, floor)]
+        if not pages:
+            return
+        bundles = await self._aggregations.bundles(user_id, [e for _, events in pages for e in events], now, upto)
+        for out, _ in pages:
+            attach(out, bundles)
 
     def _recent(self, room_id: str, after: int | None, upto: int, limit: int | None) -> list[Event] | None:
         """Timeline events in (after, upto], newest first, from memory; None when it may lack some."""
@@ -476,8 +496,10 @@ class SyncService:
             state = await self._state_section(room_id, since, events, limited, since is None, filt, who.user_id,
                                               upto)
         prev_batch = SyncToken(events[0].stream - 1, 0) if events else SyncToken(upto, 0)
-        return {"timeline": {"events": [client_event(e, version, now, device=(who.user_id, who.device_id))
-                                        for e in events], "limited": limited, "prev_batch": str(prev_batch)},
+        # No bundles here: the user sees none of the children sent since the leave, which a
+        # left room's page would need a bound of its own for.
+        serialised = [client_event(e, version, now, device=(who.user_id, who.device_id)) for e in events]
+        return {"timeline": {"events": serialised, "limited": limited, "prev_batch": str(prev_batch)},
                 "state": {"events": [client_event(e, version, now) for e in state]},
                 "account_data": {"events": []}}
 

@@ -1,0 +1,1 @@
+"""Relations between events: the index's readers, bundled aggregations, threads."""
