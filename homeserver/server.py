@@ -146,7 +146,8 @@ class HomeServer:
         accounts.on_device_updated.append(e2ee.device_updated)
         push_rules = PushRules(store, notifier)
         push_rules.add_default_rule("override", friend_request_push_rule(USER_ID), after=".m.rule.suppress_notices")
-        notifications = Notifications(config.server_name, push_rules, rooms, store)
+        notifications = Notifications(config.server_name, push_rules, rooms, store, ignored)
+        room_data.on_account_data.append(ignored.account_data_changed)
         rooms.push = notifications
         sync.notifications, sync.push_rules = notifications, push_rules
         from federation.client import AddressGuard  # the same SSRF guard as outbound federation

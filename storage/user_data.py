@@ -87,6 +87,12 @@ class UserDataStore:
                 " stream = excluded.stream", user_id, room_id, data_type, json.dumps(content), stream)
         return stream
 
+    async def global_account_data_of_type(self, data_type: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every user's global account data of one type: (user ID, content)."""
+        rows = await self.db.fetchall(
+            "SELECT user_id, content FROM account_data WHERE room_id = '' AND type = ?", data_type)
+        return [(r["user_id"], json.loads(r["content"])) for r in rows]
+
     async def get_account_data(self, user_id: str, room_id: str, data_type: str) -> dict[str, Any] | None:
         raw = await self.db.fetchval(
             "SELECT content FROM account_data WHERE user_id = ? AND room_id = ? AND type = ?",

@@ -207,3 +207,48 @@ async def test_a_friend_request_notifies_and_highlights(client: Any) -> None:
     await alice.call("POST", f"/rooms/{room}/invite", json={"user_id": bob.user_id})
     plain = (await bob.call("GET", "/notifications"))["notifications"][0]
     assert plain["room_id"] == room and {"set_tweak": "highlight"} not in plain["actions"]
+
+
+async def ignore(user: User, *user_ids: str) -> None:
+    await user.call("PUT", f"/user/{user.user_id}/account_data/m.ignored_user_list",
+                    json={"ignored_users": {u: {} for u in user_ids}})
+
+
+async def test_events_from_ignored_users_notify_nobody_who_ignores_them(client: Any) -> None:
+    """The spec: events from ignored users must not trigger notifications (small rooms and big)."""
+    alice, bob, small = await pair(client)
+    big = await alice.create_room(preset="public_chat")
+    others = [await User.new(client, f"m{i}") for i in range(8)]
+    for u in [bob, *others]:
+        await u.call("POST", f"/join/{big}")
+    await ignore(bob, alice.user_id)
+    await ignore(others[0], "@someone:else.example")  # ignores somebody else: still counts alice
+    starts = {u.user_id: await u.sync() for u in [bob, *others]}
+    await alice.send(small, "in the small room")
+    await alice.send(big, "in the big room")
+    await send(alice, big, {"msgtype": "m.text", "body": "hey bob", "m.mentions": {"user_ids": [bob.user_id]}})
+    bob_sync = await bob.sync()  # initial: every room's counts, though alice's messages are hidden
+    assert unread(bob_sync, big) == (0, 0) and unread(bob_sync, small) == (0, 0)
+    notified = (await bob.call("GET", "/notifications"))["notifications"]
+    assert [n["event"]["type"] for n in notified] == ["m.room.member"]  # only the invite, before the ignore
+    for u in others:
+        assert unread(await u.sync(starts[u.user_id]["next_batch"]), big) == (2, 0), u.user_id
+    await ignore(bob)  # no longer ignored: counted again
+    start = await bob.sync()
+    await alice.send(big, "heard again")
+    assert unread(await bob.sync(start["next_batch"]), big) == (1, 0)
+
+
+async def test_an_ignore_list_set_on_one_worker_holds_on_the_other(serve: Any, backend: dict[str, Any]) -> None:
+    """Workers share changes through Redis (without it, one process per database)."""
+    if "redis" not in backend:
+        pytest.skip("several workers need Redis")
+    a, b = await serve(), await serve()
+    alice, bob, room = await pair(a)
+    alice_b = User(b, {"user_id": alice.user_id, "access_token": alice.token})
+    await alice_b.send(room, "counted")  # B has read who ignores whom (nobody)
+    await ignore(bob, alice.user_id)  # set on A
+    await asyncio.sleep(0.3)  # the notifier relays the change to B
+    await alice_b.send(room, "not counted")
+    # an initial sync shows the room's counts even though the ignored message itself is hidden
+    assert unread(await bob.sync(), room) == (1, 0)

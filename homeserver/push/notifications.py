@@ -22,6 +22,7 @@ from homeserver.push.conditions import EventFacts, Member
 from homeserver.push.evaluator import CompiledRules, Outcome
 from homeserver.push.push_rules import PushRules
 from homeserver.rooms.rooms import Rooms
+from homeserver.sync.ignored import IgnoredUsers
 from storage.push import EventPush, Notification, PushGroup
 from storage.rooms import StateMap
 from storage.store import Store
@@ -109,11 +110,13 @@ def _member(user_id: str, event: Event) -> Member:
 
 
 class Notifications:
-    def __init__(self, server_name: str, rules: PushRules, rooms: Rooms, store: Store) -> None:
+    def __init__(self, server_name: str, rules: PushRules, rooms: Rooms, store: Store,
+                 ignored: IgnoredUsers | None = None) -> None:
         self._suffix = ":" + server_name
         self._rules = rules
         self._rooms = rooms
         self._store = store
+        self._ignored = ignored
         self._contexts: OrderedDict[int, RoomContext] = OrderedDict()
         self._results: OrderedDict[str, Result] = OrderedDict()
         # Told about each stored event's notifications (pushers wake on them).
@@ -159,6 +162,12 @@ class Notifications:
         context = await self._context(state, group)
         members = [m for m in context.members if m.user_id != event.sender]
         in_context = len(members)
+        if self._ignored is not None and members:
+            # The spec: events from ignored users must not trigger notifications.
+            ignoring = await self._ignored.ignoring(event.sender, context.member_ids)
+            if ignoring:
+                members = [m for m in members if m.user_id not in ignoring]
+                in_context = -1  # the room's own member set is no longer the answer
         if event.type == "m.room.member" and event.state_key and event.state_key.endswith(self._suffix) \
                 and event.membership == "invite" and event.state_key != event.sender \
                 and not any(m.user_id == event.state_key for m in members):

@@ -43,6 +43,8 @@ class RoomData:
         self._notifier = notifier
         # Called with (room_id, receipt_type, user_id, event_id, ts) for local users' receipts.
         self.on_local_receipt: list[Callable[[str, str, str, str, int], Awaitable[None]]] = []
+        # Called with (user_id, room_id, type, content) once a user's account data is written.
+        self.on_account_data: list[Callable[[str, str, str, dict[str, Any]], Awaitable[None]]] = []
 
     async def receipt(self, user_id: str, room_id: str, receipt_type: str, event_id: str,
                       thread_id: object = None, local: bool = True) -> None:
@@ -161,3 +163,5 @@ class RoomData:
     async def _put(self, user_id: str, room_id: str, data_type: str, content: dict[str, Any]) -> None:
         stream = await self._store.user_data.put_account_data(user_id, room_id, data_type, content)
         await self._notifier.notify(stream, None, [user_id])
+        for hook in self.on_account_data:
+            await hook(user_id, room_id, data_type, content)
