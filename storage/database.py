@@ -79,3 +79,10 @@ async def open_database(engine: str, *, path: str = "", url: str = "", pool_min:
             await db.close()
             raise
     return db
+
+
+def conditions(*pairs: tuple[str, object]) -> tuple[list[str], list[Any]]:
+    """Optional filters of a query: the clauses (each with one `?`) whose value is not None, with
+    their values in the same order."""
+    kept = [(clause, value) for clause, value in pairs if value is not None]
+    return [c for c, _ in kept], [v for _, v in kept]

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from homeserver.events.event import Event
 from homeserver.events.relations import REFERENCE, REPLACE, THREAD, relation_of
-from storage.database import Connection, Database
+from storage.database import Connection, Database, conditions
 
 # The relation types a bundled aggregation summarises (Client-Server API, "Server-side aggregation").
 BUNDLED = (THREAD, REPLACE, REFERENCE)
@@ -128,20 +128,8 @@ class RelationStore:
                        depth: int = 1) -> list[RelationRow]:
         """A page of the events relating to `parent_id` (through up to `depth` relations), in
         after < stream <= upto, newest first if `backwards`."""
-        clauses: list[str] = []
-        args: list[Any] = []
-        if rel_type is not None:
-            clauses.append("r.rel_type = ?")
-            args.append(rel_type)
-        if event_type is not None:
-            clauses.append("r.type = ?")
-            args.append(event_type)
-        if after is not None:
-            clauses.append("r.stream > ?")
-            args.append(after)
-        if upto is not None:
-            clauses.append("r.stream <= ?")
-            args.append(upto)
+        clauses, args = conditions(("r.rel_type = ?", rel_type), ("r.type = ?", event_type),
+                                   ("r.stream > ?", after), ("r.stream <= ?", upto))
         where = " AND ".join(clauses) or "1 = 1"
         order = f"ORDER BY r.stream {'DESC' if backwards else 'ASC'} LIMIT ?"
         columns = ", ".join("r." + c.strip() for c in _COLUMNS.split(","))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from homeserver.events.event import Event, StateKey
-from storage.database import Connection, Database, Row
+from storage.database import Connection, Database, Row, conditions
 from storage.push import EventPush, insert_actions, insert_actions_at_position, pg_actions_cte
 from storage.relations import index_relation, pg_relation_cte, unindex_relation
 
@@ -529,14 +529,9 @@ class RoomStore:
     async def room_events(self, room_id: str, *, after: int | None = None, before: int | None = None,
                           limit: int = 10, backwards: bool = True) -> list[Event]:
         """Events of a room in stream order with after < stream <= before; newest first if `backwards`."""
-        clauses = ["room_id = ?", "rejected IS NULL", "outlier = 0", "soft_failed = 0"]
-        args: list[Any] = [room_id]
-        if after is not None:
-            clauses.append("stream > ?")
-            args.append(after)
-        if before is not None:
-            clauses.append("stream <= ?")
-            args.append(before)
+        bounds, args = conditions(("stream > ?", after), ("stream <= ?", before))
+        clauses = ["room_id = ?", "rejected IS NULL", "outlier = 0", "soft_failed = 0", *bounds]
+        args = [room_id, *args]
         order = "DESC" if backwards else "ASC"
         rows = await self.db.fetchall(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY stream {order} LIMIT ?",

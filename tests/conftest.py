@@ -166,6 +166,20 @@ class WhisprTestServer(TestServer):
         return MatrixAppRunner(self.app, ConnectionLimits.from_config(self.config), **kwargs)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_args(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    """Arguments of `storage.open_database` for a new, empty database of each engine."""
+    if request.param == "sqlite":
+        yield {"engine": "sqlite", "path": str(tmp_path / "store.db")}
+        return
+    need(POSTGRES_URL, "postgres")
+    url, drop = await fresh_postgres_database()
+    try:
+        yield {"engine": "postgres", "url": url}
+    finally:
+        await drop()
+
+
 @pytest.fixture
 def serve(aiohttp_client: Any, make_config: Callable[..., Config]) -> Callable[..., Any]:
     """Start the real app on a loopback port; returns an aiohttp TestClient."""

@@ -126,16 +126,22 @@ async def keys_story(a: RunningServer, b: RunningServer) -> None:
         assert set(own["device_keys"][alice.user_id]) == {adev.device_id}
 
 
+async def alice_and_a_peers_user(session: aiohttp.ClientSession, server: RunningServer,
+                                 peer: Peer) -> tuple[Client, Device, str]:
+    """Alice with keys, in a public room the hand-built peer's user @mallory joined."""
+    alice = await Client.register(session, server, "alice")
+    adev = await keyed(alice)
+    room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+    mallory = f"@mallory:{peer.name}"
+    await peer.join(server.server_name, room, mallory)
+    return alice, adev, mallory
+
+
 async def test_hostile_peer_encryption_edus(setup: tuple[RunningServer, Peer]) -> None:  # noqa: F811
     """EDUs about users of another server are dropped; malformed ones never fail the transaction."""
     server, peer = setup
     async with aiohttp.ClientSession() as session:
-        alice = await Client.register(session, server, "alice")
-        adev = await keyed(alice)
-        room = (await alice.call("POST", "/createRoom",
-                                 json={"preset": "public_chat", "room_version": "10"}))["room_id"]
-        mallory = f"@mallory:{peer.name}"
-        await peer.join(server.server_name, room, mallory)
+        alice, adev, mallory = await alice_and_a_peers_user(session, server, peer)
         mark = await alice.sync_until(lambda _: True)
 
         def edu(kind: str, content: Any) -> dict[str, Any]:
@@ -184,12 +190,7 @@ async def test_a_peers_to_device_content_beyond_64_bits_still_syncs(setup: tuple
     with one must still reach the device: the fast JSON writer falls back instead of a 500."""
     server, peer = setup
     async with aiohttp.ClientSession() as session:
-        alice = await Client.register(session, server, "alice")
-        adev = await keyed(alice)
-        room = (await alice.call("POST", "/createRoom",
-                                 json={"preset": "public_chat", "room_version": "10"}))["room_id"]
-        mallory = f"@mallory:{peer.name}"
-        await peer.join(server.server_name, room, mallory)
+        alice, adev, mallory = await alice_and_a_peers_user(session, server, peer)
         await alice.sync_until(lambda _: True)
         huge = 2**70 + 1
         edu = {"edu_type": "m.direct_to_device", "content": {

@@ -14,7 +14,7 @@ from tests.conftest import auth, login, register
 from tests.js_sdk import run_script
 from tests.test_email_verification import new_secret, request_register_token, submit_code
 from tests.rooms_helpers import V3, User
-from tests.test_storage import db_args, store  # noqa: F401  (fixtures: the store on both engines)
+from tests.test_storage import store  # noqa: F401  (fixture: the store on both engines)
 
 GUESTS_ON = {"registration": {"allow_guest_access": True}}
 

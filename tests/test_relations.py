@@ -9,18 +9,15 @@ import asyncio
 import itertools
 import json
 import time
-from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import nio
-import pytest
 from nio.api import RelationshipType, ThreadInclusion
 
 from bench.servers import RunningServer
 from storage import Store, open_database
 from storage.migrations import MIGRATIONS, run_migrations
-from tests.conftest import POSTGRES_URL, fresh_postgres_database, need
 from tests.rooms_helpers import User
 from tests.test_nio_rooms import nio_client
 from tests.test_synapse_interop import peers, synapse_interpreter
@@ -437,19 +434,6 @@ async def test_threads_and_edits_agree_with_synapse(peers: tuple[RunningServer, 
             assert (b["m.thread"]["count"], b["m.thread"]["latest_event"]["event_id"], b["m.replace"]["event_id"]) \
                 == (2, wandas, fixed)
         assert ours["m.thread"]["current_user_participated"] == theirs["m.thread"]["current_user_participated"]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def db_args(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    if request.param == "sqlite":
-        yield {"engine": "sqlite", "path": str(tmp_path / "store.db")}
-        return
-    need(POSTGRES_URL, "postgres")
-    url, drop = await fresh_postgres_database()
-    try:
-        yield {"engine": "postgres", "url": url}
-    finally:
-        await drop()
 
 
 async def test_migration_indexes_the_relations_of_events_held_before_it(db_args: dict[str, Any]) -> None:

@@ -13,20 +13,6 @@ from homeserver.config import ConfigError, load_config
 from storage import Store, open_database
 from storage.database import ConstraintViolation, DatabaseError
 from storage.migrations import LATEST_VERSION, MIGRATIONS, Migration, current_version, run_migrations
-from tests.conftest import POSTGRES_URL, fresh_postgres_database, need
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def db_args(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    if request.param == "sqlite":
-        yield {"engine": "sqlite", "path": str(tmp_path / "store.db")}
-        return
-    need(POSTGRES_URL, "postgres")
-    url, drop = await fresh_postgres_database()
-    try:
-        yield {"engine": "postgres", "url": url}
-    finally:
-        await drop()
 
 
 @pytest.fixture
