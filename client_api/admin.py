@@ -273,6 +273,34 @@ async def delete_token(request: web.Request) -> web.Response:
     return ok({})
 
 
+async def event_reports(request: web.Request) -> web.Response:
+    await admin_requester(request)
+    direction = request.query.get("dir", "b")
+    if direction not in ("f", "b"):
+        raise invalid_param("dir must be f or b")
+    return ok(await hs(request).admin_reports.event_reports(
+        offset=int_param(request, "from", 0), limit=int_param(request, "limit", 100), backwards=direction == "b",
+        room_id=request.query.get("room_id"), reporter=request.query.get("user_id")))
+
+
+def _report_id(request: web.Request) -> int:
+    raw = request.match_info["report_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise invalid_param("The report ID must be a positive integer")
+    return int(raw)
+
+
+async def event_report(request: web.Request) -> web.Response:
+    await admin_requester(request)
+    return ok(await hs(request).admin_reports.event_report(_report_id(request)))
+
+
+async def delete_event_report(request: web.Request) -> web.Response:
+    await admin_requester(request)
+    await hs(request).admin_reports.delete_event_report(_report_id(request))
+    return ok({})
+
+
 def setup(app: web.Application) -> None:
     r = app.router
     r.add_get(f"{ADMIN}/v1/register", register_nonce)
@@ -309,3 +337,6 @@ def setup(app: web.Application) -> None:
     r.add_get(f"{ADMIN}/v1/registration_tokens/{{token}}", get_token)
     r.add_put(f"{ADMIN}/v1/registration_tokens/{{token}}", update_token)
     r.add_delete(f"{ADMIN}/v1/registration_tokens/{{token}}", delete_token)
+    r.add_get(f"{ADMIN}/v1/event_reports", event_reports)
+    r.add_get(f"{ADMIN}/v1/event_reports/{{report_id}}", event_report)
+    r.add_delete(f"{ADMIN}/v1/event_reports/{{report_id}}", delete_event_report)

@@ -149,6 +149,8 @@ class RateLimitsConfig:
     media_upload: BucketConfig = field(default_factory=lambda: BucketConfig(1.0, 30))
     # Friend requests sent per user (a repeated or answering request counts too).
     friend_request: BucketConfig = field(default_factory=lambda: BucketConfig(0.1, 10))
+    # Reports of events, rooms and users per user.
+    report: BucketConfig = field(default_factory=lambda: BucketConfig(0.2, 10))
     # Inbound federation requests per origin server.
     federation: BucketConfig = field(default_factory=lambda: BucketConfig(100.0, 500))
 

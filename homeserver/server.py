@@ -41,12 +41,15 @@ from homeserver.rooms.room_data import RoomData
 from homeserver.rooms.rooms import Rooms
 from homeserver.sync.sync import SyncService
 from homeserver.rooms.timeline import Timeline
+from homeserver.search.service import Search
+from homeserver.reports.service import Reports
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.accounts.totp import Totp
 from homeserver.sync.typing_state import Typing
 from homeserver.accounts.uia import InteractiveAuth
 from homeserver.admin.media import AdminMedia
 from homeserver.admin.registration_tokens import RegistrationTokens
+from homeserver.admin.reports import AdminReports
 from homeserver.admin.rooms import AdminRooms
 from homeserver.admin.shared_secret import SharedSecretRegistration
 from homeserver.admin.users import AdminUsers
@@ -99,6 +102,9 @@ class HomeServer:
     gateway: HttpGateway
     email_notifier: EmailNotifier
     e2ee: E2ee
+    search: Search
+    reports: Reports
+    admin_reports: AdminReports
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -175,7 +181,8 @@ class HomeServer:
             pushers=Pushers(store, notifications, rooms, gateway, config.push, lambda: notifier.position),
             gateway=gateway,
             email_notifier=EmailNotifier(config, store, notifications, rooms, mailer, lambda: notifier.position),
-            e2ee=e2ee)
+            e2ee=e2ee, search=Search(rooms, store, timeline, visibility, ignored),
+            reports=Reports(store, timeline, rooms), admin_reports=AdminReports(store, rooms))
         await hs.media.start()
         hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
         await hs.pushers.start(notifier.shared)

@@ -16,7 +16,9 @@ from storage.media import MediaStore
 from storage.openid import OpenIdStore
 from storage.registration_tokens import RegistrationTokenStore
 from storage.push import PushStore
+from storage.reports import ReportStore
 from storage.rooms import RoomStore
+from storage.search import SearchStore
 from storage.server_keys import ServerKeyStore
 from storage.user_data import UserDataStore
 
@@ -332,6 +334,8 @@ class Store:
         self.registration_tokens = RegistrationTokenStore(db)
         self.push = PushStore(db)
         self.e2ee = E2eeStore(db)
+        self.search = SearchStore(db)
+        self.reports = ReportStore(db)
 
     async def ping(self) -> None:
         """One round trip to the database (health checks); raises if it does not answer."""

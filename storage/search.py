@@ -1,0 +1,101 @@
+"""Full-text search over messages, room names and topics (the index the triggers of migration 15 keep).
+
+Both engines answer the same query shape: the index is searched first (FTS5 MATCH, or the
+tsvector's GIN index), then each hit joins its event by primary key for the room, sender and
+stream bounds. Terms are words, each matched as a prefix, all required.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from homeserver.events.event import Event
+from storage.database import Database
+from storage.rooms import event_from_row
+
+_COLUMNS = ("e.stream, e.event_id, e.json, e.rejected, e.redacted_by, e.unsigned, e.txn_device, e.txn_id,"
+            " e.outlier, e.soft_failed")
+
+
+@dataclass(frozen=True)
+class SearchScope:
+    """Where to look: rooms read up to a stream position (a member now reads up to the end)."""
+
+    rooms: dict[str, int | None]  # room_id -> last readable stream position (None: no bound)
+    types: tuple[str, ...]
+    senders: tuple[str, ...] | None = None
+    not_senders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    event: Event
+    rank: float
+
+
+class SearchStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def _match(self, words: Sequence[str]) -> tuple[str, str, str]:
+        """The index condition, its argument and the rank expression (higher is better)."""
+        if self.db.engine == "postgres":
+            query = " & ".join(f"{w}:*" for w in words)
+            return ("s.vector @@ to_tsquery('english', ?)", query,
+                    "ts_rank(s.vector, to_tsquery('english', ?))")
+        query = " ".join(f'"{w}"*' for w in words)
+        return "event_search MATCH ?", query, "-bm25(event_search)"
+
+    def _where(self, scope: SearchScope) -> tuple[str, list[Any]]:
+        clauses = ["e.rejected IS NULL", "e.outlier = 0", "e.soft_failed = 0", "e.redacted_by IS NULL"]
+        args: list[Any] = []
+        clauses.append(f"e.type IN ({', '.join('?' * len(scope.types))})")
+        args += scope.types
+        unbounded = [r for r, upto in scope.rooms.items() if upto is None]
+        bounded = [(r, upto) for r, upto in scope.rooms.items() if upto is not None]
+        rooms = []
+        if unbounded:
+            rooms.append(f"e.room_id IN ({', '.join('?' * len(unbounded))})")
+            args += unbounded
+        for room_id, upto in bounded:
+            rooms.append("(e.room_id = ? AND e.stream <= ?)")
+            args += [room_id, upto]
+        clauses.append(f"({' OR '.join(rooms)})")
+        if scope.senders is not None:
+            clauses.append(f"e.sender IN ({', '.join('?' * len(scope.senders))})")
+            args += scope.senders
+        if scope.not_senders:
+            clauses.append(f"e.sender NOT IN ({', '.join('?' * len(scope.not_senders))})")
+            args += scope.not_senders
+        return " AND ".join(clauses), args
+
+    def _from(self) -> str:
+        if self.db.engine == "postgres":
+            return "event_search s JOIN events e ON e.stream = s.stream"
+        return "event_search JOIN events e ON e.stream = event_search.rowid"
+
+    async def search(self, words: Sequence[str], scope: SearchScope, *, by_rank: bool, limit: int,
+                     offset: int = 0, before_stream: int | None = None) -> list[SearchHit]:
+        """Hits by rank (then newest first), or newest first; `before_stream` pages the latter."""
+        if not words or not scope.rooms or not scope.types:
+            return []
+        match, query, rank = self._match(words)
+        where, args = self._where(scope)
+        if before_stream is not None:
+            where += " AND e.stream < ?"
+            args.append(before_stream)
+        rank_args = [query] if self.db.engine == "postgres" else []
+        order = "rank DESC, e.stream DESC" if by_rank else "e.stream DESC"
+        rows = await self.db.fetchall(
+            f"SELECT {_COLUMNS}, {rank} AS rank FROM {self._from()} WHERE {match} AND {where}"
+            f" ORDER BY {order} LIMIT ? OFFSET ?", *rank_args, query, *args, limit, offset)
+        return [SearchHit(event_from_row(r), float(r["rank"])) for r in rows]
+
+    async def count(self, words: Sequence[str], scope: SearchScope) -> int:
+        if not words or not scope.rooms or not scope.types:
+            return 0
+        match, query, _ = self._match(words)
+        where, args = self._where(scope)
+        return int(await self.db.fetchval(
+            f"SELECT COUNT(*) FROM {self._from()} WHERE {match} AND {where}", query, *args) or 0)
