@@ -269,9 +269,19 @@ async def room_aliases(request: web.Request) -> web.Response:
     return ok({"aliases": await hs(request).directory.aliases(who.user_id, request.match_info["room_id"])})
 
 
+async def mutual_rooms(request: web.Request) -> web.Response:
+    who = await requester(request)
+    other = request.query.get("user_id")
+    if other is None:
+        raise MatrixError(400, "M_INVALID_PARAM", "user_id is required")
+    batch = request.query.get("from", request.query.get("batch_token"))
+    return ok(await hs(request).membership.mutual_rooms(who.user_id, other, batch))
+
+
 def setup(app: web.Application) -> None:
     add = app.router
     add.add_post(f"{CLIENT_V3}/createRoom", create_room)
+    add.add_get("/_matrix/client/v1/mutual_rooms", mutual_rooms)
     add.add_post(f"{CLIENT_V3}/join/{{room_id_or_alias}}", join)
     add.add_post(f"{R}/join", join)
     add.add_post(f"{CLIENT_V3}/knock/{{room_id_or_alias}}", knock)

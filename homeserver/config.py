@@ -169,6 +169,20 @@ class UserDirectoryConfig:
 
 
 @dataclass
+class VoipConfig:
+    # TURN servers handed to clients by GET /voip/turnServer (empty: none, answered {}).
+    turn_uris: list[str] = field(default_factory=list)
+    # The TURN REST API's shared secret (coturn's static-auth-secret): each user gets a username
+    # "expiry:user_id" and its HMAC-SHA1 as password, valid turn_user_lifetime_s.
+    turn_shared_secret: str = ""
+    # Or fixed credentials for everyone, when no shared secret is set.
+    turn_username: str = ""
+    turn_password: str = ""
+    turn_user_lifetime_s: int = 86400
+    turn_allow_guests: bool = True
+
+
+@dataclass
 class LimitsConfig:
     max_request_body_bytes: int = 1024 * 1024
     # Both listeners: a request head (line and headers) must arrive within this time of its
@@ -308,6 +322,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
+    voip: VoipConfig = field(default_factory=VoipConfig)
     push: PushConfig = field(default_factory=PushConfig)
 
     @property
