@@ -36,7 +36,7 @@ def capabilities_for(config: Config) -> dict[str, Any]:
         "m.set_displayname": {"enabled": True},  # PUT /profile/{userId}/displayname
         "m.set_avatar_url": {"enabled": True},  # PUT /profile/{userId}/avatar_url
         # Addresses are read-only over the standard API (no POST /account/3pid/add or /delete).
-        "m.3pid_changes": {"enabled": False},
+        "m.3pid_changes": {"enabled": True},
         # No POST /login/get_token.
         "m.get_login_token": {"enabled": False},
         # PUT /profile/{userId}/{keyName} takes namespaced custom fields.

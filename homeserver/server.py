@@ -31,6 +31,7 @@ from homeserver.accounts.passwords import PasswordHasher
 from homeserver.accounts.profiles import Profiles
 from homeserver.accounts.deactivation import Deactivation
 from homeserver.accounts.openid import OpenId
+from homeserver.accounts.threepids import Threepids
 from homeserver.friends.markers import friend_request_push_rule
 from homeserver.friends.service import Friends
 from homeserver.ratelimit import RateLimiter
@@ -105,6 +106,7 @@ class HomeServer:
     search: Search
     reports: Reports
     admin_reports: AdminReports
+    threepids: Threepids
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -156,10 +158,11 @@ class HomeServer:
         deactivation = Deactivation(accounts, membership, store)
         media = MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
                                 limiter)
+        emails = EmailVerifier(store, mailer, config.public_baseurl, config.registration.unverified_email_ttl_s)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),
-            emails=EmailVerifier(store, mailer, config.public_baseurl, config.registration.unverified_email_ttl_s),
+            emails=emails, threepids=Threepids(store, emails),
             login=LoginService(config.login, accounts, store, ephemeral, mailer, totp, limiter),
             totp=totp, profiles=profiles, notifier=notifier, typing=typing,
             rooms=rooms, membership=membership, chats=chats,

@@ -201,6 +201,11 @@ class ThreepidStore:
     async def delete_for_user(self, user_id: str) -> None:
         await self.db.execute("DELETE FROM threepids WHERE user_id = ?", user_id)
 
+    async def delete_one(self, user_id: str, medium: str, address: str) -> bool:
+        row = await self.db.fetchone("DELETE FROM threepids WHERE user_id = ? AND medium = ? AND address = ?"
+                                     " RETURNING address", user_id, medium, address)
+        return row is not None
+
     async def release_unverified(self, medium: str, address: str, added_before: int) -> str | None:
         """Drop a claim on an address that was never verified and is older than `added_before`;
         the account that held it, or None."""
