@@ -35,10 +35,10 @@ def capabilities_for(config: Config) -> dict[str, Any]:
         },
         "m.set_displayname": {"enabled": True},  # PUT /profile/{userId}/displayname
         "m.set_avatar_url": {"enabled": True},  # PUT /profile/{userId}/avatar_url
-        # Addresses are read-only over the standard API (no POST /account/3pid/add or /delete).
+        # POST /account/3pid/add and /delete (email addresses).
         "m.3pid_changes": {"enabled": True},
-        # No POST /login/get_token.
-        "m.get_login_token": {"enabled": False},
+        # POST /login/get_token, when login.get_login_token is on.
+        "m.get_login_token": {"enabled": config.login.get_login_token},
         # PUT /profile/{userId}/{keyName} takes namespaced custom fields.
         "m.profile_fields": {"enabled": True},
     }

@@ -97,6 +97,11 @@ class LoginConfig:
     otp_ttl_s: int = 600
     otp_max_attempts: int = 5
     otp_resend_interval_s: int = 60
+    # POST /login/get_token: a signed-in device (after re-entering the password) gets a single-use
+    # token that logs another device in with m.login.token. Off by default, as Synapse's
+    # login_via_existing_session.
+    get_login_token: bool = False
+    login_token_ttl_s: int = 120
 
 
 @dataclass
