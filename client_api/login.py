@@ -19,13 +19,13 @@ async def post_login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    who = await requester(request)
+    who = await requester(request, locked_ok=True)
     await hs(request).accounts.logout(who)
     return ok()
 
 
 async def logout_all(request: web.Request) -> web.Response:
-    who = await requester(request)
+    who = await requester(request, locked_ok=True)
     await hs(request).accounts.logout_all(who.user_id)
     return ok()
 

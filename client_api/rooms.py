@@ -28,6 +28,7 @@ def _event_filter(request: web.Request) -> EventFilter:
 
 async def create_room(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()
     body = await json_body(request, allow_empty=True)
     room_id = await hs(request).chats.create(who.user_id, body)
     return ok({"room_id": room_id})
@@ -35,6 +36,7 @@ async def create_room(request: web.Request) -> web.Response:
 
 async def join(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()
     body = await json_body(request, allow_empty=True)
     target = request.match_info.get("room_id_or_alias") or request.match_info["room_id"]
     via = request.query.getall("server_name", []) + request.query.getall("via", [])
@@ -44,6 +46,7 @@ async def join(request: web.Request) -> web.Response:
 
 async def knock(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()
     body = await json_body(request, allow_empty=True)
     via = request.query.getall("server_name", []) + request.query.getall("via", [])
     room_id = await hs(request).membership.knock(request.match_info["room_id_or_alias"], who.user_id,
@@ -53,6 +56,7 @@ async def knock(request: web.Request) -> web.Response:
 
 async def invite(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()
     body = await json_body(request)
     await hs(request).membership.invite(request.match_info["room_id"], who.user_id, body.get("user_id"),
                                         body.get("reason"))
@@ -85,6 +89,8 @@ def _membership_handler(kind: str) -> Any:
 async def send(request: web.Request) -> web.Response:
     who = await requester(request)
     server = hs(request)
+    if request.match_info["event_type"] != "m.room.redaction":
+        who.require_not_suspended()  # a suspended user may still redact their own events
     await server.limiter.check("message", who.user_id)
     body = await json_body(request)
     room_id = request.match_info["room_id"]
@@ -102,6 +108,10 @@ async def redact(request: web.Request) -> web.Response:
     body = await json_body(request, allow_empty=True)
     room_id, target = request.match_info["room_id"], request.match_info["event_id"]
     await server.rooms.require_joined(room_id, who.user_id)
+    if who.suspended:
+        target_event = await server.rooms.get_event(target)
+        if target_event is None or target_event.sender != who.user_id:
+            who.require_not_suspended()  # their own events only
     reason = body.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise bad_json("reason must be a string")
@@ -120,6 +130,7 @@ async def redact(request: web.Request) -> web.Response:
 
 async def put_state(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()
     server = hs(request)
     body = await json_body(request)
     room_id = request.match_info["room_id"]

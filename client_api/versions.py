@@ -45,8 +45,12 @@ def capabilities_for(config: Config) -> dict[str, Any]:
 
 
 async def capabilities(request: web.Request) -> web.Response:
-    await requester(request)
-    return ok({"capabilities": capabilities_for(hs(request).config)})
+    who = await requester(request)
+    caps = capabilities_for(hs(request).config)
+    if await hs(request).admin_users.is_admin(who.user_id):
+        # PUT /admin/lock and /admin/suspend; omitted for everyone else, as the spec asks.
+        caps["m.account_moderation"] = {"lock": True, "suspend": True}
+    return ok({"capabilities": caps})
 
 
 def setup(app: web.Application) -> None:

@@ -605,7 +605,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (user_id, version, room_id, session_id)
         )""",
     )),
-    Migration(15, "search: full-text index of messages, names and topics; event, room and user reports", (
+    Migration(15, "search: full-text index of messages, names and topics; reports; account locks and suspensions", (
         # Reports (POST /rooms/{roomId}/report/{eventId}, /rooms/{roomId}/report, /users/{userId}/report):
         # event_id and target_user_id are NULL for the kinds that have none.
         """CREATE TABLE reports (
@@ -620,6 +620,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             score BIGINT
         )""",
         "CREATE INDEX reports_kind ON reports (kind, id)",
+        # Account moderation by server admins (PUT /_matrix/client/v1/admin/lock, /admin/suspend).
+        "ALTER TABLE users ADD COLUMN locked INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE users ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0",
     ), engine_statements={"sqlite": SEARCH_SQLITE, "postgres": SEARCH_POSTGRES}),
 )
 

@@ -27,7 +27,7 @@ def _user(row: Row) -> User:
     return User(row["user_id"], row["localpart"], row["password_hash"], row["created_ts"],
                 bool(row["deactivated"]), bool(row["email_otp_enabled"]), row["totp_secret"],
                 bool(row["totp_enabled"]), bool(row["is_guest"]), bool(row["admin"]), row["user_type"],
-                bool(row["erased"]))
+                bool(row["erased"]), bool(row["locked"]), bool(row["suspended"]))
 
 
 def _device(row: Row) -> Device:
@@ -62,6 +62,18 @@ class UserStore:
     async def get(self, user_id: str) -> User | None:
         row = await self.db.fetchone("SELECT * FROM users WHERE user_id = ?", user_id)
         return None if row is None else _user(row)
+
+    async def moderation(self, user_id: str) -> tuple[bool, bool]:
+        """(locked, suspended); both false for an unknown user."""
+        row = await self.db.fetchone("SELECT locked, suspended FROM users WHERE user_id = ?", user_id)
+        return (False, False) if row is None else (bool(row["locked"]), bool(row["suspended"]))
+
+    async def set_moderation(self, user_id: str, *, locked: bool | None = None,
+                             suspended: bool | None = None) -> None:
+        if locked is not None:
+            await self.db.execute("UPDATE users SET locked = ? WHERE user_id = ?", int(locked), user_id)
+        if suspended is not None:
+            await self.db.execute("UPDATE users SET suspended = ? WHERE user_id = ?", int(suspended), user_id)
 
     async def exists(self, user_id: str) -> bool:
         return await self.db.fetchval("SELECT 1 FROM users WHERE user_id = ?", user_id) is not None
