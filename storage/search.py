@@ -2,7 +2,8 @@
 
 Both engines answer the same query shape: the index is searched first (FTS5 MATCH, or the
 tsvector's GIN index), then each hit joins its event by primary key for the room, sender and
-stream bounds. Terms are words, each matched as a prefix, all required.
+stream bounds, and only then is it ordered. Terms are words (the caller keeps only letters and
+digits, so no query syntax of either engine gets through), each matched as a prefix, all required.
 """
 
 from __future__ import annotations
@@ -38,15 +39,6 @@ class SearchStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def _match(self, words: Sequence[str]) -> tuple[str, str, str]:
-        """The index condition, its argument and the rank expression (higher is better)."""
-        if self.db.engine == "postgres":
-            query = " & ".join(f"{w}:*" for w in words)
-            return ("s.vector @@ to_tsquery('english', ?)", query,
-                    "ts_rank(s.vector, to_tsquery('english', ?))")
-        query = " ".join(f'"{w}"*' for w in words)
-        return "event_search MATCH ?", query, "-bm25(event_search)"
-
     def _where(self, scope: SearchScope) -> tuple[str, list[Any]]:
         clauses = ["e.rejected IS NULL", "e.outlier = 0", "e.soft_failed = 0", "e.redacted_by IS NULL"]
         args: list[Any] = []
@@ -70,32 +62,42 @@ class SearchStore:
             args += scope.not_senders
         return " AND ".join(clauses), args
 
-    def _from(self) -> str:
+    def _select(self, columns: str, words: Sequence[str], scope: SearchScope,
+                before_stream: int | None = None) -> tuple[str, list[Any]]:
+        """SELECT `columns` (which may name `rank`, higher is better) FROM the hits joined to their
+        events WHERE they are in scope. On PostgreSQL the hits are found first, through the GIN index
+        and in the scope's rooms (a materialised CTE): the planner cannot tell how selective a prefix
+        query is and would otherwise walk every entry newest first, testing each."""
+        where, args = self._where(scope)
+        if before_stream is not None:
+            where += " AND e.stream < ?"
+            args.append(before_stream)
         if self.db.engine == "postgres":
-            return "event_search s JOIN events e ON e.stream = s.stream"
-        return "event_search JOIN events e ON e.stream = event_search.rowid"
+            query = " & ".join(f"{w}:*" for w in words)
+            rooms = list(scope.rooms)
+            rank = "ts_rank(s.vector, to_tsquery('english', ?))"
+            sql = (f"WITH s AS MATERIALIZED (SELECT stream, vector FROM event_search"
+                   f" WHERE vector @@ to_tsquery('english', ?) AND room_id IN ({', '.join('?' * len(rooms))}))"
+                   f" SELECT {columns.replace('{rank}', rank)} FROM s JOIN events e ON e.stream = s.stream"
+                   f" WHERE {where}")
+            return sql, [query, *rooms, *([query] if "{rank}" in columns else []), *args]
+        query = " ".join(f'"{w}"*' for w in words)
+        sql = (f"SELECT {columns.replace('{rank}', '-bm25(event_search)')} FROM event_search"
+               f" JOIN events e ON e.stream = event_search.rowid WHERE event_search MATCH ? AND {where}")
+        return sql, [query, *args]
 
     async def search(self, words: Sequence[str], scope: SearchScope, *, by_rank: bool, limit: int,
                      offset: int = 0, before_stream: int | None = None) -> list[SearchHit]:
         """Hits by rank (then newest first), or newest first; `before_stream` pages the latter."""
         if not words or not scope.rooms or not scope.types:
             return []
-        match, query, rank = self._match(words)
-        where, args = self._where(scope)
-        if before_stream is not None:
-            where += " AND e.stream < ?"
-            args.append(before_stream)
-        rank_args = [query] if self.db.engine == "postgres" else []
+        sql, args = self._select(f"{_COLUMNS}, {{rank}} AS rank", words, scope, before_stream)
         order = "rank DESC, e.stream DESC" if by_rank else "e.stream DESC"
-        rows = await self.db.fetchall(
-            f"SELECT {_COLUMNS}, {rank} AS rank FROM {self._from()} WHERE {match} AND {where}"
-            f" ORDER BY {order} LIMIT ? OFFSET ?", *rank_args, query, *args, limit, offset)
+        rows = await self.db.fetchall(f"{sql} ORDER BY {order} LIMIT ? OFFSET ?", *args, limit, offset)
         return [SearchHit(event_from_row(r), float(r["rank"])) for r in rows]
 
     async def count(self, words: Sequence[str], scope: SearchScope) -> int:
         if not words or not scope.rooms or not scope.types:
             return 0
-        match, query, _ = self._match(words)
-        where, args = self._where(scope)
-        return int(await self.db.fetchval(
-            f"SELECT COUNT(*) FROM {self._from()} WHERE {match} AND {where}", query, *args) or 0)
+        sql, args = self._select("COUNT(*)", words, scope)
+        return int(await self.db.fetchval(sql, *args) or 0)

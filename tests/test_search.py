@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
+
 from tests.rooms_helpers import User
+from tests.test_federation_whispr import Client, page_back, pair  # noqa: F401 (pair is a fixture)
 
 
 async def search(user: User, term: str, expect: int = 200, next_batch: str | None = None,
@@ -149,3 +152,31 @@ async def test_bad_requests(client: Any) -> None:
     assert (await alice.call("POST", "/search", json={"search_categories": {}})) == {"search_categories": {}}
     # Punctuation and query syntax of either engine are only words here.
     assert found(await search(alice, '" OR * ) & ! :* NEAR(')) == []
+
+
+async def test_received_and_backfilled_events_are_found(pair: Any) -> None:
+    """Bob on B (PostgreSQL) finds what A (SQLite) sent: received over /send, and history
+    backfilled from before his server joined, less what was redacted; alice on A finds it too."""
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice = await Client.register(session, a, "alice")
+        bob = await Client.register(session, b, "bob")
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
+        for i in range(3):
+            await alice.send(room, f"ancient scroll {i}")
+        await alice.call("PUT", f"/rooms/{room}/redact/{await alice.send(room, 'ancient secret scroll')}/r1",
+                         json={})
+        await bob.sync_until(lambda _: True)
+        await bob.call("POST", f"/join/{room}")
+        await alice.send(room, "fresh scroll")
+        assert "fresh scroll" in await bob.collect_messages(room, 1)
+        body = {"search_categories": {"room_events": {"search_term": "scroll", "order_by": "recent"}}}
+
+        def bodies(answer: Any) -> list[str]:
+            return [r["result"]["content"]["body"] for r in answer["search_categories"]["room_events"]["results"]]
+
+        assert bodies(await bob.call("POST", "/search", json=body)) == ["fresh scroll"]
+        await page_back(bob, room, 50)  # backfills the history from before B joined
+        expected = ["fresh scroll", "ancient scroll 2", "ancient scroll 1", "ancient scroll 0"]
+        assert bodies(await bob.call("POST", "/search", json=body)) == expected
+        assert bodies(await alice.call("POST", "/search", json=body)) == expected
