@@ -90,3 +90,17 @@ async def test_turn_server_static_credentials(serve: Any) -> None:
     alice = await User.new(client, "alice")
     body = await get(alice, f"{V3}/voip/turnServer")
     assert (body["username"], body["password"], body["uris"]) == ("u", "p", ["turn:t.example.org"])
+
+
+async def test_turn_server_for_guests(serve: Any) -> None:
+    from tests.test_peek_guests import guest
+    turn = {"turn_uris": ["turn:t.example.org"], "turn_shared_secret": "s"}
+    client = await serve(registration={"allow_guest_access": True}, voip=turn)
+    visitor = await guest(client)
+    assert (await get(visitor, f"{V3}/voip/turnServer"))["uris"] == ["turn:t.example.org"]
+    closed = await serve(registration={"allow_guest_access": True}, voip={**turn, "turn_allow_guests": False})
+    visitor = await guest(closed)
+    assert (await get(visitor, f"{V3}/voip/turnServer", expect=403))["errcode"] == "M_FORBIDDEN"
+    # Guests search nothing and report nothing: those are not theirs to call.
+    resp = await closed.post(f"{V3}/search", headers=visitor.h, json={"search_categories": {}})
+    assert resp.status == 403 and (await resp.json())["errcode"] == "M_GUEST_ACCESS_FORBIDDEN"
