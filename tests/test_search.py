@@ -67,7 +67,9 @@ async def test_paging_with_next_batch(client: Any) -> None:
         assert len(seen) == 7
         if order == "recent":
             assert seen == [f"page word {i}" for i in reversed(range(7))]
-    await search(alice, "word", expect=400, next_batch="nonsense")
+    for token in ("nonsense", "o-3", "r5", "o" + "9" * 30):
+        await search(alice, "word", expect=400, next_batch=token)
+    assert found(await search(alice, "w" * 5000 + " word")) == []
 
 
 async def test_filters_rooms_and_senders(client: Any) -> None:

@@ -33,6 +33,7 @@ DEFAULT_CONTEXT = 5
 MAX_CONTEXT = 100
 MAX_WINDOWS = 8  # windows of hits one page may judge before it answers short, with a next_batch
 MAX_TERMS = 20
+MAX_WORD = 100  # longer words are matched by their first characters (a prefix)
 _WORD = re.compile(r"\w+")
 
 
@@ -112,7 +113,7 @@ def _parse(raw: Any) -> _Request:
     types = tuple(KEY_TYPES[k] for k in dict.fromkeys(keys))
     by_type = replace(filt, senders=None, not_senders=())  # senders are matched in SQL
     return _Request(
-        words=tuple(dict.fromkeys(w.lower() for w in _WORD.findall(term)))[:MAX_TERMS],
+        words=tuple(dict.fromkeys(w.lower()[:MAX_WORD] for w in _WORD.findall(term)))[:MAX_TERMS],
         scope_types=tuple(t for t in types if by_type.allows(t, "")),
         rooms=rooms, not_rooms=not_rooms or (), senders=filt.senders, not_senders=filt.not_senders,
         limit=min(filt.limit if filt.limit is not None else DEFAULT_LIMIT, MAX_LIMIT),
@@ -125,7 +126,8 @@ def _parse_batch(token: str | None, by_rank: bool) -> int | None:
     if token is None:
         return None
     kind, value = token[:1], token[1:]
-    if kind != ("o" if by_rank else "r") or not value.lstrip("-").isdigit() or len(value) > 20:
+    digits = value if by_rank else value.removeprefix("-")  # offsets count up; positions may be negative
+    if kind != ("o" if by_rank else "r") or not digits.isdigit() or len(value) > 18:
         raise MatrixError(400, "M_INVALID_PARAM", "Invalid next_batch")
     return int(value)
 
