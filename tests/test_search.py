@@ -182,3 +182,15 @@ async def test_received_and_backfilled_events_are_found(pair: Any) -> None:
         expected = ["fresh scroll", "ancient scroll 2", "ancient scroll 1", "ancient scroll 0"]
         assert bodies(await bob.call("POST", "/search", json=body)) == expected
         assert bodies(await alice.call("POST", "/search", json=body)) == expected
+
+
+async def test_bodies_the_index_cannot_hold(client: Any) -> None:
+    """A NUL in a body is valid JSON that PostgreSQL's text cannot hold: the message is sent all
+    the same, just not found (on SQLite the text stops there)."""
+    alice = await User.new(client, "alice")
+    room = await alice.create_room()
+    await alice.send(room, "before\u0000after nul")
+    await alice.call("PUT", f"/rooms/{room}/send/m.room.message/n1", json={"msgtype": "m.text", "body": 42})
+    await alice.send(room, "plain nul")
+    assert "plain nul" in found(await search(alice, "nul"))
+    assert found(await search(alice, "after")) == []
