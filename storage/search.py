@@ -8,6 +8,7 @@ digits, so no query syntax of either engine gets through), each matched as a pre
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -21,7 +22,8 @@ _COLUMNS = ("e.stream, e.event_id, e.json, e.rejected, e.redacted_by, e.unsigned
 
 @dataclass(frozen=True)
 class SearchScope:
-    """Where to look: rooms read up to a stream position (a member now reads up to the end)."""
+    """Where to look. The rooms' bounds (a leave) are the caller's to apply: lists of any length
+    are one parameter each here, and a bound per room would not be."""
 
     rooms: dict[str, int | None]  # room_id -> last readable stream position (None: no bound)
     types: tuple[str, ...]
@@ -39,27 +41,23 @@ class SearchStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    def _in(self, column: str, values: Sequence[str], negate: bool = False) -> tuple[str, Any]:
+        """`column` (NOT) IN a list of any length, as one parameter: an array, or a JSON array."""
+        if self.db.engine == "postgres":
+            return (f"{column} <> ALL(?::text[])" if negate else f"{column} = ANY(?::text[])"), list(values)
+        return (f"{column} {'NOT IN' if negate else 'IN'} (SELECT value FROM json_each(?))",
+                json.dumps(list(values)))
+
     def _where(self, scope: SearchScope) -> tuple[str, list[Any]]:
         clauses = ["e.rejected IS NULL", "e.outlier = 0", "e.soft_failed = 0", "e.redacted_by IS NULL"]
         args: list[Any] = []
-        clauses.append(f"e.type IN ({', '.join('?' * len(scope.types))})")
-        args += scope.types
-        unbounded = [r for r, upto in scope.rooms.items() if upto is None]
-        bounded = [(r, upto) for r, upto in scope.rooms.items() if upto is not None]
-        rooms = []
-        if unbounded:
-            rooms.append(f"e.room_id IN ({', '.join('?' * len(unbounded))})")
-            args += unbounded
-        for room_id, upto in bounded:
-            rooms.append("(e.room_id = ? AND e.stream <= ?)")
-            args += [room_id, upto]
-        clauses.append(f"({' OR '.join(rooms)})")
-        if scope.senders is not None:
-            clauses.append(f"e.sender IN ({', '.join('?' * len(scope.senders))})")
-            args += scope.senders
-        if scope.not_senders:
-            clauses.append(f"e.sender NOT IN ({', '.join('?' * len(scope.not_senders))})")
-            args += scope.not_senders
+        for column, values, negate in (("e.type", scope.types, False), ("e.room_id", list(scope.rooms), False),
+                                       ("e.sender", scope.senders, False), ("e.sender", scope.not_senders, True)):
+            if values is None or (negate and not values):
+                continue
+            clause, arg = self._in(column, values, negate)
+            clauses.append(clause)
+            args.append(arg)
         return " AND ".join(clauses), args
 
     def _select(self, columns: str, words: Sequence[str], scope: SearchScope,
@@ -74,13 +72,12 @@ class SearchStore:
             args.append(before_stream)
         if self.db.engine == "postgres":
             query = " & ".join(f"{w}:*" for w in words)
-            rooms = list(scope.rooms)
             rank = "ts_rank(s.vector, to_tsquery('english', ?))"
             sql = (f"WITH s AS MATERIALIZED (SELECT stream, vector FROM event_search"
-                   f" WHERE vector @@ to_tsquery('english', ?) AND room_id IN ({', '.join('?' * len(rooms))}))"
+                   f" WHERE vector @@ to_tsquery('english', ?) AND room_id = ANY(?::text[]))"
                    f" SELECT {columns.replace('{rank}', rank)} FROM s JOIN events e ON e.stream = s.stream"
                    f" WHERE {where}")
-            return sql, [query, *rooms, *([query] if "{rank}" in columns else []), *args]
+            return sql, [query, list(scope.rooms), *([query] if "{rank}" in columns else []), *args]
         query = " ".join(f'"{w}"*' for w in words)
         sql = (f"SELECT {columns.replace('{rank}', '-bm25(event_search)')} FROM event_search"
                f" JOIN events e ON e.stream = event_search.rowid WHERE event_search MATCH ? AND {where}")

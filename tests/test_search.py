@@ -194,3 +194,14 @@ async def test_bodies_the_index_cannot_hold(client: Any) -> None:
     await alice.send(room, "plain nul")
     assert "plain nul" in found(await search(alice, "nul"))
     assert found(await search(alice, "after")) == []
+
+
+async def test_long_filter_lists(client: Any) -> None:
+    """A filter list longer than either engine takes parameters is one parameter here."""
+    alice = await User.new(client, "alice")
+    room = await alice.create_room()
+    await alice.send(room, "needle in a haystack")
+    senders = [f"@u{i}:x" for i in range(40_000)] + [alice.user_id]
+    assert found(await search(alice, "needle", filter={"senders": senders})) == ["needle in a haystack"]
+    assert found(await search(alice, "needle", filter={"not_senders": senders})) == []
+    assert found(await search(alice, "needle", filter={"rooms": [f"!r{i}:x" for i in range(40_000)]})) == []

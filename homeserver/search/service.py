@@ -189,7 +189,7 @@ class Search:
                 hits = await search.search(request.words, scope, by_rank=True, limit=window, offset=position or 0)
             else:
                 hits = await search.search(request.words, scope, by_rank=False, limit=window, before_stream=position)
-            visible = await self._visible(who.user_id, [h.event for h in hits], joined)
+            visible = await self._visible(who.user_id, [h.event for h in hits], scope.rooms, joined)
             consumed = 0
             for hit in hits:
                 if len(shown) == request.limit:
@@ -217,10 +217,15 @@ class Search:
             section["state"] = await self._state(who, {h.event.room_id for h in shown})
         return section
 
-    async def _visible(self, user_id: str, events: list[Event], joined: dict[str, bool]) -> set[str]:
+    async def _visible(self, user_id: str, events: list[Event], bounds: dict[str, int | None],
+                       joined: dict[str, bool]) -> set[str]:
+        """The hits the user may read: up to their leave of a room they left, and as history
+        visibility lets them."""
         by_room: dict[str, list[Event]] = {}
         for event in events:
-            by_room.setdefault(event.room_id, []).append(event)
+            bound = bounds.get(event.room_id)
+            if bound is None or event.stream <= bound:
+                by_room.setdefault(event.room_id, []).append(event)
         visible: set[str] = set()
         for room_id, room_events in by_room.items():
             allowed = await self._visibility.filter(user_id, room_events, joined_now=joined.get(room_id, False))
