@@ -41,8 +41,8 @@ _WORD = re.compile(r"\w+")
 class _Request:
     words: tuple[str, ...]
     scope_types: tuple[str, ...]
-    rooms: tuple[str, ...] | None
-    not_rooms: tuple[str, ...]
+    rooms: frozenset[str] | None
+    not_rooms: frozenset[str]
     senders: tuple[str, ...] | None
     not_senders: tuple[str, ...]
     limit: int
@@ -115,7 +115,8 @@ def _parse(raw: Any) -> _Request:
     return _Request(
         words=tuple(dict.fromkeys(w.lower()[:MAX_WORD] for w in _WORD.findall(term)))[:MAX_TERMS],
         scope_types=tuple(t for t in types if by_type.allows(t, "")),
-        rooms=rooms, not_rooms=not_rooms or (), senders=filt.senders, not_senders=filt.not_senders,
+        rooms=frozenset(rooms) if rooms is not None else None, not_rooms=frozenset(not_rooms or ()),
+        senders=filt.senders, not_senders=filt.not_senders,
         limit=min(filt.limit if filt.limit is not None else DEFAULT_LIMIT, MAX_LIMIT),
         by_rank=order_by == "rank", context=context, group_by=tuple(dict.fromkeys(group_by)),
         include_state=include_state)
