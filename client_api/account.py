@@ -5,7 +5,8 @@ from typing import Any
 from aiohttp import web
 
 from client_api.http import CLIENT_V3, access_token, client_ip, hs, json_body, ok, requester
-from homeserver.errors import bad_json, forbidden
+from homeserver.accounts.accounts import Requester
+from homeserver.errors import MatrixError, bad_json, forbidden
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -93,10 +94,72 @@ async def threepids(request: web.Request) -> web.Response:
         for t in emails]})
 
 
+async def _prove_password(request: web.Request, who: Requester, body: dict[str, Any], action: str) -> None:
+    """User-interactive auth with the account's password (an access token alone is not enough)."""
+    server = hs(request)
+
+    async def password(auth: dict[str, Any]) -> dict[str, Any]:
+        user = await server.login.check_password(auth, client_ip(request))
+        if user.user_id != who.user_id:
+            raise forbidden("Invalid username or password")
+        return {}
+
+    await server.uia.run(body.get("auth"), [["m.login.password"]], {"m.login.password": password},
+                         bind=f"{action}:{who.user_id}")
+
+
+async def threepid_email_request_token(request: web.Request) -> web.Response:
+    server = hs(request)
+    body = await json_body(request)
+    await server.limiter.check("email", client_ip(request))
+    sid = await server.emails.request_token(body.get("email"), body.get("client_secret"),
+                                            body.get("send_attempt"), "add")
+    return ok({"sid": sid, "submit_url": server.emails.submit_url})
+
+
+async def threepid_add(request: web.Request) -> web.Response:
+    who = await requester(request)
+    body = await json_body(request)
+    await _prove_password(request, who, body, "3pid-add")
+    await hs(request).threepids.add_email(who.user_id, body.get("sid"), body.get("client_secret"))
+    return ok()
+
+
+async def threepid_delete(request: web.Request) -> web.Response:
+    who = await requester(request)
+    body = await json_body(request)
+    await hs(request).threepids.delete(who.user_id, body.get("medium"), body.get("address"))
+    return ok({"id_server_unbind_result": "no-support"})
+
+
+async def threepid_bind(request: web.Request) -> web.Response:
+    await requester(request)
+    await json_body(request)
+    raise MatrixError(400, "M_SERVER_NOT_TRUSTED", "This server does not bind identifiers at identity servers")
+
+
+async def threepid_unbind(request: web.Request) -> web.Response:
+    await requester(request)
+    await json_body(request)
+    return ok({"id_server_unbind_result": "no-support"})
+
+
+async def msisdn_request_token(request: web.Request) -> web.Response:
+    await json_body(request)
+    raise MatrixError(400, "M_THREEPID_MEDIUM_NOT_SUPPORTED", "This server does not support phone numbers")
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get(f"{CLIENT_V3}/account/whoami", whoami)
     app.router.add_post(f"{CLIENT_V3}/account/password", change_password)
     app.router.add_post(f"{CLIENT_V3}/account/password/email/requestToken", password_email_request_token)
     app.router.add_get(f"{CLIENT_V3}/account/3pid", threepids)
+    app.router.add_post(f"{CLIENT_V3}/account/3pid/email/requestToken", threepid_email_request_token)
+    app.router.add_post(f"{CLIENT_V3}/account/3pid/add", threepid_add)
+    app.router.add_post(f"{CLIENT_V3}/account/3pid/delete", threepid_delete)
+    app.router.add_post(f"{CLIENT_V3}/account/3pid/bind", threepid_bind)
+    app.router.add_post(f"{CLIENT_V3}/account/3pid/unbind", threepid_unbind)
+    for path in ("account/3pid", "register", "account/password"):
+        app.router.add_post(f"{CLIENT_V3}/{path}/msisdn/requestToken", msisdn_request_token)
     app.router.add_post(f"{CLIENT_V3}/account/deactivate", deactivate)
     app.router.add_post(f"{CLIENT_V3}/user/{{user_id}}/openid/request_token", openid_request_token)

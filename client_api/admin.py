@@ -8,6 +8,7 @@ Shapes follow Synapse's admin API documentation, so operators' scripts and admin
 from __future__ import annotations
 
 from importlib import metadata
+from typing import Any
 
 from aiohttp import web
 
@@ -128,6 +129,20 @@ async def whois_client(request: web.Request) -> web.Response:
     if user_id != who.user_id and not await hs(request).admin_users.is_admin(who.user_id):
         raise forbidden("You are not a server admin")
     return ok(await hs(request).admin_users.whois(user_id))
+
+
+def _moderation_handlers(kind: str) -> tuple[Any, Any]:
+    """GET and PUT /_matrix/client/v1/admin/lock|suspend/{userId} (the spec's account moderation)."""
+    async def get(request: web.Request) -> web.Response:
+        await admin_requester(request)
+        return ok(await hs(request).admin_users.moderation(request.match_info["user_id"], kind))
+
+    async def put(request: web.Request) -> web.Response:
+        who = await admin_requester(request)
+        body = await json_body(request)
+        return ok(await hs(request).admin_users.set_moderation(who.user_id, request.match_info["user_id"], kind,
+                                                               body))
+    return get, put
 
 
 async def joined_rooms(request: web.Request) -> web.Response:
@@ -273,6 +288,34 @@ async def delete_token(request: web.Request) -> web.Response:
     return ok({})
 
 
+async def event_reports(request: web.Request) -> web.Response:
+    await admin_requester(request)
+    direction = request.query.get("dir", "b")
+    if direction not in ("f", "b"):
+        raise invalid_param("dir must be f or b")
+    return ok(await hs(request).admin_reports.event_reports(
+        offset=int_param(request, "from", 0), limit=int_param(request, "limit", 100), backwards=direction == "b",
+        room_id=request.query.get("room_id"), reporter=request.query.get("user_id")))
+
+
+def _report_id(request: web.Request) -> int:
+    raw = request.match_info["report_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise invalid_param("The report ID must be a positive integer")
+    return int(raw)
+
+
+async def event_report(request: web.Request) -> web.Response:
+    await admin_requester(request)
+    return ok(await hs(request).admin_reports.event_report(_report_id(request)))
+
+
+async def delete_event_report(request: web.Request) -> web.Response:
+    await admin_requester(request)
+    await hs(request).admin_reports.delete_event_report(_report_id(request))
+    return ok({})
+
+
 def setup(app: web.Application) -> None:
     r = app.router
     r.add_get(f"{ADMIN}/v1/register", register_nonce)
@@ -309,3 +352,10 @@ def setup(app: web.Application) -> None:
     r.add_get(f"{ADMIN}/v1/registration_tokens/{{token}}", get_token)
     r.add_put(f"{ADMIN}/v1/registration_tokens/{{token}}", update_token)
     r.add_delete(f"{ADMIN}/v1/registration_tokens/{{token}}", delete_token)
+    for path, kind in (("lock", "locked"), ("suspend", "suspended")):
+        get, put = _moderation_handlers(kind)
+        r.add_get(f"/_matrix/client/v1/admin/{path}/{{user_id}}", get)
+        r.add_put(f"/_matrix/client/v1/admin/{path}/{{user_id}}", put)
+    r.add_get(f"{ADMIN}/v1/event_reports", event_reports)
+    r.add_get(f"{ADMIN}/v1/event_reports/{{report_id}}", event_report)
+    r.add_delete(f"{ADMIN}/v1/event_reports/{{report_id}}", delete_event_report)

@@ -10,6 +10,7 @@ from client_api.http import WHISPR, hs, json_body, ok, requester
 async def send_request(request: web.Request) -> web.Response:
     server = hs(request)
     who = await requester(request)
+    who.require_not_suspended()  # a request is an invite
     body = await json_body(request)
     await server.limiter.check("friend_request", who.user_id)
     return ok(await server.friends.request(who.user_id, body.get("user_id"), body.get("message")))
@@ -22,6 +23,7 @@ async def list_requests(request: web.Request) -> web.Response:
 
 async def accept(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()  # accepting is joining
     return ok(await hs(request).friends.accept(who.user_id, request.match_info["user_id"]))
 
 

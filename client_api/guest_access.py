@@ -4,7 +4,7 @@ closed to guests until it is named here.
 
 Routes are compared by their path template with the parameter names blanked, so a handler's
 choice of names does not matter. Besides the spec's list, guests may call what Synapse also lets
-them (capabilities, joining by alias, their joined rooms, the public room list, key changes).
+them (capabilities, joining by alias, their joined rooms, the public room list, key changes, TURN).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ GUEST_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("GET", f"{_C}/joined_rooms"),
     ("GET", f"{_C}/publicRooms"),
     ("POST", f"{_C}/publicRooms"),
+    ("GET", f"{_C}/voip/turnServer"),  # calls, unless voip.turn_allow_guests is off
 })
 # Of the profile, a guest may set or remove only its display name.
 _PROFILE_FIELD = f"{_C}/profile/{{}}/{{}}"

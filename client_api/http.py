@@ -10,7 +10,7 @@ from client_api.forwarded import client_address
 from homeserver.accounts.accounts import Requester
 from homeserver.web.access_log import REQUESTER
 from client_api.guest_access import check_guest_may_call
-from homeserver.errors import MatrixError
+from homeserver.errors import MatrixError, user_locked
 from homeserver.web.requests import HS, hs, json_body, ok
 
 __all__ = ["CLIENT_V3", "HS", "WHISPR", "access_token", "client_ip", "hs", "json_body", "ok", "requester"]
@@ -29,12 +29,16 @@ def access_token(request: web.Request) -> str | None:
     return request.query.get("access_token")
 
 
-async def requester(request: web.Request) -> Requester:
+async def requester(request: web.Request, *, locked_ok: bool = False) -> Requester:
+    """The authenticated user; a locked account gets 401 M_USER_LOCKED (soft logout) everywhere
+    but where `locked_ok` (logging out, as the spec lists)."""
     token = access_token(request)
     if not token:
         raise MatrixError(401, "M_MISSING_TOKEN", "Missing access token")
     who = await hs(request).accounts.authenticate(token, client_ip(request))
     request[REQUESTER] = who.user_id  # for the access log
+    if who.locked and not locked_ok:
+        raise user_locked()
     if who.is_guest:
         check_guest_may_call(request)
     return who

@@ -2,7 +2,10 @@
 
 from aiohttp import web
 
+from typing import Any
+
 from client_api.http import CLIENT_V3, client_ip, hs, json_body, ok, requester
+from homeserver.errors import MatrixError, forbidden
 
 
 async def get_login(request: web.Request) -> web.Response:
@@ -16,13 +19,13 @@ async def post_login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    who = await requester(request)
+    who = await requester(request, locked_ok=True)
     await hs(request).accounts.logout(who)
     return ok()
 
 
 async def logout_all(request: web.Request) -> web.Response:
-    who = await requester(request)
+    who = await requester(request, locked_ok=True)
     await hs(request).accounts.logout_all(who.user_id)
     return ok()
 
@@ -34,9 +37,30 @@ async def refresh(request: web.Request) -> web.Response:
                "expires_in_ms": session.expires_in_ms})
 
 
+async def get_login_token(request: web.Request) -> web.Response:
+    """POST /login/get_token: behind the password, a single-use token to log in another device."""
+    server = hs(request)
+    if not server.login.tokens.enabled:
+        raise MatrixError(404, "M_UNRECOGNIZED", "Unrecognized request")
+    who = await requester(request)
+    body = await json_body(request, allow_empty=True)
+
+    async def password(auth: dict[str, Any]) -> dict[str, Any]:
+        user = await server.login.check_password(auth, client_ip(request))
+        if user.user_id != who.user_id:
+            raise forbidden("Invalid username or password")
+        return {}
+
+    await server.uia.run(body.get("auth"), [["m.login.password"]], {"m.login.password": password},
+                         bind=f"get_token:{who.user_id}")
+    await server.limiter.check("login", who.user_id)
+    return ok(await server.login.tokens.issue(who.user_id))
+
+
 def setup(app: web.Application) -> None:
     app.router.add_get(f"{CLIENT_V3}/login", get_login)
     app.router.add_post(f"{CLIENT_V3}/login", post_login)
     app.router.add_post(f"{CLIENT_V3}/logout", logout)
     app.router.add_post(f"{CLIENT_V3}/logout/all", logout_all)
     app.router.add_post(f"{CLIENT_V3}/refresh", refresh)
+    app.router.add_post("/_matrix/client/v1/login/get_token", get_login_token)

@@ -16,6 +16,7 @@ async def get_field(request: web.Request) -> web.Response:
 
 async def put_field(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()
     key = request.match_info["key"]
     body = await json_body(request)
     if key not in body:
@@ -26,6 +27,7 @@ async def put_field(request: web.Request) -> web.Response:
 
 async def delete_field(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()
     await hs(request).profiles.set_field(who.user_id, request.match_info["user_id"], request.match_info["key"], None)
     return ok()
 

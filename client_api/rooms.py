@@ -29,6 +29,7 @@ def _event_filter(request: web.Request) -> EventFilter:
 
 async def create_room(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()
     body = await json_body(request, allow_empty=True)
     room_id = await hs(request).chats.create(who.user_id, body)
     return ok({"room_id": room_id})
@@ -36,6 +37,7 @@ async def create_room(request: web.Request) -> web.Response:
 
 async def join(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()
     body = await json_body(request, allow_empty=True)
     target = request.match_info.get("room_id_or_alias") or request.match_info["room_id"]
     via = request.query.getall("server_name", []) + request.query.getall("via", [])
@@ -45,6 +47,7 @@ async def join(request: web.Request) -> web.Response:
 
 async def knock(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()
     body = await json_body(request, allow_empty=True)
     via = request.query.getall("server_name", []) + request.query.getall("via", [])
     room_id = await hs(request).membership.knock(request.match_info["room_id_or_alias"], who.user_id,
@@ -54,6 +57,7 @@ async def knock(request: web.Request) -> web.Response:
 
 async def invite(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()
     body = await json_body(request)
     await hs(request).membership.invite(request.match_info["room_id"], who.user_id, body.get("user_id"),
                                         body.get("reason"))
@@ -86,6 +90,8 @@ def _membership_handler(kind: str) -> Any:
 async def send(request: web.Request) -> web.Response:
     who = await requester(request)
     server = hs(request)
+    if request.match_info["event_type"] != "m.room.redaction":
+        who.require_not_suspended()  # a suspended user may still redact their own events
     await server.limiter.check("message", who.user_id)
     body = await json_body(request)
     room_id = request.match_info["room_id"]
@@ -104,6 +110,10 @@ async def redact(request: web.Request) -> web.Response:
     body = await json_body(request, allow_empty=True)
     room_id, target = request.match_info["room_id"], request.match_info["event_id"]
     await server.rooms.require_joined(room_id, who.user_id)
+    if who.suspended:
+        target_event = await server.rooms.get_event(target)
+        if target_event is None or target_event.sender != who.user_id:
+            who.require_not_suspended()  # their own events only
     reason = body.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise bad_json("reason must be a string")
@@ -122,6 +132,7 @@ async def redact(request: web.Request) -> web.Response:
 
 async def put_state(request: web.Request) -> web.Response:
     who = await requester(request)
+    who.require_not_suspended()
     server = hs(request)
     body = await json_body(request)
     room_id = request.match_info["room_id"]
@@ -285,9 +296,19 @@ async def room_aliases(request: web.Request) -> web.Response:
     return ok({"aliases": await hs(request).directory.aliases(who.user_id, request.match_info["room_id"])})
 
 
+async def mutual_rooms(request: web.Request) -> web.Response:
+    who = await requester(request)
+    other = request.query.get("user_id")
+    if other is None:
+        raise MatrixError(400, "M_INVALID_PARAM", "user_id is required")
+    batch = request.query.get("from", request.query.get("batch_token"))
+    return ok(await hs(request).membership.mutual_rooms(who.user_id, other, batch))
+
+
 def setup(app: web.Application) -> None:
     add = app.router
     add.add_post(f"{CLIENT_V3}/createRoom", create_room)
+    add.add_get("/_matrix/client/v1/mutual_rooms", mutual_rooms)
     add.add_post(f"{CLIENT_V3}/join/{{room_id_or_alias}}", join)
     add.add_post(f"{R}/join", join)
     add.add_post(f"{CLIENT_V3}/knock/{{room_id_or_alias}}", knock)

@@ -35,18 +35,22 @@ def capabilities_for(config: Config) -> dict[str, Any]:
         },
         "m.set_displayname": {"enabled": True},  # PUT /profile/{userId}/displayname
         "m.set_avatar_url": {"enabled": True},  # PUT /profile/{userId}/avatar_url
-        # Addresses are read-only over the standard API (no POST /account/3pid/add or /delete).
-        "m.3pid_changes": {"enabled": False},
-        # No POST /login/get_token.
-        "m.get_login_token": {"enabled": False},
+        # POST /account/3pid/add and /delete (email addresses).
+        "m.3pid_changes": {"enabled": True},
+        # POST /login/get_token, when login.get_login_token is on.
+        "m.get_login_token": {"enabled": config.login.get_login_token},
         # PUT /profile/{userId}/{keyName} takes namespaced custom fields.
         "m.profile_fields": {"enabled": True},
     }
 
 
 async def capabilities(request: web.Request) -> web.Response:
-    await requester(request)
-    return ok({"capabilities": capabilities_for(hs(request).config)})
+    who = await requester(request)
+    caps = capabilities_for(hs(request).config)
+    if await hs(request).admin_users.is_admin(who.user_id):
+        # PUT /admin/lock and /admin/suspend; omitted for everyone else, as the spec asks.
+        caps["m.account_moderation"] = {"lock": True, "suspend": True}
+    return ok({"capabilities": caps})
 
 
 def setup(app: web.Application) -> None:

@@ -97,6 +97,11 @@ class LoginConfig:
     otp_ttl_s: int = 600
     otp_max_attempts: int = 5
     otp_resend_interval_s: int = 60
+    # POST /login/get_token: a signed-in device (after re-entering the password) gets a single-use
+    # token that logs another device in with m.login.token. Off by default, as Synapse's
+    # login_via_existing_session.
+    get_login_token: bool = False
+    login_token_ttl_s: int = 120
 
 
 @dataclass
@@ -149,6 +154,8 @@ class RateLimitsConfig:
     media_upload: BucketConfig = field(default_factory=lambda: BucketConfig(1.0, 30))
     # Friend requests sent per user (a repeated or answering request counts too).
     friend_request: BucketConfig = field(default_factory=lambda: BucketConfig(0.1, 10))
+    # Reports of events, rooms and users per user.
+    report: BucketConfig = field(default_factory=lambda: BucketConfig(0.2, 10))
     # Inbound federation requests per origin server.
     federation: BucketConfig = field(default_factory=lambda: BucketConfig(100.0, 500))
 
@@ -164,6 +171,20 @@ class UserDirectoryConfig:
     # false: a search finds the users who share a room with the searcher or are joined to a
     # public room (Synapse's default); true: every local user.
     search_all_users: bool = False
+
+
+@dataclass
+class VoipConfig:
+    # TURN servers handed to clients by GET /voip/turnServer (empty: none, answered {}).
+    turn_uris: list[str] = field(default_factory=list)
+    # The TURN REST API's shared secret (coturn's static-auth-secret): each user gets a username
+    # "expiry:user_id" and its HMAC-SHA1 as password, valid turn_user_lifetime_s.
+    turn_shared_secret: str = ""
+    # Or fixed credentials for everyone, when no shared secret is set.
+    turn_username: str = ""
+    turn_password: str = ""
+    turn_user_lifetime_s: int = 86400
+    turn_allow_guests: bool = True
 
 
 @dataclass
@@ -306,6 +327,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
+    voip: VoipConfig = field(default_factory=VoipConfig)
     push: PushConfig = field(default_factory=PushConfig)
 
     @property

@@ -43,6 +43,14 @@ def limit_exceeded(retry_after_ms: int) -> MatrixError:
     return MatrixError(429, "M_LIMIT_EXCEEDED", "Too many requests", retry_after_ms=retry_after_ms)
 
 
+def user_locked() -> MatrixError:
+    return MatrixError(401, "M_USER_LOCKED", "This account has been locked", soft_logout=True)
+
+
+def user_suspended() -> MatrixError:
+    return MatrixError(403, "M_USER_SUSPENDED", "You cannot perform this action while suspended.")
+
+
 def unknown_token(error: str = "Unrecognised access token", soft_logout: bool = False) -> MatrixError:
     return MatrixError(401, "M_UNKNOWN_TOKEN", error, soft_logout=soft_logout)
 

@@ -31,6 +31,7 @@ from homeserver.accounts.passwords import PasswordHasher
 from homeserver.accounts.profiles import Profiles
 from homeserver.accounts.deactivation import Deactivation
 from homeserver.accounts.openid import OpenId
+from homeserver.accounts.threepids import Threepids
 from homeserver.friends.markers import friend_request_push_rule
 from homeserver.friends.service import Friends
 from homeserver.ratelimit import RateLimiter
@@ -46,12 +47,15 @@ from homeserver.rooms.timestamps import EventsByTime
 from homeserver.spaces.hierarchy import Spaces
 from homeserver.relations.aggregations import Aggregations
 from homeserver.relations.service import RelationsService
+from homeserver.search.service import Search
+from homeserver.reports.service import Reports
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.accounts.totp import Totp
 from homeserver.sync.typing_state import Typing
 from homeserver.accounts.uia import InteractiveAuth
 from homeserver.admin.media import AdminMedia
 from homeserver.admin.registration_tokens import RegistrationTokens
+from homeserver.admin.reports import AdminReports
 from homeserver.admin.rooms import AdminRooms
 from homeserver.admin.shared_secret import SharedSecretRegistration
 from homeserver.admin.users import AdminUsers
@@ -108,6 +112,10 @@ class HomeServer:
     upgrades: RoomUpgrades
     spaces: Spaces
     events_by_time: EventsByTime
+    search: Search
+    reports: Reports
+    admin_reports: AdminReports
+    threepids: Threepids
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -161,10 +169,11 @@ class HomeServer:
         deactivation = Deactivation(accounts, membership, store)
         media = MediaRepository(config.server_name, config.media, config.media_path(), store.media, executor,
                                 limiter)
+        emails = EmailVerifier(store, mailer, config.public_baseurl, config.registration.unverified_email_ttl_s)
         hs = cls(
             config=config, store=store, ephemeral=ephemeral, limiter=limiter, mailer=mailer,
             accounts=accounts, uia=InteractiveAuth(ephemeral),
-            emails=EmailVerifier(store, mailer, config.public_baseurl, config.registration.unverified_email_ttl_s),
+            emails=emails, threepids=Threepids(store, emails),
             login=LoginService(config.login, accounts, store, ephemeral, mailer, totp, limiter),
             totp=totp, profiles=profiles, notifier=notifier, typing=typing,
             rooms=rooms, membership=membership, chats=chats,
@@ -189,7 +198,9 @@ class HomeServer:
             email_notifier=EmailNotifier(config, store, notifications, rooms, mailer, lambda: notifier.position),
             e2ee=e2ee, upgrades=RoomUpgrades(rooms, membership, store),
             spaces=Spaces(config.server_name, rooms, membership, store, ephemeral),
-            events_by_time=EventsByTime(config.server_name, rooms, store, timeline))
+            events_by_time=EventsByTime(config.server_name, rooms, store, timeline),
+            search=Search(rooms, store, timeline, visibility, ignored),
+            reports=Reports(store, timeline, rooms), admin_reports=AdminReports(store, rooms))
         await hs.media.start()
         hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
         await hs.pushers.start(notifier.shared)

@@ -69,7 +69,8 @@ class AdminStore:
         key = USER_ORDER[order_by]
         direction = "DESC" if backwards else "ASC"
         rows = await self.db.fetchall(
-            "SELECT u.user_id, u.admin, u.user_type, u.deactivated, u.erased, u.created_ts, p.displayname,"
+            "SELECT u.user_id, u.admin, u.user_type, u.deactivated, u.erased, u.locked, u.suspended, u.created_ts,"
+            " p.displayname,"
             " p.avatar_url, (SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = u.user_id) AS last_seen_ts"
             + sql_from + f" ORDER BY ({key}) IS NULL, {key} {direction}, u.user_id {direction} LIMIT ? OFFSET ?",
             *args, limit, offset)

@@ -7,7 +7,7 @@ an older build must not write to a schema it does not understand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from storage.database import Database, DatabaseError
 
@@ -41,6 +41,111 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    # Statements one engine spells its own way (full-text search), run after the shared ones.
+    engine_statements: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+# Full-text search (POST /search). The index is kept by triggers on `events`, so every way an
+# event is stored (local, received, backfilled, an outlier joining the timeline) indexes it in
+# the same transaction at the cost of one insert, and only for the three searchable types:
+# m.room.message (content.body), m.room.name (content.name), m.room.topic (content.topic).
+# A redaction or a purge removes the entry. Rejected, soft-failed and outlier events are never
+# indexed. Keyed by the event's stream position (which an outlier changes as it joins the
+# timeline, when the entry is made).
+_SEARCHABLE = "('m.room.message', 'm.room.name', 'm.room.topic')"
+_INDEXABLE = (f"NEW.type IN {_SEARCHABLE} AND NEW.outlier = 0 AND NEW.rejected IS NULL"
+              " AND NEW.soft_failed = 0 AND NEW.redacted_by IS NULL")
+_SQLITE_VALUE = ("SELECT NEW.stream, v FROM (SELECT json_extract(NEW.json, CASE NEW.type WHEN 'm.room.message'"
+                 " THEN '$.content.body' WHEN 'm.room.name' THEN '$.content.name' ELSE '$.content.topic' END)"
+                 " AS v) WHERE typeof(v) = 'text'")
+
+SEARCH_SQLITE: tuple[str, ...] = (
+    "CREATE VIRTUAL TABLE event_search USING fts5(value, tokenize = 'porter unicode61')",
+    f"""CREATE TRIGGER event_search_insert AFTER INSERT ON events
+        WHEN {_INDEXABLE} AND json_valid(NEW.json)
+        BEGIN
+            INSERT INTO event_search (rowid, value) {_SQLITE_VALUE};
+        END""",
+    f"""CREATE TRIGGER event_search_timeline AFTER UPDATE OF outlier ON events
+        WHEN OLD.outlier = 1 AND {_INDEXABLE} AND json_valid(NEW.json)
+        BEGIN
+            INSERT INTO event_search (rowid, value) {_SQLITE_VALUE};
+        END""",
+    f"""CREATE TRIGGER event_search_redact AFTER UPDATE OF redacted_by ON events
+        WHEN OLD.redacted_by IS NULL AND NEW.redacted_by IS NOT NULL AND NEW.type IN {_SEARCHABLE}
+        BEGIN
+            DELETE FROM event_search WHERE rowid = NEW.stream OR rowid = OLD.stream;
+        END""",
+    f"""CREATE TRIGGER event_search_delete AFTER DELETE ON events WHEN OLD.type IN {_SEARCHABLE}
+        BEGIN
+            DELETE FROM event_search WHERE rowid = OLD.stream;
+        END""",
+    # What was stored before this migration.
+    f"""INSERT INTO event_search (rowid, value)
+        SELECT stream, v FROM (SELECT stream, json_extract(json, CASE type WHEN 'm.room.message'
+            THEN '$.content.body' WHEN 'm.room.name' THEN '$.content.name' ELSE '$.content.topic' END) AS v
+            FROM events WHERE type IN {_SEARCHABLE} AND outlier = 0 AND rejected IS NULL AND soft_failed = 0
+            AND redacted_by IS NULL AND json_valid(json)) WHERE typeof(v) = 'text'""",
+)
+
+SEARCH_POSTGRES: tuple[str, ...] = (
+    """CREATE TABLE event_search (
+        stream BIGINT PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        vector TSVECTOR NOT NULL
+    )""",
+    "CREATE INDEX event_search_fts ON event_search USING GIN (vector)",
+    # The searchable text of an event as stored (NULL when absent, not a string, or not readable
+    # as text: a \u0000 in a JSON string is valid JSON that PostgreSQL's text cannot hold).
+    """CREATE FUNCTION event_search_value(event_type TEXT, event_json TEXT) RETURNS TEXT
+        LANGUAGE plpgsql IMMUTABLE AS $$
+        DECLARE
+            content JSON;
+        BEGIN
+            content := event_json::json -> 'content';
+            IF event_type = 'm.room.message' THEN content := content -> 'body';
+            ELSIF event_type = 'm.room.name' THEN content := content -> 'name';
+            ELSE content := content -> 'topic';
+            END IF;
+            IF content IS NULL OR json_typeof(content) <> 'string' THEN
+                RETURN NULL;
+            END IF;
+            RETURN content #>> '{}';
+        EXCEPTION WHEN others THEN
+            RETURN NULL;
+        END $$""",
+    """CREATE FUNCTION event_search_index() RETURNS TRIGGER LANGUAGE plpgsql AS $$
+        DECLARE
+            value TEXT;
+        BEGIN
+            value := event_search_value(NEW.type, NEW.json);
+            IF value IS NOT NULL THEN
+                INSERT INTO event_search (stream, room_id, vector)
+                VALUES (NEW.stream, NEW.room_id, to_tsvector('english', value)) ON CONFLICT DO NOTHING;
+            END IF;
+            RETURN NULL;
+        END $$""",
+    """CREATE FUNCTION event_search_unindex() RETURNS TRIGGER LANGUAGE plpgsql AS $$
+        BEGIN
+            DELETE FROM event_search WHERE stream = OLD.stream;
+            IF TG_OP = 'UPDATE' THEN
+                DELETE FROM event_search WHERE stream = NEW.stream;
+            END IF;
+            RETURN NULL;
+        END $$""",
+    f"""CREATE TRIGGER event_search_insert AFTER INSERT ON events FOR EACH ROW
+        WHEN ({_INDEXABLE}) EXECUTE FUNCTION event_search_index()""",
+    f"""CREATE TRIGGER event_search_timeline AFTER UPDATE OF outlier ON events FOR EACH ROW
+        WHEN (OLD.outlier = 1 AND {_INDEXABLE}) EXECUTE FUNCTION event_search_index()""",
+    f"""CREATE TRIGGER event_search_redact AFTER UPDATE OF redacted_by ON events FOR EACH ROW
+        WHEN (OLD.redacted_by IS NULL AND NEW.redacted_by IS NOT NULL AND NEW.type IN {_SEARCHABLE})
+        EXECUTE FUNCTION event_search_unindex()""",
+    f"""CREATE TRIGGER event_search_delete AFTER DELETE ON events FOR EACH ROW
+        WHEN (OLD.type IN {_SEARCHABLE}) EXECUTE FUNCTION event_search_unindex()""",
+    f"""INSERT INTO event_search (stream, room_id, vector)
+        SELECT stream, room_id, to_tsvector('english', v) FROM (SELECT stream, room_id,
+            event_search_value(type, json) AS v FROM events WHERE type IN {_SEARCHABLE} AND outlier = 0
+            AND rejected IS NULL AND soft_failed = 0 AND redacted_by IS NULL) AS s WHERE v IS NOT NULL""",
+)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -542,6 +647,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE json LIKE '%"m.relates_to"%' AND rejected IS NULL AND outlier = 0 AND soft_failed = 0
             AND redacted_by IS NULL AND {rel_strings} AND {rel_parent} LIKE '$%' AND {rel_type} <> ''""",
     )),
+    Migration(17, "search: full-text index of messages, names and topics; reports; account locks and suspensions", (
+        # Reports (POST /rooms/{roomId}/report/{eventId}, /rooms/{roomId}/report, /users/{userId}/report):
+        # event_id and target_user_id are NULL for the kinds that have none.
+        """CREATE TABLE reports (
+            id {serial_pk},
+            kind TEXT NOT NULL,
+            received_ts BIGINT NOT NULL,
+            reporter TEXT NOT NULL,
+            room_id TEXT,
+            event_id TEXT,
+            target_user_id TEXT,
+            reason TEXT,
+            score BIGINT
+        )""",
+        "CREATE INDEX reports_kind ON reports (kind, id)",
+        # Account moderation by server admins (PUT /_matrix/client/v1/admin/lock, /admin/suspend).
+        "ALTER TABLE users ADD COLUMN locked INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE users ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0",
+    ), engine_statements={"sqlite": SEARCH_SQLITE, "postgres": SEARCH_POSTGRES}),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -578,7 +702,7 @@ async def run_migrations(db: Database, migrations: tuple[Migration, ...] = MIGRA
             done = await conn.fetchval("SELECT 1 FROM schema_version WHERE version = ?", migration.version)
             if done is not None:
                 continue
-            for statement in migration.statements:
+            for statement in migration.statements + migration.engine_statements.get(db.engine, ()):
                 for name, spelling in spellings.items():
                     statement = statement.replace("{" + name + "}", spelling)
                 await conn.execute(statement)

@@ -605,6 +605,16 @@ class RoomStore:
             user_a, user_b)
         return row is not None
 
+    async def mutual_rooms(self, user_a: str, user_b: str, after: str, limit: int) -> tuple[list[str], int]:
+        """Rooms both users are joined to, by room ID after `after`, and how many there are in all."""
+        shared = ("FROM current_state a JOIN current_state b ON a.room_id = b.room_id"
+                  " WHERE a.type = 'm.room.member' AND a.state_key = ? AND a.membership = 'join'"
+                  " AND b.type = 'm.room.member' AND b.state_key = ? AND b.membership = 'join'")
+        rows = await self.db.fetchall(f"SELECT a.room_id {shared} AND a.room_id > ? ORDER BY a.room_id LIMIT ?",
+                                      user_a, user_b, after, limit)
+        total = await self.db.fetchval(f"SELECT COUNT(*) {shared}", user_a, user_b)
+        return [r["room_id"] for r in rows], int(total or 0)
+
     async def forget(self, user_id: str, room_id: str) -> None:
         await self.db.execute("INSERT INTO forgotten_rooms (user_id, room_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                               user_id, room_id)

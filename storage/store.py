@@ -17,7 +17,9 @@ from storage.openid import OpenIdStore
 from storage.registration_tokens import RegistrationTokenStore
 from storage.push import PushStore
 from storage.relations import RelationStore
+from storage.reports import ReportStore
 from storage.rooms import RoomStore
+from storage.search import SearchStore
 from storage.server_keys import ServerKeyStore
 from storage.user_data import UserDataStore
 
@@ -26,7 +28,7 @@ def _user(row: Row) -> User:
     return User(row["user_id"], row["localpart"], row["password_hash"], row["created_ts"],
                 bool(row["deactivated"]), bool(row["email_otp_enabled"]), row["totp_secret"],
                 bool(row["totp_enabled"]), bool(row["is_guest"]), bool(row["admin"]), row["user_type"],
-                bool(row["erased"]))
+                bool(row["erased"]), bool(row["locked"]), bool(row["suspended"]))
 
 
 def _device(row: Row) -> Device:
@@ -61,6 +63,18 @@ class UserStore:
     async def get(self, user_id: str) -> User | None:
         row = await self.db.fetchone("SELECT * FROM users WHERE user_id = ?", user_id)
         return None if row is None else _user(row)
+
+    async def moderation(self, user_id: str) -> tuple[bool, bool]:
+        """(locked, suspended); both false for an unknown user."""
+        row = await self.db.fetchone("SELECT locked, suspended FROM users WHERE user_id = ?", user_id)
+        return (False, False) if row is None else (bool(row["locked"]), bool(row["suspended"]))
+
+    async def set_moderation(self, user_id: str, *, locked: bool | None = None,
+                             suspended: bool | None = None) -> None:
+        if locked is not None:
+            await self.db.execute("UPDATE users SET locked = ? WHERE user_id = ?", int(locked), user_id)
+        if suspended is not None:
+            await self.db.execute("UPDATE users SET suspended = ? WHERE user_id = ?", int(suspended), user_id)
 
     async def exists(self, user_id: str) -> bool:
         return await self.db.fetchval("SELECT 1 FROM users WHERE user_id = ?", user_id) is not None
@@ -200,6 +214,11 @@ class ThreepidStore:
     async def delete_for_user(self, user_id: str) -> None:
         await self.db.execute("DELETE FROM threepids WHERE user_id = ?", user_id)
 
+    async def delete_one(self, user_id: str, medium: str, address: str) -> bool:
+        row = await self.db.fetchone("DELETE FROM threepids WHERE user_id = ? AND medium = ? AND address = ?"
+                                     " RETURNING address", user_id, medium, address)
+        return row is not None
+
     async def release_unverified(self, medium: str, address: str, added_before: int) -> str | None:
         """Drop a claim on an address that was never verified and is older than `added_before`;
         the account that held it, or None."""
@@ -334,6 +353,8 @@ class Store:
         self.push = PushStore(db)
         self.e2ee = E2eeStore(db)
         self.relations = RelationStore(db)
+        self.search = SearchStore(db)
+        self.reports = ReportStore(db)
 
     async def ping(self) -> None:
         """One round trip to the database (health checks); raises if it does not answer."""

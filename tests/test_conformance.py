@@ -36,15 +36,18 @@ async def test_capabilities_follow_config_and_the_endpoints_served(serve: Any) -
     assert caps["m.change_password"] == {"enabled": True}
     assert caps["m.set_displayname"] == {"enabled": True}
     assert caps["m.set_avatar_url"] == {"enabled": True}
-    assert caps["m.3pid_changes"] == {"enabled": False}
+    assert caps["m.3pid_changes"] == {"enabled": True}
     assert caps["m.get_login_token"] == {"enabled": False}
     # Honest: what is enabled works, what is not is not served.
     resp = await client.put(f"{V3}/profile/@cap:test.local/displayname", headers=auth(token),
                             json={"displayname": "Cap"})
     assert resp.status == 200
-    for path in ("/_matrix/client/v1/login/get_token", f"{V3}/account/3pid/add", f"{V3}/account/3pid/delete"):
+    for path in ("/_matrix/client/v1/login/get_token",):
         resp = await client.post(path, headers=auth(token), json={})
         assert resp.status == 404, path
+    # 3pid changes are served: adding an address asks for the password first.
+    resp = await client.post(f"{V3}/account/3pid/add", headers=auth(token), json={"sid": "s", "client_secret": "c"})
+    assert resp.status == 401 and (await resp.json())["flows"] == [{"stages": ["m.login.password"]}]
     for version in ("10", "11", "12"):
         resp = await client.post(f"{V3}/createRoom", headers=auth(token), json={"room_version": version})
         assert resp.status == 200, version

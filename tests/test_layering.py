@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DOMAIN = ["accounts", "events", "rooms", "sync", "push", "e2ee", "friends", "presence"]
+DOMAIN = ["accounts", "events", "rooms", "sync", "push", "e2ee", "friends", "presence", "search", "reports", "voip"]
 
 
 def test_import_contracts_hold() -> None:

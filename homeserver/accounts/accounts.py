@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable, Sequence
 from homeserver.clock import now_ms
 from homeserver.config import Config
 from homeserver.accounts.email_verification import release_stale_claim
-from homeserver.errors import MatrixError, bad_json, forbidden, unknown_token
+from homeserver.errors import MatrixError, bad_json, forbidden, unknown_token, user_locked, user_suspended
 from homeserver.events.ids import normalise_email, user_id_for, validate_localpart
 from homeserver.accounts.models import Device, RefreshToken, Threepid, User
 from homeserver.sync.notifier import Notifier
@@ -36,6 +36,12 @@ class Requester:
     user_id: str
     device_id: str
     is_guest: bool = False
+    locked: bool = False  # the handler answers 401 M_USER_LOCKED, but for logging out
+    suspended: bool = False  # may read, not act (see require_not_suspended)
+
+    def require_not_suspended(self) -> None:
+        if self.suspended:
+            raise user_suspended()
 
 
 @dataclass(frozen=True)
@@ -90,10 +96,16 @@ class Accounts:
         self._live_tokens: dict[tuple[str, str], str] = {}
         self._notifier = notifier
         notifier.on_handler("device", self._forget_device)
+        # user -> (locked, suspended), kept like the tokens: every change is published.
+        self._moderation: dict[str, tuple[bool, bool]] = {}
+        notifier.on_handler("moderation", self._forget_moderation)
         # Called after devices are deleted or logged out (their encryption keys go with them), and
         # after a device is created or renamed: who shares a room with the user hears of it.
         self.on_devices_deleted: list[Callable[[str, Sequence[str]], Awaitable[None]]] = []
         self.on_device_updated: list[Callable[[str, str], Awaitable[None]]] = []
+
+    def _forget_moderation(self, msg: dict[str, Any]) -> None:
+        self._moderation.pop(msg["user_id"], None)
 
     def _forget_device(self, msg: dict[str, Any]) -> None:
         self._live_tokens.pop((msg["user_id"], msg["device_id"]), None)
@@ -241,6 +253,8 @@ class Accounts:
 
     async def create_session(self, user_id: str, device_id: str | None, display_name: str | None,
                              want_refresh: bool, is_guest: bool = False) -> Session:
+        if (await self.moderation(user_id))[0]:
+            raise user_locked()  # no new access token until unlocked
         device_id = device_id or _new_device_id()
         ts = now_ms()
         token_id = new_token_id()
@@ -280,7 +294,24 @@ class Accounts:
         if ts - self._last_seen.get(key, 0) > LAST_SEEN_INTERVAL_MS:
             self._last_seen[key] = ts
             await self._store.devices.touch(claims.user_id, claims.device_id, ts, ip)
-        return Requester(claims.user_id, claims.device_id, claims.is_guest)
+        locked, suspended = await self.moderation(claims.user_id)
+        return Requester(claims.user_id, claims.device_id, claims.is_guest, locked, suspended)
+
+    async def moderation(self, user_id: str) -> tuple[bool, bool]:
+        """(locked, suspended), from memory after the first request of the user."""
+        state = self._moderation.get(user_id)
+        if state is None:
+            state = await self._store.users.moderation(user_id)
+            if len(self._moderation) >= TOKEN_CACHE_SIZE:
+                self._moderation.pop(next(iter(self._moderation)))
+            self._moderation[user_id] = state
+        return state
+
+    async def set_moderation(self, user_id: str, *, locked: bool | None = None,
+                             suspended: bool | None = None) -> None:
+        await self._store.users.set_moderation(user_id, locked=locked, suspended=suspended)
+        self._moderation.pop(user_id, None)
+        await self._notifier.publish("moderation", {"user_id": user_id})
 
     async def refresh(self, refresh_token: object) -> Session:
         if not isinstance(refresh_token, str):
@@ -299,6 +330,8 @@ class Accounts:
             raise unknown_token("This refresh token has expired")
         if await self._store.devices.get(stored.user_id, stored.device_id) is None:
             raise unknown_token("This session has been logged out")
+        if (await self.moderation(stored.user_id))[0]:
+            raise user_locked()
         ts = now_ms()
         token_id = new_token_id()
         expires_ts = ts + self._config.tokens.access_token_lifetime_s * 1000

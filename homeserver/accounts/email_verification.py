@@ -73,12 +73,12 @@ class EmailVerifier:
         secret = check_client_secret(client_secret)
         if isinstance(send_attempt, bool) or not isinstance(send_attempt, int):
             raise bad_json("send_attempt must be an integer")
-        if purpose in ("register", "signup"):
+        if purpose in ("register", "signup", "add"):
             await release_stale_claim(self._store, address, self._unverified_ttl_s)
         existing = await self._store.threepids.get("email", address)
         own_unverified = (existing is not None and existing.user_id == for_user
                           and existing.validated_ts is None and purpose == "signup")
-        if purpose in ("register", "signup") and existing is not None and not own_unverified:
+        if purpose in ("register", "signup", "add") and existing is not None and not own_unverified:
             raise MatrixError(400, "M_THREEPID_IN_USE", "This email address is already registered")
         if purpose == "reset" and (existing is None or existing.validated_ts is None):
             raise MatrixError(400, "M_THREEPID_NOT_FOUND", "No account has this verified email address")
@@ -148,6 +148,7 @@ _SUBJECTS = {
     "register": "Verify your email address for Whispr",
     "signup": "Verify your email address for Whispr",
     "reset": "Reset your Whispr password",
+    "add": "Confirm the email address for your Whispr account",
 }
 
 _BODY = """Hello,

@@ -18,6 +18,7 @@ from homeserver.accounts.accounts import Accounts, Session, check_device_params
 from homeserver.clock import now_ms
 from homeserver.config import LoginConfig
 from homeserver.accounts.email_verification import new_code
+from homeserver.accounts.login_tokens import LOGIN_TOKEN, LoginTokens
 from homeserver.ephemeral import Ephemeral
 from homeserver.errors import MatrixError, bad_json, forbidden, limit_exceeded
 from homeserver.accounts.mailer import Mailer
@@ -45,6 +46,7 @@ class LoginService:
         self._mailer = mailer
         self._totp = totp
         self._limiter = limiter
+        self.tokens = LoginTokens(config, ephemeral)
 
     def flows(self) -> list[dict[str, Any]]:
         types = []
@@ -53,12 +55,17 @@ class LoginService:
         if self._config.email_otp != "off":
             types.append(LOGIN_EMAIL_OTP)
         types.append(LOGIN_TOTP)
-        return [{"type": t} for t in types]
+        flows: list[dict[str, Any]] = [{"type": t} for t in types]
+        if self.tokens.enabled:
+            flows.append({"type": LOGIN_TOKEN, "get_login_token": True})
+        return flows
 
     async def login(self, body: dict[str, Any], ip: str) -> Session:
         kind = body.get("type")
         if kind == LOGIN_TOTP or (kind == LOGIN_EMAIL_OTP and "session" in body):
             return await self._answer(body, ip)
+        if kind == LOGIN_TOKEN and self.tokens.enabled:
+            return await self._token_login(body, ip)
         if kind == LOGIN_EMAIL_OTP and self._config.email_otp == "off":
             raise MatrixError(400, "M_UNKNOWN", "Email one-time codes are not enabled on this server")
         if kind not in (LOGIN_PASSWORD, LOGIN_EMAIL_OTP):
@@ -78,6 +85,16 @@ class LoginService:
             await self._mail_code(user, state)
         await self._save(session_id, state)
         raise self._challenge(session_id, state)
+
+    async def _token_login(self, body: dict[str, Any], ip: str) -> Session:
+        """m.login.token: the token stands for a session that passed every step already."""
+        device_id, display_name = check_device_params(body.get("device_id"), body.get("initial_device_display_name"))
+        await self._limiter.check("login", ip)
+        user = await self._accounts.get_user(await self.tokens.redeem(body.get("token")))
+        if user is None or user.deactivated:
+            raise forbidden("Invalid login token")
+        return await self._accounts.create_session(user.user_id, device_id, display_name,
+                                                   body.get("refresh_token") is True)
 
     async def check_password(self, body: dict[str, Any], ip: str) -> User:
         """The password check of /login and of UIA, under the failed-attempt limits per address and

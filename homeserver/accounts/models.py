@@ -20,6 +20,8 @@ class User:
     admin: bool = False
     user_type: str | None = None   # "bot", "support" or None (Synapse's user types)
     erased: bool = False
+    locked: bool = False
+    suspended: bool = False
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,35 @@ class AdminUsers:
             raise not_found("User not found")
         return user
 
+    async def _moderated(self, user_id: str) -> User:
+        """The spec's account moderation targets: a local user (400 M_INVALID_PARAM), existing and
+        not deactivated (404)."""
+        _, server = parse_user_id(user_id)
+        if server != self._server_name:
+            raise invalid_param("Not a user of this server")
+        user = await self._store.users.get(user_id)
+        if user is None or user.deactivated:
+            raise not_found("User not found")
+        return user
+
+    async def moderation(self, user_id: str, kind: str) -> dict[str, bool]:
+        """GET /_matrix/client/v1/admin/lock|suspend/{userId}: {"locked": ...} or {"suspended": ...}."""
+        user = await self._moderated(user_id)
+        return {kind: user.locked if kind == "locked" else user.suspended}
+
+    async def set_moderation(self, admin_id: str, user_id: str, kind: str, body: dict[str, Any]) -> dict[str, bool]:
+        value = body.get(kind)
+        if not isinstance(value, bool):
+            raise bad_json(f"{kind} must be a boolean")
+        user = await self._moderated(user_id)
+        if user.admin and user.user_id != admin_id:
+            raise MatrixError(403, "M_FORBIDDEN", "Another server admin cannot be locked or suspended")
+        if kind == "locked":
+            await self._accounts.set_moderation(user.user_id, locked=value)
+        else:
+            await self._accounts.set_moderation(user.user_id, suspended=value)
+        return {kind: value}
+
     async def is_admin(self, user_id: str) -> bool:
         user = await self._store.users.get(user_id)
         return user is not None and user.admin
@@ -79,7 +108,7 @@ class AdminUsers:
             "name": r["user_id"], "is_guest": False, "admin": bool(r["admin"]), "user_type": r["user_type"],
             "deactivated": bool(r["deactivated"]), "erased": bool(r["erased"]), "shadow_banned": False,
             "displayname": r["displayname"], "avatar_url": r["avatar_url"], "creation_ts": r["created_ts"],
-            "last_seen_ts": r["last_seen_ts"], "locked": False,
+            "last_seen_ts": r["last_seen_ts"], "locked": bool(r["locked"]), "suspended": bool(r["suspended"]),
         } for r in rows]
         body: dict[str, Any] = {"users": users, "total": total}
         if offset + len(users) < total:
@@ -97,7 +126,7 @@ class AdminUsers:
             "threepids": [{"medium": t.medium, "address": t.address, "added_at": t.added_ts,
                            "validated_at": t.validated_ts} for t in threepids],
             "is_guest": False, "admin": user.admin, "deactivated": user.deactivated, "erased": user.erased,
-            "shadow_banned": False, "locked": False, "suspended": False,
+            "shadow_banned": False, "locked": user.locked, "suspended": user.suspended,
             # Synapse gives this one in seconds (its list, in ms).
             "creation_ts": user.created_ts // 1000,
             "appservice_id": None, "consent_server_notice_sent": None, "consent_version": None,

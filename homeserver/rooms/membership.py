@@ -10,7 +10,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from homeserver.errors import MatrixError, bad_json, forbidden, not_found
+from homeserver.errors import MatrixError, bad_json, forbidden, invalid_param, not_found
 from homeserver.events.event import Event
 from homeserver.events.ids import parse_user_id
 from homeserver.rooms.guest_access import GUEST_ACCESS_TYPE, allows_guests, guest_forbidden
@@ -19,6 +19,7 @@ from homeserver.rooms.rooms import Rooms
 from storage.store import Store
 
 MAX_REASON = 1024
+MUTUAL_ROOMS_BATCH = 100  # rooms per answer of GET /mutual_rooms
 PROFILE_KEYS = ("displayname", "avatar_url")
 
 log = logging.getLogger("whispr.membership")
@@ -57,6 +58,20 @@ class Membership:
         self.remote: RemoteMembership | None = None
         self._profile_rounds: dict[str, asyncio.Task[None]] = {}
         self._profile_again: set[str] = set()
+
+    async def mutual_rooms(self, user_id: str, other: str, batch: str | None) -> dict[str, Any]:
+        """GET /mutual_rooms: the rooms both are joined to, MUTUAL_ROOMS_BATCH at a time; `batch`
+        is the last room ID of the previous batch."""
+        if other == user_id:
+            raise invalid_param("user_id must be another user's")
+        parse_user_id(other)
+        if batch is not None and not batch.startswith("!"):
+            raise invalid_param("Invalid from token")
+        rooms, total = await self._store.rooms.mutual_rooms(user_id, other, batch or "", MUTUAL_ROOMS_BATCH + 1)
+        body: dict[str, Any] = {"joined": rooms[:MUTUAL_ROOMS_BATCH], "count": total}
+        if len(rooms) > MUTUAL_ROOMS_BATCH:
+            body["next_batch"] = rooms[MUTUAL_ROOMS_BATCH - 1]
+        return body
 
     async def profile_content(self, user_id: str) -> dict[str, Any]:
         profile = await self._store.profiles.get(user_id)

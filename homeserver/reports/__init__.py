@@ -1,0 +1,1 @@
+"""Reports of events, rooms and users by users to the server admins."""

@@ -1,0 +1,1 @@
+"""VoIP: TURN credentials for calls."""
