@@ -33,6 +33,7 @@ from homeserver.accounts.deactivation import Deactivation
 from homeserver.accounts.openid import OpenId
 from homeserver.friends.markers import friend_request_push_rule
 from homeserver.friends.service import Friends
+from homeserver.presence.presence import Presence
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreator
 from homeserver.rooms.guest_access import GuestEviction
@@ -99,6 +100,7 @@ class HomeServer:
     gateway: HttpGateway
     email_notifier: EmailNotifier
     e2ee: E2ee
+    presence: Presence
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -132,6 +134,9 @@ class HomeServer:
         sync = SyncService(rooms, store, notifier, typing, visibility, ignored)
         e2ee = E2ee(config.server_name, store, notifier)
         sync.e2ee = e2ee.sync
+        presence = Presence(config.server_name, config.presence, store, notifier)
+        sync.presence = presence
+        rooms.on_local_event.append(presence.event_sent)
         accounts.on_devices_deleted.append(e2ee.devices_deleted)
         accounts.on_device_updated.append(e2ee.device_updated)
         push_rules = PushRules(store, notifier)
@@ -175,8 +180,9 @@ class HomeServer:
             pushers=Pushers(store, notifications, rooms, gateway, config.push, lambda: notifier.position),
             gateway=gateway,
             email_notifier=EmailNotifier(config, store, notifications, rooms, mailer, lambda: notifier.position),
-            e2ee=e2ee)
+            e2ee=e2ee, presence=presence)
         await hs.media.start()
+        await presence.start()
         hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
         await hs.pushers.start(notifier.shared)
         if config.push.deliver:
@@ -211,6 +217,9 @@ class HomeServer:
         self.directory.remote_public_rooms = self.federation
         from federation.media import FederationMediaSource
         self.media.remote = FederationMediaSource(client)
+        from federation.presence import FederationPresence
+        self.federation.presence = FederationPresence(config.server_name, self.store, self.presence,
+                                                      self.federation.sender)
 
     async def close(self) -> None:
         if self.federation is not None:
@@ -218,6 +227,7 @@ class HomeServer:
                 await self.federation.e2ee.close()
             await self.federation.close()
             await self.federation.client.close()
+        await self.presence.close()
         await self.friends.close()
         await self.admin_rooms.close()
         await self.pushers.close()

@@ -500,6 +500,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             PRIMARY KEY (user_id, version, room_id, session_id)
         )""",
     )),
+    Migration(15, "presence: each user's last known presence (local and remote), kept across restarts", (
+        """CREATE TABLE presence (
+            user_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            status_msg TEXT,
+            last_active_ts BIGINT NOT NULL,
+            updated_ts BIGINT NOT NULL
+        )""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

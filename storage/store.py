@@ -14,6 +14,7 @@ from storage.federation import FederationStore
 from storage.friends import FriendStore
 from storage.media import MediaStore
 from storage.openid import OpenIdStore
+from storage.presence import PresenceStore
 from storage.registration_tokens import RegistrationTokenStore
 from storage.push import PushStore
 from storage.rooms import RoomStore
@@ -332,6 +333,7 @@ class Store:
         self.registration_tokens = RegistrationTokenStore(db)
         self.push = PushStore(db)
         self.e2ee = E2eeStore(db)
+        self.presence = PresenceStore(db)
 
     async def ping(self) -> None:
         """One round trip to the database (health checks); raises if it does not answer."""

@@ -44,6 +44,7 @@ class SyncFilter:
     ephemeral: EventFilter = field(default_factory=EventFilter)
     room_account_data: EventFilter = field(default_factory=EventFilter)
     account_data: EventFilter = field(default_factory=EventFilter)
+    presence: EventFilter = field(default_factory=EventFilter)
     rooms: tuple[str, ...] | None = None
     not_rooms: tuple[str, ...] = ()
     include_leave: bool = False
@@ -100,6 +101,7 @@ def parse_sync_filter(raw: Any) -> SyncFilter:
         ephemeral=parse_event_filter(room.get("ephemeral"), "room.ephemeral"),
         room_account_data=parse_event_filter(room.get("account_data"), "room.account_data"),
         account_data=parse_event_filter(raw.get("account_data"), "account_data"),
+        presence=parse_event_filter(raw.get("presence"), "presence"),
         rooms=_strings(room.get("rooms"), "room.rooms"),
         not_rooms=_strings(room.get("not_rooms"), "room.not_rooms") or (),
         include_leave=room.get("include_leave", False))
