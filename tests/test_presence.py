@@ -8,10 +8,22 @@ import json
 import time
 from typing import Any, Awaitable, Callable
 
-import pytest
+from pathlib import Path
 
+import aiohttp
+import nio
+import pytest
+from aiohttp import web
+
+from bench.servers import RunningServer, free_port, start_whispr
 from tests.rooms_helpers import User
+from tests.test_federation_forged import Peer
+from tests.test_federation_whispr import Client, federation_config, membership_in_timeline, pair, users_on_both
+from tests.test_friends_synapse import nio_sync_until, nio_user
+from tests.test_synapse_interop import peers, synapse_interpreter
 from tests.test_sync import read_sse
+
+__all__ = ["pair", "peers", "synapse_interpreter"]
 
 NOBODY_ONLINE = {"set_presence": "offline"}  # syncs that leave the syncing user's presence alone
 
@@ -229,3 +241,150 @@ async def test_presence_disabled(serve: Any) -> None:
     assert await status(bob, alice.user_id) == {"presence": "offline"}
     assert await status(alice, alice.user_id) == {"presence": "offline"}
     assert (await bob.sync(start["next_batch"]))["presence"]["events"] == []
+
+
+# --- between servers --------------------------------------------------------------------------------
+
+def presence_in(sender: str, check: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], bool]:
+    """A sync_until check: a presence event of `sender` whose content passes `check`."""
+    def found(body: dict[str, Any]) -> bool:
+        return any(e["sender"] == sender and check(e["content"]) for e in body["presence"]["events"])
+    return found
+
+
+async def test_two_whispr_servers_exchange_presence(pair: tuple[RunningServer, RunningServer]) -> None:
+    a, b = pair
+    async with aiohttp.ClientSession() as session:
+        alice, bob = await users_on_both(session, a, "alice", b, "bob")
+        room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
+        await bob.call("POST", f"/join/{room}")
+        await alice.sync_until(membership_in_timeline(room, bob.user_id, "join"))
+        await alice.call("PUT", f"/presence/{alice.user_id}/status", json={"presence": "online", "status_msg": "A"})
+        await bob.sync_until(presence_in(alice.user_id, lambda c: c.get("status_msg") == "A"))
+        seen = await bob.call("GET", f"/presence/{alice.user_id}/status")
+        assert seen["presence"] == "online" and seen["status_msg"] == "A" and seen["currently_active"] is True
+        await bob.call("PUT", f"/presence/{bob.user_id}/status", json={"presence": "unavailable", "status_msg": "B"})
+        await alice.sync_until(presence_in(bob.user_id, lambda c: c["presence"] == "unavailable"
+                                           and c.get("status_msg") == "B"))
+        assert (await alice.call("GET", f"/presence/{bob.user_id}/status"))["status_msg"] == "B"
+        # a user of B in no room with A's users: A does not show them
+        carol = await Client.register(session, b, "carol")
+        await carol.call("GET", f"/presence/{alice.user_id}/status", expect=403)
+
+
+class EduPeer(Peer):
+    """A peer that keeps the EDUs it receives."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.edus: list[dict[str, Any]] = []
+
+    async def _send(self, request: web.Request) -> web.Response:
+        self.edus += (await request.json()).get("edus", [])
+        return web.json_response({"pdus": {}})
+
+    def presence_pushes(self) -> list[dict[str, Any]]:
+        return [item for e in self.edus if e.get("edu_type") == "m.presence" for item in e["content"]["push"]]
+
+    async def send_presence(self, destination: str, push: list[dict[str, Any]], txn: str) -> None:
+        await self.client.put_json(destination, f"/_matrix/federation/v1/send/{txn}", {
+            "origin": self.name, "origin_server_ts": int(time.time() * 1000), "pdus": [],
+            "edus": [{"edu_type": "m.presence", "content": {"push": push}}]})
+
+
+async def test_presence_with_a_hand_built_peer_and_forged_edus(tmp_path: Path) -> None:
+    peer = EduPeer(tmp_path)
+    await peer.start()
+    server = await asyncio.to_thread(start_whispr, server_name=f"127.0.0.1:{free_port()}",
+                                     extra_config=federation_config())
+    try:
+        async with aiohttp.ClientSession() as session:
+            alice = await Client.register(session, server, "alice")
+            room = (await alice.call("POST", "/createRoom",
+                                     json={"preset": "public_chat", "room_version": "10"}))["room_id"]
+            mallory, stranger = f"@mallory:{peer.name}", f"@stranger:{peer.name}"
+            await peer.join(server.server_name, room, mallory)
+            await alice.sync_until(membership_in_timeline(room, mallory, "join"))
+            await alice.call("PUT", f"/presence/{alice.user_id}/status",
+                             json={"presence": "online", "status_msg": "real"})
+            # ours reaches the peer, once per change (not per sync)
+            for _ in range(3):
+                await alice.call("GET", "/sync", params={"timeout": "0"})
+            await eventually_true(lambda: any(p["user_id"] == alice.user_id and p.get("status_msg") == "real"
+                                              for p in peer.presence_pushes()))
+            await asyncio.sleep(1)
+            mine = [p for p in peer.presence_pushes() if p["user_id"] == alice.user_id]
+            assert len(mine) <= 2 and mine[-1]["presence"] == "online" and mine[-1]["currently_active"] is True
+            assert isinstance(mine[-1]["last_active_ago"], int)
+
+            # forged: the peer speaks for our alice, for another server's user and a malformed item;
+            # and for its own user who shares no room with us; only mallory's own update counts
+            await peer.send_presence(server.server_name, [
+                {"user_id": alice.user_id, "presence": "offline", "status_msg": "forged"},
+                {"user_id": "@eve:other.example", "presence": "online"},
+                {"user_id": stranger, "presence": "online", "status_msg": "not here"},
+                {"user_id": mallory, "presence": "bogus"},
+                "not an object",
+                {"user_id": mallory, "presence": "online", "status_msg": "from peer", "currently_active": True,
+                 "last_active_ago": 5000},
+            ], "p1")
+            await alice.sync_until(presence_in(mallory, lambda c: c.get("status_msg") == "from peer"))
+            seen = await alice.call("GET", f"/presence/{mallory}/status")
+            assert seen["presence"] == "online" and seen["last_active_ago"] >= 5000
+            own = await alice.call("GET", f"/presence/{alice.user_id}/status")
+            assert own["presence"] == "online" and own["status_msg"] == "real"
+            bob = await Client.register(session, server, "bob")
+            await bob.call("POST", f"/join/{room}")
+            body = await bob.call("GET", "/sync", params={"set_presence": "offline"})
+            assert {e["sender"] for e in body["presence"]["events"]} >= {mallory, alice.user_id}
+            assert stranger not in {e["sender"] for e in body["presence"]["events"]}
+            # dropped, not kept: once the stranger joins, what was sent before does not show
+            await peer.join(server.server_name, room, stranger)
+            await alice.sync_until(membership_in_timeline(room, stranger, "join"))
+            assert await alice.call("GET", f"/presence/{stranger}/status") == {"presence": "offline"}
+            assert f"sent presence for {alice.user_id}, not one of its users" in server.log_path.read_text()
+    finally:
+        await asyncio.to_thread(server.stop)
+        await peer.close()
+
+
+async def eventually_true(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+async def test_presence_with_synapse(peers: tuple[RunningServer, RunningServer]) -> None:
+    """A Synapse user (matrix-nio) and ours in one room see each other's presence, both ways."""
+    whispr, synapse = peers
+    async with aiohttp.ClientSession() as session:
+        wanda = await Client.register(session, whispr, "wanda")
+        sam = await nio_user(session, synapse, "sam")
+        try:
+            room = (await wanda.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
+            await sam.sync(timeout=0)
+            await wanda.call("POST", f"/rooms/{room}/invite", json={"user_id": sam.user_id})
+            await nio_sync_until(sam, lambda r: room in r.rooms.invite)
+            assert isinstance(await sam.join(room), nio.JoinResponse)
+            await wanda.sync_until(membership_in_timeline(room, sam.user_id, "join"))
+            # Whispr -> Synapse
+            await wanda.call("PUT", f"/presence/{wanda.user_id}/status",
+                             json={"presence": "online", "status_msg": "from whispr"})
+
+            def wanda_seen(resp: nio.SyncResponse) -> bool:
+                return any(getattr(e, "user_id", None) == wanda.user_id and e.status_msg == "from whispr"
+                           for e in resp.presence_events)
+            await nio_sync_until(sam, wanda_seen)
+            got = await sam.get_presence(wanda.user_id)
+            assert isinstance(got, nio.PresenceGetResponse), got
+            assert got.presence == "online" and got.status_msg == "from whispr"
+            # Synapse -> Whispr
+            assert isinstance(await sam.set_presence("unavailable", "from synapse"), nio.PresenceSetResponse)
+            await wanda.sync_until(presence_in(sam.user_id, lambda c: c["presence"] == "unavailable"
+                                               and c.get("status_msg") == "from synapse"), timeout=60)
+            seen = await wanda.call("GET", f"/presence/{sam.user_id}/status")
+            assert seen["presence"] == "unavailable" and seen["status_msg"] == "from synapse"
+        finally:
+            await sam.close()
