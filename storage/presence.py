@@ -26,12 +26,15 @@ class PresenceStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def put(self, row: PresenceRow, now: int) -> None:
-        await self.db.execute(
-            "INSERT INTO presence (user_id, state, status_msg, last_active_ts, updated_ts) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, status_msg = excluded.status_msg,"
-            " last_active_ts = excluded.last_active_ts, updated_ts = excluded.updated_ts",
-            row.user_id, row.state, row.status_msg, row.last_active_ts, now)
+    async def put_many(self, rows: list[PresenceRow], now: int) -> None:
+        """Write these states in one transaction (a user at most once)."""
+        latest = {r.user_id: r for r in rows}
+        async with self.db.transaction() as tx:
+            await tx.executemany(
+                "INSERT INTO presence (user_id, state, status_msg, last_active_ts, updated_ts) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, status_msg = excluded.status_msg,"
+                " last_active_ts = excluded.last_active_ts, updated_ts = excluded.updated_ts",
+                [(r.user_id, r.state, r.status_msg, r.last_active_ts, now) for r in latest.values()])
 
     async def all(self) -> list[PresenceRow]:
         rows = await self.db.fetchall("SELECT user_id, state, status_msg, last_active_ts FROM presence")
@@ -54,8 +57,13 @@ class PresenceStore:
             " LIMIT 1", user_id, _like_suffix(server_name))
         return row is not None
 
-    async def joined_rooms(self, user_id: str) -> list[str]:
-        rows = await self.db.fetchall(
-            "SELECT room_id FROM current_state WHERE type = 'm.room.member' AND state_key = ?"
-            " AND membership = 'join'", user_id)
-        return [r["room_id"] for r in rows]
+    async def joined_rooms_of(self, user_ids: list[str]) -> list[str]:
+        """The rooms any of these users is joined to."""
+        found: set[str] = set()
+        for start in range(0, len(user_ids), 500):  # bounded statements
+            chunk = user_ids[start:start + 500]
+            rows = await self.db.fetchall(
+                "SELECT DISTINCT room_id FROM current_state WHERE type = 'm.room.member' AND membership = 'join'"
+                f" AND state_key IN ({', '.join('?' * len(chunk))})", *chunk)
+            found.update(r["room_id"] for r in rows)
+        return sorted(found)

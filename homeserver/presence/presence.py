@@ -43,6 +43,13 @@ FEDERATION_PING_MS = 25 * 60_000
 FEDERATION_FLUSH_S = 0.2
 # Changes a sync reads at most; older ones are then left out (presence is best effort).
 MAX_CHANGES_PER_SYNC = 1000
+# Timeouts stored and announced together at most.
+TIMEOUT_BATCH = 500
+
+
+def presence_key(key: str) -> str:
+    """The notifier key under which a sync that takes presence waits for a room's or user's changes."""
+    return "presence|" + key
 
 
 @dataclass(frozen=True)
@@ -197,7 +204,7 @@ class Presence:
         now = now_ms()
         for new in updates:
             self._heard[new.user_id] = now
-            await self._update(self.get(new.user_id), new, now)
+        await self._update_many([(self.get(new.user_id), new) for new in updates], now)
 
     # --- reading ---------------------------------------------------------------------
 
@@ -212,6 +219,10 @@ class Presence:
             if link is None or link.state != FRIENDS:
                 raise forbidden("You are not allowed to see their presence")
         return self.get(user_id).content(now_ms())
+
+    def wait_keys(self, user_id: str, rooms: list[str]) -> list[str]:
+        """What a sync that takes presence waits on besides its usual keys."""
+        return [presence_key(user_id), *map(presence_key, rooms)] if self.enabled else []
 
     def changed_since(self, serial: int) -> bool:
         return self.serial > serial
@@ -232,36 +243,47 @@ class Presence:
     # --- keeping it -----------------------------------------------------------------
 
     async def _update(self, prev: UserPresence, new: UserPresence, now: int) -> None:
-        """Store, replicate and announce a change; activity alone is replicated once a granularity."""
-        if new == prev:
+        await self._update_many([(prev, new)], now)
+
+    async def _update_many(self, changes: list[tuple[UserPresence, UserPresence]], now: int) -> None:
+        """Store, replicate and announce changes, in one write and one message however many (the
+        timeouts of many users fall due together); activity alone is kept once a granularity."""
+        kept = [(prev, new) for prev, new in changes if prev.notable_change(new)
+                or new.last_active_ts - prev.last_active_ts >= LAST_ACTIVE_GRANULARITY_MS]
+        if not kept:
             return
-        notable = prev.notable_change(new)
-        if not notable and new.last_active_ts - prev.last_active_ts < LAST_ACTIVE_GRANULARITY_MS:
-            return
-        await self._store.presence.put(PresenceRow(new.user_id, new.state, new.status_msg, new.last_active_ts), now)
-        rooms = await self._store.presence.joined_rooms(new.user_id) if notable else []
+        await self._store.presence.put_many(
+            [PresenceRow(new.user_id, new.state, new.status_msg, new.last_active_ts) for _, new in kept], now)
+        notable = [new.user_id for prev, new in kept if prev.notable_change(new)]
+        rooms = await self._store.presence.joined_rooms_of(notable) if notable else []
         await self._notifier.publish("presence", {
-            "user_id": new.user_id, "state": new.state, "status_msg": new.status_msg,
-            "last_active_ts": new.last_active_ts, "currently_active": new.currently_active,
+            "updates": [{"user_id": new.user_id, "state": new.state, "status_msg": new.status_msg,
+                         "last_active_ts": new.last_active_ts, "currently_active": new.currently_active}
+                        for _, new in kept],
             "notable": notable, "rooms": rooms})
-        if notable and self._is_local(new.user_id) and self.on_local_change:
-            self._to_servers(new, now)
+        if self.on_local_change:
+            for prev, new in kept:
+                if prev.notable_change(new) and self._is_local(new.user_id):
+                    self._to_servers(new, now)
 
     def _apply(self, msg: dict[str, Any]) -> None:
         try:
-            user_id = str(msg["user_id"])
-            state = UserPresence(user_id, str(msg["state"]), msg.get("status_msg"), int(msg["last_active_ts"]),
-                                 bool(msg.get("currently_active")))
+            states = [UserPresence(str(u["user_id"]), str(u["state"]), u.get("status_msg"), int(u["last_active_ts"]),
+                                   bool(u.get("currently_active"))) for u in msg["updates"]]
+            notable = [str(u) for u in msg.get("notable") or []]
             rooms = [str(r) for r in msg.get("rooms") or []]
         except (KeyError, TypeError, ValueError):
             log.warning("ignoring a malformed presence message")
             return
-        self._states[user_id] = state
-        if msg.get("notable"):
+        for state in states:
+            self._states[state.user_id] = state
+        if notable:
             self.serial = max(now_ms(), self.serial + 1)
-            self._changes.pop(user_id, None)
-            self._changes[user_id] = self.serial
-            self._notifier.wake([user_id, *rooms])
+            for user_id in notable:
+                self._changes.pop(user_id, None)
+                self._changes[user_id] = self.serial
+            # Only syncs that take presence wait on these keys (see wait_keys).
+            self._notifier.wake([presence_key(k) for k in (*notable, *rooms)])
 
     def _apply_sync(self, msg: dict[str, Any]) -> None:
         user_id, ts = msg.get("user_id"), msg.get("ts")
@@ -298,14 +320,14 @@ class Presence:
         """Idle and offline timeouts, `currently_active` running out, and the federation pings."""
         for user_id in list(self._syncing):
             await self._synced(user_id, now)
+        changes: list[tuple[UserPresence, UserPresence]] = []
         for user_id, prev in list(self._states.items()):
             if prev.state == OFFLINE:
                 continue
             new = prev
             if not self._is_local(user_id):
                 if now - self._heard.get(user_id, now) > REMOTE_TIMEOUT_MS:
-                    new = replace(prev, state=OFFLINE, currently_active=False)
-                await self._update(prev, new, now)
+                    changes.append((prev, replace(prev, state=OFFLINE, currently_active=False)))
                 continue
             if new.state == ONLINE and now - new.last_active_ts > self._idle_ms:
                 new = replace(new, state=UNAVAILABLE, currently_active=False)
@@ -315,6 +337,8 @@ class Presence:
                     and now - max(self._last_sync.get(user_id, 0), new.last_active_ts) > self._sync_timeout_ms):
                 new = replace(new, state=OFFLINE, currently_active=False)
             if new != prev:
-                await self._update(prev, new, now)
-            elif self.on_local_change and now - self._sent.get(user_id, now) > FEDERATION_PING_MS:
+                changes.append((prev, new))
+            elif self.on_local_change and now - self._sent.get(user_id, 0) > FEDERATION_PING_MS:
                 self._to_servers(prev, now)
+        for start in range(0, len(changes), TIMEOUT_BATCH):
+            await self._update_many(changes[start:start + TIMEOUT_BATCH], now)

@@ -27,10 +27,13 @@ class EventFilter:
     include_redundant_members: bool = False
     unread_thread_notifications: bool = False
 
-    def allows(self, event_type: str, sender: str) -> bool:
+    def allows_type(self, event_type: str) -> bool:
         if any(fnmatch.fnmatchcase(event_type, p) for p in self.not_types):
             return False
-        if self.types is not None and not any(fnmatch.fnmatchcase(event_type, p) for p in self.types):
+        return self.types is None or any(fnmatch.fnmatchcase(event_type, p) for p in self.types)
+
+    def allows(self, event_type: str, sender: str) -> bool:
+        if not self.allows_type(event_type):
             return False
         if sender in self.not_senders:
             return False

@@ -135,7 +135,10 @@ class SyncService:
                 return result
             if self.current_token() != upto:
                 continue
-            await self._notifier.wait([who.user_id, *result.joined_rooms], remaining)
+            keys = [who.user_id, *result.joined_rooms]
+            if self.presence is not None and filt.presence.limit != 0 and filt.presence.allows_type("m.presence"):
+                keys += self.presence.wait_keys(who.user_id, result.joined_rooms)
+            await self._notifier.wait(keys, remaining)
 
     async def _compute(self, who: Requester, since: SyncToken | None, upto: SyncToken, full_state: bool,
                        filt: SyncFilter) -> SyncResult:
@@ -221,7 +224,7 @@ class SyncService:
             return []
         if since is not None and not presence.changed_since(since.presence):
             return []  # the common case: one comparison
-        if filt.presence.limit == 0:
+        if filt.presence.limit == 0 or not filt.presence.allows_type("m.presence"):
             return []
         if since is None:
             states = presence.known(await self._store.presence.users_sharing_rooms(user_id) | {user_id})
