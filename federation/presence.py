@@ -4,6 +4,7 @@ a room with one of ours."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from typing import Any
@@ -11,12 +12,16 @@ from typing import Any
 from federation.ingest import server_of
 from federation.sender import FederationSender
 from homeserver.clock import now_ms
-from homeserver.presence.presence import MAX_STATUS_MSG, STATES, Presence, UserPresence
+from homeserver.events.event import Event
+from homeserver.presence.presence import MAX_STATUS_MSG, OFFLINE, STATES, Presence, UserPresence
 from storage.store import Store
 
 log = logging.getLogger("whispr.federation.presence")
 
 MAX_PUSH = 500  # presence updates taken from one EDU
+# A server that joined one of our rooms may still be storing the room when our answer to its
+# send_join arrives; presence sent at once would find it sharing no room with us, and be dropped.
+JOIN_DELAY_S = 2.0
 
 
 class FederationPresence:
@@ -25,7 +30,45 @@ class FederationPresence:
         self._store = store
         self._presence = presence
         self._sender = sender
+        self._tasks: set[asyncio.Task[None]] = set()
         presence.on_local_change.append(self.send)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def member_event(self, event: Event) -> None:
+        """A `Rooms.on_event` hook: on a join, the joining user's server hears of our users' presence in
+        the room, or, when the joiner is ours, the room's other servers hear of theirs (as Synapse does),
+        so that nobody reads offline until the next change. Done aside: the hook holds the room."""
+        if (event.type != "m.room.member" or event.membership != "join" or not event.state_key
+                or not self._presence.enabled):
+            return
+        task = asyncio.create_task(self._joined(event.room_id, event.state_key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _joined(self, room_id: str, user_id: str) -> None:
+        now = now_ms()
+        server = server_of(user_id)
+        try:
+            if server == self._server_name:
+                state = self._presence.get(user_id)
+                servers = await self._store.rooms.room_servers(room_id) - {self._server_name}
+                if state.state != OFFLINE and servers:
+                    await self._sender.send_edu(servers, "m.presence", {"push": [_push_item(state, now)]})
+                return
+            await asyncio.sleep(JOIN_DELAY_S)
+            members = await self._store.rooms.members(room_id, "join")
+            if sum(1 for u in members if server_of(u) == server) > 1:
+                return  # that server was in the room already and knows
+            states = [self._presence.get(u) for u in members if server_of(u) == self._server_name]
+            push = [_push_item(p, now) for p in states if p.state != OFFLINE]
+            if push:
+                await self._sender.send_edu([server], "m.presence", {"push": push})
+        except Exception:
+            log.exception("telling servers of presence after a join in %s failed", room_id)
 
     async def send(self, batch: list[UserPresence]) -> None:
         """Queue each destination one EDU with the updates of the users it shares a room with."""

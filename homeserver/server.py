@@ -220,11 +220,14 @@ class HomeServer:
         from federation.presence import FederationPresence
         self.federation.presence = FederationPresence(config.server_name, self.store, self.presence,
                                                       self.federation.sender)
+        self.rooms.on_event.append(self.federation.presence.member_event)
 
     async def close(self) -> None:
         if self.federation is not None:
             if self.federation.e2ee is not None:
                 await self.federation.e2ee.close()
+            if self.federation.presence is not None:
+                await self.federation.presence.close()
             await self.federation.close()
             await self.federation.client.close()
         await self.presence.close()

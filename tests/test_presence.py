@@ -257,8 +257,14 @@ async def test_two_whispr_servers_exchange_presence(pair: tuple[RunningServer, R
     async with aiohttp.ClientSession() as session:
         alice, bob = await users_on_both(session, a, "alice", b, "bob")
         room = (await alice.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
-        await bob.call("POST", f"/join/{room}")
+        # set before they share a room: the join brings both to the other side
+        await alice.call("PUT", f"/presence/{alice.user_id}/status", json={"presence": "online", "status_msg": "a0"})
+        await bob.call("PUT", f"/presence/{bob.user_id}/status", json={"presence": "online", "status_msg": "b0"})
+        await asyncio.sleep(1)
+        await bob.call("POST", f"/join/{room}", params={"server_name": a.server_name})
         await alice.sync_until(membership_in_timeline(room, bob.user_id, "join"))
+        await alice.sync_until(presence_in(bob.user_id, lambda c: c.get("status_msg") == "b0"), timeout=20)
+        await bob.sync_until(presence_in(alice.user_id, lambda c: c.get("status_msg") == "a0"), timeout=20)
         await alice.call("PUT", f"/presence/{alice.user_id}/status", json={"presence": "online", "status_msg": "A"})
         await bob.sync_until(presence_in(alice.user_id, lambda c: c.get("status_msg") == "A"))
         seen = await bob.call("GET", f"/presence/{alice.user_id}/status")
@@ -364,19 +370,25 @@ async def test_presence_with_synapse(peers: tuple[RunningServer, RunningServer])
         sam = await nio_user(session, synapse, "sam")
         try:
             room = (await wanda.call("POST", "/createRoom", json={"preset": "public_chat"}))["room_id"]
+            # set before Synapse is in the room: its joining brings it
+            await wanda.call("PUT", f"/presence/{wanda.user_id}/status",
+                             json={"presence": "online", "status_msg": "before"})
+            await asyncio.sleep(1)  # gone out (to nobody) before the invite
             await sam.sync(timeout=0)
             await wanda.call("POST", f"/rooms/{room}/invite", json={"user_id": sam.user_id})
             await nio_sync_until(sam, lambda r: room in r.rooms.invite)
             assert isinstance(await sam.join(room), nio.JoinResponse)
             await wanda.sync_until(membership_in_timeline(room, sam.user_id, "join"))
-            # Whispr -> Synapse
+
+            def wanda_says(status_msg: str) -> Callable[[nio.SyncResponse], bool]:
+                return lambda resp: any(getattr(e, "user_id", None) == wanda.user_id and e.status_msg == status_msg
+                                        for e in resp.presence_events)
+            # well before `currently_active` runs out (60 s), which would bring it too
+            await asyncio.wait_for(nio_sync_until(sam, wanda_says("before")), 25)
+            # Whispr -> Synapse: a change
             await wanda.call("PUT", f"/presence/{wanda.user_id}/status",
                              json={"presence": "online", "status_msg": "from whispr"})
-
-            def wanda_seen(resp: nio.SyncResponse) -> bool:
-                return any(getattr(e, "user_id", None) == wanda.user_id and e.status_msg == "from whispr"
-                           for e in resp.presence_events)
-            await nio_sync_until(sam, wanda_seen)
+            await nio_sync_until(sam, wanda_says("from whispr"))
             got = await sam.get_presence(wanda.user_id)
             assert isinstance(got, nio.PresenceGetResponse), got
             assert got.presence == "online" and got.status_msg == "from whispr"
