@@ -148,6 +148,7 @@ class HomeServer:
         gateway = HttpGateway(AddressGuard(config.push.allowed_private_ranges), config.push.gateway_timeout_s)
         guest_eviction = GuestEviction(rooms, store)
         timeline = Timeline(rooms, store, sync.current_token, visibility, ignored)
+        timeline.presence = presence.events_of
         rooms.on_stored.append(guest_eviction.observe)
         profiles = Profiles(store, config.server_name, membership)
         chats = Chats(rooms, membership, RoomCreator(rooms, membership, store, config.rooms.default_version),

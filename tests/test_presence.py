@@ -400,3 +400,14 @@ async def test_presence_with_synapse(peers: tuple[RunningServer, RunningServer])
             assert seen["presence"] == "unavailable" and seen["status_msg"] == "from synapse"
         finally:
             await sam.close()
+
+
+async def test_room_initial_sync_carries_members_presence(client: Any) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(preset="public_chat")
+    await bob.call("POST", f"/join/{room}")
+    await alice.call("PUT", f"/presence/{alice.user_id}/status", json={"presence": "unavailable", "status_msg": "z"})
+    body = await bob.call("GET", f"/rooms/{room}/initialSync")
+    got = {e["sender"]: e["content"] for e in body["presence"]}
+    assert got[alice.user_id]["presence"] == "unavailable" and got[alice.user_id]["status_msg"] == "z"
+    assert all(e["type"] == "m.presence" for e in body["presence"])

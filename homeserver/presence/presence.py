@@ -236,6 +236,12 @@ class Presence:
             out.append(self.get(user_id))
         return out
 
+    def events_of(self, user_ids: list[str]) -> list[dict[str, Any]]:
+        """`m.presence` events of those of these users who are not offline (room initialSync)."""
+        now = now_ms()
+        return [{"type": "m.presence", "sender": p.user_id, "content": p.content(now)}
+                for p in self.known(set(user_ids))] if self.enabled else []
+
     def known(self, user_ids: set[str]) -> list[UserPresence]:
         """The presence of those of these users who are not offline (for an initial sync)."""
         return [p for u in user_ids if (p := self._states.get(u)) is not None and p.state != OFFLINE]
