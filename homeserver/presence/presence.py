@@ -96,6 +96,7 @@ class Presence:
         self._store = store
         self._notifier = notifier
         self._states: dict[str, UserPresence] = {}
+        self._not_offline: set[str] = set()  # what the timeouts look at
         # user -> serial of their last notable change, in serial order (a user moves to the end).
         self._changes: dict[str, int] = {}
         self.serial = 0
@@ -121,6 +122,8 @@ class Presence:
         now = now_ms()
         for row in await self._store.presence.all():
             self._states[row.user_id] = UserPresence(row.user_id, row.state, row.status_msg, row.last_active_ts)
+            if row.state != OFFLINE:
+                self._not_offline.add(row.user_id)
             # A grace period: clients that were syncing before a restart come back within the timeout.
             (self._last_sync if self._is_local(row.user_id) else self._heard)[row.user_id] = now
         tick_s = min(5.0, max(0.05, min(self._idle_ms, self._sync_timeout_ms) / 4000))
@@ -283,6 +286,10 @@ class Presence:
             return
         for state in states:
             self._states[state.user_id] = state
+            if state.state == OFFLINE:
+                self._not_offline.discard(state.user_id)
+            else:
+                self._not_offline.add(state.user_id)
         if notable:
             self.serial = max(now_ms(), self.serial + 1)
             for user_id in notable:
@@ -327,7 +334,8 @@ class Presence:
         for user_id in list(self._syncing):
             await self._synced(user_id, now)
         changes: list[tuple[UserPresence, UserPresence]] = []
-        for user_id, prev in list(self._states.items()):
+        for user_id in list(self._not_offline):
+            prev = self.get(user_id)
             if prev.state == OFFLINE:
                 continue
             new = prev
