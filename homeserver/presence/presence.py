@@ -52,7 +52,7 @@ def presence_key(key: str) -> str:
     return "presence|" + key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UserPresence:
     user_id: str
     state: str = OFFLINE
