@@ -154,7 +154,7 @@ async def test_set_presence_parameter(client: Any) -> None:
 
 
 async def test_sending_makes_online_and_idle_makes_unavailable(serve: Any) -> None:
-    client = await serve(presence={"idle_timeout_ms": 700, "sync_timeout_ms": 60_000})
+    client = await serve(presence={"idle_timeout_ms": 1500, "sync_timeout_ms": 60_000})
     alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
     room = await alice.create_room(preset="public_chat")
     await bob.call("POST", f"/join/{room}")
