@@ -218,7 +218,7 @@ class Timeline:
             "presence": [],
             "receipts": [],
         }
-        if reading.current and self.presence is not None:  # members' presence, as of now
+        if reading.joined and reading.current and self.presence is not None:  # for members only, as of now
             body["presence"] = self.presence([e.state_key for e in state.values() if e.type == "m.room.member"
                                               and e.membership == "join" and e.state_key])
         if reading.current:  # receipts as of now; none for those who left
