@@ -114,7 +114,7 @@ class Presence:
         notifier.on_handler("presence_sync", self._apply_sync)
 
     def _is_local(self, user_id: str) -> bool:
-        return user_id.endswith(":" + self._server_name)
+        return user_id.split(":", 1)[-1] == self._server_name
 
     async def start(self) -> None:
         if not self.enabled:
