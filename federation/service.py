@@ -52,6 +52,8 @@ class Federation:
         membership.remote = self
         # Encryption EDUs (federation/e2ee.py), wired in by the server.
         self.e2ee: Any = None
+        # Presence EDUs (federation/presence.py), wired in by the server.
+        self.presence: Any = None
 
     async def start(self) -> None:
         await self.sender.start()
@@ -181,4 +183,6 @@ class Federation:
                             log.info("ignoring a receipt from %s: %s", origin, e.error)
         elif kind in E2EE_EDUS and self.e2ee is not None:
             await self.e2ee.receive_edu(origin, kind, content)
-        # m.presence and others: accepted and ignored for now.
+        elif kind == "m.presence" and self.presence is not None:
+            await self.presence.receive(origin, content)
+        # Others: accepted and ignored.

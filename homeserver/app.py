@@ -7,9 +7,8 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from client_api import (account, admin, devices, directory, friends, health, keys, login, media, notifications,
-                        profile, push_rules, pushers, register, relations, reports, room_keys, rooms, search,
-                        spaces, sync, thirdparty,
-                        to_device, user_data, versions, wellknown, whispr)
+                        presence, profile, push_rules, pushers, register, relations, reports, room_keys, rooms,
+                        search, spaces, sync, thirdparty, to_device, user_data, versions, wellknown, whispr)
 from homeserver.web.requests import HS
 from homeserver.web.error_middleware import matrix_errors
 from homeserver.config import Config
@@ -34,6 +33,6 @@ def make_app(config: Config) -> web.Application:
         setup_well_known(app, config)
     for module in (health, versions, wellknown, login, register, account, devices, profile, whispr, rooms, sync,
                    user_data, directory, media, friends, admin, push_rules, pushers, notifications, keys, to_device,
-                   room_keys, spaces, relations, search, reports, thirdparty):
+                   room_keys, spaces, relations, search, reports, thirdparty, presence):
         module.setup(app)
     return app

@@ -188,6 +188,17 @@ class VoipConfig:
 
 
 @dataclass
+class PresenceConfig:
+    # false (as Synapse's presence.enabled): PUT /presence is accepted and forgotten, everyone reads
+    # as offline, nothing is sent to or taken from other servers.
+    enabled: bool = True
+    # An online user without activity (sending events, setting presence) this long becomes unavailable.
+    idle_timeout_ms: int = 300_000
+    # A user who stopped syncing (and did nothing else) this long goes offline.
+    sync_timeout_ms: int = 30_000
+
+
+@dataclass
 class LimitsConfig:
     max_request_body_bytes: int = 1024 * 1024
     # Both listeners: a request head (line and headers) must arrive within this time of its
@@ -329,6 +340,7 @@ class Config:
     user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
     voip: VoipConfig = field(default_factory=VoipConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
 
     @property
     def data_path(self) -> Path:

@@ -34,6 +34,7 @@ from homeserver.accounts.openid import OpenId
 from homeserver.accounts.threepids import Threepids
 from homeserver.friends.markers import friend_request_push_rule
 from homeserver.friends.service import Friends
+from homeserver.presence.presence import Presence
 from homeserver.ratelimit import RateLimiter
 from homeserver.rooms.creation import RoomCreator
 from homeserver.rooms.guest_access import GuestEviction
@@ -116,6 +117,7 @@ class HomeServer:
     reports: Reports
     admin_reports: AdminReports
     threepids: Threepids
+    presence: Presence
     # The federation side (keys, client, inbound pipeline, outbound queue); None when disabled.
     federation: Any = None
     keyring: Any = None
@@ -150,6 +152,9 @@ class HomeServer:
         sync = SyncService(rooms, store, notifier, typing, visibility, ignored, aggregations)
         e2ee = E2ee(config.server_name, store, notifier)
         sync.e2ee = e2ee.sync
+        presence = Presence(config.server_name, config.presence, store, notifier)
+        sync.presence = presence
+        rooms.on_local_event.append(presence.event_sent)
         accounts.on_devices_deleted.append(e2ee.devices_deleted)
         accounts.on_device_updated.append(e2ee.device_updated)
         push_rules = PushRules(store, notifier)
@@ -162,6 +167,7 @@ class HomeServer:
         gateway = HttpGateway(AddressGuard(config.push.allowed_private_ranges), config.push.gateway_timeout_s)
         guest_eviction = GuestEviction(rooms, store)
         timeline = Timeline(rooms, store, sync.current_token, visibility, ignored, aggregations)
+        timeline.presence = presence.events_of
         rooms.on_stored.append(guest_eviction.observe)
         profiles = Profiles(store, config.server_name, membership)
         creator = RoomCreator(rooms, membership, store, config.rooms.default_version)
@@ -200,8 +206,10 @@ class HomeServer:
             spaces=Spaces(config.server_name, rooms, membership, store, ephemeral),
             events_by_time=EventsByTime(config.server_name, rooms, store, timeline),
             search=Search(rooms, store, timeline, visibility, ignored),
-            reports=Reports(store, timeline, rooms), admin_reports=AdminReports(store, rooms))
+            reports=Reports(store, timeline, rooms), admin_reports=AdminReports(store, rooms),
+            presence=presence)
         await hs.media.start()
+        await presence.start()
         hs.deactivation.on_deactivated += [hs.pushers.remove_user, hs.email_notifier.remove_user]
         await hs.pushers.start(notifier.shared)
         if config.push.deliver:
@@ -238,13 +246,20 @@ class HomeServer:
         self.events_by_time.remote = self.federation
         from federation.media import FederationMediaSource
         self.media.remote = FederationMediaSource(client)
+        from federation.presence import FederationPresence
+        self.federation.presence = FederationPresence(config.server_name, self.store, self.presence,
+                                                      self.federation.sender)
+        self.rooms.on_event.append(self.federation.presence.member_event)
 
     async def close(self) -> None:
         if self.federation is not None:
             if self.federation.e2ee is not None:
                 await self.federation.e2ee.close()
+            if self.federation.presence is not None:
+                await self.federation.presence.close()
             await self.federation.close()
             await self.federation.client.close()
+        await self.presence.close()
         await self.friends.close()
         await self.admin_rooms.close()
         await self.pushers.close()

@@ -666,6 +666,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE users ADD COLUMN locked INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE users ADD COLUMN suspended INTEGER NOT NULL DEFAULT 0",
     ), engine_statements={"sqlite": SEARCH_SQLITE, "postgres": SEARCH_POSTGRES}),
+    Migration(18, "presence: each user's last known presence (local and remote), kept across restarts", (
+        """CREATE TABLE presence (
+            user_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            status_msg TEXT,
+            last_active_ts BIGINT NOT NULL,
+            updated_ts BIGINT NOT NULL
+        )""",
+    )),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

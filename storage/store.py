@@ -14,6 +14,7 @@ from storage.federation import FederationStore
 from storage.friends import FriendStore
 from storage.media import MediaStore
 from storage.openid import OpenIdStore
+from storage.presence import PresenceStore
 from storage.registration_tokens import RegistrationTokenStore
 from storage.push import PushStore
 from storage.relations import RelationStore
@@ -355,6 +356,7 @@ class Store:
         self.relations = RelationStore(db)
         self.search = SearchStore(db)
         self.reports = ReportStore(db)
+        self.presence = PresenceStore(db)
 
     async def ping(self) -> None:
         """One round trip to the database (health checks); raises if it does not answer."""

@@ -8,7 +8,7 @@ events the room had made world-readable, and the current state. Others get 403 M
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from homeserver.accounts.accounts import Requester
 from homeserver.events.client_format import client_event
@@ -62,6 +62,8 @@ class Timeline:
         self._store = store
         self._current = current  # () -> SyncToken
         self.remote: RemoteHistory | None = None
+        # The m.presence events of these users who are not offline (homeserver/presence), wired by the server.
+        self.presence: Callable[[list[str]], list[dict[str, Any]]] | None = None
         self._visibility = visibility
 
     async def reading(self, room_id: str, user_id: str) -> Reading:
@@ -232,6 +234,9 @@ class Timeline:
             "presence": [],
             "receipts": [],
         }
+        if reading.joined and reading.current and self.presence is not None:  # for members only, as of now
+            body["presence"] = self.presence([e.state_key for e in state.values() if e.type == "m.room.member"
+                                              and e.membership == "join" and e.state_key])
         if reading.current:  # receipts as of now; none for those who left
             receipts = receipt_event(await self._store.user_data.receipts([room_id], 0, now.stream), who.user_id)
             body["receipts"] = [{**receipts, "room_id": room_id}] if receipts else []

@@ -27,10 +27,13 @@ class EventFilter:
     include_redundant_members: bool = False
     unread_thread_notifications: bool = False
 
-    def allows(self, event_type: str, sender: str) -> bool:
+    def allows_type(self, event_type: str) -> bool:
         if any(fnmatch.fnmatchcase(event_type, p) for p in self.not_types):
             return False
-        if self.types is not None and not any(fnmatch.fnmatchcase(event_type, p) for p in self.types):
+        return self.types is None or any(fnmatch.fnmatchcase(event_type, p) for p in self.types)
+
+    def allows(self, event_type: str, sender: str) -> bool:
+        if not self.allows_type(event_type):
             return False
         if sender in self.not_senders:
             return False
@@ -44,6 +47,7 @@ class SyncFilter:
     ephemeral: EventFilter = field(default_factory=EventFilter)
     room_account_data: EventFilter = field(default_factory=EventFilter)
     account_data: EventFilter = field(default_factory=EventFilter)
+    presence: EventFilter = field(default_factory=EventFilter)
     rooms: tuple[str, ...] | None = None
     not_rooms: tuple[str, ...] = ()
     include_leave: bool = False
@@ -100,6 +104,7 @@ def parse_sync_filter(raw: Any) -> SyncFilter:
         ephemeral=parse_event_filter(room.get("ephemeral"), "room.ephemeral"),
         room_account_data=parse_event_filter(room.get("account_data"), "room.account_data"),
         account_data=parse_event_filter(raw.get("account_data"), "account_data"),
+        presence=parse_event_filter(raw.get("presence"), "presence"),
         rooms=_strings(room.get("rooms"), "room.rooms"),
         not_rooms=_strings(room.get("not_rooms"), "room.not_rooms") or (),
         include_leave=room.get("include_leave", False))

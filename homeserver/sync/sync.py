@@ -1,8 +1,9 @@
 """/sync: what changed for a user since a token, waiting for news when there is none.
 
 Tokens are ``s<stream>_<typing>``: every event, receipt and account-data change
-takes one position on a single stream; typing has its own serial. A waiting
-sync sleeps on the notifier under its user ID and its rooms' IDs only.
+takes one position on a single stream; typing has its own serial, and so has
+presence (a ``_p<serial>`` suffix once there was any). A waiting sync sleeps on
+the notifier under its user ID and its rooms' IDs only.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from homeserver.accounts.accounts import Requester
@@ -32,6 +33,7 @@ from storage.user_data import AccountData
 
 if TYPE_CHECKING:
     from homeserver.e2ee.sync_section import E2eeSync
+    from homeserver.presence.presence import Presence
 
 MAX_TIMEOUT_MS = 300_000
 MEMBERSHIP_CACHE_SIZE = 10_000
@@ -44,8 +46,9 @@ FRIENDS_SECTION = "org.whispr.friends"
 INVITE_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                       "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
 # Positions below zero are history fetched later (backfill); /messages pages down into them.
-# An optional third part is the to-device cursor, when more messages waited than one sync carries.
-_TOKEN = re.compile(r"^s(-?\d+)_(\d+)(?:_(\d+))?$")
+# An optional third part is the to-device cursor, when more messages waited than one sync carries;
+# the presence serial comes last.
+_TOKEN = re.compile(r"^s(-?\d+)_(\d+)(?:_(\d+))?(?:_p(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,13 @@ class SyncToken:
     stream: int
     typing: int
     to_device: int | None = None
+    presence: int = 0
 
     def __str__(self) -> str:
+        token = f"s{self.stream}_{self.typing}"
         if self.to_device is not None:
-            return f"s{self.stream}_{self.typing}_{self.to_device}"
-        return f"s{self.stream}_{self.typing}"
+            token += f"_{self.to_device}"
+        return token + f"_p{self.presence}" if self.presence else token
 
     @classmethod
     def parse(cls, raw: str) -> "SyncToken":
@@ -67,7 +72,7 @@ class SyncToken:
         to_device = int(m.group(3)) if m.group(3) is not None else None
         if to_device is not None and to_device >= int(m.group(1)):
             to_device = None
-        return cls(int(m.group(1)), int(m.group(2)), to_device)
+        return cls(int(m.group(1)), int(m.group(2)), to_device, int(m.group(4) or 0))
 
 
 @dataclass(frozen=True)
@@ -109,16 +114,19 @@ class SyncService:
         self.push_rules: PushRules | None = None
         # To-device messages, device lists and key counts (homeserver/e2ee), wired in by the server.
         self.e2ee: E2eeSync | None = None
+        # Presence (homeserver/presence), wired in by the server.
+        self.presence: Presence | None = None
 
     def current_token(self) -> SyncToken:
-        return SyncToken(self._notifier.position, self._typing.serial)
+        presence = self.presence.serial if self.presence is not None else 0
+        return SyncToken(self._notifier.position, self._typing.serial, presence=presence)
 
     async def sync(self, who: Requester, since: SyncToken | None, timeout_ms: int, full_state: bool,
                    filt: SyncFilter) -> SyncResult:
         if since is not None and since.stream < 0:
             raise MatrixError(400, "M_INVALID_PARAM", "Unknown sync token")  # a /messages token
         if since is not None and since.stream > self._notifier.position:
-            since = SyncToken(self._notifier.position, since.typing)  # a token from the future: clamp
+            since = SyncToken(self._notifier.position, since.typing, presence=since.presence)  # from the future
         deadline = asyncio.get_running_loop().time() + min(max(timeout_ms, 0), MAX_TIMEOUT_MS) / 1000
         while True:
             # Read the position before the rooms: anything committed later is seen next round.
@@ -129,7 +137,10 @@ class SyncService:
                 return result
             if self.current_token() != upto:
                 continue
-            await self._notifier.wait([who.user_id, *result.joined_rooms], remaining)
+            keys = [who.user_id, *result.joined_rooms]
+            if self.presence is not None and filt.presence.limit != 0 and filt.presence.allows_type("m.presence"):
+                keys += self.presence.wait_keys(who.user_id, result.joined_rooms)
+            await self._notifier.wait(keys, remaining)
 
     async def _compute(self, who: Requester, since: SyncToken | None, upto: SyncToken, full_state: bool,
                        filt: SyncFilter) -> SyncResult:
@@ -190,22 +201,50 @@ class SyncService:
             account_data = [d for d in account_data if d["type"] != "m.push_rules"]
             account_data.append({"type": "m.push_rules",
                                  "content": {"global": await self.push_rules.ruleset(user_id)}})
+        presence = await self._presence_events(user_id, since, memberships, filt)
         body: dict[str, Any] = {
             "next_batch": str(upto),
             "rooms": {"join": joined, "invite": invited, "leave": left, "knock": knocked},
             "account_data": {"events": account_data},
-            "presence": {"events": []},
+            "presence": {"events": presence},
             "to_device": {"events": []},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
             **({FRIENDS_SECTION: {"events": friend_events}} if friend_events else {}),
         }
-        empty = not (joined or invited or left or knocked or account_data or friend_events)
+        empty = not (joined or invited or left or knocked or account_data or friend_events or presence)
         next_batch = upto
         if self.e2ee is not None:
             next_batch, e2ee_empty = await self._e2ee_section(who, since, upto, _membership_moved(joined, left), body)
             empty = empty and e2ee_empty
         return SyncResult(body, next_batch, empty, [r for r, (m, _) in memberships.items() if m == "join"])
+
+    async def _presence_events(self, user_id: str, since: SyncToken | None,
+                               memberships: dict[str, tuple[str, str]], filt: SyncFilter) -> list[dict[str, Any]]:
+        """`m.presence` of the users sharing a joined room with the user (and the user's own): what
+        changed after the token, or everyone not offline in an initial sync."""
+        presence = self.presence
+        if presence is None or not presence.enabled:
+            return []
+        if since is not None and not presence.changed_since(since.presence):
+            return []  # the common case: one comparison
+        if filt.presence.limit == 0 or not filt.presence.allows_type("m.presence"):
+            return []
+        if since is None:
+            states = presence.known(await self._store.presence.users_sharing_rooms(user_id) | {user_id})
+        else:
+            mine = {r for r, (m, _) in memberships.items() if m == "join"}
+            states = []
+            for p in presence.changes_since(since.presence):
+                if p.user_id != user_id:
+                    theirs = await self._memberships(p.user_id)  # cached like the user's own
+                    if not any(theirs.get(r, ("", ""))[0] == "join" for r in mine):
+                        continue
+                states.append(p)
+        now = now_ms()
+        events = [{"type": "m.presence", "sender": p.user_id, "content": p.content(now)} for p in states
+                  if filt.presence.allows("m.presence", p.user_id)]
+        return events[:filt.presence.limit] if filt.presence.limit is not None else events
 
     async def _e2ee_section(self, who: Requester, since: SyncToken | None, upto: SyncToken, rooms: list[str],
                             body: dict[str, Any]) -> tuple[SyncToken, bool]:
@@ -216,7 +255,7 @@ class SyncService:
         body.update(section.fields)
         if section.to_device_upto is None:
             return upto, section.empty
-        next_batch = SyncToken(upto.stream, upto.typing, section.to_device_upto)
+        next_batch = replace(upto, to_device=section.to_device_upto)
         body["next_batch"] = str(next_batch)
         return next_batch, False
 
