@@ -1,10 +1,10 @@
 # Whispr: `make run` starts a homeserver on SQLite; `make test` runs the whole suite; `make fuzz` fuzzes it
-# against the Matrix spec's OpenAPI definitions.
+# against the Matrix spec's OpenAPI definitions (`make conform`: and checks the answers' shapes).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench fuzz install clean
+.PHONY: run test bench fuzz conform install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ $(MATRIX_SPEC_DIR)/data/api:
 fuzz: $(VENV)/.installed-fuzz $(MATRIX_SPEC_DIR)/data/api
 	$(FUZZ_SANDBOX) $(BIN)/python -m fuzz.spec_fuzz --spec $(MATRIX_SPEC_DIR) \
 		--examples $(FUZZ_EXAMPLES) --time-limit $(FUZZ_TIME_LIMIT)
+
+# `make conform`: the same run, also checking each answer against the spec's documented responses
+# (2xx bodies against their schemas, statuses of valid requests among those documented).
+conform: $(VENV)/.installed-fuzz $(MATRIX_SPEC_DIR)/data/api
+	$(FUZZ_SANDBOX) $(BIN)/python -m fuzz.spec_fuzz --spec $(MATRIX_SPEC_DIR) \
+		--examples $(FUZZ_EXAMPLES) --time-limit $(FUZZ_TIME_LIMIT) --conformance
 
 clean:
 	rm -rf $(VENV) data

@@ -13,6 +13,13 @@ with `flows` too), and never a 500. The run is bounded by examples per operation
 limit; it prints the figures (requests sent, 500s, non-Matrix error bodies), writes them with
 every problem to .fuzz/report.json, and exits 1 when there is any problem.
 
+With `--conformance` (`make conform`) each answer is also checked against the spec's documented
+responses: a 2xx body must match the response schema of its status (schemathesis's
+`response_schema_conformance`), and the status must be one the operation documents
+(`status_code_conformance`; only for valid requests, since the spec does not list every 400 a
+malformed one may earn). Mismatches are grouped by operation, check and message, counted, and
+written with one sample request each under `mismatches` in the report; they fail the run too.
+
 The Makefile runs this in a network namespace of its own (`unshare -rn`) with only loopback, so
 that generated server names can never make the fuzzed server contact another host.
 
@@ -42,6 +49,8 @@ from hypothesis.errors import Unsatisfiable
 
 import schemathesis
 from schemathesis import GenerationMode
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APIS = ("client-server", "server-server")
@@ -226,6 +235,9 @@ class Figures:
     hangs: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     problems: list[dict[str, Any]] = field(default_factory=list)
+    # --conformance: "operation | check | first line of the message" -> count, and one sample each
+    mismatch_counts: Counter[str] = field(default_factory=Counter)
+    mismatches: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def is_matrix_error(status: int, doc: Any) -> bool:
@@ -259,9 +271,39 @@ def judge(case: Any, response: requests.Response, figures: Figures) -> None:
                                  "response": response.text[:300]})
 
 
+def conform(case: Any, response: Any, mode: GenerationMode, figures: Figures) -> None:
+    """Checks the answer against the operation's documented responses (see the module docstring)."""
+    checks = []
+    if 200 <= response.status_code < 300:
+        checks.append(response_schema_conformance)
+    if mode is GenerationMode.POSITIVE:
+        checks.append(status_code_conformance)
+    if not checks:
+        return
+    try:
+        case.validate_response(response, checks=checks)
+    except FailureGroup as group:
+        failures = list(group.exceptions)
+    except AssertionError as e:  # one failure, not grouped
+        failures = [e]
+    else:
+        return
+    for failure in failures:
+        title = getattr(failure, "title", type(failure).__name__)
+        message = str(getattr(failure, "message", failure)).strip()
+        key = f"{case.operation.label} | {title} | {message.splitlines()[0][:160] if message else ''}"
+        figures.mismatch_counts[key] += 1
+        if key not in figures.mismatches:
+            request = response.request
+            body = request.body.decode("utf-8", "replace") if isinstance(request.body, bytes) else request.body
+            figures.mismatches[key] = {"method": request.method, "url": request.url, "body": (body or "")[:2000],
+                                       "status": response.status_code, "message": message[:2000],
+                                       "response": response.text[:2000]}
+
+
 def fuzz_api(schema: Any, base_url: str, session: requests.Session, fixtures: Fixtures, examples: int,
              deadline: float, figures: Figures, log: Callable[[str], None],
-             after_operation: Callable[[], None] = lambda: None) -> None:
+             after_operation: Callable[[], None] = lambda: None, conformance: bool = False) -> None:
     for result in schema.get_all_operations():
         operation = result.ok()
         if operation is None or time.monotonic() > deadline:
@@ -297,6 +339,8 @@ def fuzz_api(schema: Any, base_url: str, session: requests.Session, fixtures: Fi
                                              "url": case.path})
                     return
                 judge(case, response, figures)
+                if conformance:
+                    conform(case, response, mode, figures)  # noqa: B023 - send() runs in this iteration
 
             try:
                 send()
@@ -316,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=900, help="seconds for the whole run")
     parser.add_argument("--api", choices=APIS, action="append", help="only this API (repeatable)")
     parser.add_argument("--report", type=Path, default=REPO_ROOT / ".fuzz" / "report.json")
+    parser.add_argument("--conformance", action="store_true",
+                        help="also check answers against the spec's documented responses (schemas, statuses)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")  # self-signed TLS of the federation listener, schema warnings
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the server below is stopped too
@@ -348,14 +394,16 @@ def main(argv: list[str] | None = None) -> int:
             figures = figures_by_api[api] = Figures()
             log(f"{api}: fuzzing {base_url}")
             after = keep_token(base_url, session, fixtures) if api == "client-server" else (lambda: None)
-            fuzz_api(schema, base_url, session, fixtures, args.examples, deadline, figures, log, after)
+            fuzz_api(schema, base_url, session, fixtures, args.examples, deadline, figures, log, after,
+                     args.conformance)
         if not server.alive():
             log("the server died during the run:\n" + server.log_tail())
     finally:
         server.stop()
         peer.close()
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps({api: {**asdict(f), "statuses": dict(f.statuses)}
+    args.report.write_text(json.dumps({api: {**asdict(f), "statuses": dict(f.statuses),
+                                             "mismatch_counts": dict(f.mismatch_counts.most_common())}
                                        for api, f in figures_by_api.items()}, indent=1))
     failed = False
     for api, f in figures_by_api.items():
@@ -363,7 +411,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{f.hangs} without an answer; statuses {dict(sorted(f.statuses.items()))}")
         for problem in f.problems[:20]:
             log(f"  {problem}")
-        failed = failed or bool(f.problems)
+        if args.conformance:
+            log(f"{api}: {len(f.mismatch_counts)} distinct mismatches with the spec's responses "
+                f"({sum(f.mismatch_counts.values())} answers)")
+            for key, count in f.mismatch_counts.most_common():
+                log(f"  {count:5d} {key}")
+        failed = failed or bool(f.problems) or bool(f.mismatch_counts)
     log(f"report: {args.report}")
     return 1 if failed else 0
 
