@@ -10,8 +10,10 @@ from homeserver.accounts.models import Device
 
 
 def _device_json(d: Device) -> dict[str, Any]:
-    return {"device_id": d.device_id, "display_name": d.display_name,
-            "last_seen_ts": d.last_seen_ts, "last_seen_ip": d.last_seen_ip}
+    # The spec types the optional fields as strings and integers: unknown ones are left out, not null.
+    fields = {"device_id": d.device_id, "display_name": d.display_name,
+              "last_seen_ts": d.last_seen_ts, "last_seen_ip": d.last_seen_ip}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 async def list_devices(request: web.Request) -> web.Response:

@@ -197,7 +197,10 @@ async def joined_members(request: web.Request) -> web.Response:
     room_id = request.match_info["room_id"]
     await server.rooms.require_joined(room_id, who.user_id)
     state = await server.rooms.current_state(room_id)
-    joined = {k[1]: {"display_name": e.content.get("displayname"), "avatar_url": e.content.get("avatar_url")}
+    # The spec types both fields as strings: a member without one has it left out, not null.
+    joined = {k[1]: {field: e.content[key] for field, key in (("display_name", "displayname"),
+                                                              ("avatar_url", "avatar_url"))
+                     if isinstance(e.content.get(key), str)}
               for k, e in state.items() if k[0] == "m.room.member" and e.membership == "join"}
     return ok({"joined": joined})
 

@@ -397,3 +397,55 @@ async def test_concurrent_tag_changes_are_all_kept(client: Any) -> None:
     await asyncio.gather(alice.call("DELETE", f"{tags}/m.favourite"),
                          *(alice.call("PUT", f"{tags}/u.t{i}", json={"order": i / 20}) for i in range(20)))
     assert await alice.call("GET", tags) == {"tags": {f"u.t{i}": {"order": i / 20} for i in range(20)}}
+
+
+# ==== response shapes the spec's schemas type ====================================================
+# Found by `make conform` (fuzz/spec_fuzz.py --conformance): an optional field the spec types as a
+# string or integer is left out when unknown; null fails the schema (and typed SDKs' decoders).
+
+def without_nulls(value: Any, where: str = "") -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert item is not None, f"{where}/{key} is null"
+            without_nulls(item, f"{where}/{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            without_nulls(item, f"{where}/{i}")
+
+
+async def test_devices_leave_out_an_unknown_display_name(client: Any) -> None:
+    alice = await User.new(client, "alice")  # registered without initial_device_display_name
+    devices = (await alice.call("GET", "/devices"))["devices"]
+    without_nulls(devices)
+    assert [set(d) for d in devices] == [{"device_id", "last_seen_ts", "last_seen_ip"}]
+    device = await alice.call("GET", f"/devices/{devices[0]['device_id']}")
+    without_nulls(device)
+    assert device["device_id"] == devices[0]["device_id"] and "display_name" not in device
+    await alice.call("PUT", f"/devices/{device['device_id']}", json={"display_name": "Phone"})
+    assert (await alice.call("GET", f"/devices/{device['device_id']}"))["display_name"] == "Phone"
+
+
+async def test_joined_members_and_user_search_leave_out_unset_profile_fields(client: Any) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(preset="public_chat")
+    await bob.call("PUT", f"/profile/{bob.user_id}/avatar_url", json={"avatar_url": "mxc://test.local/bob"})
+    await bob.call("POST", f"/join/{room}", json={})
+    joined = (await alice.call("GET", f"/rooms/{room}/joined_members"))["joined"]
+    without_nulls(joined)
+    assert joined == {alice.user_id: {"display_name": "alice"},
+                      bob.user_id: {"display_name": "bob", "avatar_url": "mxc://test.local/bob"}}
+
+    found = await alice.call("POST", "/user_directory/search", json={"search_term": "alice"})
+    without_nulls(found)
+    assert found["results"] == [{"user_id": alice.user_id, "display_name": "alice"}]
+    found = await alice.call("POST", "/user_directory/search", json={"search_term": "bob"})
+    assert found["results"] == [{"user_id": bob.user_id, "display_name": "bob", "avatar_url": "mxc://test.local/bob"}]
+
+
+async def test_whois_connections_carry_no_null_user_agent(client: Any) -> None:
+    alice = await User.new(client, "alice")
+    whois = await alice.call("GET", f"/admin/whois/{alice.user_id}")
+    without_nulls(whois)
+    [device] = whois["devices"].values()
+    [connection] = device["sessions"][0]["connections"]
+    assert connection["ip"] == "127.0.0.1" and isinstance(connection["last_seen"], int)

@@ -258,6 +258,8 @@ class AdminUsers:
         for d in devices:
             connections = []
             if d.last_seen_ts is not None:
-                connections.append({"ip": d.last_seen_ip, "last_seen": d.last_seen_ts, "user_agent": None})
+                # No user agent is recorded; the spec's schema has it a string, so it is left out.
+                connections.append({"ip": d.last_seen_ip, "last_seen": d.last_seen_ts} if d.last_seen_ip
+                                   else {"last_seen": d.last_seen_ts})
             sessions[d.device_id] = {"sessions": [{"connections": connections}]}
         return {"user_id": user.user_id, "devices": sessions}

@@ -174,6 +174,8 @@ class Directory:
         # One row more than asked tells whether the results were cut short.
         rows = await self._store.rooms.search_users(term, limit + 1,
                                                     None if self._search_all_users else user_id)
-        results = [{"user_id": r["user_id"], "display_name": r["displayname"], "avatar_url": r["avatar_url"]}
+        # The spec types display_name and avatar_url as strings: absent, not null, when unset.
+        results = [{"user_id": r["user_id"], **{k: v for k, v in (("display_name", r["displayname"]),
+                                                                   ("avatar_url", r["avatar_url"])) if v is not None}}
                    for r in rows]
         return {"results": results[:limit], "limited": len(results) > limit}
