@@ -236,6 +236,20 @@ async def initial_sync(request: web.Request) -> web.Response:
                                                       int_param(request, "limit", INITIAL_SYNC_LIMIT)))
 
 
+async def event_anywhere(request: web.Request) -> web.Response:
+    who = await requester(request)
+    return ok(await hs(request).timeline.event_anywhere(who, request.match_info["event_id"]))
+
+
+async def global_initial_sync(request: web.Request) -> web.Response:
+    who = await requester(request)
+    archived = request.query.get("archived", "false")
+    if archived not in ("true", "false"):
+        raise MatrixError(400, "M_INVALID_PARAM", "archived must be true or false")
+    return ok(await hs(request).timeline.global_initial_sync(who, int_param(request, "limit", INITIAL_SYNC_LIMIT),
+                                                             archived == "true"))
+
+
 async def peek_events(request: web.Request) -> web.Response:
     """GET /events?room_id=: room previews; the global event stream of old is not served."""
     who = await requester(request)
@@ -338,6 +352,8 @@ def setup(app: web.Application) -> None:
     add.add_get(f"{R}/event/{{event_id}}", get_event)
     add.add_get(f"{R}/initialSync", initial_sync)
     add.add_get(f"{CLIENT_V3}/events", peek_events)
+    add.add_get(f"{CLIENT_V3}/events/{{event_id}}", event_anywhere)
+    add.add_get(f"{CLIENT_V3}/initialSync", global_initial_sync)
     add.add_put(f"{R}/typing/{{user_id}}", typing)
     add.add_post(f"{R}/receipt/{{receipt_type}}/{{event_id}}", receipt)
     add.add_post(f"{R}/read_markers", read_markers)

@@ -17,7 +17,9 @@ With `--conformance` (`make conform`) each answer is also checked against the sp
 responses: a 2xx body must match the response schema of its status (schemathesis's
 `response_schema_conformance`), and the status must be one the operation documents
 (`status_code_conformance`; only for valid requests, since the spec does not list every 400 a
-malformed one may earn). Mismatches are grouped by operation, check and message, counted, and
+malformed one may earn). Besides the generated requests, this mode sends each operation's request
+examples from the spec, with the real identifiers in their paths, since random requests seldom
+earn a 2xx. Mismatches are grouped by operation, check and message, counted, and
 written with one sample request each under `mismatches` in the report; they fail the run too.
 
 The Makefile runs this in a network namespace of its own (`unshare -rn`) with only loopback, so
@@ -39,6 +41,7 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -301,6 +304,12 @@ def conform(case: Any, response: Any, mode: GenerationMode, figures: Figures) ->
                                        "response": response.text[:2000]}
 
 
+def with_fixtures(case: Any, fixed: dict[str, str]) -> Any:
+    if case.path_parameters is not None:
+        case.path_parameters.update(fixed)
+    return case
+
+
 def fuzz_api(schema: Any, base_url: str, session: requests.Session, fixtures: Fixtures, examples: int,
              deadline: float, figures: Figures, log: Callable[[str], None],
              after_operation: Callable[[], None] = lambda: None, conformance: bool = False) -> None:
@@ -313,14 +322,24 @@ def fuzz_api(schema: Any, base_url: str, session: requests.Session, fixtures: Fi
                  for params in ([None, fixed] if fixed else [None])]
         per_plan = max(1, examples // len(plans))
         before = figures.sent
+        strategies: list[tuple[GenerationMode, Any, int]] = []
+        if conformance:
+            # The spec's own request examples, on the server's real identifiers: valid requests that
+            # reach the 2xx answers random ones seldom get.
+            try:
+                strategies += [(GenerationMode.POSITIVE, example.map(partial(with_fixtures, fixed=fixed)), 1)
+                               for example in operation.get_strategies_from_examples()]
+            except Exception as e:  # noqa: BLE001 - an example the spec spells wrongly must not end the run
+                log(f"  {operation.label}: no examples ({type(e).__name__})")
         for mode, params in plans:
             try:
-                strategy = operation.as_strategy(generation_mode=mode, path_parameters=params)
+                strategies.append((mode, operation.as_strategy(generation_mode=mode, path_parameters=params),
+                                   per_plan))
             except Exception as e:  # noqa: BLE001 - the spec may hold schemas that cannot be negated
                 log(f"  {operation.label}: no {mode.value} strategy ({type(e).__name__})")
-                continue
+        for mode, strategy, count in strategies:
 
-            @settings(max_examples=per_plan, deadline=None, database=None, derandomize=True,
+            @settings(max_examples=count, deadline=None, database=None, derandomize=True,
                       phases=[Phase.generate], suppress_health_check=list(HealthCheck))
             @given(strategy)
             def send(case: Any) -> None:

@@ -449,3 +449,66 @@ async def test_whois_connections_carry_no_null_user_agent(client: Any) -> None:
     [device] = whois["devices"].values()
     [connection] = device["sessions"][0]["connections"]
     assert connection["ip"] == "127.0.0.1" and isinstance(connection["last_seen"], int)
+
+
+# ==== deprecated endpoints Synapse still serves ==================================================
+
+async def test_events_by_id_finds_the_event_in_its_room_and_hides_other_rooms(client: Any) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room()
+    event_id = await alice.send(room, "hello")
+    got = await alice.call("GET", f"/events/{event_id}")
+    assert got["event_id"] == event_id and got["room_id"] == room and got["content"]["body"] == "hello"
+    assert got["sender"] == alice.user_id and got["type"] == "m.room.message"
+    # bob is not in the room: the event does not exist for him; nor does an unknown one
+    assert (await bob.call("GET", f"/events/{event_id}", expect=404))["errcode"] == "M_NOT_FOUND"
+    assert (await alice.call("GET", "/events/$nope", expect=404))["errcode"] == "M_NOT_FOUND"
+
+
+async def test_global_initial_sync_lists_joined_invited_and_archived_rooms(client: Any) -> None:
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    joined = await alice.create_room(name="Joined")
+    for i in range(3):
+        await alice.send(joined, f"m{i}")
+    invited = await bob.create_room()
+    await bob.call("POST", f"/rooms/{invited}/invite", json={"user_id": alice.user_id})
+    left = await alice.create_room()
+    await alice.call("POST", f"/rooms/{left}/leave", json={})
+    await alice.call("PUT", f"/user/{alice.user_id}/account_data/org.example.a", json={"x": 1})
+
+    body = await alice.call("GET", "/initialSync", params={"limit": "2"})
+    assert isinstance(body["end"], str) and body["presence"] == []
+    assert {"type": "org.example.a", "content": {"x": 1}} in body["account_data"]
+    rooms = {r["room_id"]: r for r in body["rooms"]}
+    assert set(rooms) == {joined, invited}
+    assert rooms[invited] == {"room_id": invited, "membership": "invite"}
+    snapshot = rooms[joined]
+    assert snapshot["membership"] == "join" and snapshot["visibility"] == "private"
+    assert [e["content"].get("body") for e in snapshot["messages"]["chunk"]] == ["m1", "m2"]
+    assert {"start", "end"} <= set(snapshot["messages"])
+    assert any(e["type"] == "m.room.name" and e["content"] == {"name": "Joined"} for e in snapshot["state"])
+
+    archived = await alice.call("GET", "/initialSync", params={"archived": "true", "limit": "0"})
+    assert {r["room_id"]: r["membership"] for r in archived["rooms"]} == {joined: "join", invited: "invite",
+                                                                          left: "leave"}
+    assert (await alice.call("GET", "/initialSync", params={"archived": "yes"}, expect=400))["errcode"] \
+        == "M_INVALID_PARAM"
+    await client.get(f"{V3}/initialSync")  # no token
+    assert (await client.get(f"{V3}/initialSync")).status == 401
+
+
+async def test_room_event_is_404_for_a_room_the_user_cannot_read(client: Any) -> None:
+    """The spec documents 404 for "not found or no permission" (Complement's
+    TestFetchEventNonWorldReadable); a 403 would tell existing rooms from unknown ones."""
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    room = await alice.create_room(preset="private_chat")
+    event_id = await alice.send(room, "secret")
+    for path in (f"/rooms/{room}/event/{event_id}", f"/rooms/{room}/event/$unknown",
+                 f"/rooms/!unknown:test.local/event/{event_id}"):
+        assert (await bob.call("GET", path, expect=404))["errcode"] == "M_NOT_FOUND", path
+    assert (await alice.call("GET", f"/rooms/{room}/event/{event_id}"))["event_id"] == event_id
+    await alice.call("PUT", f"/rooms/{room}/state/m.room.history_visibility",
+                     json={"history_visibility": "world_readable"})
+    public_id = await alice.send(room, "public")
+    assert (await bob.call("GET", f"/rooms/{room}/event/{public_id}"))["content"]["body"] == "public"
+    await bob.call("GET", f"/rooms/{room}/event/{event_id}", expect=404)  # sent while history was shared

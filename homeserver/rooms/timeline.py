@@ -167,8 +167,23 @@ class Timeline:
         return ev, reading
 
     async def event(self, who: Requester, room_id: str, event_id: str) -> dict[str, Any]:
-        ev, reading = await self.visible_event(who, room_id, event_id)
+        """One event, or 404 (the spec's answer also for a room the user may not read: no 403 that
+        would tell an existing room or event from an unknown one)."""
+        try:
+            ev, reading = await self.visible_event(who, room_id, event_id)
+        except MatrixError as e:
+            if e.status == 403:
+                raise not_found("Event not found") from None
+            raise
         return (await self.serialise(who, room_id, [ev], bundle_upto=reading.upto))[0]
+
+    async def event_anywhere(self, who: Requester, event_id: str) -> dict[str, Any]:
+        """GET /events/{eventId} (deprecated): the event of whichever room holds it, if the user may
+        read it there; 404 otherwise, so that a room the user is not in shows nothing."""
+        ev = await self._rooms.get_event(event_id)
+        if ev is None:
+            raise not_found("Event not found")
+        return await self.event(who, ev.room_id, event_id)
 
     async def context(self, who: Requester, room_id: str, event_id: str, limit: int,
                       filt: EventFilter) -> dict[str, Any]:
@@ -245,3 +260,18 @@ class Timeline:
             body["account_data"] = [{"type": d.type, "content": d.content}
                                     for d in await self._store.user_data.room_account_data(who.user_id, room_id)]
         return body
+
+    async def global_initial_sync(self, who: Requester, limit: int, archived: bool) -> dict[str, Any]:
+        """GET /initialSync (deprecated, superseded by /sync): each joined room's snapshot as
+        /rooms/{roomId}/initialSync gives it (and the rooms left, with `archived`), the invites, and
+        the global account data. One snapshot per room: only old clients call this, once."""
+        now = self._current()
+        rooms: list[dict[str, Any]] = []
+        for room_id, (membership, _) in sorted((await self._store.rooms.rooms_for_user(who.user_id)).items()):
+            if membership == "invite":
+                rooms.append({"room_id": room_id, "membership": "invite"})
+            elif membership == "join" or (archived and membership in ("leave", "ban")):
+                rooms.append(await self.initial_sync(who, room_id, limit))
+        account_data = [{"type": d.type, "content": d.content}  # global account data: room ""
+                        for d in await self._store.user_data.room_account_data(who.user_id, "")]
+        return {"end": str(now), "rooms": rooms, "presence": [], "account_data": account_data}
