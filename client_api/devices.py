@@ -10,10 +10,10 @@ from homeserver.accounts.models import Device
 
 
 def _device_json(d: Device) -> dict[str, Any]:
-    # The spec types the optional fields as strings and integers: unknown ones are left out, not null.
-    fields = {"device_id": d.device_id, "display_name": d.display_name,
-              "last_seen_ts": d.last_seen_ts, "last_seen_ip": d.last_seen_ip}
-    return {k: v for k, v in fields.items() if v is not None}
+    # Unknown fields stay null, not absent, although the spec types them as optional strings and
+    # integers: matrix-nio's schema requires all four keys (Synapse answers the same).
+    return {"device_id": d.device_id, "display_name": d.display_name,
+            "last_seen_ts": d.last_seen_ts, "last_seen_ip": d.last_seen_ip}
 
 
 async def list_devices(request: web.Request) -> web.Response:

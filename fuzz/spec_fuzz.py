@@ -120,7 +120,11 @@ def bundle_api(spec_dir: Path, api: str) -> dict[str, Any]:
         doc = bundler.resolve(bundler.load(path), path.resolve())
         prefix = base_path(doc)
         for route, item in (doc.get("paths") or {}).items():
-            paths.setdefault(prefix + route, {}).update(item)
+            # The spec spells a few paths with a trailing space ("/rooms/{roomId}/invite ", "/events ")
+            # so that two files may each describe one: sent as is they hit no route. Stripped here,
+            # the first file to describe a method keeps it.
+            for key, value in item.items():
+                paths.setdefault(prefix + route.strip(), {}).setdefault(key, value)
         schemes.update((doc.get("components") or {}).get("securitySchemes") or {})
     if not paths:
         raise SystemExit(f"no OpenAPI files under {spec_dir / 'data' / 'api' / api}")
