@@ -4,8 +4,7 @@ from typing import Any
 
 from aiohttp import web
 
-from client_api.http import CLIENT_V3, access_token, client_ip, hs, json_body, ok, requester
-from homeserver.accounts.accounts import Requester
+from client_api.http import CLIENT_V3, access_token, client_ip, hs, json_body, ok, prove_password, requester
 from homeserver.errors import MatrixError, bad_json, forbidden
 
 
@@ -56,15 +55,7 @@ async def deactivate(request: web.Request) -> web.Response:
     erase = body.get("erase", False)
     if not isinstance(erase, bool):
         raise bad_json("erase must be a boolean")
-
-    async def password(auth: dict[str, Any]) -> dict[str, Any]:
-        user = await server.login.check_password(auth, client_ip(request))
-        if user.user_id != who.user_id:
-            raise forbidden("Invalid username or password")
-        return {}
-
-    await server.uia.run(body.get("auth"), [["m.login.password"]], {"m.login.password": password},
-                         bind=f"deactivate:{who.user_id}")
+    await prove_password(request, who, body.get("auth"), f"deactivate:{who.user_id}")
     await server.deactivation.deactivate(who.user_id, erase)
     # We bind no addresses at identity servers, so there is nothing to unbind there.
     return ok({"id_server_unbind_result": "no-support"})
@@ -94,20 +85,6 @@ async def threepids(request: web.Request) -> web.Response:
         for t in emails]})
 
 
-async def _prove_password(request: web.Request, who: Requester, body: dict[str, Any], action: str) -> None:
-    """User-interactive auth with the account's password (an access token alone is not enough)."""
-    server = hs(request)
-
-    async def password(auth: dict[str, Any]) -> dict[str, Any]:
-        user = await server.login.check_password(auth, client_ip(request))
-        if user.user_id != who.user_id:
-            raise forbidden("Invalid username or password")
-        return {}
-
-    await server.uia.run(body.get("auth"), [["m.login.password"]], {"m.login.password": password},
-                         bind=f"{action}:{who.user_id}")
-
-
 async def threepid_email_request_token(request: web.Request) -> web.Response:
     server = hs(request)
     body = await json_body(request)
@@ -120,7 +97,7 @@ async def threepid_email_request_token(request: web.Request) -> web.Response:
 async def threepid_add(request: web.Request) -> web.Response:
     who = await requester(request)
     body = await json_body(request)
-    await _prove_password(request, who, body, "3pid-add")
+    await prove_password(request, who, body.get("auth"), f"3pid-add:{who.user_id}")
     await hs(request).threepids.add_email(who.user_id, body.get("sid"), body.get("client_secret"))
     return ok()
 

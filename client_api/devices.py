@@ -4,8 +4,8 @@ from typing import Any
 
 from aiohttp import web
 
-from client_api.http import CLIENT_V3, client_ip, hs, json_body, ok, requester
-from homeserver.errors import bad_json, forbidden, not_found
+from client_api.http import CLIENT_V3, hs, json_body, ok, prove_password, requester
+from homeserver.errors import bad_json, not_found
 from homeserver.accounts.models import Device
 
 
@@ -39,16 +39,8 @@ async def put_device(request: web.Request) -> web.Response:
 async def _delete(request: web.Request, device_ids: list[str], auth: object) -> web.Response:
     server = hs(request)
     who = await requester(request)
-
-    async def password(a: dict[str, Any]) -> dict[str, Any]:
-        await server.limiter.check("login", client_ip(request))
-        user = await server.login.check_password(a, client_ip(request))
-        if user.user_id != who.user_id:
-            raise forbidden("Invalid username or password")
-        return {}
-
-    await server.uia.run(auth, [["m.login.password"]], {"m.login.password": password},
-                         bind=f"delete_devices:{who.user_id}:{','.join(sorted(device_ids))}")
+    await prove_password(request, who, auth, f"delete_devices:{who.user_id}:{','.join(sorted(device_ids))}",
+                         limited=True)
     await server.accounts.delete_devices(who.user_id, device_ids)
     return ok()
 

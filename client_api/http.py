@@ -4,13 +4,15 @@ the helpers both faces share (homeserver/web/requests.py), so handlers import on
 from __future__ import annotations
 
 
+from typing import Any
+
 from aiohttp import web
 
 from client_api.forwarded import client_address
 from homeserver.accounts.accounts import Requester
 from homeserver.web.access_log import REQUESTER
 from client_api.guest_access import check_guest_may_call
-from homeserver.errors import MatrixError, user_locked
+from homeserver.errors import MatrixError, forbidden, user_locked
 from homeserver.web.requests import HS, hs, json_body, ok
 
 __all__ = ["CLIENT_V3", "HS", "WHISPR", "access_token", "client_ip", "hs", "json_body", "ok", "requester"]
@@ -48,3 +50,21 @@ def client_ip(request: web.Request) -> str:
     """The client's address: behind a trusted reverse proxy, from its X-Forwarded-For."""
     return client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
                           tuple(hs(request).config.listen.trusted_proxies))
+
+
+async def prove_password(request: web.Request, who: Requester, auth: object, bind: str, *,
+                         limited: bool = False) -> None:
+    """User-interactive auth with the requester's own password (an access token alone is not
+    enough for what follows); `bind` ties the session to the operation. `limited`: each try also
+    counts against the client's login rate limit."""
+    server = hs(request)
+
+    async def password(a: dict[str, Any]) -> dict[str, Any]:
+        if limited:
+            await server.limiter.check("login", client_ip(request))
+        user = await server.login.check_password(a, client_ip(request))
+        if user.user_id != who.user_id:
+            raise forbidden("Invalid username or password")
+        return {}
+
+    await server.uia.run(auth, [["m.login.password"]], {"m.login.password": password}, bind=bind)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from aiohttp import web
 
-from client_api.http import CLIENT_V3, client_ip, hs, json_body, ok, requester
-from homeserver.errors import MatrixError, forbidden
+from client_api.http import CLIENT_V3, hs, json_body, ok, prove_password, requester
+from homeserver.errors import MatrixError
 from homeserver.sync.sync import SyncToken
 
 
@@ -53,15 +52,7 @@ async def device_signing_upload(request: web.Request) -> web.Response:
     server = hs(request)
     body = await json_body(request)
     if await server.e2ee.cross_signing.needs_auth(who.user_id, body):
-        async def password(a: dict[str, Any]) -> dict[str, Any]:
-            await server.limiter.check("login", client_ip(request))
-            user = await server.login.check_password(a, client_ip(request))
-            if user.user_id != who.user_id:
-                raise forbidden("Invalid username or password")
-            return {}
-
-        await server.uia.run(body.get("auth"), [["m.login.password"]], {"m.login.password": password},
-                             bind=f"device_signing:{who.user_id}")
+        await prove_password(request, who, body.get("auth"), f"device_signing:{who.user_id}", limited=True)
     await server.e2ee.cross_signing.upload(who.user_id, body)
     return ok()
 

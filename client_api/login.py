@@ -2,10 +2,9 @@
 
 from aiohttp import web
 
-from typing import Any
 
-from client_api.http import CLIENT_V3, client_ip, hs, json_body, ok, requester
-from homeserver.errors import MatrixError, forbidden
+from client_api.http import CLIENT_V3, client_ip, hs, json_body, ok, prove_password, requester
+from homeserver.errors import MatrixError
 
 
 async def get_login(request: web.Request) -> web.Response:
@@ -44,15 +43,7 @@ async def get_login_token(request: web.Request) -> web.Response:
         raise MatrixError(404, "M_UNRECOGNIZED", "Unrecognized request")
     who = await requester(request)
     body = await json_body(request, allow_empty=True)
-
-    async def password(auth: dict[str, Any]) -> dict[str, Any]:
-        user = await server.login.check_password(auth, client_ip(request))
-        if user.user_id != who.user_id:
-            raise forbidden("Invalid username or password")
-        return {}
-
-    await server.uia.run(body.get("auth"), [["m.login.password"]], {"m.login.password": password},
-                         bind=f"get_token:{who.user_id}")
+    await prove_password(request, who, body.get("auth"), f"get_token:{who.user_id}")
     await server.limiter.check("login", who.user_id)
     return ok(await server.login.tokens.issue(who.user_id))
 

@@ -19,7 +19,7 @@ from homeserver.events.event import Event
 from homeserver.rooms.rooms import Rooms
 from homeserver.rooms.timeline import Timeline
 from homeserver.rooms.visibility import HistoryVisibility
-from homeserver.sync.filters import parse_event_filter
+from homeserver.sync.filters import parse_event_filter, string_list
 from homeserver.sync.ignored import IgnoredUsers
 from homeserver.sync.sync import SyncToken
 from storage.search import SearchHit, SearchScope
@@ -52,14 +52,6 @@ class _Request:
     include_state: bool
 
 
-def _strings(value: Any, name: str) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise bad_json(f"{name} must be a list of strings")
-    return tuple(value)
-
-
 def _count(raw: dict[str, Any], key: str, default: int, cap: int) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -73,7 +65,7 @@ def _parse(raw: Any) -> _Request:
     term = raw.get("search_term")
     if not isinstance(term, str):
         raise MatrixError(400, "M_BAD_JSON", "room_events.search_term must be a string")
-    keys = _strings(raw.get("keys"), "room_events.keys")
+    keys = string_list(raw.get("keys"), "room_events.keys")
     if keys is None:
         keys = tuple(KEY_TYPES)
     if any(k not in KEY_TYPES for k in keys):
@@ -85,8 +77,8 @@ def _parse(raw: Any) -> _Request:
     filt = parse_event_filter(raw_filter, "room_events.filter")
     rooms = not_rooms = None
     if isinstance(raw_filter, dict):
-        rooms = _strings(raw_filter.get("rooms"), "room_events.filter.rooms")
-        not_rooms = _strings(raw_filter.get("not_rooms"), "room_events.filter.not_rooms")
+        rooms = string_list(raw_filter.get("rooms"), "room_events.filter.rooms")
+        not_rooms = string_list(raw_filter.get("not_rooms"), "room_events.filter.not_rooms")
     context = None
     raw_context = raw.get("event_context")
     if raw_context is not None:

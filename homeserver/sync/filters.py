@@ -60,7 +60,8 @@ class SyncFilter:
         return room_id not in self.not_rooms and (self.rooms is None or room_id in self.rooms)
 
 
-def _strings(value: Any, name: str) -> tuple[str, ...] | None:
+def string_list(value: Any, name: str) -> tuple[str, ...] | None:
+    """A field that must be a list of strings (filters, search requests); None when absent."""
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -81,10 +82,10 @@ def parse_event_filter(raw: Any, name: str) -> EventFilter:
             raise bad_json(f"{name}.{flag} must be a boolean")
     return EventFilter(
         limit=min(limit, MAX_TIMELINE_LIMIT) if limit is not None else None,
-        types=_strings(raw.get("types"), f"{name}.types"),
-        not_types=_strings(raw.get("not_types"), f"{name}.not_types") or (),
-        senders=_strings(raw.get("senders"), f"{name}.senders"),
-        not_senders=_strings(raw.get("not_senders"), f"{name}.not_senders") or (),
+        types=string_list(raw.get("types"), f"{name}.types"),
+        not_types=string_list(raw.get("not_types"), f"{name}.not_types") or (),
+        senders=string_list(raw.get("senders"), f"{name}.senders"),
+        not_senders=string_list(raw.get("not_senders"), f"{name}.not_senders") or (),
         lazy_load_members=raw.get("lazy_load_members", False),
         include_redundant_members=raw.get("include_redundant_members", False),
         unread_thread_notifications=raw.get("unread_thread_notifications", False))
@@ -105,8 +106,8 @@ def parse_sync_filter(raw: Any) -> SyncFilter:
         room_account_data=parse_event_filter(room.get("account_data"), "room.account_data"),
         account_data=parse_event_filter(raw.get("account_data"), "account_data"),
         presence=parse_event_filter(raw.get("presence"), "presence"),
-        rooms=_strings(room.get("rooms"), "room.rooms"),
-        not_rooms=_strings(room.get("not_rooms"), "room.not_rooms") or (),
+        rooms=string_list(room.get("rooms"), "room.rooms"),
+        not_rooms=string_list(room.get("not_rooms"), "room.not_rooms") or (),
         include_leave=room.get("include_leave", False))
 
 

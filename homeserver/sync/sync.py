@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from homeserver.push.notifications import Notifications, ThreadCounts, thread_of
 from homeserver.push.push_rules import PushRules
 from homeserver.sync.notifier import Notifier
 from homeserver.relations.aggregations import Aggregations, attach
+from homeserver.rooms.room_data import receipt_event
 from homeserver.rooms.rooms import Rooms
 from homeserver.rooms.visibility import HistoryVisibility
 from homeserver.sync.typing_state import Typing
@@ -388,17 +389,8 @@ class SyncService:
         if since is not None and not self._notifier.receipts_changed_since(room_id, since.stream):
             return []
         receipts = await self._store.user_data.receipts([room_id], since.stream if since else 0, upto.stream)
-        content: dict[str, dict[str, dict[str, Any]]] = defaultdict(lambda: defaultdict(dict))
-        for r in receipts:
-            if r.receipt_type == "m.read.private" and r.user_id != who.user_id:
-                continue
-            data: dict[str, Any] = {"ts": r.ts}
-            if r.thread_id:
-                data["thread_id"] = r.thread_id
-            content[r.event_id][r.receipt_type][r.user_id] = data
-        if not content:
-            return []
-        return [{"type": "m.receipt", "content": {k: dict(v) for k, v in content.items()}}]
+        event = receipt_event(receipts, who.user_id)
+        return [] if event is None else [event]
 
     async def _redactions(self, events: list[Event]) -> dict[str, Event]:
         ids = {e.event_id: e.unsigned["redacted_by"] for e in events if e.unsigned.get("redacted_by")}
