@@ -61,14 +61,6 @@ def _fetchall(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[R
         cur.close()
 
 
-def _execute(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> None:
-    conn.execute(sql, args).close()
-
-
-def _executemany(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-    conn.executemany(sql, rows).close()
-
-
 class _ThreadConn:
     """A sqlite3 connection confined to one thread."""
 
@@ -97,26 +89,14 @@ class _ThreadConn:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._conn, *args)
-        except sqlite3.IntegrityError as e:
-            raise ConstraintViolation(str(e)) from e
-        except OverflowError as e:  # an integer parameter past 64 bits
-            raise UnstorableValue(str(e)) from e
-
-    async def execute(self, sql: str, *args: Any) -> None:
-        await self.run(_execute, sql, args)
-
-    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.run(_executemany, sql, rows)
+        except (sqlite3.IntegrityError, OverflowError) as e:
+            raise _storage_error(e) from e
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
         return await self.run(_fetchone, sql, args)
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
         return await self.run(_fetchall, sql, args)
-
-    async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = await self.fetchone(sql, *args)
-        return None if row is None else row[0]
 
     async def close(self) -> None:
         if self._closed:
@@ -188,9 +168,10 @@ def _commit_open(conn: sqlite3.Connection) -> None:
 
 
 def _storage_error(e: BaseException) -> BaseException:
+    """What sqlite3 raised, as the storage interface's own errors."""
     if isinstance(e, sqlite3.IntegrityError):
         return ConstraintViolation(str(e))
-    if isinstance(e, OverflowError):
+    if isinstance(e, OverflowError):  # an integer parameter past 64 bits
         return UnstorableValue(str(e))
     return e
 

@@ -32,6 +32,7 @@ MAX_TXN_ID_LENGTH = 255
 # A transaction ID is remembered this long: clients retry within seconds, servers within hours.
 TXN_MEMORY_MS = 24 * 3600 * 1000
 ALL_DEVICES = "*"
+UNBOUNDED = 2**63  # above every stream position
 
 
 class RemoteToDevice(Protocol):
@@ -67,12 +68,11 @@ class ToDevice:
         self._store = store
         self._notifier = notifier
         self.remote: RemoteToDevice | None = None
-        # (user, device) -> the last position a message was stored at for it; every process hears
-        # of it through the notifier before the position itself.
-        self._stored: dict[tuple[str, str], int] = {}
         # (user, device) -> the lowest and highest positions stored for it (since this process
-        # started) that it may not have acknowledged yet: a sync woken by a new message then knows
-        # there is nothing older to delete, and writes nothing.
+        # started) that it may not have acknowledged yet; every process hears of each message
+        # through the notifier before the position itself. A sync reads the inbox only when one
+        # may be new to it, and a sync woken by a new message knows there is nothing older to
+        # delete, and writes nothing.
         self._unacknowledged: dict[tuple[str, str], tuple[int, int]] = {}
         self._held: OrderedDict[tuple[str, str], HeldInbox] = OrderedDict()
         notifier.on_handler("to_device", self._on_stored)
@@ -81,7 +81,6 @@ class ToDevice:
         stream = int(msg["stream"])
         for user_id, device_id in msg.get("devices", []):
             key = (user_id, device_id)
-            self._stored[key] = max(stream, self._stored.get(key, 0))
             low, high = self._unacknowledged.get(key, (stream, stream))
             self._unacknowledged[key] = (min(low, stream), max(high, stream))
             held = self._held.get(key)
@@ -89,8 +88,8 @@ class ToDevice:
                 del self._held[key]  # stored by another process: its content is only in the database
 
     def stored_since(self, user_id: str, device_id: str, stream: int) -> bool:
-        """Whether a message for the device may have been stored after `stream`."""
-        return self._stored.get((user_id, device_id), self._notifier.start_position) > stream
+        """Whether a message for the device may be waiting that was stored after `stream`."""
+        return self.stored_between(user_id, device_id, stream, UNBOUNDED)
 
     def stored_between(self, user_id: str, device_id: str, after: int, upto: int) -> bool:
         """Whether a message for the device may have been stored in (after, upto]: before this
