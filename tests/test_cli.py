@@ -5,7 +5,9 @@ Everything runs `python -m homeserver ...` as a subprocess, as an operator would
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -298,3 +300,26 @@ def test_a_server_process_does_not_load_cryptography() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# --- the process's log ----------------------------------------------------------------------------
+
+
+async def test_log_lines_reach_the_log_within_a_second_and_at_shutdown(tmp_path: Path) -> None:
+    """Lines are written in batches (homeserver/log_output.py): none may wait longer than the flush
+    interval while the server runs, and none may be lost when it stops."""
+    config = copy_sample_config(tmp_path)
+    log = tmp_path / "server.log"
+    async with start_server(config, server_env(free_port(), tmp_path / "data"), log) as url:
+        assert "listening on" in log.read_text()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/_matrix/client/versions?probe=1") as resp:
+                assert resp.status == 200
+            await asyncio.sleep(1.5)
+            assert "GET /_matrix/client/versions?probe=1 200" in log.read_text()
+            async with session.get(f"{url}/_matrix/client/versions?probe=2") as resp:
+                assert resp.status == 200
+    lines = log.read_text().splitlines()
+    assert any("GET /_matrix/client/versions?probe=2 200" in line for line in lines)
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ", line) for line in lines
+               if "whispr.access" in line)

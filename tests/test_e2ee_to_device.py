@@ -101,3 +101,25 @@ async def test_transaction_ids_are_forgotten_after_a_day(client: Any, monkeypatc
     monkeypatch.setattr(to_device_module, "TXN_MEMORY_MS", -1_000)  # as if a day went by
     await alice.call("PUT", "/sendToDevice/m.x/same", json=msg)
     assert len(to_device(await bob.sync())) == 2
+
+
+async def test_a_full_inbox_takes_no_more_until_the_device_syncs(client: Any, monkeypatch: Any) -> None:
+    from homeserver.e2ee import to_device as to_device_module
+
+    monkeypatch.setattr(to_device_module, "MAX_PENDING_PER_DEVICE", 3)
+    alice, bob = await User.new(client, "alice"), await User.new(client, "bob")
+    bob_dev = await device_of(bob)
+    other = await (await login(client, "bob")).json()
+    start = await bob.sync()
+    start = await bob.sync(start["next_batch"])  # acknowledged: its inbox is known to be empty
+    for i in range(5):  # one call for both devices: the full inbox is only bob_dev's
+        await alice.call("PUT", f"/sendToDevice/m.x/t{i}", json={"messages": {bob.user_id: {
+            bob_dev: {"i": i}, **({other["device_id"]: {"i": i}} if i == 4 else {})}}})
+    body = await bob.sync(start["next_batch"])
+    assert [e["content"]["i"] for e in to_device(body)] == [0, 1, 2]
+    assert [e["content"]["i"] for e in to_device(await bob.sync(start["next_batch"]))] == [0, 1, 2]  # as stored
+    resp = await client.get("/_matrix/client/v3/sync", headers=auth(other["access_token"]))
+    assert [e["content"]["i"] for e in to_device(await resp.json())] == [4]
+    body = await bob.sync(body["next_batch"])  # seen: deleted, room again
+    await alice.call("PUT", "/sendToDevice/m.x/t5", json={"messages": {bob.user_id: {bob_dev: {"i": 5}}}})
+    assert [e["content"]["i"] for e in to_device(await bob.sync(body["next_batch"]))] == [5]

@@ -128,15 +128,20 @@ class ToDevice:
                 for target in targets:
                     rows.setdefault((user_id, target), content)
         ts = now_ms()
-        stream = await self._store.e2ee.add_to_device(
+        queued = await self._store.e2ee.add_to_device(
             sender, event_type, [(u, d, c) for (u, d), c in rows.items()], txn, ts, MAX_PENDING_PER_DEVICE,
             ts - TXN_MEMORY_MS)
-        if stream is not None:
-            for (user_id, device_id), content in rows.items():
-                self._hold((user_id, device_id), ToDeviceMessage(stream, sender, event_type, content))
-            await self._notifier.publish("to_device", {"stream": stream, "devices": [list(k) for k in rows]})
-            await self._notifier.notify(stream, wake_only=sorted({u for u, _ in rows}))
-        return stream
+        if queued is None:
+            return None
+        if queued.full:
+            log.info("to-device %s from %s: dropped for %d devices holding %d undelivered messages",
+                     event_type, sender, len(queued.full), MAX_PENDING_PER_DEVICE)
+        stored = [key for key in rows if key not in queued.full]
+        for key in stored:
+            self._hold(key, ToDeviceMessage(queued.stream, sender, event_type, rows[key]))
+        await self._notifier.publish("to_device", {"stream": queued.stream, "devices": [list(k) for k in stored]})
+        await self._notifier.notify(queued.stream, wake_only=sorted({u for u, _ in stored}))
+        return queued.stream
 
     async def receive_remote(self, origin: str, content: dict[str, Any]) -> None:
         """An m.direct_to_device EDU: its sender must be of the origin; only our users' devices."""
