@@ -9,14 +9,12 @@ concurrent claims take different keys and none comes back empty while keys remai
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from storage.database import Connection, Database
+from storage.json_text import dump, load
 from storage.rooms import next_stream
 
 CHUNK = 500
@@ -78,15 +76,6 @@ class BackedUpKey:
                 "is_verified": self.is_verified, "session_data": self.session_data}
 
 
-def _dump(value: Any) -> str:
-    """Stored JSON. orjson is about 10x faster than the standard library on a to-device message;
-    it refuses integers beyond 64 bits, which a peer can still send, and those take the slow path."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    except (orjson.JSONEncodeError, TypeError):
-        return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-
-
 async def record_device_list_change(tx: Connection, user_ids: Sequence[str]) -> int:
     """Take a stream position for a change of these users' devices or keys (inside `tx`)."""
     stream = await next_stream(tx)
@@ -104,7 +93,7 @@ class E2eeStore:
     async def device_keys(self, user_id: str, device_id: str) -> dict[str, Any] | None:
         raw = await self.db.fetchval("SELECT key_json FROM e2e_device_keys WHERE user_id = ? AND device_id = ?",
                                      user_id, device_id)
-        return None if raw is None else json.loads(raw)
+        return None if raw is None else load(raw)
 
     async def set_device_keys(self, user_id: str, device_id: str, keys: dict[str, Any]) -> int:
         """Store a local device's keys; returns the stream position of the device list change."""
@@ -113,7 +102,7 @@ class E2eeStore:
             await tx.execute(
                 "INSERT INTO e2e_device_keys (user_id, device_id, key_json) VALUES (?, ?, ?)"
                 " ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
-                user_id, device_id, _dump(keys))
+                user_id, device_id, dump(keys))
         return stream
 
     async def devices_of(self, user_ids: Sequence[str]) -> list[StoredDeviceKeys]:
@@ -125,7 +114,7 @@ class E2eeStore:
                 " AS display_name FROM e2e_device_keys k LEFT JOIN devices d ON d.user_id = k.user_id"
                 f" AND d.device_id = k.device_id WHERE k.user_id IN ({_marks(len(chunk))})", *chunk)
             found += [StoredDeviceKeys(r["user_id"], r["device_id"],
-                                       None if r["key_json"] is None else json.loads(r["key_json"]),
+                                       None if r["key_json"] is None else load(r["key_json"]),
                                        r["display_name"]) for r in rows]
         return found
 
@@ -161,7 +150,7 @@ class E2eeStore:
     async def add_one_time_keys(self, user_id: str, device_id: str, keys: Sequence[tuple[str, str, Any]]) -> None:
         await self.db.executemany(
             "INSERT INTO e2e_one_time_keys (user_id, device_id, algorithm, key_id, key_json) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT DO NOTHING", [(user_id, device_id, alg, kid, _dump(v)) for alg, kid, v in keys])
+            " ON CONFLICT DO NOTHING", [(user_id, device_id, alg, kid, dump(v)) for alg, kid, v in keys])
 
     async def set_fallback_keys(self, user_id: str, device_id: str, keys: Sequence[tuple[str, str, Any]]) -> None:
         """Replace the fallback key of each algorithm; the same key again keeps its `used` mark."""
@@ -172,7 +161,7 @@ class E2eeStore:
                 " used = CASE WHEN e2e_fallback_keys.key_id = excluded.key_id"
                 " AND e2e_fallback_keys.key_json = excluded.key_json THEN e2e_fallback_keys.used ELSE 0 END,"
                 " key_id = excluded.key_id, key_json = excluded.key_json",
-                [(user_id, device_id, alg, kid, _dump(v)) for alg, kid, v in keys])
+                [(user_id, device_id, alg, kid, dump(v)) for alg, kid, v in keys])
 
     async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
         """(one-time keys left per algorithm, algorithms whose fallback key is unused), one query."""
@@ -195,7 +184,7 @@ class E2eeStore:
             row = await self.db.fetchone(
                 "UPDATE e2e_fallback_keys SET used = 1 WHERE user_id = ? AND device_id = ? AND algorithm = ?"
                 " RETURNING key_id, key_json", user_id, device_id, algorithm)
-        return None if row is None else (row["key_id"], json.loads(row["key_json"]))
+        return None if row is None else (row["key_id"], load(row["key_json"]))
 
     async def claim_many(self, wanted: Sequence[tuple[str, str, str]]
                          ) -> dict[tuple[str, str, str], tuple[str, dict[str, Any]]]:
@@ -219,19 +208,20 @@ class E2eeStore:
         if not missing:
             return found
         # The fallback keys: marked used (rows locked in one order on PostgreSQL, so concurrent claims
-        # cannot deadlock), then read, used or not.
+        # cannot deadlock), then read, used or not; on PostgreSQL in one statement (its SELECT reads
+        # the rows as they were before the UPDATE, which changes only `used`).
+        read = ("SELECT user_id, device_id, algorithm, key_id, key_json FROM e2e_fallback_keys"
+                " WHERE (user_id, device_id, algorithm) IN (VALUES {values})")
         if self.db.engine == "postgres":
-            mark = ("UPDATE e2e_fallback_keys SET used = 1 WHERE (user_id, device_id, algorithm) IN"
-                    " (SELECT user_id, device_id, algorithm FROM e2e_fallback_keys WHERE used = 0 AND"
-                    " (user_id, device_id, algorithm) IN (VALUES {values})"
-                    " ORDER BY user_id, device_id, algorithm FOR UPDATE)")
+            found.update(await self._batch(missing, (
+                "WITH marked AS (UPDATE e2e_fallback_keys SET used = 1 WHERE (user_id, device_id, algorithm) IN"
+                " (SELECT user_id, device_id, algorithm FROM e2e_fallback_keys WHERE used = 0 AND"
+                " (user_id, device_id, algorithm) IN (VALUES {values})"
+                " ORDER BY user_id, device_id, algorithm FOR UPDATE)) ") + read))
         else:
-            mark = ("UPDATE e2e_fallback_keys SET used = 1 WHERE used = 0 AND"
-                    " (user_id, device_id, algorithm) IN (VALUES {values})")
-        await self._batch(missing, mark)
-        found.update(await self._batch(missing, "SELECT user_id, device_id, algorithm, key_id, key_json"
-                                       " FROM e2e_fallback_keys WHERE (user_id, device_id, algorithm) IN"
-                                       " (VALUES {values})"))
+            await self._batch(missing, "UPDATE e2e_fallback_keys SET used = 1 WHERE used = 0 AND"
+                                       " (user_id, device_id, algorithm) IN (VALUES {values})")
+            found.update(await self._batch(missing, read))
         return found
 
     async def _batch(self, targets: Sequence[tuple[str, str, str]], sql: str
@@ -241,9 +231,10 @@ class E2eeStore:
             chunk = targets[start:start + CHUNK // 3]
             cast = "(?::text, ?::text, ?::text)" if self.db.engine == "postgres" else "(?, ?, ?)"
             values = ",".join(cast for _ in chunk)
-            rows = await self.db.fetchall(sql.format(values=values), *[v for t in chunk for v in t])
+            params = [v for t in chunk for v in t] * sql.count("{values}")  # each list takes its own
+            rows = await self.db.fetchall(sql.format(values=values), *params)
             for r in rows:
-                found[(r["user_id"], r["device_id"], r["algorithm"])] = (r["key_id"], json.loads(r["key_json"]))
+                found[(r["user_id"], r["device_id"], r["algorithm"])] = (r["key_id"], load(r["key_json"]))
         return found
 
     # --- cross-signing keys -------------------------------------------------------------------
@@ -255,7 +246,7 @@ class E2eeStore:
                 "SELECT user_id, key_type, key_json FROM e2e_cross_signing_keys"
                 f" WHERE user_id IN ({_marks(len(chunk))})", *chunk)
             for r in rows:
-                found.setdefault(r["user_id"], {})[r["key_type"]] = json.loads(r["key_json"])
+                found.setdefault(r["user_id"], {})[r["key_type"]] = load(r["key_json"])
         return found
 
     async def set_cross_signing_keys(self, user_id: str, keys: dict[str, dict[str, Any]],
@@ -266,7 +257,7 @@ class E2eeStore:
             await tx.executemany(
                 "INSERT INTO e2e_cross_signing_keys (user_id, key_type, key_json) VALUES (?, ?, ?)"
                 " ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
-                [(user_id, t, _dump(k)) for t, k in keys.items()])
+                [(user_id, t, dump(k)) for t, k in keys.items()])
         return stream
 
     async def add_signatures(self, user_id: str, device_sigs: dict[str, dict[str, Any]],
@@ -283,18 +274,18 @@ class E2eeStore:
                                         user_id, device_id)
                 if raw is None:
                     continue
-                keys = json.loads(raw)
+                keys = load(raw)
                 keys.setdefault("signatures", {}).setdefault(user_id, {}).update(sigs)
                 await tx.execute("UPDATE e2e_device_keys SET key_json = ? WHERE user_id = ? AND device_id = ?",
-                                 _dump(keys), user_id, device_id)
+                                 dump(keys), user_id, device_id)
             if master_sigs:
                 raw = await tx.fetchval(
                     "SELECT key_json FROM e2e_cross_signing_keys WHERE user_id = ? AND key_type = 'master'", user_id)
                 if raw is not None:
-                    keys = json.loads(raw)
+                    keys = load(raw)
                     keys.setdefault("signatures", {}).setdefault(user_id, {}).update(master_sigs)
                     await tx.execute("UPDATE e2e_cross_signing_keys SET key_json = ? WHERE user_id = ?"
-                                     " AND key_type = 'master'", _dump(keys), user_id)
+                                     " AND key_type = 'master'", dump(keys), user_id)
             await tx.executemany(
                 "INSERT INTO e2e_user_signatures (signer_id, target_id, key_id, signature) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (signer_id, target_id, key_id) DO UPDATE SET signature = excluded.signature",
@@ -400,12 +391,12 @@ class E2eeStore:
             await tx.execute("DELETE FROM e2e_device_keys WHERE user_id = ?", user_id)
             await tx.executemany(
                 "INSERT INTO e2e_device_keys (user_id, device_id, key_json, display_name) VALUES (?, ?, ?, ?)",
-                [(user_id, d, None if k is None else _dump(k), n) for d, k, n in devices])
+                [(user_id, d, None if k is None else dump(k), n) for d, k, n in devices])
             await tx.execute("DELETE FROM e2e_cross_signing_keys WHERE user_id = ?", user_id)
             for key_type, key in (("master", master), ("self_signing", self_signing)):
                 if key is not None:
                     await tx.execute("INSERT INTO e2e_cross_signing_keys (user_id, key_type, key_json)"
-                                     " VALUES (?, ?, ?)", user_id, key_type, _dump(key))
+                                     " VALUES (?, ?, ?)", user_id, key_type, dump(key))
             await tx.execute(
                 "INSERT INTO remote_device_lists (user_id, stream_id, stale) VALUES (?, ?, 0)"
                 " ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id, stale = 0",
@@ -425,7 +416,7 @@ class E2eeStore:
                     "INSERT INTO e2e_device_keys (user_id, device_id, key_json, display_name) VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json,"
                     " display_name = excluded.display_name",
-                    user_id, device_id, None if keys is None else _dump(keys), display_name)
+                    user_id, device_id, None if keys is None else dump(keys), display_name)
             await tx.execute("UPDATE remote_device_lists SET stream_id = ? WHERE user_id = ?", stream_id, user_id)
         return stream
 
@@ -473,7 +464,7 @@ class E2eeStore:
             await tx.executemany(
                 "INSERT INTO to_device_inbox (user_id, device_id, stream, sender, type, content)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [(u, d, stream, sender, event_type, _dump(c)) for u, d, c in messages if (u, d) not in full])
+                [(u, d, stream, sender, event_type, dump(c)) for u, d, c in messages if (u, d) not in full])
         return QueuedToDevice(stream, frozenset(full))
 
     async def to_device_for(self, user_id: str, device_id: str, after: int, upto: int,
@@ -481,7 +472,7 @@ class E2eeStore:
         rows = await self.db.fetchall(
             "SELECT stream, sender, type, content FROM to_device_inbox WHERE user_id = ? AND device_id = ?"
             " AND stream > ? AND stream <= ? ORDER BY stream LIMIT ?", user_id, device_id, after, upto, limit)
-        return [ToDeviceMessage(int(r["stream"]), r["sender"], r["type"], json.loads(r["content"])) for r in rows]
+        return [ToDeviceMessage(int(r["stream"]), r["sender"], r["type"], load(r["content"])) for r in rows]
 
     async def delete_to_device(self, user_id: str, device_id: str, upto: int) -> None:
         await self.db.execute("DELETE FROM to_device_inbox WHERE user_id = ? AND device_id = ? AND stream <= ?",
@@ -494,7 +485,7 @@ class E2eeStore:
             top = await tx.fetchval("SELECT MAX(version) FROM room_key_backup_versions WHERE user_id = ?", user_id)
             version = int(top or 0) + 1
             await tx.execute("INSERT INTO room_key_backup_versions (user_id, version, algorithm, auth_data)"
-                             " VALUES (?, ?, ?, ?)", user_id, version, algorithm, _dump(auth_data))
+                             " VALUES (?, ?, ?, ?)", user_id, version, algorithm, dump(auth_data))
         return version
 
     async def backup(self, user_id: str, version: int | None) -> BackupVersion | None:
@@ -509,12 +500,12 @@ class E2eeStore:
                 user_id, version)
         if row is None:
             return None
-        return BackupVersion(int(row["version"]), row["algorithm"], json.loads(row["auth_data"]), int(row["etag"]))
+        return BackupVersion(int(row["version"]), row["algorithm"], load(row["auth_data"]), int(row["etag"]))
 
     async def update_backup(self, user_id: str, version: int, auth_data: Any) -> bool:
         row = await self.db.fetchone(
             "UPDATE room_key_backup_versions SET auth_data = ? WHERE user_id = ? AND version = ? AND deleted = 0"
-            " RETURNING version", _dump(auth_data), user_id, version)
+            " RETURNING version", dump(auth_data), user_id, version)
         return row is not None
 
     async def delete_backup(self, user_id: str, version: int) -> bool:
@@ -534,7 +525,7 @@ class E2eeStore:
         where, args = _backup_keys_where(user_id, version, room_id, session_id)
         rows = await self.db.fetchall("SELECT * FROM room_key_backup_keys WHERE " + where, *args)
         return [BackedUpKey(r["room_id"], r["session_id"], int(r["first_message_index"]), int(r["forwarded_count"]),
-                            bool(r["is_verified"]), json.loads(r["session_data"])) for r in rows]
+                            bool(r["is_verified"]), load(r["session_data"])) for r in rows]
 
     async def put_backed_up_keys(self, user_id: str, version: int, keys: Sequence[BackedUpKey],
                                  better: Any) -> tuple[int, int] | None:
@@ -554,7 +545,7 @@ class E2eeStore:
                 if row is not None:
                     held = BackedUpKey(row["room_id"], row["session_id"], int(row["first_message_index"]),
                                        int(row["forwarded_count"]), bool(row["is_verified"]),
-                                       json.loads(row["session_data"]))
+                                       load(row["session_data"]))
                     if better(held, key):
                         continue
                 await tx.execute(
@@ -565,7 +556,7 @@ class E2eeStore:
                     " forwarded_count = excluded.forwarded_count, is_verified = excluded.is_verified,"
                     " session_data = excluded.session_data",
                     user_id, version, key.room_id, key.session_id, key.first_message_index, key.forwarded_count,
-                    int(key.is_verified), _dump(key.session_data))
+                    int(key.is_verified), dump(key.session_data))
             count = await tx.fetchval("SELECT COUNT(*) FROM room_key_backup_keys WHERE user_id = ? AND version = ?",
                                       user_id, version)
         return int(etag), int(count)
