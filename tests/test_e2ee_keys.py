@@ -448,3 +448,23 @@ async def test_concurrent_claims_for_many_users_run_into_the_fallback_keys(clien
     for user, dev in owners:
         keys = sorted(k for b in bodies for k in b["one_time_keys"][user.user_id][dev.device_id])
         assert keys == ["signed_curve25519:F1"] * 28 + ["signed_curve25519:K00000", "signed_curve25519:K00001"]
+
+
+async def test_uploading_the_same_one_time_keys_again_is_fine_and_other_content_is_not(client: Any) -> None:
+    """Clients retry uploads; the stored spelling of a key (non-ASCII text included) must compare
+    equal to the same key sent again."""
+    from tests.e2ee_helpers import sign
+
+    alice, dev = await keyed(client, "alice")
+    key = {"signed_curve25519:AAAA": sign({"key": "k€y-ünïcode", "fallback": False}, alice.user_id,
+                                          dev.key_id, dev.key)}
+    for _ in range(2):
+        counts = await alice.call("POST", "/keys/upload", json={"one_time_keys": key})
+        assert counts["one_time_key_counts"] == {"signed_curve25519": 1}
+    other = {"signed_curve25519:AAAA": sign({"key": "another"}, alice.user_id, dev.key_id, dev.key)}
+    bad = await alice.call("POST", "/keys/upload", json={"one_time_keys": other}, expect=400)
+    assert bad["errcode"] == "M_INVALID_PARAM"
+    bob = await User.new(client, "bob")
+    wanted = {alice.user_id: {dev.device_id: "signed_curve25519"}}
+    claimed = await bob.call("POST", "/keys/claim", json={"one_time_keys": wanted})
+    assert claimed["one_time_keys"][alice.user_id][dev.device_id] == key

@@ -8,7 +8,6 @@ fallback key is handed out (and marked used, so the device knows to make a new o
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from homeserver.e2ee.signing import verify_key_signature
 from homeserver.errors import MatrixError, bad_json
 from homeserver.events.auth_rules import server_of
 from homeserver.sync.notifier import Notifier
+from storage import json_text
 from storage.store import Store
 
 log = logging.getLogger("whispr.e2ee")
@@ -191,4 +191,4 @@ class OneTimeKeys:
 
 def _canonical(key: Any) -> str:
     """The spelling storage keeps a key in."""
-    return json.dumps(key, separators=(",", ":"), sort_keys=True)
+    return json_text.dump(key)
