@@ -9,7 +9,7 @@ concurrent claims take different keys and none comes back empty while keys remai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,10 +186,12 @@ class E2eeStore:
                 " RETURNING key_id, key_json", user_id, device_id, algorithm)
         return None if row is None else (row["key_id"], load(row["key_json"]))
 
-    async def claim_many(self, wanted: Sequence[tuple[str, str, str]]
-                         ) -> dict[tuple[str, str, str], tuple[str, dict[str, Any]]]:
+    async def claim_many(self, wanted: Sequence[tuple[str, str, str]],
+                         known_empty: Collection[tuple[str, str, str]] = ()
+                         ) -> tuple[dict[tuple[str, str, str], tuple[str, dict[str, Any]]], list[tuple[str, str, str]]]:
         """Claim for many (user, device, algorithm) at once: one statement takes the oldest one-time key
-        of each, one more hands out the fallback keys of those without.
+        of each (but those the caller knows have none left, `known_empty`), one more hands out the
+        fallback keys of those without. The keys, and the wanted that had no one-time key.
 
         On PostgreSQL each device's row is picked FOR UPDATE SKIP LOCKED, so a concurrent claim takes
         another key instead of making this one miss; a miss means no key is left."""
@@ -203,10 +205,13 @@ class E2eeStore:
             pick = ("DELETE FROM e2e_one_time_keys WHERE id IN (SELECT MIN(id) FROM e2e_one_time_keys"
                     " WHERE (user_id, device_id, algorithm) IN (VALUES {values})"
                     " GROUP BY user_id, device_id, algorithm)")
-        found.update(await self._batch(wanted, pick + _RETURNING))
+        empty = set(known_empty)
+        picked = [t for t in wanted if t not in empty]
+        if picked:
+            found.update(await self._batch(picked, pick + _RETURNING))
         missing = [t for t in wanted if t not in found]
         if not missing:
-            return found
+            return found, missing
         # The fallback keys: marked used (rows locked in one order on PostgreSQL, so concurrent claims
         # cannot deadlock), then read, used or not; on PostgreSQL in one statement (its SELECT reads
         # the rows as they were before the UPDATE, which changes only `used`).
@@ -222,7 +227,7 @@ class E2eeStore:
             await self._batch(missing, "UPDATE e2e_fallback_keys SET used = 1 WHERE used = 0 AND"
                                        " (user_id, device_id, algorithm) IN (VALUES {values})")
             found.update(await self._batch(missing, read))
-        return found
+        return found, missing
 
     async def _batch(self, targets: Sequence[tuple[str, str, str]], sql: str
                      ) -> dict[tuple[str, str, str], tuple[str, dict[str, Any]]]:

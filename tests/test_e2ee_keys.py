@@ -468,3 +468,51 @@ async def test_uploading_the_same_one_time_keys_again_is_fine_and_other_content_
     wanted = {alice.user_id: {dev.device_id: "signed_curve25519"}}
     claimed = await bob.call("POST", "/keys/claim", json={"one_time_keys": wanted})
     assert claimed["one_time_keys"][alice.user_id][dev.device_id] == key
+
+
+async def test_keys_uploaded_after_running_out_are_claimed_again(client: Any) -> None:
+    """Claims remember a device that has run out and go straight to its fallback key; an upload
+    must end that at once."""
+    alice, dev = await keyed(client, "alice")
+    await alice.call("POST", "/keys/upload", json={"one_time_keys": dev.one_time_keys(1),
+                                                   "fallback_keys": dev.fallback_key()})
+    bob = await User.new(client, "bob")
+    query = {"one_time_keys": {alice.user_id: {dev.device_id: "signed_curve25519"}}}
+
+    async def claim() -> str:
+        body = await bob.call("POST", "/keys/claim", json=query)
+        return next(iter(body["one_time_keys"][alice.user_id][dev.device_id]))
+
+    assert [await claim() for _ in range(3)] == ["signed_curve25519:K00000"] + ["signed_curve25519:F1"] * 2
+    await alice.call("POST", "/keys/upload", json={"one_time_keys": dev.one_time_keys(2, start=1)})
+    assert [await claim() for _ in range(3)] == ["signed_curve25519:K00001", "signed_curve25519:K00002",
+                                                 "signed_curve25519:F1"]
+
+
+async def test_keys_uploaded_through_one_worker_after_running_out_are_claimed_through_the_other(
+        two_workers: tuple[RunningServer, RunningServer]) -> None:
+    first, second = two_workers
+    async with aiohttp.ClientSession() as session:
+        http = Http(session)
+        alice, bob = await http.register(first.base_url, "alice"), await http.register(first.base_url, "bob")
+        dev = Device(alice["user_id"], alice["device_id"])
+        status, _ = await http.call(first.base_url, "POST", "/keys/upload", {
+            "device_keys": dev.device_keys(), "fallback_keys": dev.fallback_key()}, alice["access_token"])
+        assert status == 200
+        query = {"one_time_keys": {alice["user_id"]: {dev.device_id: "signed_curve25519"}}}
+
+        async def claim() -> str:
+            status, body = await http.call(second.base_url, "POST", "/keys/claim", query, bob["access_token"])
+            assert status == 200, body
+            return next(iter(body["one_time_keys"][alice["user_id"]][dev.device_id]))
+
+        assert await claim() == await claim() == "signed_curve25519:F1"
+        status, _ = await http.call(first.base_url, "POST", "/keys/upload",
+                                    {"one_time_keys": dev.one_time_keys(1)}, alice["access_token"])
+        assert status == 200
+        for _ in range(50):  # the news travels through Redis
+            key = await claim()
+            if key != "signed_curve25519:F1":
+                break
+            await asyncio.sleep(0.1)
+        assert key == "signed_curve25519:K00000"

@@ -28,6 +28,8 @@ MAX_KEYS_PER_UPLOAD = 1_000
 # A device may hold this many unclaimed one-time keys (clients keep about 50).
 MAX_ONE_TIME_KEYS_PER_DEVICE = 10_000
 MAX_CLAIM_DEVICES = 10_000
+# (user, device, algorithm)s remembered to have no one-time key left; forgetting is always safe.
+KNOWN_EMPTY_SIZE = 100_000
 # Always reported, even at zero: older clients count on it.
 SIGNED_CURVE25519 = "signed_curve25519"
 
@@ -82,16 +84,27 @@ class OneTimeKeys:
         # Devices whose counts moved since their last sync reported them (claims by others,
         # their own uploads); relayed between processes by the notifier.
         self._moved: set[tuple[str, str]] = set()
+        # Devices a claim found without one-time keys (per algorithm), so the next claims go straight
+        # to the fallback key, as long as no upload was heard of since: every upload, in any process,
+        # is announced ("otk_counts" with `uploaded`) after it is stored. `_uploads` counts them, so
+        # a claim that raced an upload remembers nothing.
+        self._known_empty: dict[tuple[str, str], set[str]] = {}
+        self._uploads = 0
         notifier.on_handler("otk_counts", self._on_moved)
         self.remote: RemoteKeys | None = None
 
     def _on_moved(self, msg: dict[str, Any]) -> None:
+        uploaded = bool(msg.get("uploaded"))
+        if uploaded:
+            self._uploads += 1
         for user_id, device_id in msg.get("devices", []):
             self._moved.add((user_id, device_id))
+            if uploaded:
+                self._known_empty.pop((user_id, device_id), None)
 
-    async def _mark_moved(self, devices: list[tuple[str, str]]) -> None:
+    async def _mark_moved(self, devices: list[tuple[str, str]], uploaded: bool = False) -> None:
         if devices:
-            await self._notifier.publish("otk_counts", {"devices": devices})
+            await self._notifier.publish("otk_counts", {"devices": devices, "uploaded": uploaded})
 
     def take_moved(self, user_id: str, device_id: str) -> bool:
         key = (user_id, device_id)
@@ -133,7 +146,7 @@ class OneTimeKeys:
         if plan.fallback:
             await self._store.e2ee.set_fallback_keys(plan.user_id, plan.device_id, plan.fallback)
         if plan.one_time or plan.fallback:
-            await self._mark_moved([(plan.user_id, plan.device_id)])
+            await self._mark_moved([(plan.user_id, plan.device_id)], uploaded=True)
 
     async def counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
         counts, unused_fallback = await self._store.e2ee.key_counts(user_id, device_id)
@@ -158,13 +171,25 @@ class OneTimeKeys:
                     remote[server_of(user_id)][user_id] = devices
                 continue
             local += [(user_id, device_id, algorithm) for device_id, algorithm in devices.items()]
-        claimed = await self._store.e2ee.claim_many(local) if local else {}
+        claimed = await self._claim_local(local) if local else {}
         for (user_id, device_id, algorithm), (key_id, key) in claimed.items():
             result["one_time_keys"].setdefault(user_id, {})[device_id] = {f"{algorithm}:{key_id}": key}
         await self._mark_moved([(u, d) for u, d, _ in claimed])
         if remote and self.remote is not None:
             await self._claim_remote(result, remote, remote_timeout(timeout))
         return result
+
+    async def _claim_local(self, wanted: list[tuple[str, str, str]]
+                           ) -> dict[tuple[str, str, str], tuple[str, dict[str, Any]]]:
+        uploads = self._uploads
+        empty = [w for w in wanted if w[2] in self._known_empty.get((w[0], w[1]), ())]
+        claimed, without = await self._store.e2ee.claim_many(wanted, empty)
+        if self._uploads == uploads and without:
+            if len(self._known_empty) > KNOWN_EMPTY_SIZE:
+                self._known_empty.clear()
+            for user_id, device_id, algorithm in without:
+                self._known_empty.setdefault((user_id, device_id), set()).add(algorithm)
+        return claimed
 
     async def _claim_remote(self, result: dict[str, Any], by_server: dict[str, dict[str, dict[str, str]]],
                             timeout_ms: int) -> None:
