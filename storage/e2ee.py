@@ -466,10 +466,20 @@ class E2eeStore:
                     f"SELECT user_id, device_id FROM to_device_inbox WHERE user_id IN ({_marks(len(chunk))})"
                     " GROUP BY user_id, device_id HAVING COUNT(*) >= ?", *chunk, max_pending)
                 full.update((r["user_id"], r["device_id"]) for r in rows)
-            await tx.executemany(
-                "INSERT INTO to_device_inbox (user_id, device_id, stream, sender, type, content)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [(u, d, stream, sender, event_type, dump(c)) for u, d, c in messages if (u, d) not in full])
+            kept = [(u, d, dump(c)) for u, d, c in messages if (u, d) not in full]
+            if self.db.engine == "postgres":
+                # One statement with the rows as arrays: executemany costs a round of the protocol per
+                # row on PostgreSQL (4.4 ms for a 100-device key share, against about 1 ms here).
+                await tx.execute(
+                    "INSERT INTO to_device_inbox (user_id, device_id, stream, sender, type, content)"
+                    " SELECT u, d, ?::bigint, ?::text, ?::text, c FROM unnest(?::text[], ?::text[], ?::text[])"
+                    " AS m(u, d, c) ON CONFLICT DO NOTHING", stream, sender, event_type,
+                    [u for u, _, _ in kept], [d for _, d, _ in kept], [c for _, _, c in kept])
+            else:
+                await tx.executemany(
+                    "INSERT INTO to_device_inbox (user_id, device_id, stream, sender, type, content)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(u, d, stream, sender, event_type, c) for u, d, c in kept])
         return QueuedToDevice(stream, frozenset(full))
 
     async def to_device_for(self, user_id: str, device_id: str, after: int, upto: int,
