@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from homeserver.errors import MatrixError
+from storage.json_text import has_long_digit_run
 
 # Deeper than any real body; well inside Python's recursion limit for everything that walks it.
 MAX_JSON_DEPTH = 100
@@ -28,8 +29,6 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # bits as a float, and it nests up to 1,024 levels. A body with a run of 16 digits (which any
 # integer outside ±(2^53−1) has) takes the standard library's path, as does one orjson refuses,
 # so the error is the same as ever; depth is checked after either.
-_LONG_DIGIT_RUN = b"0" * 16
-_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 
 
 class NonCanonicalNumber(ValueError):
@@ -59,7 +58,7 @@ def parse_json(raw: bytes, *, safe_integers: bool = True) -> Any:
     nested deeper than MAX_JSON_DEPTH, a lone surrogate, a number that is not finite, or (with
     `safe_integers`, the client face) an integer outside ±(2^53−1). Federation bodies keep big
     integers so one bad PDU is dropped alone (federation.ingest.check_format), not its transaction."""
-    if _LONG_DIGIT_RUN not in raw.translate(_DIGITS_AS_ZEROS):
+    if not has_long_digit_run(raw):
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError:

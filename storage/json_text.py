@@ -26,8 +26,11 @@ def dump(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
+def has_long_digit_run(raw: bytes) -> bool:
+    """Whether the bytes hold 16 digits in a row: an integer orjson would not read exactly may be there."""
+    return _LONG_DIGIT_RUN in raw.translate(_DIGITS_AS_ZEROS)
+
+
 def load(text: str) -> Any:
     raw = text.encode()
-    if _LONG_DIGIT_RUN in raw.translate(_DIGITS_AS_ZEROS):
-        return json.loads(raw)
-    return orjson.loads(raw)
+    return json.loads(raw) if has_long_digit_run(raw) else orjson.loads(raw)

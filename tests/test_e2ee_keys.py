@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -200,6 +200,16 @@ class Http:
         assert status == 200, body
         return dict(body)
 
+    async def keyed_and_claimer(self, base: str, keys: Callable[[Device], dict[str, Any]]
+                                ) -> tuple[dict[str, Any], dict[str, Any], Device]:
+        """alice, with her device keys and `keys(device)` uploaded, and bob to claim them."""
+        alice, bob = await self.register(base, "alice"), await self.register(base, "bob")
+        dev = Device(alice["user_id"], alice["device_id"])
+        status, _ = await self.call(base, "POST", "/keys/upload", {"device_keys": dev.device_keys(), **keys(dev)},
+                                    alice["access_token"])
+        assert status == 200
+        return alice, bob, dev
+
 
 async def test_concurrent_claims_across_two_processes_on_postgres(
         two_workers: tuple[RunningServer, RunningServer]) -> None:
@@ -207,11 +217,8 @@ async def test_concurrent_claims_across_two_processes_on_postgres(
     first, second = two_workers
     async with aiohttp.ClientSession() as session:
         http = Http(session)
-        alice, bob = await http.register(first.base_url, "alice"), await http.register(first.base_url, "bob")
-        dev = Device(alice["user_id"], alice["device_id"])
-        status, _ = await http.call(first.base_url, "POST", "/keys/upload", {
-            "device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(20)}, alice["access_token"])
-        assert status == 200
+        alice, bob, dev = await http.keyed_and_claimer(first.base_url,
+                                                       lambda d: {"one_time_keys": d.one_time_keys(20)})
         query = {"one_time_keys": {alice["user_id"]: {dev.device_id: "signed_curve25519"}}}
         answers = await asyncio.gather(*(
             http.call((first if i % 2 else second).base_url, "POST", "/keys/claim", query, bob["access_token"])
@@ -494,11 +501,8 @@ async def test_keys_uploaded_through_one_worker_after_running_out_are_claimed_th
     first, second = two_workers
     async with aiohttp.ClientSession() as session:
         http = Http(session)
-        alice, bob = await http.register(first.base_url, "alice"), await http.register(first.base_url, "bob")
-        dev = Device(alice["user_id"], alice["device_id"])
-        status, _ = await http.call(first.base_url, "POST", "/keys/upload", {
-            "device_keys": dev.device_keys(), "fallback_keys": dev.fallback_key()}, alice["access_token"])
-        assert status == 200
+        alice, bob, dev = await http.keyed_and_claimer(first.base_url,
+                                                       lambda d: {"fallback_keys": d.fallback_key()})
         query = {"one_time_keys": {alice["user_id"]: {dev.device_id: "signed_curve25519"}}}
 
         async def claim() -> str:

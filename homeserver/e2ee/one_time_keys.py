@@ -28,7 +28,7 @@ MAX_KEYS_PER_UPLOAD = 1_000
 # A device may hold this many unclaimed one-time keys (clients keep about 50).
 MAX_ONE_TIME_KEYS_PER_DEVICE = 10_000
 MAX_CLAIM_DEVICES = 10_000
-# (user, device, algorithm)s remembered to have no one-time key left; forgetting is always safe.
+# Devices remembered to have run out of one-time keys (of some algorithm); forgetting is always safe.
 KNOWN_EMPTY_SIZE = 100_000
 # Always reported, even at zero: older clients count on it.
 SIGNED_CURVE25519 = "signed_curve25519"
